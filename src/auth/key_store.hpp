@@ -1,0 +1,74 @@
+// API keys in SQLite. Only a SHA-256 of each key is stored; a presented key is
+// found by its public id and its hash compared in constant time.
+//
+// Thread safety: every method takes the store's mutex; the server's I/O
+// threads call authenticate() during handshakes (one indexed read).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "auth/principal.hpp"
+
+namespace synapse::store {
+class Database;
+}
+
+namespace synapse::auth {
+
+struct ApiKey {
+  std::string id;  // public, e.g. "k3f9a0c21d4e7"
+  std::string name;
+  std::string agent_id;
+  std::string tenant;
+  bool admin = false;
+  bool publish = false;
+  bool unlimited = false;
+  RateOverrides rates;
+  std::int64_t created_at = 0;  // unix seconds
+  std::optional<std::int64_t> revoked_at;
+};
+
+struct NewKey {
+  std::string name;
+  std::string agent_id;  // defaults to name
+  std::string tenant;    // defaults to "default"
+  bool admin = false;
+  bool publish = false;
+  bool unlimited = false;
+  RateOverrides rates;
+};
+
+enum class KeyCheck { ok, unknown, revoked };
+
+class KeyStore {
+ public:
+  explicit KeyStore(const std::string& db_path);
+  ~KeyStore();
+
+  // Returns the stored record and the secret key, which is never stored.
+  std::pair<ApiKey, std::string> create(const NewKey& spec);
+  std::vector<ApiKey> list();
+  // False when no such key; revoking twice is not an error.
+  bool revoke(std::string_view id);
+  std::optional<ApiKey> find(std::string_view id);
+  KeyCheck authenticate(std::string_view presented, ApiKey& out);
+  // Ids of every revoked key (the server polls this to close live connections).
+  std::vector<std::string> revoked_ids();
+  std::int64_t count();
+
+  // `syn_<id>_<secret>` -> id, or empty when `presented` is not of that form.
+  static std::string_view key_id_of(std::string_view presented) noexcept;
+  static Principal principal_of(const ApiKey& key);
+
+ private:
+  std::mutex mu_;
+  std::unique_ptr<store::Database> db_;
+};
+
+}  // namespace synapse::auth

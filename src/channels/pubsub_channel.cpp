@@ -1,0 +1,162 @@
+#include "channels/pubsub_channel.hpp"
+
+#include <string>
+
+#include "channels/session.hpp"
+#include "config/config.hpp"
+#include "protocol/topic.hpp"
+#include "pubsub/broker.hpp"
+
+namespace synapse::channels {
+namespace json = boost::json;
+namespace reason = protocol::reason;
+
+namespace {
+
+class PubSubChannel final : public Channel, public pubsub::Subscriber {
+ public:
+  PubSubChannel(Session& session, std::string_view topic) : session_(session), topic_(topic) {}
+
+  void deliver(const wire::Message& msg) override { session_.socket().send(msg); }
+
+  void handle_in(const protocol::Envelope& env) override {
+    if (protocol::is_reserved_event(env.event)) {
+      session_.reply_error(env, reason::reserved_event,
+                           "phx_*, presence_* and events starting with _ cannot be published");
+      return;
+    }
+    if (!protocol::valid_event_name(env.event)) {
+      session_.reply_error(env, reason::invalid_payload, "event names are 1..64 bytes without control characters",
+                           {{"event", "must be 1..64 bytes without control characters"}});
+      return;
+    }
+    if (env.payload->contains("_meta")) {
+      session_.reply_error(env, reason::invalid_payload, "_meta is added by the server",
+                           {{"payload._meta", "must not be set by the publisher"}});
+      return;
+    }
+    const auto r = session_.services().broker.publish(topic_, env.event, *env.payload,
+                                                      session_.principal().agent_id, session_.socket().id());
+    session_.reply_ok(env, json::object{{"offset", r.offset}});
+  }
+
+  void leave() override {
+    if (joined_) {
+      joined_ = false;
+      session_.services().broker.leave(*this, topic_);
+    }
+  }
+
+  ~PubSubChannel() override { leave(); }
+
+  bool joined_ = false;
+
+ private:
+  Session& session_;
+  std::string topic_;
+};
+
+bool nul_in(std::string_view s) { return s.find('\0') != std::string_view::npos; }
+
+}  // namespace
+
+bool contains_nul(const json::value& v) {
+  switch (v.kind()) {
+    case json::kind::string:
+      return nul_in(std::string_view(v.get_string().data(), v.get_string().size()));
+    case json::kind::array:
+      for (const auto& e : v.get_array()) {
+        if (contains_nul(e)) return true;
+      }
+      return false;
+    case json::kind::object:
+      for (const auto& kv : v.get_object()) {
+        if (nul_in(std::string_view(kv.key().data(), kv.key().size())) || contains_nul(kv.value())) return true;
+      }
+      return false;
+    default:
+      return false;
+  }
+}
+
+std::unique_ptr<Channel> join_pubsub(Session& session, const protocol::Envelope& env) {
+  const auto& cfg = session.services().config;
+  const auto& principal = session.principal();
+  if (principal.has_topics) {
+    bool allowed = false;
+    for (const auto& pattern : principal.topics) allowed |= protocol::topic_matches(pattern, env.topic);
+    if (!allowed) {
+      session.reply_error(env, reason::forbidden, "the token's topics claim does not cover this topic");
+      return nullptr;
+    }
+  }
+
+  pubsub::JoinRequest req;
+  req.topic = env.topic;
+  req.thread = session.socket().thread_index();
+  req.connection_id = session.socket().id();
+  req.agent_id = principal.agent_id;
+  std::vector<protocol::FieldError> errors;
+  const json::object& p = *env.payload;
+  if (const json::value* meta = p.if_contains("meta")) {
+    if (!meta->is_object()) {
+      errors.push_back({"meta", "must be an object"});
+    } else if (cfg.max_presence_meta_bytes > 0 &&
+               static_cast<std::int64_t>(json::serialize(*meta).size()) > cfg.max_presence_meta_bytes) {
+      errors.push_back({"meta", "must serialize to at most " + std::to_string(cfg.max_presence_meta_bytes) + " bytes"});
+    } else if (contains_nul(*meta)) {
+      errors.push_back({"meta", "must not contain NUL characters"});
+    } else {
+      req.meta = meta->get_object();
+    }
+  }
+  if (const json::value* presence = p.if_contains("presence")) {
+    if (!presence->is_bool()) {
+      errors.push_back({"presence", "must be true or false"});
+    } else {
+      req.presence = presence->get_bool();
+    }
+  }
+  if (const json::value* recover = p.if_contains("recover")) {
+    const json::object* r = recover->if_object();
+    const json::value* offset = r ? r->if_contains("offset") : nullptr;
+    const json::value* epoch = r ? r->if_contains("epoch") : nullptr;
+    if (!r) {
+      errors.push_back({"recover", "must be an object {offset, epoch}"});
+    } else {
+      pubsub::Recover rec;
+      if (!offset || !(offset->is_int64() || offset->is_uint64()) ||
+          (offset->is_int64() && offset->get_int64() < 0)) {
+        errors.push_back({"recover.offset", "must be a non-negative integer"});
+      } else {
+        rec.offset = offset->is_int64() ? static_cast<std::uint64_t>(offset->get_int64()) : offset->get_uint64();
+      }
+      if (!epoch || !epoch->is_string()) {
+        errors.push_back({"recover.epoch", "must be a string"});
+      } else {
+        rec.epoch = std::string(epoch->get_string());
+      }
+      req.recover = std::move(rec);
+    }
+  }
+  if (!errors.empty()) {
+    session.reply_error(env, reason::invalid_payload, "the join payload is invalid", errors);
+    return nullptr;
+  }
+
+  auto channel = std::make_unique<PubSubChannel>(session, env.topic);
+  pubsub::JoinResult r = session.services().broker.join(*channel, req);
+  channel->joined_ = true;
+
+  json::object response{{"offset", r.offset}, {"epoch", r.epoch}};
+  if (req.recover) response["recovered"] = r.recovered;
+  session.reply_ok(env, response);
+  for (auto& msg : r.backlog) session.socket().send(std::move(msg));
+  if (req.presence) {
+    session.socket().send(wire::Message::text(
+        protocol::encode_raw(env.join_ref, std::nullopt, env.topic, "presence_state", r.presence_state_json)));
+  }
+  return channel;
+}
+
+}  // namespace synapse::channels

@@ -1,0 +1,324 @@
+#include "channels/session.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "auth/jwt.hpp"
+#include "auth/key_store.hpp"
+#include "channels/cortex_channel.hpp"
+#include "channels/pubsub_channel.hpp"
+#include "config/config.hpp"
+#include "core/clock.hpp"
+#include "metrics/metrics.hpp"
+#include "protocol/topic.hpp"
+#include "wire/ws_frame.hpp"
+
+namespace synapse::channels {
+namespace json = boost::json;
+namespace reason = protocol::reason;
+
+namespace {
+
+limits::ConnectionRates make_rates(const config::Config& cfg, const auth::Principal& p) {
+  limits::ConnectionRates r;
+  if (p.unlimited) return r;
+  const auto now = limits::Clock::now();
+  const std::int64_t msgs = p.rates.msgs_per_min >= 0 ? p.rates.msgs_per_min : cfg.messages_per_min;
+  const std::int64_t burst = p.rates.burst >= 0 ? p.rates.burst : cfg.message_burst;
+  const std::int64_t queries = p.rates.queries_per_min >= 0 ? p.rates.queries_per_min : cfg.queries_per_min;
+  r.messages = limits::TokenBucket(msgs, burst, now);
+  r.queries = limits::TokenBucket(queries, p.rates.queries_per_min >= 0 ? queries : cfg.query_burst, now);
+  return r;
+}
+
+}  // namespace
+
+Session::Session(Socket& socket, Services& services, auth::Principal principal)
+    : socket_(socket),
+      services_(services),
+      principal_(std::move(principal)),
+      rates_(make_rates(services.config, principal_)) {
+  // A token with little time left hears so at once, not at the first tick.
+  on_tick(unix_ms());
+}
+
+Session::~Session() { close_channels(); }
+
+void Session::push(std::string_view topic, std::optional<std::string_view> join_ref, std::string_view event,
+                   const json::object& payload) {
+  socket_.send(wire::Message::text(protocol::encode_push(join_ref, topic, event, payload)));
+}
+
+void Session::reply_ok(const protocol::Envelope& env, const json::object& response) {
+  socket_.send(wire::Message::text(protocol::encode_reply(env.join_ref, env.ref, env.topic, true, response)));
+}
+
+void Session::reply_error(const protocol::Envelope& env, const json::object& response) {
+  socket_.send(wire::Message::text(protocol::encode_reply(env.join_ref, env.ref, env.topic, false, response)));
+}
+
+void Session::reply_error(const protocol::Envelope& env, std::string_view why, std::string_view message,
+                          const std::vector<protocol::FieldError>& errors) {
+  reply_error(env, protocol::error_response(why, message, errors));
+}
+
+void Session::on_malformed(std::string_view why) {
+  metrics::bump(services_.metrics.malformed_frames);
+  const auto& cfg = services_.config;
+  const std::int64_t now = mono_ms();
+  if (cfg.malformed_limit > 0) {
+    // A sliding window: forget what fell out of it, then count this one.
+    std::erase_if(malformed_at_, [&](std::int64_t t) { return now - t >= cfg.malformed_window_ms; });
+    malformed_at_.push_back(now);
+    if (static_cast<std::int64_t>(malformed_at_.size()) > cfg.malformed_limit) {
+      socket_.close(wire::close_code::policy_violation, "too many malformed frames");
+      return;
+    }
+  }
+  push("phoenix", std::nullopt, "phx_error",
+       json::object{{"reason", reason::malformed_frame}, {"message", why}});
+}
+
+void Session::on_text(std::string_view text) {
+  if (closed_) return;
+  protocol::Envelope env;
+  std::string error;
+  if (!protocol::decode(text, env, error)) {
+    on_malformed(error);
+    return;
+  }
+  const bool heartbeat = env.topic == "phoenix" && env.event == "heartbeat";
+  if (heartbeat) {
+    reply_ok(env, {});
+    return;
+  }
+  if (auto take = rates_.messages.take(limits::Clock::now()); !take.ok) {
+    metrics::bump(services_.metrics.rate_limited[static_cast<std::size_t>(metrics::RateBucket::messages)]);
+    json::object r = protocol::error_response(reason::rate_limited, "message rate limit exceeded");
+    r["retry_after_ms"] = take.retry_after_ms;
+    reply_error(env, r);
+    return;
+  }
+  if (env.topic == "phoenix") {
+    handle_phoenix(env);
+    return;
+  }
+  if (env.event == "phx_join") {
+    handle_join(env);
+    return;
+  }
+  const auto index = find(env.topic);
+  if (!index) {
+    reply_error(env, reason::unmatched_topic, "join the topic first");
+    return;
+  }
+  if (env.event == "phx_leave") {
+    handle_leave(env, *index);
+    return;
+  }
+  try {
+    joined_[*index].channel->handle_in(env);
+  } catch (const std::exception& e) {
+    crash(*index, &env, e.what());
+  }
+}
+
+void Session::handle_phoenix(const protocol::Envelope& env) {
+  if (env.event == "refresh") {
+    handle_refresh(env);
+  } else if (env.event == "phx_join") {
+    reply_error(env, reason::invalid_topic, "the phoenix topic needs no join");
+  } else {
+    reply_error(env, reason::unknown_event, "the phoenix topic takes heartbeat and refresh");
+  }
+}
+
+void Session::handle_refresh(const protocol::Envelope& env) {
+  const auto& cfg = services_.config;
+  if (!principal_.via_token) {
+    reply_error(env, reason::invalid_payload, "this connection is authenticated by API key; it has nothing to refresh");
+    return;
+  }
+  const std::int64_t now = unix_s();
+  const json::value* token = env.payload->if_contains("token");
+  if (token) {
+    if (!token->is_string()) {
+      reply_error(env, reason::invalid_payload, "token must be a string", {{"token", "must be a string"}});
+      return;
+    }
+    const std::string_view text(token->as_string().data(), token->as_string().size());
+    auto r = auth::verify_jwt(text, services_.jwt_secret, now);
+    if (r.status != auth::JwtStatus::ok) {
+      reply_error(env, r.status == auth::JwtStatus::expired ? reason::token_expired : reason::unauthorized,
+                  auth::describe(r.status));
+      return;
+    }
+    if (r.claims.sub != principal_.agent_id) {
+      reply_error(env, reason::forbidden, "the new token names another sub");
+      return;
+    }
+    if (!r.claims.key_id.empty()) {
+      auto key = services_.keys.find(r.claims.key_id);
+      if (!key || key->revoked_at) {
+        reply_error(env, reason::unauthorized, "the key that minted this token is revoked");
+        return;
+      }
+    }
+    principal_.token_exp = r.claims.exp;
+    principal_.has_topics = r.claims.has_topics;
+    principal_.topics = std::move(r.claims.topics);
+    token_warned_ = false;
+    reply_ok(env, json::object{{"expires_at", principal_.token_exp}});
+    return;
+  }
+  if (!env.payload->empty()) {
+    reply_error(env, reason::invalid_payload, "refresh takes {\"token\": ...} or {}", {{"token", "expected"}});
+    return;
+  }
+  if (!cfg.self_refresh) {
+    reply_error(env, reason::refresh_not_allowed, "self refresh is disabled on this server");
+    return;
+  }
+  auth::TokenClaims c;
+  c.sub = principal_.agent_id;
+  c.iat = now;
+  c.exp = now + cfg.token_default_ttl_s;
+  c.has_topics = principal_.has_topics;
+  c.topics = principal_.topics;
+  c.tenant = principal_.tenant;
+  c.key_id = principal_.key_id;
+  principal_.token_exp = c.exp;
+  token_warned_ = false;
+  reply_ok(env, json::object{{"token", auth::sign_jwt(c, services_.jwt_secret)}, {"expires_at", c.exp}});
+}
+
+std::optional<std::size_t> Session::find(std::string_view topic) const {
+  for (std::size_t i = 0; i < joined_.size(); ++i) {
+    if (joined_[i].topic == topic) return i;
+  }
+  return std::nullopt;
+}
+
+void Session::remove(std::size_t index) {
+  joined_.erase(joined_.begin() + static_cast<std::ptrdiff_t>(index));
+}
+
+void Session::handle_join(const protocol::Envelope& env) {
+  const auto kind = protocol::classify_topic(env.topic);
+  if (kind == protocol::TopicKind::invalid) {
+    reply_error(env, reason::invalid_topic,
+                "topics are namespace:name, at most 255 bytes of letters, digits and _-.:@");
+    return;
+  }
+  if (auto existing = find(env.topic)) {
+    // As Phoenix does: a second join of a topic closes the first.
+    Joined old = std::move(joined_[*existing]);
+    remove(*existing);
+    try {
+      old.channel->leave();
+    } catch (const std::exception& e) {
+      spdlog::warn("conn {} leaving {} on rejoin threw: {}", socket_.id(), old.topic, e.what());
+    }
+    const std::optional<std::string_view> ref =
+        old.join_ref ? std::optional<std::string_view>(*old.join_ref) : std::nullopt;
+    socket_.send(wire::Message::text(protocol::encode_raw(ref, ref, old.topic, "phx_close", "{}")));
+  }
+  const auto& cfg = services_.config;
+  if (cfg.max_topics > 0 && static_cast<std::int64_t>(joined_.size()) >= cfg.max_topics) {
+    reply_error(env, reason::too_many_topics, "this connection has joined the most topics allowed");
+    return;
+  }
+  std::unique_ptr<Channel> channel;
+  try {
+    channel = kind == protocol::TopicKind::cortex ? join_cortex(*this, env) : join_pubsub(*this, env);
+  } catch (const std::exception& e) {
+    metrics::bump(services_.metrics.channel_crashes);
+    spdlog::error("conn {} join of {} threw: {}", socket_.id(), env.topic, e.what());
+    reply_error(env, reason::internal, "the join failed on the server");
+    return;
+  }
+  if (!channel) return;  // the join code replied with the error
+  Joined j;
+  j.topic = std::string(env.topic);
+  if (env.join_ref) j.join_ref = std::string(*env.join_ref);
+  j.channel = std::move(channel);
+  joined_.push_back(std::move(j));
+}
+
+void Session::handle_leave(const protocol::Envelope& env, std::size_t index) {
+  Joined j = std::move(joined_[index]);
+  remove(index);
+  try {
+    j.channel->leave();
+  } catch (const std::exception& e) {
+    spdlog::warn("conn {} leave of {} threw: {}", socket_.id(), j.topic, e.what());
+  }
+  reply_ok(env, {});
+}
+
+void Session::crash(std::size_t index, const protocol::Envelope* env, std::string_view what) {
+  metrics::bump(services_.metrics.channel_crashes);
+  Joined j = std::move(joined_[index]);
+  remove(index);
+  spdlog::error("conn {} channel {} crashed: {}", socket_.id(), j.topic, what);
+  try {
+    j.channel->leave();
+  } catch (const std::exception& e) {
+    spdlog::error("conn {} channel {} threw again while leaving: {}", socket_.id(), j.topic, e.what());
+  }
+  if (env) reply_error(*env, reason::internal, "the channel crashed and was closed; rejoin it");
+  // Phoenix tells the client its channel died with phx_error, ref = join_ref;
+  // the official client then rejoins by itself.
+  const std::optional<std::string_view> ref =
+      j.join_ref ? std::optional<std::string_view>(*j.join_ref) : std::nullopt;
+  socket_.send(wire::Message::text(protocol::encode_raw(ref, ref, j.topic, "phx_error", "{}")));
+}
+
+bool Session::take_query_token(const protocol::Envelope& env) {
+  auto take = rates_.queries.take(limits::Clock::now());
+  if (take.ok) return true;
+  metrics::bump(services_.metrics.rate_limited[static_cast<std::size_t>(metrics::RateBucket::queries)]);
+  json::object r = protocol::error_response(reason::rate_limited, "query rate limit exceeded");
+  r["retry_after_ms"] = take.retry_after_ms;
+  if (const json::value* ref = env.payload->if_contains("ref"); ref && ref->is_string()) r["ref"] = *ref;
+  reply_error(env, r);
+  return false;
+}
+
+void Session::on_tick(std::int64_t now_ms) {
+  if (!principal_.via_token || closed_) return;
+  const std::int64_t exp_ms = principal_.token_exp * 1000;
+  if (now_ms >= exp_ms) {
+    socket_.close(wire::close_code::token_expired, "token expired");
+    return;
+  }
+  const std::int64_t warn_ms = services_.config.token_warning_s * 1000;
+  if (!token_warned_ && now_ms >= exp_ms - warn_ms) {
+    token_warned_ = true;
+    push("phoenix", std::nullopt, "token_expiring", json::object{{"expires_in_ms", exp_ms - now_ms}});
+  }
+}
+
+void Session::shutdown() {
+  for (auto& j : joined_) {
+    try {
+      j.channel->shutdown();
+    } catch (const std::exception& e) {
+      spdlog::warn("conn {} channel {} shutdown threw: {}", socket_.id(), j.topic, e.what());
+    }
+  }
+}
+
+void Session::close_channels() {
+  if (closed_) return;
+  closed_ = true;
+  for (auto& j : joined_) {
+    try {
+      j.channel->leave();
+    } catch (const std::exception& e) {
+      spdlog::warn("conn {} channel {} leave threw: {}", socket_.id(), j.topic, e.what());
+    }
+  }
+  joined_.clear();
+}
+
+}  // namespace synapse::channels

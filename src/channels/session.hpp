@@ -1,0 +1,82 @@
+// One connection's protocol state: decodes client frames, applies the rate
+// limits, routes each topic to its channel, and answers the `phoenix` topic
+// (heartbeat, token refresh). Owned by the network connection and used only
+// on its thread.
+#pragma once
+
+#include <boost/json.hpp>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "auth/principal.hpp"
+#include "channels/channel.hpp"
+#include "channels/services.hpp"
+#include "channels/socket.hpp"
+#include "limits/rate_limiter.hpp"
+#include "protocol/errors.hpp"
+
+namespace synapse::channels {
+
+class Session {
+ public:
+  Session(Socket& socket, Services& services, auth::Principal principal);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // A complete text message from the client.
+  void on_text(std::string_view text);
+  // A message that cannot be a frame (binary, invalid UTF-8).
+  void on_malformed(std::string_view why);
+  // Called a few times a second: token expiry.
+  void on_tick(std::int64_t now_ms);
+  // Server shutdown: channels send their final events.
+  void shutdown();
+  // Every close path ends here; leaves every topic. Idempotent.
+  void close_channels();
+
+  const auth::Principal& principal() const noexcept { return principal_; }
+  Socket& socket() noexcept { return socket_; }
+  Services& services() noexcept { return services_; }
+  std::size_t joined_count() const noexcept { return joined_.size(); }
+
+  // Replies to a client message.
+  void reply_ok(const protocol::Envelope& env, const boost::json::object& response);
+  void reply_error(const protocol::Envelope& env, std::string_view reason, std::string_view message = {},
+                   const std::vector<protocol::FieldError>& errors = {});
+  void reply_error(const protocol::Envelope& env, const boost::json::object& response);
+  void push(std::string_view topic, std::optional<std::string_view> join_ref, std::string_view event,
+            const boost::json::object& payload);
+  // The query bucket, spent by queries and tools (after the message bucket).
+  bool take_query_token(const protocol::Envelope& env);
+
+ private:
+  struct Joined {
+    std::string topic;
+    std::optional<std::string> join_ref;
+    std::unique_ptr<Channel> channel;
+  };
+
+  void handle_phoenix(const protocol::Envelope& env);
+  void handle_refresh(const protocol::Envelope& env);
+  void handle_join(const protocol::Envelope& env);
+  void handle_leave(const protocol::Envelope& env, std::size_t index);
+  void crash(std::size_t index, const protocol::Envelope* env, std::string_view what);
+  std::optional<std::size_t> find(std::string_view topic) const;
+  void remove(std::size_t index);
+
+  Socket& socket_;
+  Services& services_;
+  auth::Principal principal_;
+  limits::ConnectionRates rates_;
+  std::vector<std::int64_t> malformed_at_;  // ms; only misbehaving clients grow it
+  std::vector<Joined> joined_;
+  bool token_warned_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace synapse::channels

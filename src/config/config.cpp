@@ -1,0 +1,363 @@
+#include "config/config.hpp"
+
+#include <CLI/CLI.hpp>
+#include <toml.hpp>
+
+#include <charconv>
+#include <cmath>
+#include <fmt/format.h>
+#include <limits>
+#include <variant>
+
+namespace synapse::config {
+namespace {
+
+using Member = std::variant<std::int64_t Config::*, double Config::*, std::string Config::*, bool Config::*,
+                            std::vector<std::string> Config::*>;
+
+struct Option {
+  const char* key;   // TOML "section.name"
+  const char* flag;  // command-line flag
+  const char* help;
+  Member member;
+  double min = 0;
+  double max = std::numeric_limits<double>::max();
+};
+
+constexpr double kMaxInt = 9.0e15;
+
+// The one description of every option. Order is the order of --help and of
+// the example file.
+const std::vector<Option>& options() {
+  static const std::vector<Option> table = {
+      {"server.bind", "--bind", "Address to listen on", &Config::bind},
+      {"server.port", "--port", "TCP port to listen on", &Config::port, 0, 65535},
+      {"server.data_dir", "--data-dir", "Directory for synapse.db and jwt.secret", &Config::data_dir},
+      {"server.threads", "--threads", "I/O threads; 0 = one per core", &Config::threads, 0, 256},
+      {"server.log_level", "--log-level", "trace, debug, info, warn, error or off", &Config::log_level},
+      {"server.drain_timeout_ms", "--drain-timeout-ms",
+       "On SIGTERM/SIGINT, how long to wait for clients to close", &Config::drain_timeout_ms, 0, kMaxInt},
+
+      {"websocket.max_message_bytes", "--max-message-bytes",
+       "Largest client message; larger ones close the connection with 1009 (0 = unlimited)",
+       &Config::max_message_bytes, 0, 1u << 30},
+      {"websocket.handshake_timeout_ms", "--handshake-timeout-ms",
+       "Time allowed for the HTTP upgrade request (0 = unlimited)", &Config::handshake_timeout_ms, 0, kMaxInt},
+      {"websocket.idle_timeout_ms", "--idle-timeout-ms",
+       "Close with 4000 after this long without any client frame (0 = never)", &Config::idle_timeout_ms, 0,
+       kMaxInt},
+      {"websocket.malformed_limit", "--malformed-limit",
+       "Malformed frames tolerated per window before closing with 1008 (0 = unlimited)",
+       &Config::malformed_limit, 0, kMaxInt},
+      {"websocket.malformed_window_ms", "--malformed-window-ms", "Window for malformed_limit",
+       &Config::malformed_window_ms, 1, kMaxInt},
+      {"websocket.outbound_queue_bytes", "--outbound-queue-bytes",
+       "Bytes queued to one client before it is closed with 4008 (0 = unlimited)",
+       &Config::outbound_queue_bytes, 0, kMaxInt},
+      {"websocket.allowed_origins", "--allowed-origins",
+       "Browser Origins allowed to connect (comma-separated; \"*\" = any; empty = same host only)",
+       &Config::allowed_origins},
+
+      {"auth.jwt_secret", "--jwt-secret",
+       "HS256 secret; empty = generated once into <data_dir>/jwt.secret (0600)", &Config::jwt_secret},
+      {"auth.self_refresh", "--self-refresh", "Allow `refresh {}` to mint a fresh token for the same sub",
+       &Config::self_refresh},
+      {"auth.token_default_ttl_s", "--token-default-ttl-s", "TTL of tokens from /api/token without ttl_s",
+       &Config::token_default_ttl_s, 1, kMaxInt},
+      {"auth.token_max_ttl_s", "--token-max-ttl-s", "Longest TTL /api/token will grant",
+       &Config::token_max_ttl_s, 1, kMaxInt},
+      {"auth.token_warning_s", "--token-warning-s", "Push token_expiring this long before exp",
+       &Config::token_warning_s, 0, kMaxInt},
+      {"auth.revocation_poll_ms", "--revocation-poll-ms",
+       "How often revoked keys are looked up to close their connections", &Config::revocation_poll_ms, 50,
+       60'000},
+
+      {"limits.messages_per_min", "--messages-per-min", "Client messages per minute per connection (0 = unlimited)",
+       &Config::messages_per_min, 0, kMaxInt},
+      {"limits.message_burst", "--message-burst", "Message bucket size", &Config::message_burst, 0, kMaxInt},
+      {"limits.queries_per_min", "--queries-per-min", "Queries and tools per minute per connection (0 = unlimited)",
+       &Config::queries_per_min, 0, kMaxInt},
+      {"limits.query_burst", "--query-burst", "Query bucket size", &Config::query_burst, 0, kMaxInt},
+      {"limits.ip_max_connections", "--ip-max-connections", "Concurrent connections per IP (0 = unlimited)",
+       &Config::ip_max_connections, 0, kMaxInt},
+      {"limits.ip_new_per_min", "--ip-new-per-min", "New connections per IP per minute (0 = unlimited)",
+       &Config::ip_new_per_min, 0, kMaxInt},
+      {"limits.key_max_connections", "--key-max-connections",
+       "Concurrent connections per API key or token sub (0 = unlimited)", &Config::key_max_connections, 0,
+       kMaxInt},
+      {"limits.max_topics", "--max-topics", "Topics one connection may join (0 = unlimited)", &Config::max_topics,
+       0, kMaxInt},
+      {"limits.max_running", "--max-running", "Queries and tools running at once per connection (0 = unlimited)",
+       &Config::max_running, 0, kMaxInt},
+
+      {"pubsub.history_size", "--history-size", "Messages kept per topic for recovery (0 = none)",
+       &Config::history_size, 0, 1'000'000},
+      {"pubsub.history_ttl_s", "--history-ttl-s", "How long a message stays recoverable (0 = forever)",
+       &Config::history_ttl_s, 0, kMaxInt},
+      {"pubsub.presence_interval_ms", "--presence-interval-ms", "Presence changes are coalesced per this interval",
+       &Config::presence_interval_ms, 1, 60'000},
+      {"pubsub.max_presence_meta_bytes", "--max-presence-meta-bytes", "Largest presence meta (serialized JSON)",
+       &Config::max_presence_meta_bytes, 0, 1 << 20},
+
+      {"cortex.workers", "--workers", "Threads that run queries and tools", &Config::workers, 1, 256},
+      {"cortex.worker_queue", "--worker-queue", "Runs waiting for a worker before new ones are refused",
+       &Config::worker_queue, 1, 1'000'000},
+      {"cortex.default_timeout_ms", "--default-timeout-ms", "Run timeout when the client gives none",
+       &Config::default_timeout_ms, 1, kMaxInt},
+      {"cortex.max_timeout_ms", "--max-timeout-ms", "Largest timeout_ms a client may ask for",
+       &Config::max_timeout_ms, 1, kMaxInt},
+      {"cortex.max_query_chars", "--max-query-chars", "Longest query text, in characters", &Config::max_query_chars,
+       1, 1 << 20},
+      {"cortex.debug_crash", "--debug-crash", "Enable the debug.crash fault-injection tool (tests only)",
+       &Config::debug_crash},
+      {"cortex.rank_bm25_weight", "--rank-bm25-weight", "Weight of text relevance in the memory ranking",
+       &Config::rank_bm25_weight, 0, 1000},
+      {"cortex.rank_recency_weight", "--rank-recency-weight", "Weight of recency in the memory ranking",
+       &Config::rank_recency_weight, 0, 1000},
+      {"cortex.rank_importance_weight", "--rank-importance-weight", "Weight of importance in the memory ranking",
+       &Config::rank_importance_weight, 0, 1000},
+      {"cortex.rank_recency_half_life_h", "--rank-recency-half-life-h",
+       "Age in hours at which the recency score halves", &Config::rank_recency_half_life_h, 0.001, 1e9},
+      {"cortex.rank_candidates", "--rank-candidates", "Text matches fetched before re-ranking",
+       &Config::rank_candidates, 1, 100'000},
+      {"cortex.default_result_limit", "--default-result-limit", "Results returned when a query gives no limit",
+       &Config::default_result_limit, 1, 1000},
+
+      {"metrics.token", "--metrics-token", "When set, /metrics requires Authorization: Bearer <token>",
+       &Config::metrics_token},
+  };
+  return table;
+}
+
+std::string render(const Config& c, const Member& m) {
+  return std::visit(
+      [&](auto ptr) -> std::string {
+        using T = std::decay_t<decltype(c.*ptr)>;
+        const T& v = c.*ptr;
+        if constexpr (std::is_same_v<T, std::int64_t>) {
+          return std::to_string(v);
+        } else if constexpr (std::is_same_v<T, double>) {
+          return fmt::format("{}", v);
+        } else if constexpr (std::is_same_v<T, bool>) {
+          return v ? "true" : "false";
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          return v;
+        } else {
+          std::string out;
+          for (std::size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + v[i];
+          return out;
+        }
+      },
+      m);
+}
+
+[[noreturn]] void bad(const Option& o, const std::string& why) {
+  throw ConfigError(fmt::format("invalid value for {} ({}): {}", o.key, o.flag, why));
+}
+
+void check_range(const Option& o, double v) {
+  if (!(v >= o.min && v <= o.max)) bad(o, fmt::format("{} is outside {}..{}", v, o.min, o.max));
+}
+
+// Applies one option's text (from a flag) to `cfg`.
+void apply_text(Config& cfg, const Option& o, const std::string& text) {
+  std::visit(
+      [&](auto ptr) {
+        using T = std::decay_t<decltype(cfg.*ptr)>;
+        if constexpr (std::is_same_v<T, std::int64_t>) {
+          std::int64_t v = 0;
+          auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+          if (ec != std::errc() || end != text.data() + text.size()) bad(o, "'" + text + "' is not an integer");
+          check_range(o, static_cast<double>(v));
+          cfg.*ptr = v;
+        } else if constexpr (std::is_same_v<T, double>) {
+          char* end = nullptr;
+          const double v = std::strtod(text.c_str(), &end);
+          if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(v)) {
+            bad(o, "'" + text + "' is not a number");
+          }
+          check_range(o, v);
+          cfg.*ptr = v;
+        } else if constexpr (std::is_same_v<T, bool>) {
+          if (text.empty() || text == "true" || text == "1" || text == "yes" || text == "on") {
+            cfg.*ptr = true;
+          } else if (text == "false" || text == "0" || text == "no" || text == "off") {
+            cfg.*ptr = false;
+          } else {
+            bad(o, "'" + text + "' is not true or false");
+          }
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          cfg.*ptr = text;
+        } else {
+          std::vector<std::string> items;
+          std::size_t start = 0;
+          while (start <= text.size() && !text.empty()) {
+            const auto comma = text.find(',', start);
+            const auto item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+            if (!item.empty()) items.push_back(item);
+            if (comma == std::string::npos) break;
+            start = comma + 1;
+          }
+          cfg.*ptr = std::move(items);
+        }
+      },
+      o.member);
+}
+
+void apply_toml_value(Config& cfg, const Option& o, const toml::value& v) {
+  std::visit(
+      [&](auto ptr) {
+        using T = std::decay_t<decltype(cfg.*ptr)>;
+        if constexpr (std::is_same_v<T, std::int64_t>) {
+          if (!v.is_integer()) bad(o, "expected an integer");
+          check_range(o, static_cast<double>(v.as_integer()));
+          cfg.*ptr = v.as_integer();
+        } else if constexpr (std::is_same_v<T, double>) {
+          double d = 0;
+          if (v.is_floating()) {
+            d = v.as_floating();
+          } else if (v.is_integer()) {
+            d = static_cast<double>(v.as_integer());
+          } else {
+            bad(o, "expected a number");
+          }
+          check_range(o, d);
+          cfg.*ptr = d;
+        } else if constexpr (std::is_same_v<T, bool>) {
+          if (!v.is_boolean()) bad(o, "expected true or false");
+          cfg.*ptr = v.as_boolean();
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          if (!v.is_string()) bad(o, "expected a string");
+          cfg.*ptr = v.as_string().str;
+        } else {
+          if (!v.is_array()) bad(o, "expected an array of strings");
+          std::vector<std::string> items;
+          for (const auto& item : v.as_array()) {
+            if (!item.is_string()) bad(o, "expected an array of strings");
+            items.push_back(item.as_string().str);
+          }
+          cfg.*ptr = std::move(items);
+        }
+      },
+      o.member);
+}
+
+const Option* find_option(const std::string& key) {
+  for (const auto& o : options()) {
+    if (key == o.key) return &o;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+void apply_toml(Config& cfg, const std::string& path) {
+  toml::value root;
+  try {
+    root = toml::parse(path);
+  } catch (const std::exception& e) {
+    throw ConfigError(fmt::format("cannot read config file {}: {}", path, e.what()));
+  }
+  if (!root.is_table()) throw ConfigError("config file " + path + " is not a TOML table");
+  for (const auto& [section, body] : root.as_table()) {
+    if (!body.is_table()) throw ConfigError(fmt::format("unknown config key {} (options live in sections)", section));
+    for (const auto& [name, value] : body.as_table()) {
+      const std::string key = section + "." + name;
+      const Option* o = find_option(key);
+      if (!o) throw ConfigError("unknown config key " + key);
+      apply_toml_value(cfg, *o, value);
+    }
+  }
+}
+
+void validate(const Config& cfg) {
+  // Numeric ranges are checked as values are applied; these are the rules
+  // that a range cannot express.
+  static const char* levels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+  bool level_ok = false;
+  for (const char* l : levels) level_ok |= cfg.log_level == l;
+  if (!level_ok) bad(*find_option("server.log_level"), "'" + cfg.log_level + "' is not a log level");
+  if (cfg.bind.empty()) bad(*find_option("server.bind"), "must not be empty");
+  if (cfg.data_dir.empty()) bad(*find_option("server.data_dir"), "must not be empty");
+  if (cfg.default_timeout_ms > cfg.max_timeout_ms) {
+    bad(*find_option("cortex.default_timeout_ms"), "must not exceed cortex.max_timeout_ms");
+  }
+  if (cfg.token_default_ttl_s > cfg.token_max_ttl_s) {
+    bad(*find_option("auth.token_default_ttl_s"), "must not exceed auth.token_max_ttl_s");
+  }
+  if (!cfg.jwt_secret.empty() && cfg.jwt_secret.size() < 32) {
+    bad(*find_option("auth.jwt_secret"), "must be at least 32 bytes");
+  }
+}
+
+struct Binder::Flag {};
+
+Binder::Binder(CLI::App& app) : app_(app) {
+  const Config defaults;
+  std::size_t i = 0;
+  for (const auto& o : options()) {
+    auto& slot = storage_.emplace_back(std::make_unique<std::string>());
+    auto* opt = app.add_option(o.flag, *slot, o.help);
+    opt->default_str(render(defaults, o.member));
+    opt->group("Server options");
+    if (std::holds_alternative<bool Config::*>(o.member)) {
+      opt->expected(0, 1);
+      opt->type_name("BOOL");
+    }
+    given_.emplace_back(i++, slot.get());
+  }
+}
+
+Config Binder::finish(const std::string& config_file) const {
+  Config cfg;
+  if (!config_file.empty()) apply_toml(cfg, config_file);
+  const auto& table = options();
+  for (const auto& [index, raw] : given_) {
+    const Option& o = table[index];
+    if (app_.count(o.flag) > 0) apply_text(cfg, o, *raw);
+  }
+  validate(cfg);
+  return cfg;
+}
+
+std::string example_toml() {
+  const Config defaults;
+  std::string out =
+      "# Synapse configuration. Every key is optional; the values shown are the defaults.\n"
+      "# Each key also has a command-line flag (shown after the description), which wins over this file.\n"
+      "# Pass the file with: synapse serve --config FILE\n";
+  std::string section;
+  for (const auto& o : options()) {
+    const std::string key = o.key;
+    const auto dot = key.find('.');
+    const std::string sec = key.substr(0, dot);
+    if (sec != section) {
+      section = sec;
+      out += "\n[" + section + "]\n";
+    }
+    out += fmt::format("# {} ({})\n", o.help, o.flag);
+    const std::string name = key.substr(dot + 1);
+    std::visit(
+        [&](auto ptr) {
+          using T = std::decay_t<decltype(defaults.*ptr)>;
+          const T& v = defaults.*ptr;
+          if constexpr (std::is_same_v<T, std::string>) {
+            out += fmt::format("{} = \"{}\"\n", name, v);
+          } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+            std::string items;
+            for (std::size_t j = 0; j < v.size(); ++j) items += fmt::format("{}\"{}\"", j ? ", " : "", v[j]);
+            out += fmt::format("{} = [{}]\n", name, items);
+          } else if constexpr (std::is_same_v<T, double>) {
+            std::string num = fmt::format("{}", v);
+            if (num.find_first_of(".e") == std::string::npos) num += ".0";
+            out += fmt::format("{} = {}\n", name, num);
+          } else {
+            out += fmt::format("{} = {}\n", name, render(defaults, o.member));
+          }
+        },
+        o.member);
+  }
+  return out;
+}
+
+}  // namespace synapse::config

@@ -1,0 +1,107 @@
+// Server configuration: defaults are the protocol's; a TOML file and a flag
+// per option override them, in that order. Every option is described once, in
+// config.cpp's table, which drives the TOML reader, the flags and --help.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace synapse::config {
+
+struct Config {
+  // [server]
+  std::string bind = "127.0.0.1";
+  std::int64_t port = 4000;
+  std::string data_dir = "./data";
+  std::int64_t threads = 0;  // 0 = one per core
+  std::string log_level = "info";
+  std::int64_t drain_timeout_ms = 10'000;
+
+  // [websocket]
+  std::int64_t max_message_bytes = 1 << 20;
+  std::int64_t handshake_timeout_ms = 10'000;
+  std::int64_t idle_timeout_ms = 60'000;
+  std::int64_t malformed_limit = 10;
+  std::int64_t malformed_window_ms = 60'000;
+  std::int64_t outbound_queue_bytes = 4 << 20;
+  std::vector<std::string> allowed_origins;  // empty: only same-host origins
+
+  // [auth]
+  std::string jwt_secret;  // empty: generated once into <data_dir>/jwt.secret
+  bool self_refresh = true;
+  std::int64_t token_default_ttl_s = 3600;
+  std::int64_t token_max_ttl_s = 86'400;
+  std::int64_t token_warning_s = 60;
+  std::int64_t revocation_poll_ms = 1000;
+
+  // [limits]
+  std::int64_t messages_per_min = 60;
+  std::int64_t message_burst = 20;
+  std::int64_t queries_per_min = 10;
+  std::int64_t query_burst = 10;
+  std::int64_t ip_max_connections = 100;
+  std::int64_t ip_new_per_min = 10;
+  std::int64_t key_max_connections = 10;
+  std::int64_t max_topics = 100;
+  std::int64_t max_running = 4;
+
+  // [pubsub]
+  std::int64_t history_size = 100;
+  std::int64_t history_ttl_s = 300;
+  std::int64_t presence_interval_ms = 100;
+  std::int64_t max_presence_meta_bytes = 1024;
+
+  // [cortex]
+  std::int64_t workers = 4;
+  std::int64_t worker_queue = 1024;
+  std::int64_t default_timeout_ms = 30'000;
+  std::int64_t max_timeout_ms = 600'000;
+  std::int64_t max_query_chars = 8192;
+  bool debug_crash = false;
+  double rank_bm25_weight = 0.6;
+  double rank_recency_weight = 0.25;
+  double rank_importance_weight = 0.15;
+  double rank_recency_half_life_h = 168.0;
+  std::int64_t rank_candidates = 100;
+  std::int64_t default_result_limit = 10;
+
+  // [metrics]
+  std::string metrics_token;  // empty: /metrics is open
+};
+
+// A bad value or an unknown key; the message names the key.
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Adds a flag for every option to `app`. After parsing, call finish().
+class Binder {
+ public:
+  explicit Binder(CLI::App& app);
+  // Applies `config_file` (if any), then the flags that were given, then
+  // checks every value. Throws ConfigError.
+  Config finish(const std::string& config_file) const;
+
+ private:
+  struct Flag;
+  std::vector<std::pair<std::size_t, std::string*>> given_;  // option index -> raw text
+  std::vector<std::unique_ptr<std::string>> storage_;
+  CLI::App& app_;
+};
+
+// Loads a TOML file over `base`; throws ConfigError naming the bad key.
+void apply_toml(Config& cfg, const std::string& path);
+// Range checks every option; throws ConfigError naming the bad key.
+void validate(const Config& cfg);
+// The example file, generated from the option table (docs and tests use it).
+std::string example_toml();
+
+}  // namespace synapse::config

@@ -1,0 +1,99 @@
+// The built-in memory engine's storage: SQLite with an FTS5 index, in the
+// data directory. Memories belong to a tenant; `agent` scope is visible to its
+// agent only, `shared` to the whole tenant.
+//
+// Threads: one SQLite connection per worker (WAL lets them read at once); a
+// caller passes its worker index. Each connection has its own mutex, so any
+// thread may use any index safely.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cortex/tool.hpp"
+
+namespace synapse::store {
+class Database;
+}
+
+namespace synapse::cortex {
+
+struct NewMemory {
+  std::string content;
+  std::vector<std::string> tags;
+  double importance = 0.5;
+  std::string scope = "agent";
+};
+
+struct MemoryRecord {
+  std::int64_t id = 0;
+  std::string content;
+  std::vector<std::string> tags;
+  double importance = 0.5;
+  std::string scope;
+  std::string agent_id;
+  std::string store;  // semantic / episodic / procedural, classified on store
+  std::int64_t created_at_ms = 0;
+};
+
+struct Candidate {
+  MemoryRecord rec;
+  double relevance = 0;  // -bm25: larger is more relevant
+};
+
+struct MemoryStats {
+  std::int64_t visible = 0;
+  std::int64_t agent_scope = 0;
+  std::int64_t shared_scope = 0;
+  std::map<std::string, std::int64_t> by_store;
+  std::int64_t oldest_ms = 0;
+  std::int64_t newest_ms = 0;
+};
+
+struct RankingOptions {
+  double bm25_weight = 0.6;
+  double recency_weight = 0.25;
+  double importance_weight = 0.15;
+  double recency_half_life_h = 168;
+  double store_weight = 0.1;  // bonus when a memory sits in the routed store
+  std::size_t candidates = 100;
+};
+
+struct Ranked {
+  MemoryRecord rec;
+  double score = 0;
+};
+
+class MemoryStore {
+ public:
+  MemoryStore(const std::string& db_path, std::size_t connections);
+  ~MemoryStore();
+
+  std::int64_t store(std::size_t conn, const Caller& caller, const NewMemory& m);
+  // Full-text candidates (BM25 order); text with no search terms falls back
+  // to a literal substring scan of the newest memories.
+  std::vector<Candidate> recall(std::size_t conn, const Caller& caller, std::string_view text, std::size_t limit);
+  bool forget(std::size_t conn, const Caller& caller, std::int64_t id);
+  MemoryStats stats(std::size_t conn, const Caller& caller);
+  bool integrity_ok(std::size_t conn);
+
+ private:
+  struct Slot {
+    std::mutex mu;
+    std::unique_ptr<store::Database> db;
+  };
+  Slot& slot(std::size_t conn) { return *slots_[conn % slots_.size()]; }
+  std::vector<std::unique_ptr<Slot>> slots_;
+};
+
+// Orders candidates by weighted relevance, recency and importance (each in
+// 0..1, relevance normalized to the best candidate) plus the store bonus.
+std::vector<Ranked> rank(std::vector<Candidate> candidates, const RankingOptions& opts,
+                         std::string_view routed_store, std::int64_t now_ms, std::size_t limit);
+
+}  // namespace synapse::cortex

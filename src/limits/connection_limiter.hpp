@@ -1,0 +1,86 @@
+// Concurrent and new-connection limits per client IP and per credential
+// (protocol section 7). Checked before the WebSocket upgrade; every admitted
+// connection holds a Permit whose destruction gives its counts back, so no
+// close path can leak them.
+//
+// Thread safety: one mutex; taken once at admission and once at release.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "limits/rate_limiter.hpp"
+
+namespace synapse::limits {
+
+struct ConnectionLimits {
+  std::int64_t per_ip = 100;         // 0 = unlimited
+  std::int64_t new_per_ip_min = 10;  // 0 = unlimited
+  std::int64_t per_key = 10;         // 0 = unlimited
+};
+
+enum class Admission { ok, too_many_connections, connection_rate_exceeded };
+
+class ConnectionLimiter;
+
+class Permit {
+ public:
+  Permit() = default;
+  Permit(Permit&& other) noexcept;
+  Permit& operator=(Permit&& other) noexcept;
+  Permit(const Permit&) = delete;
+  Permit& operator=(const Permit&) = delete;
+  ~Permit();
+  void release() noexcept;
+  explicit operator bool() const noexcept { return limiter_ != nullptr; }
+
+ private:
+  friend class ConnectionLimiter;
+  ConnectionLimiter* limiter_ = nullptr;
+  std::string ip_;
+  std::string key_;  // empty when the key is not counted (unlimited)
+};
+
+struct AdmissionResult {
+  Admission verdict = Admission::ok;
+  std::int64_t retry_after_s = 0;
+};
+
+struct LimiterCounts {
+  std::int64_t ip_connections = 0;   // sum over IPs
+  std::int64_t key_connections = 0;  // sum over keys
+  std::int64_t tracked_ips = 0;
+  std::int64_t tracked_keys = 0;
+};
+
+class ConnectionLimiter {
+ public:
+  explicit ConnectionLimiter(ConnectionLimits limits) : limits_(limits) {}
+
+  // `key` identifies the credential (API key id or token sub); `count_key`
+  // is false for --unlimited keys, which skip the per-key limit.
+  AdmissionResult admit(std::string_view ip, std::string_view key, bool count_key, Permit& out);
+  LimiterCounts counts();
+  // Drops per-IP rate state that has fully refilled and holds no connection.
+  void sweep();
+
+ private:
+  friend class Permit;
+  void give_back(const std::string& ip, const std::string& key) noexcept;
+
+  struct IpState {
+    std::int64_t open = 0;
+    TokenBucket arrivals;
+  };
+
+  ConnectionLimits limits_;
+  std::mutex mu_;
+  std::unordered_map<std::string, IpState> ips_;
+  std::unordered_map<std::string, std::int64_t> keys_;
+};
+
+}  // namespace synapse::limits

@@ -1,0 +1,250 @@
+// synapse: the command line. `serve` runs the gateway; `keys` manages API
+// keys in the data directory; `config example` prints every option.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "auth/crypto.hpp"
+#include "auth/key_store.hpp"
+#include "channels/services.hpp"
+#include "config/config.hpp"
+#include "cortex/cortex.hpp"
+#include "limits/connection_limiter.hpp"
+#include "metrics/metrics.hpp"
+#include "net/http_api.hpp"
+#include "net/server.hpp"
+#include "pubsub/local_broker.hpp"
+
+namespace fs = std::filesystem;
+using namespace synapse;
+
+namespace {
+
+constexpr int exit_usage = 2;
+
+std::string db_path(const std::string& data_dir) { return (fs::path(data_dir) / "synapse.db").string(); }
+
+void ensure_dir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error("cannot create data directory " + dir + ": " + ec.message());
+}
+
+// The configured secret, or the one kept in <data_dir>/jwt.secret, created
+// on first use with mode 0600.
+std::string load_jwt_secret(const config::Config& cfg) {
+  if (!cfg.jwt_secret.empty()) return cfg.jwt_secret;
+  const fs::path path = fs::path(cfg.data_dir) / "jwt.secret";
+  if (fs::exists(path)) {
+    std::ifstream in(path, std::ios::binary);
+    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+    if (s.size() < 32) throw std::runtime_error(path.string() + " holds fewer than 32 bytes");
+    return s;
+  }
+  const std::string secret = auth::base64url_encode(auth::random_bytes(48));
+  const mode_t old = ::umask(077);
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << secret << '\n';
+    if (!out) throw std::runtime_error("cannot write " + path.string());
+  }
+  ::umask(old);
+  fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+  spdlog::info("generated a JWT secret in {}", path.string());
+  return secret;
+}
+
+int serve(const config::Config& cfg) {
+  spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  std::signal(SIGPIPE, SIG_IGN);
+  ensure_dir(cfg.data_dir);
+  const std::string secret = load_jwt_secret(cfg);
+  auth::KeyStore keys(db_path(cfg.data_dir));
+  if (keys.count() == 0) {
+    auth::NewKey spec;
+    spec.name = "admin";
+    spec.admin = true;
+    spec.publish = true;
+    auto [key, plain] = keys.create(spec);
+    std::cout << "No API keys yet: created admin key " << key.id << " (agent \"" << key.agent_id
+              << "\"). It is shown once; keep it:\n"
+              << plain << std::endl;
+  }
+
+  const std::size_t n_threads =
+      cfg.threads > 0 ? static_cast<std::size_t>(cfg.threads) : std::max(1u, std::thread::hardware_concurrency());
+  metrics::Metrics metrics;
+  net::IoThreads threads(n_threads);
+
+  pubsub::BrokerOptions bo;
+  bo.history_size = static_cast<std::size_t>(cfg.history_size);
+  bo.history_ttl_ms = cfg.history_ttl_s * 1000;
+  pubsub::LocalBroker broker(bo, threads.posters(), metrics);
+
+  cortex::CortexOptions co;
+  co.workers = static_cast<std::size_t>(cfg.workers);
+  co.queue_limit = static_cast<std::size_t>(cfg.worker_queue);
+  co.debug_crash = cfg.debug_crash;
+  co.ranking.bm25_weight = cfg.rank_bm25_weight;
+  co.ranking.recency_weight = cfg.rank_recency_weight;
+  co.ranking.importance_weight = cfg.rank_importance_weight;
+  co.ranking.recency_half_life_h = cfg.rank_recency_half_life_h;
+  co.ranking.candidates = static_cast<std::size_t>(cfg.rank_candidates);
+  cortex::Cortex cortex(co, db_path(cfg.data_dir));
+  cortex::register_builtin_tools(cortex);
+
+  channels::Services services{cfg, metrics, keys, secret, broker, cortex};
+  limits::ConnectionLimiter limiter(
+      limits::ConnectionLimits{cfg.ip_max_connections, cfg.ip_new_per_min, cfg.key_max_connections});
+  std::atomic<bool> draining{false};
+  net::HttpContext http{cfg, services, limiter, draining, [&] {
+                          return std::vector<metrics::Sample>{
+                              {"synapse_io_threads", "I/O threads", static_cast<double>(n_threads)},
+                              {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)}};
+                        }};
+  net::Server server(threads, http, draining);
+  try {
+    server.listen(cfg.bind, static_cast<std::uint16_t>(cfg.port));
+  } catch (const std::exception& e) {
+    spdlog::critical("cannot listen on {}:{}: {}", cfg.bind, cfg.port, e.what());
+    return 1;
+  }
+  spdlog::info("synapse listening on {}:{} (threads={}, workers={}, data={})", cfg.bind, server.port(), n_threads,
+               cfg.workers, cfg.data_dir);
+  // Scripts and tests wait for this line.
+  std::cout << "listening on " << cfg.bind << ":" << server.port() << std::endl;
+  const int rc = server.run();
+  cortex.stop();  // workers post to I/O threads: stop them while those exist
+  return rc;
+}
+
+std::string flags_of(const auth::ApiKey& k) {
+  std::string f;
+  if (k.admin) f += "admin ";
+  if (k.publish) f += "publish ";
+  if (k.unlimited) f += "unlimited ";
+  if (!f.empty()) f.pop_back();
+  return f.empty() ? "-" : f;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Synapse: a real-time WebSocket gateway for AI agents (Phoenix Channels V2)"};
+  app.require_subcommand(1);
+
+  // serve
+  auto* serve_cmd = app.add_subcommand("serve", "Run the gateway");
+  std::string config_file;
+  serve_cmd->add_option("--config", config_file, "TOML configuration file (flags override it)")->check(CLI::ExistingFile);
+  config::Binder binder(*serve_cmd);
+
+  // keys
+  auto* keys_cmd = app.add_subcommand("keys", "Manage API keys");
+  keys_cmd->require_subcommand(1);
+  std::string data_dir = "./data";
+  auto add_data_dir = [&](CLI::App* c) {
+    c->add_option("--data-dir", data_dir, "Data directory holding synapse.db")->capture_default_str();
+  };
+  auth::NewKey spec;
+  auto* create = keys_cmd->add_subcommand("create", "Create a key; the key alone is printed on the last line");
+  create->add_option("--name", spec.name, "A name for the key")->required();
+  create->add_option("--agent", spec.agent_id, "Agent id the key acts as (default: the name)");
+  create->add_option("--tenant", spec.tenant, "Tenant whose memories the key sees (default: default)");
+  create->add_flag("--admin", spec.admin, "May join any cortex topic and mint tokens for any agent");
+  create->add_flag("--publish", spec.publish, "May use POST /api/broadcast");
+  create->add_flag("--unlimited", spec.unlimited, "Skips rate and per-key connection limits");
+  create->add_option("--msgs-per-min", spec.rates.msgs_per_min, "Override: messages per minute")->check(CLI::NonNegativeNumber);
+  create->add_option("--queries-per-min", spec.rates.queries_per_min, "Override: queries per minute")
+      ->check(CLI::NonNegativeNumber);
+  create->add_option("--burst", spec.rates.burst, "Override: message burst")->check(CLI::NonNegativeNumber);
+  add_data_dir(create);
+  bool as_json = false;
+  auto* list = keys_cmd->add_subcommand("list", "List keys (never their secrets)");
+  list->add_flag("--json", as_json, "One JSON object per line");
+  add_data_dir(list);
+  std::string revoke_id;
+  auto* revoke = keys_cmd->add_subcommand("revoke", "Revoke a key; its live connections close with 4003 within seconds");
+  revoke->add_option("id", revoke_id, "Key id (see keys list)")->required();
+  add_data_dir(revoke);
+
+  // config
+  auto* config_cmd = app.add_subcommand("config", "Configuration helpers");
+  config_cmd->require_subcommand(1);
+  auto* example = config_cmd->add_subcommand("example", "Print an example TOML file with every option and its default");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : exit_usage;
+  }
+
+  try {
+    if (*serve_cmd) {
+      config::Config cfg;
+      try {
+        cfg = binder.finish(config_file);
+      } catch (const config::ConfigError& e) {
+        std::cerr << "synapse: " << e.what() << "\n";
+        return exit_usage;
+      }
+      return serve(cfg);
+    }
+    if (*example) {
+      std::cout << config::example_toml();
+      return 0;
+    }
+    ensure_dir(data_dir);
+    auth::KeyStore keys(db_path(data_dir));
+    if (*create) {
+      if (spec.name.empty()) {
+        std::cerr << "synapse: --name must not be empty\n";
+        return exit_usage;
+      }
+      auto [key, plain] = keys.create(spec);
+      std::cout << "created key " << key.id << " name=" << key.name << " agent=" << key.agent_id
+                << " tenant=" << key.tenant << " flags=" << flags_of(key) << "\n"
+                << "the key is shown once, on the next line:\n"
+                << plain << std::endl;
+      return 0;
+    }
+    if (*list) {
+      const auto all = keys.list();
+      if (!as_json) std::printf("%-14s %-16s %-16s %-10s %-22s %-10s %s\n", "ID", "NAME", "AGENT", "TENANT", "FLAGS", "CREATED", "REVOKED");
+      for (const auto& k : all) {
+        if (as_json) {
+          std::cout << "{\"id\":\"" << k.id << "\",\"name\":\"" << k.name << "\",\"agent_id\":\"" << k.agent_id
+                    << "\",\"tenant\":\"" << k.tenant << "\",\"admin\":" << (k.admin ? "true" : "false")
+                    << ",\"publish\":" << (k.publish ? "true" : "false")
+                    << ",\"unlimited\":" << (k.unlimited ? "true" : "false") << ",\"created_at\":" << k.created_at
+                    << ",\"revoked_at\":" << (k.revoked_at ? std::to_string(*k.revoked_at) : "null") << "}\n";
+        } else {
+          std::printf("%-14s %-16s %-16s %-10s %-22s %-10lld %s\n", k.id.c_str(), k.name.c_str(), k.agent_id.c_str(),
+                      k.tenant.c_str(), flags_of(k).c_str(), static_cast<long long>(k.created_at),
+                      k.revoked_at ? std::to_string(*k.revoked_at).c_str() : "-");
+        }
+      }
+      return 0;
+    }
+    if (*revoke) {
+      if (!keys.revoke(revoke_id)) {
+        std::cerr << "synapse: no key with id " << revoke_id << "\n";
+        return 1;
+      }
+      std::cout << "revoked " << revoke_id << "\n";
+      return 0;
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "synapse: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

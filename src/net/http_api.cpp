@@ -1,0 +1,215 @@
+#include "net/http_api.hpp"
+
+#include <boost/json.hpp>
+
+#include "auth/authenticator.hpp"
+#include "auth/jwt.hpp"
+#include "auth/key_store.hpp"
+#include "channels/pubsub_channel.hpp"
+#include "channels/services.hpp"
+#include "config/config.hpp"
+#include "core/clock.hpp"
+#include "limits/connection_limiter.hpp"
+#include "net/request_target.hpp"
+#include "protocol/topic.hpp"
+#include "pubsub/broker.hpp"
+
+namespace synapse::net {
+namespace json = boost::json;
+
+HttpResponse json_error(int status, std::string_view code, std::string_view reason) {
+  HttpResponse r;
+  r.status = status;
+  r.body = json::serialize(json::object{{"error", code}, {"reason", reason}});
+  return r;
+}
+
+namespace {
+
+HttpResponse json_ok(const json::object& body, int status = 200) {
+  HttpResponse r;
+  r.status = status;
+  r.body = json::serialize(body);
+  return r;
+}
+
+HttpResponse health(HttpContext& ctx, std::string_view path) {
+  const bool draining = ctx.draining.load();
+  if (path == "/health/live") return json_ok({{"status", "ok"}});
+  if (path == "/health/ready") {
+    return draining ? json_ok({{"status", "draining"}}, 503) : json_ok({{"status", "ready"}});
+  }
+  return json_ok({{"status", draining ? "draining" : "ok"},
+                  {"connections", ctx.services.metrics.connections_open.load()},
+                  {"version", "0.1.0"}});
+}
+
+HttpResponse metrics_page(const HttpRequest& req, HttpContext& ctx) {
+  const auto& token = ctx.config.metrics_token;
+  if (!token.empty() && auth::bearer(req.authorization) != token) {
+    return json_error(401, "unauthorized", "metrics require the configured bearer token");
+  }
+  std::vector<metrics::Sample> extra = ctx.extra_samples ? ctx.extra_samples() : std::vector<metrics::Sample>{};
+  const auto counts = ctx.limiter.counts();
+  extra.push_back({"synapse_limiter_ip_connections", "Connections counted against per-IP limits",
+                   static_cast<double>(counts.ip_connections)});
+  extra.push_back({"synapse_limiter_key_connections", "Connections counted against per-key limits",
+                   static_cast<double>(counts.key_connections)});
+  extra.push_back({"synapse_limiter_tracked_ips", "IPs with limiter state", static_cast<double>(counts.tracked_ips)});
+  const auto b = ctx.services.broker.stats();
+  extra.push_back({"synapse_topic_members", "Pub/sub memberships", static_cast<double>(b.members)});
+  extra.push_back({"synapse_history_messages", "Messages held for recovery", static_cast<double>(b.history_messages)});
+  HttpResponse r;
+  r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  r.body = metrics::render_prometheus(ctx.services.metrics, extra);
+  return r;
+}
+
+// The API key of an HTTP API request, or the error response.
+std::optional<HttpResponse> require_key(const HttpRequest& req, HttpContext& ctx, auth::Principal& out) {
+  const auto credential = auth::bearer(req.authorization);
+  if (credential.empty()) return json_error(401, "unauthorized", "send Authorization: Bearer <api key>");
+  auto r = auth::authenticate_key(credential, ctx.services.keys);
+  if (!r.ok()) return json_error(401, "unauthorized", r.message);
+  out = std::move(r.principal);
+  return std::nullopt;
+}
+
+std::optional<json::object> parse_body(const HttpRequest& req, HttpResponse& err) {
+  json::parse_options opts;
+  opts.max_depth = 64;
+  boost::system::error_code ec;
+  json::value v = json::parse(req.body.empty() ? std::string_view("{}") : std::string_view(req.body), ec, {}, opts);
+  if (ec || !v.is_object()) {
+    err = json_error(400, "invalid_payload", "the body must be a JSON object");
+    return std::nullopt;
+  }
+  return std::move(v.as_object());
+}
+
+HttpResponse mint_token(const HttpRequest& req, HttpContext& ctx) {
+  auth::Principal key;
+  if (auto e = require_key(req, ctx, key)) return *e;
+  HttpResponse err;
+  auto body = parse_body(req, err);
+  if (!body) return err;
+  std::string agent = key.agent_id;
+  if (const json::value* a = body->if_contains("agent_id")) {
+    if (!a->is_string() || a->as_string().empty() || a->as_string().size() > 255) {
+      return json_error(400, "invalid_payload", "agent_id must be a non-empty string of at most 255 bytes");
+    }
+    agent = std::string(a->as_string());
+  }
+  if (agent.find('\0') != std::string::npos) return json_error(400, "invalid_payload", "agent_id must not contain NUL");
+  if (agent != key.agent_id && !key.admin) {
+    return json_error(403, "forbidden", "only an admin key may mint tokens for another agent");
+  }
+  std::int64_t ttl = ctx.config.token_default_ttl_s;
+  if (const json::value* t = body->if_contains("ttl_s")) {
+    if (!t->is_int64() || t->as_int64() < 1 || t->as_int64() > ctx.config.token_max_ttl_s) {
+      return json_error(400, "invalid_payload",
+                        "ttl_s must be an integer from 1 to " + std::to_string(ctx.config.token_max_ttl_s));
+    }
+    ttl = t->as_int64();
+  }
+  auth::TokenClaims c;
+  if (const json::value* topics = body->if_contains("topics")) {
+    const json::array* arr = topics->if_array();
+    if (!arr) return json_error(400, "invalid_payload", "topics must be an array of topic patterns");
+    c.has_topics = true;
+    for (const auto& t : *arr) {
+      if (!t.is_string() || t.as_string().empty() || t.as_string().size() > 255) {
+        return json_error(400, "invalid_payload", "topics must be an array of topic patterns");
+      }
+      c.topics.emplace_back(t.as_string());
+    }
+  }
+  const std::int64_t now = unix_s();
+  c.sub = agent;
+  c.iat = now;
+  c.exp = now + ttl;
+  c.tenant = key.tenant;
+  c.key_id = key.key_id;
+  return json_ok({{"token", auth::sign_jwt(c, ctx.services.jwt_secret)}, {"expires_at", c.exp}});
+}
+
+HttpResponse broadcast(const HttpRequest& req, HttpContext& ctx) {
+  auth::Principal key;
+  if (auto e = require_key(req, ctx, key)) return *e;
+  if (!key.publish && !key.admin) return json_error(403, "forbidden", "this API key has no publish rights");
+  HttpResponse err;
+  auto body = parse_body(req, err);
+  if (!body) return err;
+  const json::value* topic = body->if_contains("topic");
+  const json::value* event = body->if_contains("event");
+  const json::value* payload = body->if_contains("payload");
+  if (!topic || !topic->is_string()) return json_error(400, "invalid_payload", "topic must be a string");
+  const std::string_view t(topic->as_string().data(), topic->as_string().size());
+  if (protocol::classify_topic(t) != protocol::TopicKind::pubsub) {
+    return json_error(400, "invalid_topic", "topic must be a pub/sub topic name (namespace:name)");
+  }
+  if (!event || !event->is_string()) return json_error(400, "invalid_payload", "event must be a string");
+  const std::string_view e(event->as_string().data(), event->as_string().size());
+  if (protocol::is_reserved_event(e)) return json_error(400, "reserved_event", "reserved event name");
+  if (!protocol::valid_event_name(e)) return json_error(400, "invalid_payload", "event must be 1..64 bytes");
+  json::object empty;
+  const json::object* p = &empty;
+  if (payload) {
+    if (!payload->is_object()) return json_error(400, "invalid_payload", "payload must be an object");
+    p = &payload->as_object();
+  }
+  if (p->contains("_meta")) return json_error(400, "invalid_payload", "_meta is added by the server");
+  const auto r = ctx.services.broker.publish(t, e, *p, key.agent_id, 0);
+  return json_ok({{"offset", r.offset}, {"epoch", r.epoch}});
+}
+
+HttpResponse presence(const HttpRequest& req, HttpContext& ctx, std::string_view topic) {
+  auth::Principal key;
+  if (auto e = require_key(req, ctx, key)) return *e;
+  if (protocol::classify_topic(topic) != protocol::TopicKind::pubsub) {
+    return json_error(400, "invalid_topic", "not a pub/sub topic name");
+  }
+  return json_ok({{"topic", topic}, {"presence", ctx.services.broker.presence_state(topic)}});
+}
+
+}  // namespace
+
+HttpResponse handle_http(const HttpRequest& req, HttpContext& ctx) {
+  metrics::bump(ctx.services.metrics.http_requests);
+  RequestTarget target;
+  if (!parse_target(req.target, target)) return json_error(400, "bad_request", "malformed request target");
+  const std::string& path = target.path;
+  auto only = [&](std::string_view method) -> std::optional<HttpResponse> {
+    if (req.method == method) return std::nullopt;
+    auto r = json_error(405, "method_not_allowed", "use " + std::string(method));
+    r.headers.emplace_back("Allow", std::string(method));
+    return r;
+  };
+  if (path == "/health" || path == "/health/live" || path == "/health/ready") {
+    if (auto e = only("GET")) return *e;
+    return health(ctx, path);
+  }
+  if (path == "/metrics") {
+    if (auto e = only("GET")) return *e;
+    return metrics_page(req, ctx);
+  }
+  if (path == "/api/token") {
+    if (auto e = only("POST")) return *e;
+    return mint_token(req, ctx);
+  }
+  if (path == "/api/broadcast") {
+    if (auto e = only("POST")) return *e;
+    return broadcast(req, ctx);
+  }
+  constexpr std::string_view presence_prefix = "/api/presence/";
+  if (path.starts_with(presence_prefix)) {
+    if (auto e = only("GET")) return *e;
+    return presence(req, ctx, std::string_view(path).substr(presence_prefix.size()));
+  }
+  if (path == "/cortex/websocket") {
+    return json_error(426, "upgrade_required", "this endpoint speaks WebSocket only");
+  }
+  return json_error(404, "not_found", "no such endpoint");
+}
+
+}  // namespace synapse::net

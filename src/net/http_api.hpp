@@ -1,0 +1,53 @@
+// The plain HTTP endpoints (protocol section 6), free of any socket type:
+// a request struct in, a response struct out.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "metrics/metrics.hpp"
+
+namespace synapse::config {
+struct Config;
+}
+namespace synapse::channels {
+struct Services;
+}
+namespace synapse::limits {
+class ConnectionLimiter;
+}
+
+namespace synapse::net {
+
+struct HttpContext {
+  const config::Config& config;
+  channels::Services& services;
+  limits::ConnectionLimiter& limiter;
+  const std::atomic<bool>& draining;
+  // Gauges only the server knows (threads, queues), added to /metrics.
+  std::function<std::vector<metrics::Sample>()> extra_samples;
+};
+
+struct HttpRequest {
+  std::string method;
+  std::string target;
+  std::string authorization;
+  std::string body;
+};
+
+struct HttpResponse {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+// {"error": code, "reason": text}
+HttpResponse json_error(int status, std::string_view code, std::string_view reason);
+
+HttpResponse handle_http(const HttpRequest& req, HttpContext& ctx);
+
+}  // namespace synapse::net

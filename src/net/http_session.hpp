@@ -1,0 +1,21 @@
+// A TCP connection before (or instead of) the WebSocket upgrade: reads HTTP
+// requests with Beast's parser, answers the plain endpoints (keep-alive), and
+// hands the socket to a Connection after a successful upgrade.
+#pragma once
+
+#include <boost/asio/ip/tcp.hpp>
+#include <memory>
+
+namespace synapse::channels {
+struct Services;
+}
+
+namespace synapse::net {
+
+struct IoThread;
+struct HttpContext;
+
+// Starts serving `socket` on `thread` (call on that thread).
+void serve_http(IoThread& thread, boost::asio::ip::tcp::socket socket, HttpContext& ctx, std::uint64_t conn_id);
+
+}  // namespace synapse::net

@@ -1,0 +1,42 @@
+// A connection's outbound queue: shared, immutable, already-framed messages,
+// measured in bytes. Everything waiting leaves in one gather write.
+//
+// A ring of Message handles (one pointer each); a queue that drains returns
+// its memory beyond a small reserve, so an idle connection holds almost none.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "wire/message.hpp"
+
+namespace synapse::net {
+
+class OutboundQueue {
+ public:
+  void push(wire::Message msg);
+  bool empty() const noexcept { return count_ == 0; }
+  std::size_t bytes() const noexcept { return bytes_; }
+  std::size_t size() const noexcept { return count_; }
+
+  // Fills up to `max` iovecs with the waiting bytes, oldest first.
+  std::size_t gather(iovec* iov, std::size_t max) const noexcept;
+  // Drops `n` written bytes; returns how many messages were completed.
+  std::size_t consume(std::size_t n) noexcept;
+  // Drops everything and frees the ring.
+  void clear() noexcept;
+
+ private:
+  void grow();
+
+  std::vector<wire::Message> ring_;
+  std::size_t head_ = 0;
+  std::size_t count_ = 0;
+  std::size_t bytes_ = 0;
+  std::size_t head_sent_ = 0;  // bytes of the head message already written
+};
+
+}  // namespace synapse::net

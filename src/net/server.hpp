@@ -1,0 +1,57 @@
+// The listener and the server's periodic work: accepting onto the I/O
+// threads, per-thread sweeps (timeouts, token expiry), the broker's tick,
+// revocation polling, and graceful shutdown on SIGINT/SIGTERM.
+#pragma once
+
+#include <atomic>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <cstdint>
+#include <set>
+#include <string>
+
+#include "net/http_api.hpp"
+#include "net/io_thread.hpp"
+
+namespace synapse::net {
+
+class Server {
+ public:
+  Server(IoThreads& threads, HttpContext& http, std::atomic<bool>& draining);
+
+  // Binds and listens; throws std::system_error when the address is taken.
+  void listen(const std::string& address, std::uint16_t port);
+  std::uint16_t port() const;
+  // Runs every I/O thread until shutdown has drained; returns the exit code.
+  int run();
+
+ private:
+  void accept_next();
+  void start_sweep(IoThread& t);
+  void start_broker_tick();
+  void start_revocation_poll();
+  void start_housekeeping();
+  void begin_shutdown(int signal);
+  void watch_drain();
+  void stop_all();
+
+  IoThreads& threads_;
+  HttpContext& http_;
+  std::atomic<bool>& draining_;
+  IoThread& main_;  // thread 0: acceptor, signals, timers
+  boost::asio::ip::tcp::acceptor acceptor_;
+  boost::asio::signal_set signals_;
+  boost::asio::steady_timer broker_timer_;
+  boost::asio::steady_timer revocation_timer_;
+  boost::asio::steady_timer housekeeping_timer_;
+  boost::asio::steady_timer drain_timer_;
+  boost::asio::steady_timer accept_retry_timer_;
+  std::size_t next_thread_ = 0;
+  std::atomic<std::uint64_t> next_id_{1};
+  std::set<std::string> revoked_;
+  std::int64_t drain_started_ms_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace synapse::net

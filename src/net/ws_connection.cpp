@@ -1,0 +1,308 @@
+#include "net/ws_connection.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <cerrno>
+#include <cstring>
+#include <spdlog/spdlog.h>
+
+#include "config/config.hpp"
+#include "core/clock.hpp"
+#include "metrics/metrics.hpp"
+
+namespace synapse::net {
+namespace asio = boost::asio;
+using boost::system::error_code;
+
+namespace {
+// How long a closing connection waits for the peer's close frame or EOF.
+constexpr std::int64_t close_wait_ms = 2000;
+// Gather writes take at most this many messages per syscall.
+constexpr std::size_t max_iov = 512;
+// Reads per wakeup before yielding the thread to other connections.
+constexpr int max_reads_per_wakeup = 16;
+}  // namespace
+
+Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, ConnectionInfo info,
+                       channels::Services& services)
+    : thread_(thread),
+      socket_(std::move(socket)),
+      info_(std::move(info)),
+      services_(services),
+      reader_(static_cast<std::size_t>(services.config.max_message_bytes), wire::Role::server) {}
+
+Connection::~Connection() = default;
+
+void Connection::start(std::string early) {
+  opened_ms_ = last_rx_ms_ = mono_ms();
+  error_code ec;
+  socket_.non_blocking(true, ec);
+  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  services_.metrics.connections_open.fetch_add(1, std::memory_order_relaxed);
+  metrics::bump(services_.metrics.connections_total);
+  spdlog::info("conn {} opened peer={} agent={} thread={}", info_.id, info_.peer, info_.principal.agent_id,
+               thread_.index);
+  session_.emplace(*this, services_, std::move(info_.principal));
+  info_.principal = auth::Principal{};
+  if (!early.empty()) process(early.data(), early.size());
+  read_some();
+}
+
+const auth::Principal& Connection::principal() const {
+  static const auth::Principal none;
+  return session_ ? session_->principal() : none;
+}
+
+// --- output -----------------------------------------------------------------
+
+void Connection::send(wire::Message msg) {
+  if (state_ != State::open) return;
+  const auto limit = static_cast<std::size_t>(services_.config.outbound_queue_bytes);
+  if (limit > 0 && out_.bytes() + msg.size() > limit) {
+    begin_close(wire::close_code::slow_consumer, "slow consumer: outbound queue over limit");
+    return;
+  }
+  out_.push(std::move(msg));
+  schedule_flush();
+}
+
+void Connection::schedule_flush() {
+  if (flush_pending_ || write_armed_ || state_ == State::closed) return;
+  flush_pending_ = true;
+  thread_.mark_dirty(shared_from_this());
+}
+
+void Connection::flush() {
+  flush_pending_ = false;
+  if (state_ == State::closed || write_armed_) return;
+  const int fd = socket_.native_handle();
+  iovec iov[max_iov];
+  while (!out_.empty()) {
+    msghdr mh{};
+    mh.msg_iov = iov;
+    mh.msg_iovlen = out_.gather(iov, max_iov);
+    const ssize_t n = ::sendmsg(fd, &mh, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        arm_write();
+        return;
+      }
+      abort(std::strerror(errno));
+      return;
+    }
+    auto& m = services_.metrics;
+    metrics::bump(m.write_syscalls);
+    metrics::bump(m.bytes_out, static_cast<std::uint64_t>(n));
+    metrics::bump(m.frames_out, out_.consume(static_cast<std::size_t>(n)));
+  }
+  if (close_queued_ && !close_sent_) {
+    close_sent_ = true;
+    // Our close frame is out: half-close so the client sees EOF after it,
+    // then wait for its close frame (or EOF) before releasing the socket.
+    ::shutdown(fd, SHUT_WR);
+    if (peer_closed_) finalize();
+  }
+}
+
+void Connection::arm_write() {
+  write_armed_ = true;
+  socket_.async_wait(asio::socket_base::wait_write, [self = shared_from_this()](const error_code& ec) {
+    self->write_armed_ = false;
+    if (self->state_ == State::closed) return;
+    if (ec) {
+      self->abort(ec.message());
+      return;
+    }
+    self->flush();
+  });
+}
+
+// --- input ------------------------------------------------------------------
+
+void Connection::arm_read() {
+  if (read_armed_ || state_ == State::closed) return;
+  read_armed_ = true;
+  socket_.async_wait(asio::socket_base::wait_read, [self = shared_from_this()](const error_code& ec) {
+    self->read_armed_ = false;
+    if (self->state_ == State::closed) return;
+    if (ec) {
+      self->abort(ec.message());
+      return;
+    }
+    self->read_some();
+  });
+}
+
+// Reads until EAGAIN before waiting again: the reactor is edge-triggered, so
+// readiness that is not drained would not be reported a second time.
+void Connection::read_some() {
+  auto self = shared_from_this();
+  const int fd = socket_.native_handle();
+  auto& buf = thread_.read_buffer;
+  for (int round = 0; state_ != State::closed; ++round) {
+    if (round == max_reads_per_wakeup) {
+      asio::post(thread_.ioc, [self] { self->read_some(); });
+      return;
+    }
+    const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+    if (n > 0) {
+      last_rx_ms_ = mono_ms();
+      process(buf.data(), static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n == 0) {
+      if (state_ == State::open) {
+        abort("connection closed by peer without a close frame");
+      } else {
+        finalize();
+      }
+      return;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    abort(std::strerror(errno));
+    return;
+  }
+  if (state_ == State::closed) return;
+  reader_.shrink_if_idle();
+  arm_read();
+}
+
+void Connection::process(char* data, std::size_t n) {
+  metrics::bump(services_.metrics.bytes_in, n);
+  if (reader_.finished()) return;  // after a close or violation, input is ignored
+  reader_.feed(data, n, *this);
+}
+
+void Connection::on_message(wire::Opcode op, std::string_view payload, bool utf8_ok) {
+  if (state_ != State::open) return;
+  metrics::bump(services_.metrics.frames_in);
+  if (op == wire::Opcode::binary) {
+    session_->on_malformed("binary frames are not part of the protocol; send JSON text frames");
+  } else if (!utf8_ok) {
+    session_->on_malformed("text frame is not valid UTF-8");
+  } else {
+    session_->on_text(payload);
+  }
+}
+
+void Connection::on_ping(std::string_view payload) {
+  if (state_ == State::open) send(wire::Message::pong(payload));
+}
+
+void Connection::on_pong(std::string_view) {}
+
+void Connection::on_close(std::uint16_t code, std::string_view reason) {
+  peer_closed_ = true;
+  if (state_ == State::open) {
+    // The client closes: echo its code, leave every topic, then let the
+    // flush finish the handshake.
+    state_ = State::closing;
+    closing_since_ms_ = mono_ms();
+    close_code_ = code;
+    close_reason_ = std::string(reason);
+    teardown_session();
+    out_.push(wire::Message::close(code == wire::close_code::no_status ? wire::close_code::normal : code, ""));
+    close_queued_ = true;
+    schedule_flush();
+  } else if (state_ == State::closing && close_sent_) {
+    finalize();
+  }
+}
+
+void Connection::on_violation(std::uint16_t code, std::string_view why) { begin_close(code, why); }
+
+// --- closing ----------------------------------------------------------------
+
+void Connection::close(std::uint16_t code, std::string_view reason) { begin_close(code, reason); }
+
+void Connection::begin_close(std::uint16_t code, std::string_view reason) {
+  if (state_ != State::open) return;
+  state_ = State::closing;
+  closing_since_ms_ = mono_ms();
+  close_code_ = code;
+  close_reason_ = std::string(reason);
+  // A slow consumer's backlog is dropped at once: that is the memory the
+  // limit protects.
+  if (code == wire::close_code::slow_consumer) out_.clear();
+  out_.push(wire::Message::close(code, reason));
+  close_queued_ = true;
+  // The caller may be a channel handler: tear channels down from a fresh stack.
+  asio::post(thread_.ioc, [self = shared_from_this()] { self->teardown_session(); });
+  schedule_flush();
+}
+
+void Connection::teardown_session() {
+  if (session_closed_ || !session_) return;
+  session_closed_ = true;
+  session_->close_channels();
+}
+
+void Connection::abort(std::string_view why) {
+  if (state_ == State::closed) return;
+  if (state_ == State::open) {
+    close_code_ = wire::close_code::abnormal;
+    close_reason_ = std::string(why);
+  }
+  finalize();
+}
+
+void Connection::finalize() {
+  if (state_ == State::closed) return;
+  auto self = shared_from_this();  // the thread's list may hold the last reference
+  state_ = State::closed;
+  teardown_session();
+  const std::string agent = session_ ? session_->principal().agent_id : std::string();
+  session_.reset();
+  out_.clear();
+  info_.permit.release();
+  services_.metrics.connections_open.fetch_sub(1, std::memory_order_relaxed);
+  services_.metrics.count_close(close_code_);
+  spdlog::info("conn {} closed code={} reason=\"{}\" duration_ms={} peer={} agent={}", info_.id, close_code_,
+               close_reason_, mono_ms() - opened_ms_, info_.peer, agent);
+  error_code ec;
+  socket_.close(ec);
+  thread_.connections.erase(self_in_thread);
+}
+
+void Connection::tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms) {
+  if (state_ == State::open) {
+    const auto idle = services_.config.idle_timeout_ms;
+    if (idle > 0 && now_mono_ms - last_rx_ms_ >= idle) {
+      begin_close(wire::close_code::idle_timeout, "idle timeout");
+      return;
+    }
+    session_->on_tick(now_unix_ms);
+  } else if (state_ == State::closing && now_mono_ms - closing_since_ms_ >= close_wait_ms) {
+    finalize();
+  }
+}
+
+void Connection::server_shutdown() {
+  if (state_ != State::open) return;
+  session_->shutdown();
+  begin_close(wire::close_code::going_away, "server shutting down");
+}
+
+Poster Connection::poster() {
+  return [weak = weak_from_this(), ioc = &thread_.ioc](Task task) {
+    asio::post(*ioc, [weak, task = std::move(task)] {
+      if (auto c = weak.lock(); c && c->state_ == State::open) task();
+    });
+  };
+}
+
+void Connection::after(std::int64_t delay_ms, Task task) {
+  auto timer = std::make_shared<asio::steady_timer>(thread_.ioc, std::chrono::milliseconds(delay_ms));
+  timer->async_wait([weak = weak_from_this(), timer, task = std::move(task)](const error_code& ec) {
+    if (ec) return;
+    if (auto c = weak.lock(); c && c->state_ == State::open) task();
+  });
+}
+
+}  // namespace synapse::net

@@ -1,0 +1,109 @@
+// A WebSocket connection after the upgrade. Framing is our own (wire/), so
+// that everything queued for a client leaves in one gather write: Beast's
+// stream writes one message per call and its control frames on its own.
+//
+// Lifetime: shared_ptr, held by its IoThread's list until finalize() and by
+// any pending wait. All of its state is touched only on its I/O thread.
+//
+// Reads are readiness-based: wait until readable, then recv into the thread's
+// shared buffer until EAGAIN. Only a frame split across reads is copied into
+// the connection, so idle connections hold no read buffer.
+#pragma once
+
+#include <boost/asio/ip/tcp.hpp>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "auth/principal.hpp"
+#include "channels/session.hpp"
+#include "channels/socket.hpp"
+#include "limits/connection_limiter.hpp"
+#include "net/io_thread.hpp"
+#include "net/outbound_queue.hpp"
+#include "wire/ws_frame.hpp"
+
+namespace synapse::net {
+
+struct ConnectionInfo {
+  std::uint64_t id = 0;
+  std::string peer;  // ip:port, for logs
+  auth::Principal principal;
+  limits::Permit permit;
+};
+
+class Connection final : public std::enable_shared_from_this<Connection>,
+                         public channels::Socket,
+                         private wire::FrameSink {
+ public:
+  Connection(IoThread& thread, boost::asio::ip::tcp::socket socket, ConnectionInfo info,
+             channels::Services& services);
+  ~Connection();
+
+  // Takes ownership; `early` holds bytes read past the upgrade request.
+  void start(std::string early);
+
+  // channels::Socket
+  void send(wire::Message msg) override;
+  void close(std::uint16_t code, std::string_view reason) override;
+  std::uint64_t id() const override { return info_.id; }
+  std::size_t thread_index() const override { return thread_.index; }
+  Poster poster() override;
+  void after(std::int64_t delay_ms, Task task) override;
+
+  // Called by the I/O thread.
+  void flush();
+  void tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms);
+  void server_shutdown();
+  const auth::Principal& principal() const;
+  bool is_open() const noexcept { return state_ == State::open; }
+
+  std::list<std::shared_ptr<Connection>>::iterator self_in_thread;
+
+ private:
+  enum class State : std::uint8_t { open, closing, closed };
+
+  // wire::FrameSink
+  void on_message(wire::Opcode op, std::string_view payload, bool utf8_ok) override;
+  void on_ping(std::string_view payload) override;
+  void on_pong(std::string_view payload) override;
+  void on_close(std::uint16_t code, std::string_view reason) override;
+  void on_violation(std::uint16_t code, std::string_view why) override;
+
+  void read_some();
+  void arm_read();
+  void arm_write();
+  void process(char* data, std::size_t n);
+  void begin_close(std::uint16_t code, std::string_view reason);
+  void teardown_session();
+  // The connection is gone without a close handshake (reset, EOF, error).
+  void abort(std::string_view why);
+  // The one place a connection ends: counts, log line, permit, socket.
+  void finalize();
+  void schedule_flush();
+
+  IoThread& thread_;
+  boost::asio::ip::tcp::socket socket_;
+  ConnectionInfo info_;
+  channels::Services& services_;
+  wire::FrameReader reader_;
+  OutboundQueue out_;
+  std::optional<channels::Session> session_;
+
+  State state_ = State::open;
+  bool read_armed_ = false;
+  bool write_armed_ = false;
+  bool flush_pending_ = false;
+  bool close_queued_ = false;   // our close frame is in the queue
+  bool close_sent_ = false;     // ... and has been written
+  bool peer_closed_ = false;    // the client's close frame arrived
+  bool session_closed_ = false;
+  std::uint16_t close_code_ = wire::close_code::abnormal;
+  std::string close_reason_;
+  std::int64_t opened_ms_ = 0;
+  std::int64_t last_rx_ms_ = 0;
+  std::int64_t closing_since_ms_ = 0;
+};
+
+}  // namespace synapse::net

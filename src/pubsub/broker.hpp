@@ -1,0 +1,97 @@
+// Topic membership and fan-out across the I/O threads.
+//
+// The interface is what a channel needs; LocalBroker implements it in
+// process, and a Redis-backed broker can implement it for a cluster.
+//
+// Threads: join() and leave() run on the member's I/O thread; deliver() is
+// called on that same thread. publish() and presence_state() may be called
+// from any thread.
+#pragma once
+
+#include <boost/json.hpp>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "wire/message.hpp"
+
+namespace synapse::pubsub {
+
+// A topic member. The broker owns the fields below `deliver`; the channel
+// that implements it only reads them.
+class Subscriber {
+ public:
+  // Queues an already-framed message for this member's socket. Never
+  // re-enters the broker.
+  virtual void deliver(const wire::Message& msg) = 0;
+
+  std::uint64_t connection_id = 0;  // the publisher's own connection is skipped
+  std::uint64_t start_offset = 0;   // messages at or below it predate the join
+  std::uint64_t topic_id = 0;
+  std::size_t thread = 0;
+  std::size_t slot = 0;           // index in the thread's member list
+  std::size_t presence_slot = 0;  // index in the thread's presence member list
+  bool receives_presence = false;
+  std::string presence_ref;  // phx_ref of this member's meta
+  std::string agent_id;
+
+ protected:
+  ~Subscriber() = default;
+};
+
+struct Recover {
+  std::uint64_t offset = 0;
+  std::string epoch;
+};
+
+struct JoinRequest {
+  std::string_view topic;
+  std::size_t thread = 0;
+  std::uint64_t connection_id = 0;
+  std::string_view agent_id;
+  bool presence = false;         // receives presence traffic
+  boost::json::object meta;      // presence meta
+  std::optional<Recover> recover;
+};
+
+struct JoinResult {
+  std::uint64_t offset = 0;  // latest offset at the join
+  std::string epoch;
+  bool recovered = false;
+  std::vector<wire::Message> backlog;  // missed messages, in order
+  std::string presence_state_json;     // when presence was asked for
+};
+
+struct PublishResult {
+  std::uint64_t offset = 0;
+  std::string epoch;
+};
+
+struct BrokerStats {
+  std::size_t topics = 0;
+  std::size_t members = 0;
+  std::size_t history_messages = 0;
+  std::size_t history_bytes = 0;
+};
+
+class Broker {
+ public:
+  virtual ~Broker() = default;
+
+  virtual JoinResult join(Subscriber& sub, const JoinRequest& req) = 0;
+  virtual void leave(Subscriber& sub, std::string_view topic) = 0;
+  // `payload` must not hold "_meta"; the broker adds it. `exclude_connection`
+  // (0 for none) does not receive the message.
+  virtual PublishResult publish(std::string_view topic, std::string_view event,
+                                const boost::json::object& payload, std::string_view from,
+                                std::uint64_t exclude_connection) = 0;
+  virtual boost::json::object presence_state(std::string_view topic) = 0;
+  // Periodic work: publish coalesced presence diffs, expire history, release
+  // empty topics. Called every presence interval from one thread.
+  virtual void tick() = 0;
+  virtual BrokerStats stats() = 0;
+};
+
+}  // namespace synapse::pubsub

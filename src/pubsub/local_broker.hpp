@@ -1,0 +1,131 @@
+// The in-process broker.
+//
+// Topics live in 16 shards, each guarded by one mutex that covers the shard's
+// map and every topic in it (offsets, history, presence, per-thread member
+// counts). Member lists are per I/O thread and touched only by that thread.
+//
+// Publish: under the shard lock the message gets its offset and is framed
+// once; the same bytes go to the topic's history and to an inbox per I/O
+// thread that has members. Inboxes batch: one posted drain task carries every
+// delivery queued since the last one. Because deliveries enter the inboxes
+// under the topic's lock, every thread sees a topic's messages in offset order.
+//
+// Join: under the same lock the member is added to its thread's list with
+// start_offset = the topic's latest offset, and recovery copies the history
+// after the client's offset. A delivery already in the inbox with an offset at
+// or below start_offset is skipped for that member, so a publish racing the
+// join is received exactly once: from history or live, never both.
+#pragma once
+
+#include <array>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "core/poster.hpp"
+#include "presence/presence_tracker.hpp"
+#include "pubsub/broker.hpp"
+
+namespace synapse::metrics {
+struct Metrics;
+}
+
+namespace synapse::pubsub {
+
+struct BrokerOptions {
+  std::size_t history_size = 100;
+  std::int64_t history_ttl_ms = 300'000;  // 0 = forever
+  // An empty topic (no members, no history) keeps its epoch and offset this
+  // long, so a member that left and comes back can still recover.
+  std::int64_t empty_topic_grace_ms = 30'000;
+};
+
+class LocalBroker final : public Broker {
+ public:
+  LocalBroker(BrokerOptions options, std::vector<Poster> threads, metrics::Metrics& metrics);
+  ~LocalBroker() override;
+
+  JoinResult join(Subscriber& sub, const JoinRequest& req) override;
+  void leave(Subscriber& sub, std::string_view topic) override;
+  PublishResult publish(std::string_view topic, std::string_view event, const boost::json::object& payload,
+                        std::string_view from, std::uint64_t exclude_connection) override;
+  boost::json::object presence_state(std::string_view topic) override;
+  void tick() override;
+  BrokerStats stats() override;
+
+ private:
+  struct HistoryEntry {
+    std::uint64_t offset;
+    std::int64_t at_ms;  // monotonic
+    wire::Message msg;
+  };
+
+  struct Topic {
+    std::uint64_t id = 0;
+    std::string name;
+    std::string epoch;
+    std::uint64_t last_offset = 0;
+    std::deque<HistoryEntry> history;
+    std::vector<std::uint32_t> members_per_thread;
+    std::vector<std::uint32_t> presence_per_thread;
+    std::size_t members = 0;
+    presence::PresenceTracker presence;
+    bool presence_dirty = false;
+    std::int64_t empty_since_ms = -1;  // monotonic; -1 while in use
+  };
+
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<std::string, std::unique_ptr<Topic>> topics;
+  };
+
+  enum class Kind : std::uint8_t { message, presence };
+
+  struct Delivery {
+    std::uint64_t topic_id;
+    std::uint64_t offset;  // 0 for presence diffs
+    std::uint64_t exclude_connection;
+    wire::Message msg;
+    Kind kind;
+  };
+
+  struct Inbox {
+    std::mutex mu;
+    std::vector<Delivery> items;
+    bool scheduled = false;
+  };
+
+  struct LocalTopic {
+    std::vector<Subscriber*> members;
+    std::vector<Subscriber*> presence_members;
+  };
+
+  // Touched only by its own I/O thread.
+  struct ThreadTable {
+    std::unordered_map<std::uint64_t, LocalTopic> topics;
+    std::vector<Delivery> draining;  // reused between drains
+  };
+
+  Shard& shard_for(std::string_view topic);
+  Topic& get_or_create(Shard& shard, std::string_view name);
+  // Queues `d` for every thread with members (or presence members). Holds
+  // the topic's shard lock.
+  void fan_out(const Topic& topic, Delivery d);
+  void drain(std::size_t thread);
+  void expire_history(Topic& t, std::int64_t now_ms);
+  void mark_if_empty(Topic& t, std::int64_t now_ms);
+
+  BrokerOptions options_;
+  std::vector<Poster> posters_;
+  metrics::Metrics& metrics_;
+  std::array<Shard, 16> shards_;
+  std::vector<std::unique_ptr<Inbox>> inboxes_;
+  std::vector<ThreadTable> tables_;
+  std::atomic<std::uint64_t> next_topic_id_{1};
+  std::atomic<std::uint64_t> next_presence_ref_{1};
+  std::string ref_prefix_;  // differs per process so refs never repeat across restarts
+};
+
+}  // namespace synapse::pubsub

@@ -1,0 +1,301 @@
+#include "wire/ws_frame.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace synapse::wire {
+namespace {
+
+bool is_control(Opcode op) noexcept { return (static_cast<std::uint8_t>(op) & 0x8) != 0; }
+
+bool is_known(std::uint8_t op) noexcept {
+  return op == 0x0 || op == 0x1 || op == 0x2 || op == 0x8 || op == 0x9 || op == 0xA;
+}
+
+// Close codes a peer may send (RFC 6455 section 7.4).
+bool is_sendable_close_code(std::uint16_t c) noexcept {
+  return (c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1011) || (c >= 3000 && c <= 4999);
+}
+
+// Assembled messages above this are released after delivery rather than kept.
+constexpr std::size_t keep_assembly_bytes = 16 * 1024;
+
+}  // namespace
+
+std::size_t encode_header(std::uint8_t* out, Opcode op, std::uint64_t len, bool fin,
+                          const std::uint8_t* mask) noexcept {
+  std::size_t i = 0;
+  out[i++] = static_cast<std::uint8_t>((fin ? 0x80 : 0x00) | static_cast<std::uint8_t>(op));
+  const std::uint8_t mask_bit = mask ? 0x80 : 0x00;
+  if (len < 126) {
+    out[i++] = static_cast<std::uint8_t>(mask_bit | len);
+  } else if (len <= 0xFFFF) {
+    out[i++] = mask_bit | 126;
+    out[i++] = static_cast<std::uint8_t>(len >> 8);
+    out[i++] = static_cast<std::uint8_t>(len);
+  } else {
+    out[i++] = mask_bit | 127;
+    for (int s = 56; s >= 0; s -= 8) out[i++] = static_cast<std::uint8_t>(len >> s);
+  }
+  if (mask) {
+    std::memcpy(out + i, mask, 4);
+    i += 4;
+  }
+  return i;
+}
+
+void apply_mask(char* data, std::size_t n, const std::uint8_t mask[4], std::size_t offset) noexcept {
+  std::size_t i = 0;
+  // Align to the mask phase, then work eight bytes at a time.
+  while (i < n && ((offset + i) & 3) != 0) {
+    data[i] = static_cast<char>(data[i] ^ mask[(offset + i) & 3]);
+    ++i;
+  }
+  std::uint64_t m8;
+  std::uint8_t m[8] = {mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]};
+  std::memcpy(&m8, m, 8);
+  for (; i + 8 <= n; i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, data + i, 8);
+    w ^= m8;
+    std::memcpy(data + i, &w, 8);
+  }
+  for (; i < n; ++i) data[i] = static_cast<char>(data[i] ^ mask[(offset + i) & 3]);
+}
+
+std::string encode_client_frame(Opcode op, std::string_view payload, const std::uint8_t mask[4],
+                                bool fin) {
+  std::uint8_t header[max_header_size];
+  const std::size_t hlen = encode_header(header, op, payload.size(), fin, mask);
+  std::string out;
+  out.resize(hlen + payload.size());
+  std::memcpy(out.data(), header, hlen);
+  if (!payload.empty()) std::memcpy(out.data() + hlen, payload.data(), payload.size());
+  apply_mask(out.data() + hlen, payload.size(), mask, 0);
+  return out;
+}
+
+std::size_t FrameReader::parse_header(const std::uint8_t* p, std::size_t n) noexcept {
+  if (n < 2) return 0;
+  std::size_t need = 2;
+  const std::uint8_t len7 = p[1] & 0x7F;
+  if (len7 == 126) need += 2;
+  if (len7 == 127) need += 8;
+  const bool masked = (p[1] & 0x80) != 0;
+  if (masked) need += 4;
+  if (n < need) return 0;
+
+  fin_ = (p[0] & 0x80) != 0;
+  rsv_ = static_cast<std::uint8_t>(p[0] & 0x70);
+  op_ = static_cast<Opcode>(p[0] & 0x0F);
+  masked_ = masked;
+  std::size_t i = 2;
+  if (len7 < 126) {
+    length_ = len7;
+  } else if (len7 == 126) {
+    length_ = (std::uint64_t{p[2]} << 8) | p[3];
+    i = 4;
+  } else {
+    length_ = 0;
+    for (int k = 0; k < 8; ++k) length_ = (length_ << 8) | p[2 + k];
+    i = 10;
+  }
+  if (masked) {
+    std::memcpy(mask_, p + i, 4);
+    i += 4;
+  }
+  received_ = 0;
+  return i;
+}
+
+void FrameReader::fail(FrameSink& sink, std::uint16_t code, std::string_view why) {
+  finished_ = true;
+  std::string().swap(assembly_);
+  sink.on_violation(code, why);
+}
+
+bool FrameReader::check_header(FrameSink& sink) {
+  const auto opbits = static_cast<std::uint8_t>(op_);
+  if (rsv_ != 0) {
+    fail(sink, close_code::protocol_error, "reserved bits set without a negotiated extension");
+    return false;
+  }
+  if (!is_known(opbits)) {
+    fail(sink, close_code::protocol_error, "unknown opcode");
+    return false;
+  }
+  if (role_ == Role::server && !masked_) {
+    fail(sink, close_code::protocol_error, "client frames must be masked");
+    return false;
+  }
+  if (role_ == Role::client && masked_) {
+    fail(sink, close_code::protocol_error, "server frames must not be masked");
+    return false;
+  }
+  if (is_control(op_)) {
+    if (!fin_ || length_ > 125) {
+      fail(sink, close_code::protocol_error, "control frames must be whole and at most 125 bytes");
+      return false;
+    }
+    ctrl_len_ = 0;
+    return true;
+  }
+  if (op_ == Opcode::continuation) {
+    if (!fragmented_) {
+      fail(sink, close_code::protocol_error, "continuation without a message to continue");
+      return false;
+    }
+  } else if (fragmented_) {
+    fail(sink, close_code::protocol_error, "new message before the previous one finished");
+    return false;
+  }
+  // The size limit is checked on the header, before any of the payload is
+  // stored, so an oversized message is refused without being buffered.
+  const std::uint64_t so_far = fragmented_ ? assembly_.size() : 0;
+  if (max_message_ != 0 && (length_ > max_message_ || so_far + length_ > max_message_)) {
+    fail(sink, close_code::too_big, "message exceeds max_message_bytes");
+    return false;
+  }
+  if (op_ != Opcode::continuation) {
+    message_op_ = op_;
+    utf8_.reset();
+    text_invalid_ = false;
+  }
+  return true;
+}
+
+void FrameReader::finish_frame(std::string_view payload, FrameSink& sink) {
+  state_ = State::header;
+  switch (op_) {
+    case Opcode::ping:
+      sink.on_ping(payload);
+      return;
+    case Opcode::pong:
+      sink.on_pong(payload);
+      return;
+    case Opcode::close: {
+      if (payload.size() == 1) {
+        fail(sink, close_code::protocol_error, "close frame with a one-byte body");
+        return;
+      }
+      std::uint16_t code = close_code::no_status;
+      std::string_view reason;
+      if (payload.size() >= 2) {
+        code = static_cast<std::uint16_t>((static_cast<std::uint8_t>(payload[0]) << 8) |
+                                          static_cast<std::uint8_t>(payload[1]));
+        reason = payload.substr(2);
+        if (!is_sendable_close_code(code)) {
+          fail(sink, close_code::protocol_error, "invalid close code");
+          return;
+        }
+        if (!is_valid_utf8(reason)) {
+          fail(sink, close_code::invalid_payload, "close reason is not UTF-8");
+          return;
+        }
+      }
+      finished_ = true;
+      sink.on_close(code, reason);
+      return;
+    }
+    default:
+      break;
+  }
+  // A data frame (text, binary or continuation).
+  if (!fin_) {
+    fragmented_ = true;
+    return;
+  }
+  fragmented_ = false;
+  bool ok = true;
+  if (message_op_ == Opcode::text) ok = !text_invalid_ && utf8_.complete();
+  sink.on_message(message_op_, payload, ok);
+  assembly_.clear();
+  if (assembly_.capacity() > keep_assembly_bytes) std::string().swap(assembly_);
+}
+
+void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
+  auto* bytes = reinterpret_cast<std::uint8_t*>(data);
+  std::size_t pos = 0;
+  while (pos < n && !finished_) {
+    if (state_ == State::header) {
+      std::size_t used = 0;
+      if (hdr_len_ == 0) {
+        used = parse_header(bytes + pos, n - pos);
+        if (used == 0) {
+          // Keep the partial header; it is at most 13 bytes.
+          hdr_len_ = static_cast<std::uint8_t>(n - pos);
+          std::memcpy(hdr_, bytes + pos, hdr_len_);
+          return;
+        }
+        pos += used;
+      } else {
+        const std::size_t take = std::min<std::size_t>(max_header_size - hdr_len_, n - pos);
+        std::memcpy(hdr_ + hdr_len_, bytes + pos, take);
+        const std::size_t have = hdr_len_ + take;
+        used = parse_header(hdr_, have);
+        if (used == 0) {
+          hdr_len_ = static_cast<std::uint8_t>(have);
+          return;
+        }
+        pos += used - hdr_len_;
+        hdr_len_ = 0;
+      }
+      if (!check_header(sink)) return;
+      state_ = State::payload;
+      if (length_ == 0) {
+        if (op_ == Opcode::continuation || !is_control(op_)) {
+          finish_frame(assembly_, sink);
+        } else {
+          finish_frame(std::string_view(), sink);
+        }
+        continue;
+      }
+    }
+
+    // Payload bytes.
+    const std::size_t avail = n - pos;
+    const std::uint64_t remaining = length_ - received_;
+    const std::size_t take = remaining < avail ? static_cast<std::size_t>(remaining) : avail;
+    char* chunk = data + pos;
+    if (masked_) apply_mask(chunk, take, mask_, static_cast<std::size_t>(received_));
+
+    if (is_control(op_)) {
+      std::memcpy(ctrl_ + ctrl_len_, chunk, take);
+      ctrl_len_ = static_cast<std::uint8_t>(ctrl_len_ + take);
+      received_ += take;
+      pos += take;
+      if (received_ == length_) finish_frame(std::string_view(ctrl_, ctrl_len_), sink);
+      continue;
+    }
+
+    // Invalid text is reported with the message (the protocol answers it as a
+    // malformed frame); reading goes on so framing stays in step.
+    if (message_op_ == Opcode::text && !text_invalid_ &&
+        !utf8_.feed(reinterpret_cast<const unsigned char*>(chunk), take)) {
+      text_invalid_ = true;
+    }
+
+    const bool whole_in_place = received_ == 0 && take == length_ && fin_ && !fragmented_;
+    received_ += take;
+    pos += take;
+    if (whole_in_place) {
+      // The common case: one unfragmented frame entirely in this read. Deliver
+      // it from the caller's buffer without copying.
+      finish_frame(std::string_view(chunk, take), sink);
+      continue;
+    }
+    if (assembly_.capacity() < assembly_.size() + remaining) {
+      assembly_.reserve(assembly_.size() + static_cast<std::size_t>(remaining));
+    }
+    assembly_.append(chunk, take);
+    if (received_ == length_) finish_frame(assembly_, sink);
+  }
+}
+
+void FrameReader::shrink_if_idle() noexcept {
+  if (state_ == State::header && hdr_len_ == 0 && !fragmented_ && assembly_.capacity() != 0) {
+    std::string().swap(assembly_);
+  }
+}
+
+}  // namespace synapse::wire

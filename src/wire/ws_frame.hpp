@@ -1,0 +1,122 @@
+// RFC 6455 framing: header encoding and a streaming frame reader.
+//
+// Pure functions and a state machine over caller-supplied bytes; no I/O. The
+// server's connections and the load generator both use it, and it is fuzzed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "wire/message.hpp"
+#include "wire/utf8.hpp"
+
+namespace synapse::wire {
+
+inline constexpr std::size_t max_header_size = 14;
+
+// Close codes used by the server (protocol section 8) and by RFC 6455.
+namespace close_code {
+inline constexpr std::uint16_t normal = 1000;
+inline constexpr std::uint16_t going_away = 1001;
+inline constexpr std::uint16_t protocol_error = 1002;
+inline constexpr std::uint16_t no_status = 1005;
+inline constexpr std::uint16_t abnormal = 1006;
+inline constexpr std::uint16_t invalid_payload = 1007;
+inline constexpr std::uint16_t policy_violation = 1008;
+inline constexpr std::uint16_t too_big = 1009;
+inline constexpr std::uint16_t internal_error = 1011;
+inline constexpr std::uint16_t idle_timeout = 4000;
+inline constexpr std::uint16_t token_expired = 4001;
+inline constexpr std::uint16_t revoked = 4003;
+inline constexpr std::uint16_t slow_consumer = 4008;
+}  // namespace close_code
+
+// Writes a frame header into `out` (at least max_header_size bytes) and
+// returns its length. `mask` is 4 bytes for client frames, null for server ones.
+std::size_t encode_header(std::uint8_t* out, Opcode op, std::uint64_t payload_len, bool fin,
+                          const std::uint8_t* mask) noexcept;
+
+// XORs `data` with `mask`, as if `data` started `offset` bytes into the payload.
+void apply_mask(char* data, std::size_t n, const std::uint8_t mask[4], std::size_t offset) noexcept;
+
+// A client frame: header with a mask, then the masked payload.
+std::string encode_client_frame(Opcode op, std::string_view payload, const std::uint8_t mask[4],
+                                bool fin = true);
+
+// What a FrameReader reports. Views are valid only during the call.
+class FrameSink {
+ public:
+  // A complete text or binary message. For text, `utf8_ok` says whether it is valid UTF-8.
+  virtual void on_message(Opcode op, std::string_view payload, bool utf8_ok) = 0;
+  virtual void on_ping(std::string_view payload) = 0;
+  virtual void on_pong(std::string_view payload) = 0;
+  // A well-formed close frame; `code` is 1005 when the frame carried none.
+  virtual void on_close(std::uint16_t code, std::string_view reason) = 0;
+  // The peer broke the protocol or a limit; the reader accepts nothing more.
+  virtual void on_violation(std::uint16_t code, std::string_view why) = 0;
+
+ protected:
+  ~FrameSink() = default;
+};
+
+enum class Role { server, client };
+
+class FrameReader {
+ public:
+  FrameReader(std::size_t max_message_bytes, Role role) noexcept
+      : max_message_(max_message_bytes), role_(role) {}
+
+  // Consumes `n` bytes, which may be modified in place (unmasking). Complete
+  // messages are delivered without a copy when they arrive in one piece.
+  // Stops early once a close or violation was reported.
+  void feed(char* data, std::size_t n, FrameSink& sink);
+
+  // True once a close frame or a violation ended the stream.
+  bool finished() const noexcept { return finished_; }
+  // Bytes held for incomplete frames or fragmented messages.
+  std::size_t buffered() const noexcept { return assembly_.capacity() + hdr_len_; }
+  // Returns memory kept after a large message, so an idle connection holds none.
+  void shrink_if_idle() noexcept;
+
+ private:
+  enum class State : std::uint8_t { header, payload };
+
+  // Parses a header from `p`; returns bytes used, 0 when more bytes are needed.
+  std::size_t parse_header(const std::uint8_t* p, std::size_t n) noexcept;
+  bool check_header(FrameSink& sink);
+  void finish_frame(std::string_view payload, FrameSink& sink);
+  void fail(FrameSink& sink, std::uint16_t code, std::string_view why);
+
+  std::size_t max_message_;
+  Role role_;
+  State state_ = State::header;
+  bool finished_ = false;
+
+  // Current frame.
+  bool fin_ = false;
+  std::uint8_t rsv_ = 0;
+  Opcode op_ = Opcode::continuation;
+  bool masked_ = false;
+  std::uint8_t mask_[4] = {0, 0, 0, 0};
+  std::uint64_t length_ = 0;
+  std::uint64_t received_ = 0;
+
+  // A header split across reads.
+  std::uint8_t hdr_[max_header_size];
+  std::uint8_t hdr_len_ = 0;
+
+  // A control frame's payload split across reads (at most 125 bytes).
+  char ctrl_[125];
+  std::uint8_t ctrl_len_ = 0;
+
+  // A data message being assembled from fragments or from a split frame.
+  bool fragmented_ = false;  // a message with FIN unset is open
+  Opcode message_op_ = Opcode::text;
+  std::string assembly_;
+  Utf8Validator utf8_;
+  bool text_invalid_ = false;
+};
+
+}  // namespace synapse::wire
