@@ -297,13 +297,27 @@ Binder::Binder(CLI::App& app) : app_(app) {
   std::size_t i = 0;
   for (const auto& o : options()) {
     auto& slot = storage_.emplace_back(std::make_unique<std::string>());
-    auto* opt = app.add_option(o.flag, *slot, o.help);
-    opt->default_str(render(defaults, o.member));
-    opt->group("Server options");
+    CLI::Option* opt = nullptr;
     if (std::holds_alternative<bool Config::*>(o.member)) {
+      // CLI11 would take a default_str as the value of a bare `--flag`, so
+      // booleans show their default in the description instead.
+      opt = app.add_option(o.flag, *slot, std::string(o.help) + " [default: " + render(defaults, o.member) + "]");
       opt->expected(0, 1);
       opt->type_name("BOOL");
+    } else {
+      opt = app.add_option(o.flag, *slot, o.help);
+      opt->default_str(render(defaults, o.member));
+      opt->type_name(std::visit(
+          [](auto ptr) -> const char* {
+            using T = std::decay_t<decltype(Config{}.*ptr)>;
+            if constexpr (std::is_same_v<T, std::int64_t>) return "INT";
+            if constexpr (std::is_same_v<T, double>) return "NUMBER";
+            if constexpr (std::is_same_v<T, std::vector<std::string>>) return "LIST";
+            return "TEXT";
+          },
+          o.member));
     }
+    opt->group("Server options");
     given_.emplace_back(i++, slot.get());
   }
 }

@@ -76,7 +76,11 @@ class FrameReader {
   // True once a close frame or a violation ended the stream.
   bool finished() const noexcept { return finished_; }
   // Bytes held for incomplete frames or fragmented messages.
-  std::size_t buffered() const noexcept { return assembly_.capacity() + hdr_len_; }
+  std::size_t buffered() const noexcept {
+    // An empty std::string's inline capacity is not memory the reader holds.
+    const std::size_t heap = assembly_.capacity() > std::string().capacity() ? assembly_.capacity() : 0;
+    return heap + hdr_len_;
+  }
   // Returns memory kept after a large message, so an idle connection holds none.
   void shrink_if_idle() noexcept;
 

@@ -1,0 +1,915 @@
+// @mimo/synapse: the JavaScript SDK for Synapse, built on the official
+// `phoenix` client. See README.md and docs/protocol.md in the repository.
+import { Socket, Presence } from 'phoenix';
+import { SynapseError, Emitter, backoffDelay, jwtClaims } from './util.js';
+
+export { SynapseError, backoffDelay, jwtClaims };
+
+/**
+ * @typedef {Object} MessageMeta
+ * @property {number} offset per-topic offset, +1 per message
+ * @property {string} epoch changes when the topic's history is lost
+ * @property {string} from the publisher's agent id
+ * @property {number} ts server time, unix ms
+ */
+
+/**
+ * @typedef {Object} Message
+ * @property {string} topic
+ * @property {string} event
+ * @property {Record<string, any>} payload the publisher's object (without `_meta`)
+ * @property {MessageMeta} meta the server's `_meta`
+ */
+
+/**
+ * @typedef {Object} RunOutcome
+ * @property {'success' | 'interrupted'} status
+ * @property {string} ref
+ * @property {any} [data] the result, when status is 'success'
+ * @property {number} [latency_ms]
+ * @property {string} [reason] why it was interrupted
+ */
+
+/**
+ * @typedef {Object} RunHandle
+ * @property {string} ref
+ * @property {Promise<RunOutcome>} done resolves on `result` or `interrupted`,
+ *   rejects with a SynapseError on `error` (reason `disconnected` when the link dropped)
+ * @property {(reason?: string) => Promise<boolean>} interrupt true if the server accepted it
+ */
+
+const TERMINAL = new Set(['result', 'error', 'interrupted']);
+const STATES = { idle: 'idle', connecting: 'connecting', open: 'open', reconnecting: 'reconnecting', closed: 'closed' };
+
+function isUserEvent(event) {
+  return typeof event === 'string' && !event.startsWith('phx_') && !event.startsWith('chan_reply_') &&
+    !event.startsWith('presence_') && !event.startsWith('_');
+}
+
+function randomId() {
+  const c = globalThis.crypto;
+  if (c && typeof c.getRandomValues === 'function') {
+    const b = c.getRandomValues(new Uint8Array(6));
+    return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  }
+  return Math.random().toString(16).slice(2, 14);
+}
+
+// ws://host/cortex, ws://host/cortex/websocket, ws://host -> the endpoint
+// phoenix wants (it appends /websocket itself).
+function normalizeEndpoint(url) {
+  let u = String(url).replace(/\/+$/, '');
+  if (u.endsWith('/websocket')) u = u.slice(0, -'/websocket'.length);
+  const m = /^(wss?:\/\/[^/]+)$/i.exec(u);
+  if (m) u = `${m[1]}/cortex`;
+  return u;
+}
+
+function httpBase(endpoint) {
+  const m = /^(ws|wss|http|https):\/\/([^/]+)/i.exec(endpoint);
+  if (!m) return null;
+  const scheme = m[1].toLowerCase();
+  return `${scheme === 'wss' || scheme === 'https' ? 'https' : 'http'}://${m[2]}`;
+}
+
+/**
+ * A connection to a Synapse server: queries and tools on the agent's cortex
+ * channel, pub/sub topics with recovery, presence, token refresh and
+ * automatic reconnection.
+ */
+export class MimoSynapse {
+  /**
+   * @param {string} url `ws://host:4000/cortex` (`/cortex/websocket` and a bare `ws://host:4000` work too)
+   * @param {import('../index').SynapseOptions} [options]
+   */
+  constructor(url, options = {}) {
+    if (!url) throw new TypeError('MimoSynapse: url is required');
+    const o = options || {};
+    const creds = ['apiKey', 'token', 'getToken'].filter((k) => o[k] != null);
+    if (creds.length === 0) throw new TypeError('MimoSynapse: one of apiKey, token or getToken is required');
+    if (o.apiKey != null && (o.token != null || o.getToken != null)) {
+      throw new TypeError('MimoSynapse: give apiKey or token/getToken, not both');
+    }
+    if (o.getToken != null && typeof o.getToken !== 'function') throw new TypeError('getToken must be a function');
+    const transport = o.transport || globalThis.WebSocket;
+    if (!transport) {
+      // Without this phoenix silently falls back to long-polling, which Synapse does not serve.
+      throw new TypeError("MimoSynapse: no global WebSocket here; pass {transport: WebSocket} from the 'ws' package");
+    }
+
+    this.url = normalizeEndpoint(url);
+    this._transport = transport;
+    this._apiKey = o.apiKey ?? null;
+    this._getToken = o.getToken ?? null;
+    this._token = null;
+    this._tokenExpMs = null;
+    this._tokenIssuedMs = null;
+    if (o.token != null) this._setToken(o.token);
+    this._selfRefresh = o.selfRefresh !== false;
+    this._refreshMarginMs = o.refreshMarginMs ?? 60000;
+    this._extraParams = o.params || null;
+    this._agentId = o.agentId ?? null;
+    this._httpUrl = o.httpUrl || httpBase(this.url);
+    this._fetch = o.fetch || (typeof globalThis.fetch === 'function' ? globalThis.fetch.bind(globalThis) : null);
+    this._timeoutMs = o.timeoutMs ?? 10000;
+    this._heartbeatIntervalMs = o.heartbeatIntervalMs ?? 30000;
+    this._reconnect = {
+      baseMs: o.reconnectBaseMs ?? 250,
+      maxMs: o.reconnectMaxMs ?? 30000,
+    };
+    this._logger = o.logger || null;
+
+    this._events = new Emitter();
+    this._state = STATES.idle;
+    this._socket = null;
+    this._connectWaiters = [];
+    this._everOpened = false;
+    this._downSince = null;
+    this._attempts = 0;
+    this._refPrefix = randomId();
+    this._refCounter = 0;
+    /** @type {Map<string, any>} */
+    this._runs = new Map();
+    /** @type {Map<string, any>} */
+    this._topics = new Map();
+    this._cortex = null;
+    this._refreshing = null;
+    this._refreshTimer = null;
+    this._serverTokenExpMs = null;
+    /** @type {Map<string, {resolve: Function, reject: Function, timer: any}>} */
+    this._phxRequests = new Map();
+  }
+
+  // --- connection ---------------------------------------------------------
+
+  /** 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed' */
+  get state() { return this._state; }
+
+  /** Whether the socket is open now. */
+  get connected() { return this._state === STATES.open; }
+
+  /** The agent id once known (after the first query/tool/tools or whoami()). */
+  get agentId() { return this._agentId; }
+
+  /** The current token, when the connection is token-authenticated. */
+  get token() { return this._token; }
+
+  /**
+   * Opens the socket. Resolves once it is open; rejects if the first attempt
+   * fails (bad credentials, server down). After that, drops are reconnected
+   * automatically until disconnect().
+   * @returns {Promise<void>}
+   */
+  async connect() {
+    if (this._state === STATES.open) return;
+    const waiter = new Promise((resolve, reject) => this._connectWaiters.push({ resolve, reject }));
+    if (this._state === STATES.connecting || this._state === STATES.reconnecting) return waiter;
+    this._state = STATES.connecting;
+    try {
+      if (this._getToken && (!this._token || this._tokenNearlyExpired(5000))) await this._fetchToken();
+    } catch (err) {
+      this._state = STATES.idle;
+      this._settleConnect(err instanceof SynapseError ? err : new SynapseError('unauthorized', `getToken failed: ${err && err.message}`));
+      return waiter;
+    }
+    if (!this._socket) this._socket = this._makeSocket();
+    this._socket.connect();
+    return waiter;
+  }
+
+  _makeSocket() {
+    const socket = new Socket(this.url, {
+      transport: this._transport,
+      params: () => this._params(),
+      timeout: this._timeoutMs,
+      heartbeatIntervalMs: this._heartbeatIntervalMs,
+      reconnectAfterMs: (tries) => this._reconnectAfter(tries),
+      logger: this._logger || undefined,
+    });
+    socket.onOpen(() => this._onOpen());
+    socket.onClose((ev) => this._onClose(ev));
+    socket.onError((err) => this._onError(err));
+    socket.onMessage((msg) => this._onMessage(msg));
+    return socket;
+  }
+
+  _params() {
+    const p = this._extraParams ? { ...(typeof this._extraParams === 'function' ? this._extraParams() : this._extraParams) } : {};
+    if (this._apiKey) p.api_key = this._apiKey;
+    else if (this._token) p.token = this._token;
+    return p;
+  }
+
+  _reconnectAfter(tries) {
+    this._attempts = tries;
+    // A reconnect must carry a live token: fetch a new one now if needed.
+    if (this._token && (this._getToken || false) && this._tokenNearlyExpired(5000)) this._refreshToken('reconnect');
+    const delayMs = backoffDelay(tries, this._reconnect);
+    this._events.emit('reconnecting', { attempt: tries, delayMs });
+    return delayMs;
+  }
+
+  _settleConnect(err) {
+    const waiters = this._connectWaiters;
+    this._connectWaiters = [];
+    for (const w of waiters) (err ? w.reject(err) : w.resolve());
+  }
+
+  _onOpen() {
+    const reconnected = this._state === STATES.reconnecting;
+    this._everOpened = true;
+    this._state = STATES.open;
+    this._attempts = 0;
+    const downtimeMs = this._downSince != null ? Date.now() - this._downSince : 0;
+    this._downSince = null;
+    this._serverTokenExpMs = this._tokenExpMs;
+    this._scheduleRefresh();
+    this._settleConnect(null);
+    this._events.emit('open');
+    if (reconnected) this._events.emit('reconnect', { downtimeMs });
+  }
+
+  _onClose(ev) {
+    const wasOpen = this._state === STATES.open;
+    const code = ev && typeof ev.code === 'number' ? ev.code : undefined;
+    const reason = ev && ev.reason ? String(ev.reason) : '';
+    this._failPhxRequests('disconnected');
+    if (wasOpen) {
+      this._downSince = Date.now();
+      this._state = this._userClosed ? STATES.closed : STATES.reconnecting;
+      this._failRuns('disconnected', 'the connection dropped while the run was going');
+      this._events.emit('close', { code, reason, wasClean: !!(ev && ev.wasClean) });
+      if (code === 4001 && (this._getToken || this._token)) this._refreshToken('expired');
+    } else if (this._state === STATES.connecting) {
+      // The first attempt of connect() failed: report it and stop (phoenix
+      // does not retry a connection that never opened either).
+      this._state = STATES.idle;
+      const err = this._lastError || new SynapseError('connect_failed', `could not connect to ${this.url}${code ? ` (close ${code})` : ''}`);
+      this._lastError = null;
+      if (this._socket) this._socket.disconnect();
+      this._cortex = null;
+      this._failRuns('disconnected', err.message);
+      this._settleConnect(err);
+    }
+  }
+
+  _onError(err) {
+    const message = (err && (err.message || (err.error && err.error.message))) || 'transport error';
+    const e = new SynapseError('transport_error', message, { cause: err });
+    if (this._state === STATES.connecting) {
+      const status = /\b(401|403|429)\b/.exec(message);
+      this._lastError = status
+        ? new SynapseError(status[1] === '401' ? 'unauthorized' : status[1] === '403' ? 'forbidden_origin' : 'too_many_connections', message)
+        : new SynapseError('connect_failed', message);
+    }
+    // A failed upgrade with 401 on reconnect: the token may have expired meanwhile.
+    if (/\b401\b/.test(message) && this._getToken) this._refreshToken('unauthorized');
+    this._events.emit('error', e);
+  }
+
+  _onMessage(msg) {
+    if (!msg || msg.topic !== 'phoenix') return;
+    if (msg.event === 'phx_reply' && msg.ref && this._phxRequests.has(msg.ref)) {
+      const req = this._phxRequests.get(msg.ref);
+      this._phxRequests.delete(msg.ref);
+      clearTimeout(req.timer);
+      const p = msg.payload || {};
+      if (p.status === 'ok') req.resolve(p.response || {});
+      else {
+        const r = p.response || {};
+        req.reject(new SynapseError(r.reason || 'error', r.message, r));
+      }
+    } else if (msg.event === 'token_expiring') {
+      const inMs = msg.payload && typeof msg.payload.expires_in_ms === 'number' ? msg.payload.expires_in_ms : 0;
+      this._events.emit('token_expiring', { expiresInMs: inMs });
+      // Skip when the server already holds a token that outlives this warning.
+      if (this._serverTokenExpMs != null && this._serverTokenExpMs > Date.now() + inMs + 1000) return;
+      this._refreshToken('token_expiring');
+    } else if (msg.event === 'phx_error') {
+      const p = msg.payload || {};
+      this._events.emit('error', new SynapseError(p.reason || 'phx_error', p.message, p));
+    }
+  }
+
+  /**
+   * Registers a listener: 'open', 'close' ({code, reason}), 'error' (SynapseError),
+   * 'reconnect' ({downtimeMs}) after a dropped connection is back,
+   * 'reconnecting' ({attempt, delayMs}), 'token_refreshed' ({expiresAt}),
+   * 'token_expiring' ({expiresInMs}), 'gap' ({topic, lostFrom, lostTo, epochChanged}).
+   * @param {string} event
+   * @param {Function} fn
+   * @returns {() => void} removes the listener
+   */
+  on(event, fn) { return this._events.on(event, fn); }
+
+  /** @param {string} event @param {Function} [fn] */
+  off(event, fn) { this._events.off(event, fn); }
+
+  /**
+   * Closes the socket and stops reconnecting. Running queries and tools end
+   * with error `disconnected`. Subscriptions are kept: a later connect()
+   * rejoins them (with recovery).
+   * @returns {Promise<void>}
+   */
+  disconnect() {
+    this._userClosed = true;
+    clearTimeout(this._refreshTimer);
+    this._failRuns('disconnected', 'disconnect() was called');
+    this._failPhxRequests('disconnected');
+    const wasOpen = this._state === STATES.open;
+    this._state = STATES.closed;
+    this._settleConnect(new SynapseError('disconnected', 'disconnect() was called'));
+    const socket = this._socket;
+    return new Promise((resolve) => {
+      if (!socket) return resolve();
+      socket.disconnect(() => {
+        if (wasOpen) this._events.emit('close', { code: 1000, reason: 'client disconnect', wasClean: true });
+        this._userClosed = false;
+        resolve();
+      }, 1000, 'client disconnect');
+    });
+  }
+
+  // --- tokens ---------------------------------------------------------------
+
+  _setToken(token) {
+    if (typeof token !== 'string' || !token) throw new TypeError('a token must be a non-empty string');
+    this._token = token;
+    const c = jwtClaims(token);
+    this._tokenExpMs = c && typeof c.exp === 'number' ? c.exp * 1000 : null;
+    this._tokenIssuedMs = c && typeof c.iat === 'number' ? c.iat * 1000 : Date.now();
+    if (!this._agentId && c && typeof c.sub === 'string') this._tokenSub = c.sub;
+  }
+
+  _tokenNearlyExpired(withinMs) {
+    return this._tokenExpMs != null && this._tokenExpMs - Date.now() <= withinMs;
+  }
+
+  async _fetchToken() {
+    const t = await this._getToken();
+    const token = typeof t === 'string' ? t : t && t.token;
+    if (!token) throw new SynapseError('unauthorized', 'getToken returned no token');
+    this._setToken(token);
+    return token;
+  }
+
+  // The SDK's own refresh timer, a backstop for the server's token_expiring push
+  // (it also keeps a token fresh for the next reconnect while the link is down).
+  _scheduleRefresh() {
+    clearTimeout(this._refreshTimer);
+    if (!this._token || this._tokenExpMs == null || !this._refreshMarginMs) return;
+    if (!this._getToken && !this._selfRefresh) return;
+    const ttl = Math.max(0, this._tokenExpMs - (this._tokenIssuedMs || Date.now()));
+    const lead = Math.min(this._refreshMarginMs, ttl / 2);
+    const at = this._tokenExpMs - lead;
+    // At least 1 s apart, so a getToken that keeps returning a stale token cannot spin.
+    this._refreshTimer = setTimeout(() => this._refreshToken('timer'), Math.max(1000, at - Date.now()));
+    // Never keep a Node process alive just to refresh a token.
+    if (this._refreshTimer && typeof this._refreshTimer.unref === 'function') this._refreshTimer.unref();
+  }
+
+  /**
+   * Refreshes the token now: a new one from getToken sent as `refresh {token}`,
+   * or, with only a token, the server's sliding `refresh {}`.
+   * @returns {Promise<string | null>} the new token (null for API-key connections)
+   */
+  refreshToken() { return this._refreshToken('manual', true); }
+
+  _refreshToken(why, rethrow = false) {
+    if (this._apiKey) return Promise.resolve(null);
+    if (!this._refreshing) {
+      this._refreshing = (async () => {
+        try {
+          let expiresAt;
+          if (this._getToken) {
+            const token = await this._fetchToken();
+            if (this._state === STATES.open) {
+              const r = await this._phxRequest('refresh', { token });
+              expiresAt = r.expires_at;
+            }
+          } else if (this._selfRefresh && this._state === STATES.open) {
+            const r = await this._phxRequest('refresh', {});
+            if (!r.token) throw new SynapseError('refresh_failed', 'the server returned no token');
+            this._setToken(r.token);
+            expiresAt = r.expires_at;
+          } else {
+            return this._token;
+          }
+          if (typeof expiresAt === 'number' && this._state === STATES.open) this._serverTokenExpMs = expiresAt * 1000;
+          this._scheduleRefresh();
+          this._events.emit('token_refreshed', { expiresAt: expiresAt ?? (this._tokenExpMs ? this._tokenExpMs / 1000 : undefined), why });
+          return this._token;
+        } catch (err) {
+          const e = err instanceof SynapseError ? err : new SynapseError('refresh_failed', err && err.message);
+          this._events.emit('error', e);
+          // Try again shortly while the token still lives.
+          if (!this._tokenNearlyExpired(0) && !this._userClosed) {
+            clearTimeout(this._refreshTimer);
+            this._refreshTimer = setTimeout(() => this._refreshToken('retry'), 1000);
+            if (typeof this._refreshTimer.unref === 'function') this._refreshTimer.unref();
+          }
+          throw e;
+        } finally {
+          this._refreshing = null;
+        }
+      })();
+    }
+    const p = this._refreshing;
+    if (!rethrow) p.catch(() => {});
+    return p;
+  }
+
+  // A request on the `phoenix` topic (no join), answered by ref.
+  _phxRequest(event, payload) {
+    return new Promise((resolve, reject) => {
+      if (!this._socket || this._state !== STATES.open) {
+        reject(new SynapseError('disconnected', 'not connected'));
+        return;
+      }
+      const ref = this._socket.makeRef();
+      const timer = setTimeout(() => {
+        this._phxRequests.delete(ref);
+        reject(new SynapseError('timeout', `no reply to ${event} within ${this._timeoutMs} ms`));
+      }, this._timeoutMs);
+      this._phxRequests.set(ref, { resolve, reject, timer });
+      this._socket.push({ topic: 'phoenix', event, payload, ref, join_ref: null });
+    });
+  }
+
+  _failPhxRequests(reason) {
+    const reqs = [...this._phxRequests.values()];
+    this._phxRequests.clear();
+    for (const r of reqs) {
+      clearTimeout(r.timer);
+      r.reject(new SynapseError(reason, 'the connection closed before the reply'));
+    }
+  }
+
+  // --- the cortex channel ---------------------------------------------------
+
+  /**
+   * The agent id of this connection's credential: the `agentId` option, else
+   * the token's `sub`, else (API key) the `sub` of a token the server mints for
+   * the key via POST /api/token, else the agent named in the server's refusal
+   * of a cortex join. Confirmed by the join of `cortex:<agent_id>`.
+   * @returns {Promise<string>}
+   */
+  async whoami() {
+    if (this._agentId) return this._agentId;
+    const ch = await this._ensureCortex();
+    return ch.agentId;
+  }
+
+  async _guessAgent() {
+    if (this._agentId) return this._agentId;
+    if (this._token) {
+      const c = jwtClaims(this._token);
+      if (c && typeof c.sub === 'string' && c.sub) return c.sub;
+    }
+    if (this._apiKey && this._fetch && this._httpUrl) {
+      try {
+        const r = await this._fetch(`${this._httpUrl}/api/token`, {
+          method: 'POST',
+          headers: { Authorization: `Bearer ${this._apiKey}`, 'Content-Type': 'application/json' },
+          body: JSON.stringify({ ttl_s: 60 }),
+        });
+        if (r.ok) {
+          const body = await r.json();
+          const c = jwtClaims(body.token);
+          if (c && typeof c.sub === 'string' && c.sub) return c.sub;
+        }
+      } catch { /* fall through: e.g. a browser without CORS for /api/token */ }
+    }
+    // Last resort: a join of a cortex topic that is not ours is refused with
+    // a message naming our agent.
+    const probe = this._socket.channel(`cortex:_synapse_probe_${randomId()}`, {});
+    const resp = await new Promise((resolve) => {
+      probe.join(this._timeoutMs)
+        .receive('ok', () => resolve({ ok: true }))
+        .receive('error', (r) => resolve({ ok: false, r }))
+        .receive('timeout', () => resolve({ ok: false, r: { reason: 'timeout' } }));
+    });
+    probe.leave();
+    const m = !resp.ok && resp.r && typeof resp.r.message === 'string' && /agent is (\S+)$/.exec(resp.r.message);
+    if (m) return m[1];
+    throw new SynapseError('unknown_agent', 'could not learn the agent id; pass the agentId option');
+  }
+
+  _ensureCortex() {
+    if (this._cortex) return this._cortex.ready;
+    if (!this._socket || (this._state !== STATES.open && this._state !== STATES.connecting)) {
+      return Promise.reject(new SynapseError('disconnected', 'not connected; call connect() first'));
+    }
+    const entry = { channel: null, agentId: null, ready: null };
+    this._cortex = entry;
+    entry.ready = (async () => {
+      const agent = await this._guessAgent();
+      if (this._cortex !== entry) throw new SynapseError('disconnected', 'disconnected while joining');
+      const ch = this._socket.channel(`cortex:${agent}`, {});
+      entry.channel = ch;
+      for (const ev of ['thought', 'progress', 'result', 'error', 'interrupted']) {
+        ch.on(ev, (payload) => this._onRunPush(ev, payload));
+      }
+      ch.onError((why) => {
+        // The transport dropped (the socket's close handler fails the runs
+        // too) or the server crashed the channel: nothing runs any more.
+        const transport = why && why.source === 'transport';
+        this._failRuns(transport ? 'disconnected' : 'internal',
+          transport ? 'the connection dropped while the run was going' : 'the cortex channel crashed on the server');
+      });
+      await new Promise((resolve, reject) => {
+        ch.join(this._timeoutMs)
+          .receive('ok', (resp) => {
+            entry.agentId = (resp && resp.agent_id) || agent;
+            entry.session = resp && resp.session;
+            this._agentId = entry.agentId;
+            resolve();
+          })
+          .receive('error', (resp) => {
+            ch.leave();
+            reject(new SynapseError((resp && resp.reason) || 'join_failed', resp && resp.message, resp));
+          })
+          .receive('timeout', () => reject(new SynapseError('timeout', 'the cortex join was not answered')));
+      });
+      return entry;
+    })();
+    entry.ready.catch(() => { if (this._cortex === entry) this._cortex = null; });
+    return entry.ready;
+  }
+
+  _newRef(kind) {
+    this._refCounter += 1;
+    return `${kind}-${this._refPrefix}-${this._refCounter}`;
+  }
+
+  /**
+   * Runs a query on the agent's cortex. Thoughts stream to onThought in seq
+   * order, then exactly one of onResult / onError (or interruption).
+   * @param {string} q
+   * @param {import('../index').QueryOptions} [opts]
+   * @returns {RunHandle}
+   */
+  query(q, opts = {}) {
+    const ref = opts.ref || this._newRef('q');
+    const payload = { q, ref };
+    if (opts.timeoutMs != null) payload.timeout_ms = opts.timeoutMs;
+    if (opts.limit != null) payload.limit = opts.limit;
+    return this._startRun('query', payload, ref, opts);
+  }
+
+  /**
+   * Runs a tool on the agent's cortex; progress updates go to onProgress.
+   * @param {string} name
+   * @param {Record<string, any>} [args]
+   * @param {import('../index').ToolOptions} [opts]
+   * @returns {RunHandle}
+   */
+  tool(name, args = {}, opts = {}) {
+    const ref = opts.ref || this._newRef('t');
+    const payload = { tool: name, args: args || {}, ref };
+    if (opts.timeoutMs != null) payload.timeout_ms = opts.timeoutMs;
+    return this._startRun('tool', payload, ref, opts);
+  }
+
+  _startRun(event, payload, ref, opts) {
+    let resolve, reject;
+    const done = new Promise((res, rej) => { resolve = res; reject = rej; });
+    // Marked handled: an unawaited handle must not crash Node on error.
+    done.catch(() => {});
+    const run = { ref, event, opts, ended: false, acked: false, lastSeq: 0, resolve, reject, timer: null, sent: null };
+    if (this._runs.has(ref)) {
+      run.ended = true;
+      const err = new SynapseError('duplicate_ref', `a run with ref ${ref} is running`);
+      queueMicrotask(() => this._callback(opts.onError, err));
+      reject(err);
+      return { ref, done, interrupt: () => Promise.resolve(false) };
+    }
+    this._runs.set(ref, run);
+    if (opts.timeoutMs != null) {
+      // A backstop for the server's own timeout, in case its error never arrives.
+      run.timer = setTimeout(() => this._endRun(ref, 'error', { ref, reason: 'timeout', message: `no terminal event within ${opts.timeoutMs} ms` }),
+        opts.timeoutMs + (opts.graceMs ?? 5000));
+    }
+    run.sent = (async () => {
+      if (this._state !== STATES.open && this._state !== STATES.connecting) {
+        throw new SynapseError('disconnected', 'not connected');
+      }
+      const entry = await this._ensureCortex();
+      if (run.ended) return false;
+      const ch = entry.channel;
+      // Right after a reconnect the channel may still be rejoining.
+      await this._whenJoined(ch);
+      if (run.ended) return false;
+      ch.push(event, payload, this._timeoutMs)
+        .receive('ok', () => { run.acked = true; })
+        .receive('error', (resp) => this._endRun(ref, 'error', { ref, reason: 'error', ...(resp || {}) }))
+        .receive('timeout', () => this._endRun(ref, 'error', { ref, reason: 'timeout', message: `no reply to ${event} within ${this._timeoutMs} ms` }));
+      return true;
+    })();
+    run.sent.catch((err) => this._endRun(ref, 'error', {
+      ref, reason: (err && err.reason) || 'internal', message: err && err.message,
+    }));
+    return { ref, done, interrupt: (reason) => this.interrupt(ref, reason).then(() => true, () => false) };
+  }
+
+  _callback(fn, ...args) {
+    if (typeof fn !== 'function') return;
+    try {
+      fn(...args);
+    } catch (err) {
+      queueMicrotask(() => { throw err; });
+    }
+  }
+
+  _onRunPush(event, payload) {
+    const run = payload && this._runs.get(payload.ref);
+    if (!run || run.ended) return; // nothing for a run follows its terminal event
+    if (TERMINAL.has(event)) {
+      this._endRun(run.ref, event, payload);
+    } else if (event === 'thought') {
+      if (typeof payload.seq === 'number') {
+        if (payload.seq <= run.lastSeq) return;
+        run.lastSeq = payload.seq;
+      }
+      this._callback(run.opts.onThought, payload.thought, payload);
+    } else if (event === 'progress') {
+      this._callback(run.opts.onProgress, payload);
+    }
+  }
+
+  _endRun(ref, kind, payload) {
+    const run = this._runs.get(ref);
+    if (!run || run.ended) return;
+    run.ended = true;
+    this._runs.delete(ref);
+    clearTimeout(run.timer);
+    const o = run.opts;
+    if (kind === 'result') {
+      this._callback(o.onResult, payload.data, payload);
+      run.resolve({ status: 'success', ref, data: payload.data, latency_ms: payload.latency_ms });
+    } else if (kind === 'interrupted') {
+      this._callback(o.onInterrupted, payload.reason, payload);
+      run.resolve({ status: 'interrupted', ref, reason: payload.reason });
+    } else {
+      const err = new SynapseError(payload.reason || 'error', payload.message, payload);
+      err.ref = ref;
+      this._callback(o.onError, err);
+      run.reject(err);
+    }
+  }
+
+  _failRuns(reason, message) {
+    for (const ref of [...this._runs.keys()]) this._endRun(ref, 'error', { ref, reason, message });
+  }
+
+  /**
+   * Interrupts a running query or tool; its handle then ends `interrupted`.
+   * Rejects with SynapseError `not_found` when nothing runs under that ref.
+   * @param {string} ref
+   * @param {string} [reason]
+   * @returns {Promise<{ref: string}>}
+   */
+  async interrupt(ref, reason) {
+    const run = this._runs.get(ref);
+    // A run whose query push is still on its way: interrupt right after it.
+    if (run && run.sent) await run.sent.catch(() => false);
+    const entry = await this._ensureCortex();
+    const payload = { ref };
+    if (reason != null) payload.reason = reason;
+    return this._channelRequest(entry.channel, 'interrupt', payload);
+  }
+
+  /**
+   * The tools the server offers: [{name, description, input_schema}].
+   * @returns {Promise<Array<{name: string, description: string, input_schema: object}>>}
+   */
+  async tools() {
+    const entry = await this._ensureCortex();
+    const r = await this._channelRequest(entry.channel, 'tools', {});
+    return r.tools || [];
+  }
+
+  /**
+   * Round trip to the cortex channel; resolves with the server's unix ms.
+   * @returns {Promise<number>}
+   */
+  async ping() {
+    const entry = await this._ensureCortex();
+    const r = await this._channelRequest(entry.channel, 'ping', {});
+    return r.pong;
+  }
+
+  // Resolves once `ch` is joined on an open socket; a run must not be
+  // buffered by phoenix across a reconnect, since it would start unobserved.
+  async _whenJoined(ch) {
+    const deadline = Date.now() + this._timeoutMs;
+    for (;;) {
+      if (this._state !== STATES.open && this._state !== STATES.connecting) {
+        throw new SynapseError('disconnected', 'not connected');
+      }
+      if (this._state === STATES.open && ch.state === 'joined') return;
+      if (ch.state === 'closed' || ch.state === 'leaving') throw new SynapseError('disconnected', 'the channel was closed');
+      if (Date.now() > deadline) throw new SynapseError('timeout', `${ch.topic} was not joined within ${this._timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  // A push answered by a reply. While the link is down phoenix buffers it
+  // until the channel is joined again (within the push timeout).
+  _channelRequest(ch, event, payload) {
+    return new Promise((resolve, reject) => {
+      ch.push(event, payload, this._timeoutMs)
+        .receive('ok', (r) => resolve(r || {}))
+        .receive('error', (r) => reject(new SynapseError((r && r.reason) || 'error', r && r.message, r)))
+        .receive('timeout', () => reject(new SynapseError('timeout', `no reply to ${event} within ${this._timeoutMs} ms`)));
+    });
+  }
+
+  // --- pub/sub ---------------------------------------------------------------
+
+  _openTopic(topic, { meta = null, presence = false } = {}) {
+    const st = {
+      topic,
+      meta,
+      presenceEnabled: !!presence,
+      listeners: new Set(),
+      presenceListeners: new Set(),
+      lastOffset: null,
+      epoch: null,
+      askedRecover: false,
+      channel: null,
+      presence: null,
+      ready: null,
+      closed: false,
+    };
+    const ch = this._socket.channel(topic, () => {
+      const p = {};
+      if (st.meta) p.meta = st.meta;
+      if (st.presenceEnabled) p.presence = true;
+      st.askedRecover = st.epoch != null && st.lastOffset != null;
+      if (st.askedRecover) p.recover = { offset: st.lastOffset, epoch: st.epoch };
+      st.recoverFrom = st.askedRecover ? st.lastOffset : null;
+      return p;
+    });
+    st.channel = ch;
+    // Every pub/sub push passes here, whatever its event name.
+    const original = ch.onMessage.bind(ch);
+    ch.onMessage = (event, payload, ref, joinRef) => {
+      const out = original(event, payload, ref, joinRef);
+      if (isUserEvent(event) && payload && payload._meta && typeof payload._meta.offset === 'number') {
+        this._deliver(st, event, payload);
+      }
+      return out;
+    };
+    if (st.presenceEnabled) {
+      st.presence = new Presence(ch);
+      st.presence.onSync(() => {
+        if (st.presenceListeners.size === 0) return;
+        const list = this._presenceList(st);
+        for (const fn of [...st.presenceListeners]) this._callback(fn, list);
+      });
+    }
+    st.ready = new Promise((resolve, reject) => {
+      ch.join(this._timeoutMs)
+        .receive('ok', (resp) => {
+          this._onTopicJoined(st, resp || {});
+          resolve(resp || {});
+        })
+        .receive('error', (resp) => {
+          const err = new SynapseError((resp && resp.reason) || 'join_failed', resp && resp.message, resp);
+          // Refusals that a retry cannot fix end the subscription; others
+          // (rate_limited, ...) are retried by phoenix's rejoin timer.
+          if (['forbidden', 'invalid_topic', 'invalid_payload', 'too_many_topics'].includes(err.reason)) {
+            this._closeTopic(st);
+            reject(err);
+          }
+          this._events.emit('error', err);
+        });
+    });
+    st.ready.catch(() => {});
+    this._topics.set(topic, st);
+    return st;
+  }
+
+  _onTopicJoined(st, resp) {
+    const latest = typeof resp.offset === 'number' ? resp.offset : null;
+    if (st.askedRecover && resp.recovered === true && resp.epoch === st.epoch) {
+      // The backlog follows the reply: keep our offset so none of it is dropped.
+      this._events.emit('recovered', { topic: st.topic, from: st.recoverFrom, to: latest });
+      return;
+    }
+    if (st.askedRecover) {
+      this._events.emit('gap', {
+        topic: st.topic, lostFrom: st.lastOffset, lostTo: latest, epochChanged: resp.epoch !== st.epoch,
+      });
+    }
+    st.epoch = resp.epoch ?? null;
+    st.lastOffset = latest;
+  }
+
+  _deliver(st, event, payload) {
+    if (st.closed) return;
+    const m = payload._meta;
+    if (m.epoch === st.epoch && st.lastOffset != null && m.offset <= st.lastOffset) return; // a duplicate
+    st.epoch = m.epoch;
+    st.lastOffset = m.offset;
+    if (st.listeners.size === 0) return;
+    const { _meta, ...body } = payload;
+    const msg = { topic: st.topic, event, payload: body, meta: _meta };
+    for (const fn of [...st.listeners]) this._callback(fn, msg);
+  }
+
+  _closeTopic(st) {
+    if (st.closed) return Promise.resolve();
+    st.closed = true;
+    st.listeners.clear();
+    st.presenceListeners.clear();
+    if (this._topics.get(st.topic) === st) this._topics.delete(st.topic);
+    return new Promise((resolve) => {
+      st.channel.leave(this._timeoutMs).receive('ok', () => resolve()).receive('timeout', () => resolve());
+    });
+  }
+
+  _presenceList(st) {
+    return st.presence.list((id, p) => ({ id, metas: p.metas }));
+  }
+
+  /**
+   * Subscribes to a pub/sub topic. `callback` gets every message published
+   * by others, exactly once and in offset order, across reconnects.
+   * @param {string} topic
+   * @param {(msg: Message) => void} callback
+   * @param {import('../index').SubscribeOptions} [opts]
+   * @returns {import('../index').Unsubscribe} call it to unsubscribe; `.ready` resolves with the join reply
+   */
+  subscribe(topic, callback, opts = {}) {
+    if (typeof callback !== 'function') throw new TypeError('subscribe: callback must be a function');
+    if (!this._socket) throw new SynapseError('disconnected', 'call connect() before subscribe()');
+    const wantPresence = !!(opts.presence || opts.onPresence);
+    let st = this._topics.get(topic);
+    if (st && st.listeners.size === 0 && (wantPresence !== st.presenceEnabled || (opts.meta && JSON.stringify(opts.meta) !== JSON.stringify(st.meta)))) {
+      // Joined only to publish: join again with this subscription's options.
+      this._closeTopic(st);
+      st = null;
+    }
+    if (st && wantPresence && !st.presenceEnabled) {
+      throw new SynapseError('invalid_options', `${topic} is already subscribed without presence; subscribe with presence first`);
+    }
+    if (!st) st = this._openTopic(topic, { meta: opts.meta || null, presence: wantPresence });
+    const listener = (msg) => callback(msg);
+    st.listeners.add(listener);
+    if (opts.onPresence) st.presenceListeners.add(opts.onPresence);
+    let done = false;
+    const unsubscribe = () => {
+      if (done) return Promise.resolve();
+      done = true;
+      st.listeners.delete(listener);
+      if (opts.onPresence) st.presenceListeners.delete(opts.onPresence);
+      if (st.listeners.size === 0) return this._closeTopic(st);
+      return Promise.resolve();
+    };
+    unsubscribe.ready = st.ready;
+    return unsubscribe;
+  }
+
+  /**
+   * Publishes to a topic (joining it first if this client is not subscribed).
+   * Other members receive it; the publisher does not.
+   * @param {string} topic
+   * @param {string} event
+   * @param {Record<string, any>} [payload]
+   * @returns {Promise<number>} the message's offset
+   */
+  async publish(topic, event, payload = {}) {
+    if (!this._socket) throw new SynapseError('disconnected', 'call connect() before publish()');
+    let st = this._topics.get(topic);
+    if (!st) st = this._openTopic(topic);
+    await st.ready;
+    const r = await this._channelRequest(st.channel, event, payload || {});
+    return r.offset;
+  }
+
+  /**
+   * The topic's current presence, from phoenix's Presence helper: one entry
+   * per agent, one meta per connection. Needs a subscription with `presence: true`.
+   * @param {string} topic
+   * @returns {Array<{id: string, metas: Array<Record<string, any>>}>}
+   */
+  presence(topic) {
+    const st = this._topics.get(topic);
+    if (!st || !st.presence) throw new SynapseError('not_subscribed', `subscribe to ${topic} with {presence: true} first`);
+    return this._presenceList(st);
+  }
+
+  /**
+   * The last offset and epoch delivered (or learnt from the join) on a topic.
+   * @param {string} topic
+   * @returns {{offset: number | null, epoch: string | null} | null}
+   */
+  position(topic) {
+    const st = this._topics.get(topic);
+    return st ? { offset: st.lastOffset, epoch: st.epoch } : null;
+  }
+}
+
+export default MimoSynapse;

@@ -1,0 +1,96 @@
+// Fuzzes protocol::decode, the V2 envelope [join_ref, ref, topic, event, payload].
+//
+// The input is one text frame. Checked:
+//   - decode never crashes; a refusal always carries an error sentence;
+//   - when it succeeds, encode_raw of the decoded fields (the payload
+//     serialized again) decodes again, to the same join_ref, ref, topic,
+//     event and an equal payload;
+//   - anything nested deeper than the limit is refused;
+//   - the input used as raw strings: encode_raw(s, null, s, s, {}) of any
+//     valid UTF-8 s (control characters, quotes, backslashes, DEL, NUL
+//     included) decodes to s exactly: append_json_string escapes what it must.
+#include <boost/json.hpp>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "fuzz_check.hpp"
+#include "protocol/envelope.hpp"
+#include "wire/utf8.hpp"
+
+namespace json = boost::json;
+using namespace synapse::protocol;
+using synapse::fuzz::escaped;
+
+namespace {
+
+// Deepest nesting in `text` (arrays and objects, outside strings). Only
+// meaningful for text that parsed as JSON.
+int nesting(std::string_view text) {
+  int depth = 0, deepest = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    else if (c == '[' || c == '{') deepest = std::max(deepest, ++depth);
+    else if (c == ']' || c == '}') --depth;
+  }
+  return deepest;
+}
+
+bool same(const std::optional<std::string_view>& a, const std::optional<std::string_view>& b) {
+  return a.has_value() == b.has_value() && (!a || *a == *b);
+}
+
+void check_round_trip(std::string_view text) {
+  Envelope env;
+  std::string error;
+  if (!decode(text, env, error)) {
+    FUZZ_CHECK(!error.empty(), "refused without an error sentence");
+    return;
+  }
+  FUZZ_CHECK(env.payload != nullptr, "decoded without a payload");
+  FUZZ_CHECK(nesting(text) <= max_json_depth, "accepted JSON nested deeper than the limit");
+  FUZZ_CHECK(synapse::wire::is_valid_utf8(env.topic) && synapse::wire::is_valid_utf8(env.event),
+             "decoded a topic or event that is not UTF-8");
+
+  const std::string payload_json = json::serialize(*env.payload);
+  const std::string again = encode_raw(env.join_ref, env.ref, env.topic, env.event, payload_json);
+  Envelope env2;
+  std::string error2;
+  FUZZ_CHECK(decode(again, env2, error2), "re-encoded frame refused (" + error2 + "): " + escaped(again));
+  FUZZ_CHECK(same(env.join_ref, env2.join_ref), "join_ref changed in the round trip");
+  FUZZ_CHECK(same(env.ref, env2.ref), "ref changed in the round trip");
+  FUZZ_CHECK(env.topic == env2.topic, "topic changed in the round trip: " + escaped(env2.topic));
+  FUZZ_CHECK(env.event == env2.event, "event changed in the round trip: " + escaped(env2.event));
+  FUZZ_CHECK(*env.payload == *env2.payload, "payload changed in the round trip: " + escaped(again));
+}
+
+void check_raw_strings(std::string_view s) {
+  if (!synapse::wire::is_valid_utf8(s)) return;
+  const std::string frame = encode_raw(s, std::nullopt, s, s, "{}");
+  Envelope env;
+  std::string error;
+  FUZZ_CHECK(decode(frame, env, error), "encode_raw of a UTF-8 string refused (" + error + "): " + escaped(frame));
+  FUZZ_CHECK(env.join_ref && *env.join_ref == s, "join_ref not preserved");
+  FUZZ_CHECK(!env.ref, "null ref not preserved");
+  FUZZ_CHECK(env.topic == s && env.event == s, "topic or event not preserved: " + escaped(s));
+  FUZZ_CHECK(env.payload && env.payload->empty(), "empty payload not preserved");
+  // The escaped form holds no raw control character (a JSON requirement).
+  for (char c : frame) FUZZ_CHECK(static_cast<unsigned char>(c) >= 0x20, "raw control character in encoded frame");
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string_view text(reinterpret_cast<const char*>(data), size);
+  check_round_trip(text);
+  check_raw_strings(text);
+  return 0;
+}

@@ -1,0 +1,82 @@
+// Per-IP and per-key admission, and counts that always come back.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "limits/connection_limiter.hpp"
+
+using namespace synapse::limits;
+
+TEST(ConnectionLimiter, PerKeyConcurrentLimit) {
+  ConnectionLimiter lim({0, 0, 2});
+  Permit a, b, c;
+  EXPECT_EQ(lim.admit("1.1.1.1", "k", true, a).verdict, Admission::ok);
+  EXPECT_EQ(lim.admit("1.1.1.2", "k", true, b).verdict, Admission::ok);
+  EXPECT_EQ(lim.admit("1.1.1.3", "k", true, c).verdict, Admission::too_many_connections);
+  EXPECT_EQ(lim.admit("1.1.1.3", "other", true, c).verdict, Admission::ok);
+  a.release();
+  Permit d;
+  EXPECT_EQ(lim.admit("1.1.1.4", "k", true, d).verdict, Admission::ok);
+}
+
+TEST(ConnectionLimiter, UncountedKeySkipsPerKeyLimit) {
+  ConnectionLimiter lim({0, 0, 1});
+  std::vector<Permit> permits(5);
+  for (auto& p : permits) EXPECT_EQ(lim.admit("ip", "k", false, p).verdict, Admission::ok);
+  EXPECT_EQ(lim.counts().key_connections, 0);
+}
+
+TEST(ConnectionLimiter, PerIpConcurrentLimit) {
+  ConnectionLimiter lim({3, 0, 0});
+  std::vector<Permit> permits(4);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(lim.admit("9.9.9.9", "k" + std::to_string(i), true, permits[i]).verdict, Admission::ok);
+  const auto r = lim.admit("9.9.9.9", "k9", true, permits[3]);
+  EXPECT_EQ(r.verdict, Admission::too_many_connections);
+  EXPECT_GE(r.retry_after_s, 1);
+}
+
+TEST(ConnectionLimiter, NewConnectionRatePerIp) {
+  ConnectionLimiter lim({0, 2, 0});
+  Permit a, b, c;
+  EXPECT_EQ(lim.admit("ip", "k", true, a).verdict, Admission::ok);
+  a.release();
+  EXPECT_EQ(lim.admit("ip", "k", true, b).verdict, Admission::ok);
+  b.release();
+  const auto r = lim.admit("ip", "k", true, c);
+  EXPECT_EQ(r.verdict, Admission::connection_rate_exceeded);
+  EXPECT_GE(r.retry_after_s, 1);
+  EXPECT_LE(r.retry_after_s, 30);
+}
+
+TEST(ConnectionLimiter, RefusalSpendsNoArrivalToken) {
+  ConnectionLimiter lim({1, 2, 0});
+  Permit a, b, c;
+  EXPECT_EQ(lim.admit("ip", "k", true, a).verdict, Admission::ok);
+  EXPECT_EQ(lim.admit("ip", "k", true, b).verdict, Admission::too_many_connections);
+  a.release();
+  EXPECT_EQ(lim.admit("ip", "k", true, c).verdict, Admission::ok);  // the refusal did not count
+}
+
+TEST(ConnectionLimiter, CountsReturnToZero) {
+  ConnectionLimiter lim({100, 0, 10});
+  {
+    std::vector<Permit> permits(50);
+    for (std::size_t i = 0; i < permits.size(); ++i) {
+      ASSERT_EQ(lim.admit("10.0.0." + std::to_string(i % 7), "key" + std::to_string(i % 5), true, permits[i]).verdict,
+                Admission::ok);
+    }
+    const auto c = lim.counts();
+    EXPECT_EQ(c.ip_connections, 50);
+    EXPECT_EQ(c.key_connections, 50);
+    // Moves keep exactly one owner.
+    Permit moved = std::move(permits[0]);
+    EXPECT_FALSE(permits[0]);
+    EXPECT_TRUE(moved);
+  }
+  const auto c = lim.counts();
+  EXPECT_EQ(c.ip_connections, 0);
+  EXPECT_EQ(c.key_connections, 0);
+  EXPECT_EQ(c.tracked_keys, 0);
+  lim.sweep();
+  EXPECT_EQ(lim.counts().tracked_ips, 0);
+}

@@ -1,0 +1,242 @@
+// The RFC 6455 codec: what a server must accept, refuse and report.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "wire/ws_frame.hpp"
+
+using namespace synapse::wire;
+
+namespace {
+
+struct Event {
+  std::string kind;
+  std::string payload;
+  std::uint16_t code = 0;
+  bool utf8_ok = true;
+};
+
+struct Recorder final : FrameSink {
+  std::vector<Event> events;
+  void on_message(Opcode op, std::string_view p, bool ok) override {
+    events.push_back({op == Opcode::text ? "text" : "binary", std::string(p), 0, ok});
+  }
+  void on_ping(std::string_view p) override { events.push_back({"ping", std::string(p)}); }
+  void on_pong(std::string_view p) override { events.push_back({"pong", std::string(p)}); }
+  void on_close(std::uint16_t c, std::string_view r) override { events.push_back({"close", std::string(r), c}); }
+  void on_violation(std::uint16_t c, std::string_view why) override { events.push_back({"violation", std::string(why), c}); }
+};
+
+const std::uint8_t mask[4] = {0x12, 0x34, 0x56, 0x78};
+
+std::string frame(Opcode op, std::string_view payload, bool fin = true) {
+  return encode_client_frame(op, payload, mask, fin);
+}
+
+std::vector<Event> feed_all(const std::string& bytes, std::size_t max = 1 << 20, std::size_t chunk = 0) {
+  FrameReader reader(max, Role::server);
+  Recorder rec;
+  std::string copy = bytes;
+  if (chunk == 0) {
+    reader.feed(copy.data(), copy.size(), rec);
+  } else {
+    for (std::size_t i = 0; i < copy.size(); i += chunk) {
+      reader.feed(copy.data() + i, std::min(chunk, copy.size() - i), rec);
+    }
+  }
+  return rec.events;
+}
+
+}  // namespace
+
+TEST(WsFrame, EncodesHeaderLengthsAtEachBoundary) {
+  std::uint8_t h[max_header_size];
+  EXPECT_EQ(encode_header(h, Opcode::text, 125, true, nullptr), 2u);
+  EXPECT_EQ(h[0], 0x81);
+  EXPECT_EQ(h[1], 125);
+  EXPECT_EQ(encode_header(h, Opcode::text, 126, true, nullptr), 4u);
+  EXPECT_EQ(h[1], 126);
+  EXPECT_EQ((h[2] << 8) | h[3], 126);
+  EXPECT_EQ(encode_header(h, Opcode::binary, 65536, true, nullptr), 10u);
+  EXPECT_EQ(h[1], 127);
+  EXPECT_EQ(encode_header(h, Opcode::text, 5, true, mask), 6u);
+  EXPECT_EQ(h[1], 0x85);
+}
+
+TEST(WsFrame, ServerMessageCarriesHeaderAndPayload) {
+  const Message m = Message::text("hello");
+  ASSERT_EQ(m.size(), 7u);
+  EXPECT_EQ(static_cast<unsigned char>(m.data()[0]), 0x81);
+  EXPECT_EQ(m.payload(), "hello");
+  Message copy = m;  // shares the block
+  EXPECT_EQ(copy.data(), m.data());
+}
+
+TEST(WsFrame, TextPartsConcatenates) {
+  const Message m = Message::text_parts({"ab", "", "cde"});
+  EXPECT_EQ(m.payload(), "abcde");
+}
+
+TEST(WsFrame, CloseFrameCarriesCodeAndCutsReasonOnCharacterBoundary) {
+  const std::string reason(122, 'a');
+  const Message m = Message::close(4008, reason + "\xC3\xA9\xC3\xA9");  // 126 bytes of reason
+  const auto p = m.payload();
+  ASSERT_LE(p.size(), 125u);
+  EXPECT_EQ(static_cast<unsigned char>(p[0]) << 8 | static_cast<unsigned char>(p[1]), 4008);
+  EXPECT_TRUE(is_valid_utf8(p.substr(2)));
+}
+
+TEST(WsFrame, ReadsMaskedTextInOnePiece) {
+  auto ev = feed_all(frame(Opcode::text, R"(["1","1","phoenix","heartbeat",{}])"));
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, "text");
+  EXPECT_EQ(ev[0].payload, R"(["1","1","phoenix","heartbeat",{}])");
+  EXPECT_TRUE(ev[0].utf8_ok);
+}
+
+TEST(WsFrame, ReadsFramesSplitAtEveryByte) {
+  const std::string big(70000, 'x');
+  const std::string bytes = frame(Opcode::text, "first") + frame(Opcode::ping, "p") + frame(Opcode::text, big);
+  auto ev = feed_all(bytes, 1 << 20, 1);
+  ASSERT_EQ(ev.size(), 3u);
+  EXPECT_EQ(ev[0].payload, "first");
+  EXPECT_EQ(ev[1].kind, "ping");
+  EXPECT_EQ(ev[2].payload, big);
+}
+
+TEST(WsFrame, AssemblesFragmentsWithInterleavedControlFrames) {
+  const std::string bytes = frame(Opcode::text, "hel", false) + frame(Opcode::ping, "x") +
+                            encode_client_frame(Opcode::continuation, "lo", mask, false) +
+                            encode_client_frame(Opcode::continuation, "!", mask, true);
+  auto ev = feed_all(bytes, 1 << 20, 3);
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[0].kind, "ping");
+  EXPECT_EQ(ev[1].payload, "hello!");
+}
+
+TEST(WsFrame, RefusesUnmaskedClientFrame) {
+  std::uint8_t h[max_header_size];
+  const std::size_t n = encode_header(h, Opcode::text, 2, true, nullptr);
+  std::string bytes(reinterpret_cast<char*>(h), n);
+  bytes += "hi";
+  auto ev = feed_all(bytes);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, "violation");
+  EXPECT_EQ(ev[0].code, close_code::protocol_error);
+}
+
+TEST(WsFrame, RefusesOversizedMessageFromHeaderAlone) {
+  // Only the header of a 2 MiB frame arrives: the limit trips before any payload.
+  std::uint8_t h[max_header_size];
+  const std::size_t n = encode_header(h, Opcode::text, 2u << 20, true, mask);
+  auto ev = feed_all(std::string(reinterpret_cast<char*>(h), n), 1 << 20);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, "violation");
+  EXPECT_EQ(ev[0].code, close_code::too_big);
+}
+
+TEST(WsFrame, RefusesFragmentsThatTogetherExceedTheLimit) {
+  const std::string part(600, 'a');
+  const std::string bytes = frame(Opcode::text, part, false) + encode_client_frame(Opcode::continuation, part, mask, true);
+  auto ev = feed_all(bytes, 1000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].code, close_code::too_big);
+}
+
+TEST(WsFrame, MessageAtExactlyTheLimitIsAccepted) {
+  auto ev = feed_all(frame(Opcode::text, std::string(1000, 'a')), 1000);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, "text");
+}
+
+TEST(WsFrame, ReportsInvalidUtf8WithoutFailingTheStream) {
+  auto ev = feed_all(frame(Opcode::text, "\xC3\x28") + frame(Opcode::text, "ok"));
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_FALSE(ev[0].utf8_ok);
+  EXPECT_TRUE(ev[1].utf8_ok);
+}
+
+TEST(WsFrame, Utf8SplitAcrossFragmentsIsValid) {
+  const std::string bytes = frame(Opcode::text, "\xE2\x82", false) + encode_client_frame(Opcode::continuation, "\xAC", mask, true);
+  auto ev = feed_all(bytes);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_TRUE(ev[0].utf8_ok);
+  EXPECT_EQ(ev[0].payload, "\xE2\x82\xAC");
+}
+
+TEST(WsFrame, CloseFrameReportsCodeAndReason) {
+  std::string body = "\x0F\xA0" "bye";  // 4000
+  auto ev = feed_all(frame(Opcode::close, body) + frame(Opcode::text, "ignored"));
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, "close");
+  EXPECT_EQ(ev[0].code, 4000);
+  EXPECT_EQ(ev[0].payload, "bye");
+}
+
+TEST(WsFrame, EmptyCloseMeansNoStatus) {
+  auto ev = feed_all(frame(Opcode::close, ""));
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].code, close_code::no_status);
+}
+
+TEST(WsFrame, ProtocolViolations) {
+  struct Case {
+    const char* name;
+    std::string bytes;
+  };
+  std::uint8_t h[max_header_size];
+  const std::size_t n = encode_header(h, Opcode::text, 0, true, mask);
+  std::string rsv(reinterpret_cast<char*>(h), n);
+  rsv[0] = static_cast<char>(rsv[0] | 0x40);
+  std::string unknown_op = frame(Opcode::text, "");
+  unknown_op[0] = static_cast<char>(0x83);
+  const Case cases[] = {
+      {"reserved bit", rsv},
+      {"unknown opcode", unknown_op},
+      {"fragmented ping", frame(Opcode::ping, "x", false)},
+      {"long ping", frame(Opcode::ping, std::string(126, 'x'))},
+      {"continuation first", encode_client_frame(Opcode::continuation, "x", mask, true)},
+      {"text inside fragmented text", frame(Opcode::text, "a", false) + frame(Opcode::text, "b")},
+      {"close with one byte", frame(Opcode::close, "\x03")},
+      {"close with code 1005", frame(Opcode::close, "\x03\xED")},
+  };
+  for (const auto& c : cases) {
+    auto ev = feed_all(c.bytes);
+    ASSERT_FALSE(ev.empty()) << c.name;
+    EXPECT_EQ(ev.back().kind, "violation") << c.name;
+    EXPECT_EQ(ev.back().code, close_code::protocol_error) << c.name;
+  }
+}
+
+TEST(WsFrame, ShrinkReleasesAssemblyAfterLargeMessage) {
+  FrameReader reader(1 << 20, Role::server);
+  Recorder rec;
+  std::string bytes = frame(Opcode::text, std::string(200000, 'z'));
+  reader.feed(bytes.data(), bytes.size() / 2, rec);
+  EXPECT_GT(reader.buffered(), 100000u);
+  reader.feed(bytes.data() + bytes.size() / 2, bytes.size() - bytes.size() / 2, rec);
+  ASSERT_EQ(rec.events.size(), 1u);
+  reader.shrink_if_idle();
+  EXPECT_EQ(reader.buffered(), 0u);
+}
+
+TEST(WsFrame, ClientRoleReadsUnmaskedServerFrames) {
+  FrameReader reader(1 << 20, Role::client);
+  Recorder rec;
+  Message m = Message::text("pushed");
+  std::string bytes(m.data(), m.size());
+  reader.feed(bytes.data(), bytes.size(), rec);
+  ASSERT_EQ(rec.events.size(), 1u);
+  EXPECT_EQ(rec.events[0].payload, "pushed");
+}
+
+TEST(Utf8, AcceptsAndRefuses) {
+  EXPECT_TRUE(is_valid_utf8("plain ascii"));
+  EXPECT_TRUE(is_valid_utf8("\xF0\x9F\x98\x80 emoji"));
+  EXPECT_FALSE(is_valid_utf8("\xC0\xAF"));          // overlong
+  EXPECT_FALSE(is_valid_utf8("\xED\xA0\x80"));      // surrogate
+  EXPECT_FALSE(is_valid_utf8("\xF4\x90\x80\x80"));  // past U+10FFFF
+  EXPECT_FALSE(is_valid_utf8("\xE2\x82"));          // truncated
+  EXPECT_FALSE(is_valid_utf8("\xFF"));
+}
