@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cstdint>
+#include <cstring>
 #include <set>
 #include <string>
 #include <string_view>
@@ -71,12 +72,36 @@ std::string hmac(std::string_view key, std::string_view data) {
   return std::string(reinterpret_cast<const char*>(out), len);
 }
 
-// Independent judgment: is `token` three parts, HS256 in the header, signed with `key`?
+// Lenient base64url decoding (leftover bits ignored): enough to read a header.
+std::string unb64url(std::string_view text) {
+  std::string out;
+  std::uint32_t acc = 0;
+  int bits = 0;
+  for (char c : text) {
+    const char* p = std::strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", c);
+    if (c == '\0' || !p) return {};
+    acc = (acc << 6) | static_cast<std::uint32_t>(p - "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_");
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xFF));
+    }
+  }
+  return out;
+}
+
+// Independent judgment: is `token` three parts, {"alg":"HS256"} (and no
+// "crit") in the header, signed with `key`?
 bool independently_valid(std::string_view token, std::string_view key) {
   if (std::count(token.begin(), token.end(), '.') != 2) return false;
+  const auto dot1 = token.find('.');
   const auto dot2 = token.rfind('.');
   if (b64url(hmac(key, token.substr(0, dot2))) != token.substr(dot2 + 1)) return false;
-  return true;
+  boost::system::error_code ec;
+  const json::value header = json::parse(unb64url(token.substr(0, dot1)), ec);
+  if (ec || !header.is_object()) return false;
+  const json::value* alg = header.as_object().if_contains("alg");
+  return alg && alg->is_string() && alg->as_string() == "HS256" && !header.as_object().contains("crit");
 }
 
 bool signature_was_checked(JwtStatus s) {
@@ -114,9 +139,6 @@ void check_token(std::string_view token) {
   if (signature_was_checked(r.status)) {
     FUZZ_CHECK(independently_valid(token, secret),
                "status " + std::string(describe(r.status)) + " for a token not signed with the secret: " + escaped(token));
-    // The header names HS256.
-    const auto dot1 = token.find('.');
-    FUZZ_CHECK(dot1 != std::string_view::npos, "accepted a token without dots");
   }
   if (r.status == JwtStatus::ok) {
     FUZZ_CHECK(!r.claims.sub.empty(), "ok without sub");

@@ -140,8 +140,8 @@ void Server::start_housekeeping() {
 void Server::begin_shutdown(int signal) {
   if (draining_.exchange(true)) return;
   spdlog::info("signal {}: draining (up to {} ms)", signal, http_.config.drain_timeout_ms);
-  error_code ec;
-  acceptor_.close(ec);
+  // The listener stays open while draining so that /health/ready can answer
+  // 503 to a load balancer; new upgrades are refused with 503 (admission).
   for (std::size_t i = 0; i < threads_.size(); ++i) {
     IoThread& t = threads_[i];
     asio::post(t.ioc, [&t] {
@@ -171,6 +171,8 @@ void Server::watch_drain() {
 
 void Server::stop_all() {
   stopping_ = true;
+  error_code ec;
+  acceptor_.close(ec);
   for (std::size_t i = 0; i < threads_.size(); ++i) threads_[i].ioc.stop();
 }
 

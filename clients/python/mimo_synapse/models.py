@@ -1,0 +1,107 @@
+"""Plain data objects handed to the application."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional
+
+JSONObject = Dict[str, Any]
+
+
+def _num(v: Any) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _int(v: Any) -> Optional[int]:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+@dataclass(frozen=True)
+class Thought:
+    """One ``thought`` push of a query: ``seq`` counts from 1."""
+    ref: str
+    seq: int
+    type: str
+    content: str
+    ts: Optional[int]
+    data: JSONObject = field(repr=False)  # the whole ``thought`` object (type, content and extras)
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> "Thought":
+        t = payload.get("thought")
+        thought: JSONObject = dict(t) if isinstance(t, Mapping) else {}
+        return cls(ref=str(payload.get("ref")), seq=_int(payload.get("seq")) or 0,
+                   type=str(thought.get("type", "")), content=str(thought.get("content", "")),
+                   ts=_int(payload.get("ts")), data=thought)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One ``progress`` push of a tool."""
+    ref: str
+    progress: float
+    total: Optional[float]
+    message: Optional[str]
+    raw: JSONObject = field(repr=False)
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> "Progress":
+        msg = payload.get("message")
+        return cls(ref=str(payload.get("ref")), progress=_num(payload.get("progress")) or 0.0,
+                   total=_num(payload.get("total")), message=msg if isinstance(msg, str) else None,
+                   raw=dict(payload))
+
+
+@dataclass(frozen=True)
+class Result:
+    """The ``result`` terminal of a successful query or tool."""
+    ref: str
+    status: str
+    data: Any
+    latency_ms: Optional[int]
+    raw: JSONObject = field(repr=False)
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> "Result":
+        return cls(ref=str(payload.get("ref")), status=str(payload.get("status", "success")),
+                   data=payload.get("data"), latency_ms=_int(payload.get("latency_ms")), raw=dict(payload))
+
+
+@dataclass(frozen=True)
+class Message:
+    """A pub/sub delivery. ``payload`` is the publisher's object without the
+    server's ``_meta``; ``offset``, ``epoch``, ``sender`` (``_meta.from``) and
+    ``ts`` come from ``_meta``."""
+    topic: str
+    event: str
+    payload: JSONObject
+    offset: Optional[int]
+    epoch: Optional[str]
+    sender: Optional[str]
+    ts: Optional[int]
+
+    @classmethod
+    def from_push(cls, topic: str, event: str, payload: Mapping[str, Any]) -> "Message":
+        meta = payload.get("_meta")
+        m: Mapping[str, Any] = meta if isinstance(meta, Mapping) else {}
+        body = {k: v for k, v in payload.items() if k != "_meta"}
+        epoch, sender = m.get("epoch"), m.get("from")
+        return cls(topic=topic, event=event, payload=body, offset=_int(m.get("offset")),
+                   epoch=epoch if isinstance(epoch, str) else None,
+                   sender=sender if isinstance(sender, str) else None, ts=_int(m.get("ts")))
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    """One entry of the ``tools`` reply."""
+    name: str
+    description: str
+    input_schema: JSONObject
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> "ToolInfo":
+        schema = payload.get("input_schema")
+        return cls(name=str(payload.get("name")), description=str(payload.get("description", "")),
+                   input_schema=dict(schema) if isinstance(schema, Mapping) else {})
+
+
+__all__ = ["Thought", "Progress", "Result", "Message", "ToolInfo", "JSONObject"]
