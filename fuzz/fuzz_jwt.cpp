@@ -1,7 +1,8 @@
 // Fuzzes auth::verify_jwt and auth::sign_jwt (HS256 only).
 //
-// Three modes, chosen by the first byte:
-//   '!' idx ops...   mutation: one of the tokens signed at start-up with the
+// Three modes, chosen by the first byte (the rest of the input is read with
+// FuzzedDataProvider, which takes integers from the end):
+//   '!' ...          mutation: one of the tokens signed at start-up with the
 //                    fuzz secret, edited by 3-byte ops (op, position, value):
 //                    flip bits, insert, erase, truncate. It may verify only
 //                    if it is byte-identical to a token that was signed.

@@ -57,6 +57,20 @@ std::size_t OutboundQueue::consume(std::size_t n) noexcept {
   return done;
 }
 
+void OutboundQueue::drop_unsent() noexcept {
+  if (count_ == 0) return;
+  if (head_sent_ == 0) {
+    clear();
+    return;
+  }
+  for (std::size_t i = 1; i < count_; ++i) {
+    wire::Message& m = ring_[(head_ + i) % ring_.size()];
+    bytes_ -= m.size();
+    m = wire::Message();
+  }
+  count_ = 1;
+}
+
 void OutboundQueue::clear() noexcept {
   std::vector<wire::Message>().swap(ring_);
   head_ = count_ = bytes_ = head_sent_ = 0;

@@ -28,6 +28,9 @@ class OutboundQueue {
   std::size_t consume(std::size_t n) noexcept;
   // Drops everything and frees the ring.
   void clear() noexcept;
+  // Drops every message not yet started; a partly written head stays so the
+  // byte stream never breaks inside a frame.
+  void drop_unsent() noexcept;
 
  private:
   void grow();

@@ -207,6 +207,9 @@ void Connection::on_close(std::uint16_t code, std::string_view reason) {
     close_code_ = code;
     close_reason_ = std::string(reason);
     teardown_session();
+    // The client will read nothing more after its close: what is still
+    // queued for it would only delay the handshake.
+    out_.drop_unsent();
     out_.push(wire::Message::close(code == wire::close_code::no_status ? wire::close_code::normal : code, ""));
     close_queued_ = true;
     schedule_flush();

@@ -1,7 +1,33 @@
 #include "protocol/envelope.hpp"
 
+#include <cmath>
+
 namespace synapse::protocol {
 namespace json = boost::json;
+
+namespace {
+// Boost.JSON reads a number too large for a double (1e400) as infinity and
+// serializes infinity as `Infinity`, which is not JSON: echoed to other
+// members, such a payload would break their parsers. Refused, as Phoenix does.
+bool numbers_finite(const json::value& v) {
+  switch (v.kind()) {
+    case json::kind::double_:
+      return std::isfinite(v.get_double());
+    case json::kind::array:
+      for (const auto& e : v.get_array()) {
+        if (!numbers_finite(e)) return false;
+      }
+      return true;
+    case json::kind::object:
+      for (const auto& kv : v.get_object()) {
+        if (!numbers_finite(kv.value())) return false;
+      }
+      return true;
+    default:
+      return true;
+  }
+}
+}  // namespace
 
 bool decode(std::string_view text, Envelope& out, std::string& error) {
   json::parse_options opts;
@@ -49,6 +75,10 @@ bool decode(std::string_view text, Envelope& out, std::string& error) {
   const json::object* payload = (*arr)[4].if_object();
   if (!payload) {
     error = "payload must be a JSON object";
+    return false;
+  }
+  if (!numbers_finite((*arr)[4])) {
+    error = "a number in the payload is too large for a double";
     return false;
   }
   out.topic = std::string_view(topic->data(), topic->size());

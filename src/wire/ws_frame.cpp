@@ -284,7 +284,10 @@ void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
       finish_frame(std::string_view(chunk, take), sink);
       continue;
     }
-    if (assembly_.capacity() < assembly_.size() + remaining) {
+    // Reserve for the rest of the frame only when a limit bounds what a header
+    // may declare: unlimited (0), the buffer grows with the bytes that arrive,
+    // so a header declaring 2^40 bytes allocates nothing up front.
+    if (max_message_ != 0 && assembly_.capacity() < assembly_.size() + remaining) {
       assembly_.reserve(assembly_.size() + static_cast<std::size_t>(remaining));
     }
     assembly_.append(chunk, take);

@@ -26,6 +26,9 @@ class PhxClient:
     async def connect(cls, url: str, **kw) -> "PhxClient":
         kw.setdefault("ping_interval", None)
         kw.setdefault("max_size", None)
+        # Tests often leave replies unread; an unbounded client queue keeps
+        # the socket reading so the server never sees a stalled peer.
+        kw.setdefault("max_queue", None)
         kw.setdefault("open_timeout", 10)
         ws = await websockets.connect(url, **kw)
         return cls(ws)

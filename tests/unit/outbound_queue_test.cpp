@@ -38,3 +38,20 @@ TEST(OutboundQueue, ClearReleasesEverything) {
   iovec iov[4];
   EXPECT_EQ(q.gather(iov, 4), 0u);
 }
+
+TEST(OutboundQueue, DropUnsentKeepsAPartlyWrittenHead) {
+  OutboundQueue q;
+  const Message a = Message::text("aaaa");
+  q.push(a);
+  q.push(Message::text("bbbb"));
+  q.push(Message::text("cccc"));
+  q.consume(2);
+  q.drop_unsent();
+  EXPECT_EQ(q.size(), 1u);
+  EXPECT_EQ(q.bytes(), a.size() - 2);
+  EXPECT_EQ(q.consume(q.bytes()), 1u);
+  q.push(Message::text("dd"));
+  q.drop_unsent();  // nothing started: all goes
+  EXPECT_TRUE(q.empty());
+  EXPECT_EQ(q.bytes(), 0u);
+}

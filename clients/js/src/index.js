@@ -138,6 +138,8 @@ export class MimoSynapse {
     this._serverTokenExpMs = null;
     /** @type {Map<string, {resolve: Function, reject: Function, timer: any}>} */
     this._phxRequests = new Map();
+    /** Channel requests waiting for their reply. */
+    this._pending = new Set();
   }
 
   // --- connection ---------------------------------------------------------
@@ -238,6 +240,7 @@ export class MimoSynapse {
       this._downSince = Date.now();
       this._state = this._userClosed ? STATES.closed : STATES.reconnecting;
       this._failRuns('disconnected', 'the connection dropped while the run was going');
+      this._failPending('disconnected', 'the connection dropped before the reply', true);
       this._events.emit('close', { code, reason, wasClean: !!(ev && ev.wasClean) });
       if (code === 4001 && (this._getToken || this._token)) this._refreshToken('expired');
     } else if (this._state === STATES.connecting) {
@@ -316,6 +319,7 @@ export class MimoSynapse {
     clearTimeout(this._refreshTimer);
     this._failRuns('disconnected', 'disconnect() was called');
     this._failPhxRequests('disconnected');
+    this._failPending('disconnected', 'disconnect() was called');
     const wasOpen = this._state === STATES.open;
     this._state = STATES.closed;
     this._settleConnect(new SynapseError('disconnected', 'disconnect() was called'));
@@ -600,7 +604,7 @@ export class MimoSynapse {
       // Right after a reconnect the channel may still be rejoining.
       await this._whenJoined(ch);
       if (run.ended) return false;
-      ch.push(event, payload, this._timeoutMs)
+      run.push = ch.push(event, payload, this._timeoutMs)
         .receive('ok', () => { run.acked = true; })
         .receive('error', (resp) => this._endRun(ref, 'error', { ref, reason: 'error', ...(resp || {}) }))
         .receive('timeout', () => this._endRun(ref, 'error', { ref, reason: 'timeout', message: `no reply to ${event} within ${this._timeoutMs} ms` }));
@@ -643,6 +647,8 @@ export class MimoSynapse {
     run.ended = true;
     this._runs.delete(ref);
     clearTimeout(run.timer);
+    // A reply that will never come must not keep its timer (and a Node process) alive.
+    if (run.push && !run.acked) run.push.cancelTimeout();
     const o = run.opts;
     if (kind === 'result') {
       this._callback(o.onResult, payload.data, payload);
@@ -718,11 +724,25 @@ export class MimoSynapse {
   // until the channel is joined again (within the push timeout).
   _channelRequest(ch, event, payload) {
     return new Promise((resolve, reject) => {
-      ch.push(event, payload, this._timeoutMs)
-        .receive('ok', (r) => resolve(r || {}))
-        .receive('error', (r) => reject(new SynapseError((r && r.reason) || 'error', r && r.message, r)))
-        .receive('timeout', () => reject(new SynapseError('timeout', `no reply to ${event} within ${this._timeoutMs} ms`)));
+      const pending = { push: null, reject };
+      const settle = (fn, v) => { this._pending.delete(pending); fn(v); };
+      pending.push = ch.push(event, payload, this._timeoutMs)
+        .receive('ok', (r) => settle(resolve, r || {}))
+        .receive('error', (r) => settle(reject, new SynapseError((r && r.reason) || 'error', r && r.message, r)))
+        .receive('timeout', () => settle(reject, new SynapseError('timeout', `no reply to ${event} within ${this._timeoutMs} ms`)));
+      this._pending.add(pending);
     });
+  }
+
+  _failPending(reason, message, onlySent = false) {
+    // Pushes phoenix still buffers (not sent yet) go out after the rejoin;
+    // those sent over a dead connection will never be answered.
+    const all = [...this._pending].filter((p) => !onlySent || p.push.sent);
+    for (const p of all) {
+      this._pending.delete(p);
+      p.push.cancelTimeout();
+      p.reject(new SynapseError(reason, message));
+    }
   }
 
   // --- pub/sub ---------------------------------------------------------------

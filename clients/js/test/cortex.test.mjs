@@ -2,7 +2,7 @@
 // interrupts, errors and how the SDK learns its agent id.
 import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { SynapseServer, Clients, waitFor } from './helpers.mjs';
+import { SynapseServer, Clients, waitFor } from '../test-support/helpers.mjs';
 
 let server;
 let key;

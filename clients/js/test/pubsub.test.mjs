@@ -1,7 +1,7 @@
 // Pub/sub through the SDK: subscribe, publish, unsubscribe, presence.
 import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { SynapseServer, Clients, waitFor } from './helpers.mjs';
+import { SynapseServer, Clients, waitFor } from '../test-support/helpers.mjs';
 
 let server;
 let keyA;

@@ -3,7 +3,7 @@
 import { test, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { WebSocketServer } from 'ws';
-import { SynapseServer, Clients, waitFor, startProxy, nextEvent, within } from './helpers.mjs';
+import { SynapseServer, Clients, waitFor, startProxy, nextEvent, within } from '../test-support/helpers.mjs';
 
 const clients = new Clients();
 const cleanups = [];

@@ -2,7 +2,7 @@
 // so a whole expiry cycle fits in a few seconds.
 import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { SynapseServer, Clients, waitFor, startProxy, nextEvent, within } from './helpers.mjs';
+import { SynapseServer, Clients, waitFor, startProxy, nextEvent, within } from '../test-support/helpers.mjs';
 
 let server;
 const clients = new Clients();

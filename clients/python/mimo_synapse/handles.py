@@ -35,8 +35,9 @@ class RunHandle(Generic[T]):
 
     * ``async for item in handle`` yields the run's stream (thoughts of a
       query, progress of a tool) in order and stops when the terminal push
-      arrives: normally after a ``result``; by raising the same exception as
-      :meth:`result` after ``error``, ``interrupted`` or a lost connection.
+      arrives: normally after ``result`` or ``interrupted`` (which this client
+      asked for); by raising the same exception as :meth:`result` after an
+      ``error`` terminal, a refused start or a lost connection.
     * ``await handle.result()`` returns the :class:`Result` or raises
       :class:`RunError` / :class:`RunInterrupted` / :class:`DisconnectedError`
       (or :class:`ReplyError` if the server refused to start the run).
@@ -119,7 +120,7 @@ class RunHandle(Generic[T]):
         if isinstance(item, _End):
             self._exhausted = True
             exc = self._done.exception()
-            if exc is not None:
+            if exc is not None and not isinstance(exc, RunInterrupted):
                 raise exc
             raise StopAsyncIteration
         return item

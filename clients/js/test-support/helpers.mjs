@@ -57,6 +57,14 @@ export async function startProxy(targetPort) {
       return n;
     },
     block(on = true) { blocked = on; },
+    // Stops forwarding server -> client bytes on the open pairs (they queue
+    // in the proxy), as a stalled link would.
+    hold() {
+      for (const p of pairs) {
+        p.upstream.unpipe(p.client);
+        p.upstream.pause();
+      }
+    },
     close() {
       this.sever();
       return new Promise((res) => server.close(() => res()));

@@ -1,0 +1,347 @@
+"""Reads bench/results/latest.json and turns it into the load table
+`Metric | Target | Actual | vs ws` with a verdict per row.
+
+Shared by scripts/run-bench (summary at the end of a run) and
+bench/report/generate.py (the validation report). Standard library only.
+Every value comes from a measured run; a run that failed or was skipped
+gives "not measured", never a number.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+PASS, FAIL, NOT_MEASURED, INFO = "pass", "FAIL", "not measured", "info"
+ONE_CORE = "synapse-1t"
+BASELINE = "ws"
+ALL_CORES = "synapse-mt"
+
+
+def results(latest: dict) -> dict:
+    """(label, scenario) -> the scenario's `result` object, or None if the run failed."""
+    out: dict = {}
+    for run in latest.get("runs", []):
+        res = run.get("result") or {}
+        inner = res.get("result")
+        ok = run.get("exit_code") == 0 and isinstance(inner, dict) and "error" not in inner
+        out[(run["label"], run["scenario"])] = inner if ok else None
+    return out
+
+
+def run_record(latest: dict, label: str, scenario: str) -> Optional[dict]:
+    for run in latest.get("runs", []):
+        if run["label"] == label and run["scenario"] == scenario:
+            return run
+    return None
+
+
+# ---------------------------------------------------------------- accessors
+
+def _conn_entry(r: dict, label: str, n: Optional[int] = None) -> Optional[dict]:
+    res = r.get((label, "connection_load"))
+    if not res:
+        return None
+    sizes = res.get("sizes") or []
+    if not sizes:
+        return None
+    if n is None:
+        return max(sizes, key=lambda s: s.get("connections", 0))
+    for s in sizes:
+        if s.get("connections") == n:
+            return s
+    return None
+
+
+def _phases(r: dict, label: str, kind: str) -> list:
+    res = r.get((label, "message_throughput"))
+    if not res:
+        return []
+    return sorted([p for p in res.get("phases", []) if p.get("kind") == kind],
+                  key=lambda p: p.get("subscribers", 0))
+
+
+def _phase(r: dict, label: str, kind: str, which: str = "min", subs: Optional[int] = None) -> Optional[dict]:
+    ps = _phases(r, label, kind)
+    if subs is not None:
+        ps = [p for p in ps if p.get("subscribers") == subs]
+    if not ps:
+        return None
+    return ps[0] if which == "min" else ps[-1]
+
+
+def _latency(r: dict, label: str, kind: str, which: str = "min") -> Optional[dict]:
+    res = r.get((label, "latency"))
+    if not res:
+        return None
+    runs = sorted([x for x in res.get("runs", []) if x.get("kind") == kind],
+                  key=lambda x: x.get("idle_connections", 0))
+    if not runs:
+        return None
+    return runs[0] if which == "min" else runs[-1]
+
+
+def _get(d: Optional[dict], *path: str) -> Any:
+    for k in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+# ---------------------------------------------------------------- formatting
+
+def fnum(v: Optional[float], unit: str = "", digits: int = 0) -> str:
+    if v is None:
+        return "not measured"
+    if digits == 0 and abs(v) >= 1000:
+        return f"{v:,.0f}{unit}"
+    return f"{v:.{digits}f}{unit}"
+
+
+def ratio_str(r: Optional[float], suffix: str = "× ws") -> str:
+    if r is None:
+        return "not measured"
+    return f"{r:.2f}{suffix}"
+
+
+def _div(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _saturated(phase: Optional[dict]) -> bool:
+    return bool(_get(phase, "phase", "bench_saturated"))
+
+
+# ---------------------------------------------------------------- the rows
+
+def load_rows(latest: dict) -> list[dict]:
+    """Every load metric with its target, the one-core Synapse value, the
+    ratio to ws from the same run and a verdict."""
+    r = results(latest)
+    rows: list[dict] = []
+
+    def row(group: str, metric: str, target: str, actual: str, vs_ws: str, status: str, note: str = "") -> None:
+        rows.append({"group": group, "metric": metric, "target": target, "actual": actual,
+                     "vs_ws": vs_ws, "status": status, "note": note})
+
+    def verdict(ok: Optional[bool]) -> str:
+        return NOT_MEASURED if ok is None else (PASS if ok else FAIL)
+
+    # ---- issue 7 targets: ratios to ws, one server core
+    g = "vs ws (one core)"
+    for which in ("min", "max"):
+        s, w = _phase(r, ONE_CORE, "burst", which), _phase(r, BASELINE, "burst", which)
+        if which == "max" and s and _phase(r, ONE_CORE, "burst", "min") is s:
+            continue  # only one burst size was run
+        n = (s or w or {}).get("subscribers", "?")
+        sv, wv = _get(s, "deliveries_per_s"), _get(w, "deliveries_per_s")
+        rt = _div(sv, wv)
+        complete = s is not None and s.get("complete") and s.get("lost") == 0
+        ok = None if rt is None else (rt >= 4 and bool(complete))
+        note = "" if complete or s is None else "Synapse did not deliver every message"
+        if _saturated(s):
+            note += " load generator saturated: Synapse's figure is a lower bound"
+        row(g, f"Burst fan-out, {_get(s, 'messages') or 1000} messages to {n} subscribers: deliveries/s",
+            "≥ 4× ws", fnum(sv, "/s"), ratio_str(rt), verdict(ok), note.strip())
+
+    s, w = _phase(r, ONE_CORE, "fanout", "max"), _phase(r, BASELINE, "fanout", "max")
+    n = (s or w or {}).get("subscribers", "?")
+    rate = (s or w or {}).get("rate_per_s", 50)
+    full = None if s is None else (s.get("lost") == 0 and s.get("duplicated") == 0 and bool(s.get("complete")))
+    actual = "not measured" if s is None else (
+        f"{s.get('deliveries'):,} of {s.get('expected_deliveries'):,} delivered, lost {s.get('lost'):,}")
+    wsv = "not measured" if w is None else f"ws lost {w.get('lost'):,}"
+    row(g, f"Fan-out to {n} subscribers at {rate:g} msg/s: delivered in full", "no loss", actual, wsv, verdict(full))
+    sp, wp = _get(s, "latency", "p99_ms"), _get(w, "latency", "p99_ms")
+    row(g, f"Fan-out to {n} subscribers at {rate:g} msg/s: p99 delivery latency", "≤ 250 ms",
+        fnum(sp, " ms", 1), ratio_str(_div(sp, wp)), verdict(None if sp is None else sp <= 250))
+    sd, wd = _get(s, "deliveries_per_s"), _get(w, "deliveries_per_s")
+    rt = _div(sd, wd)
+    note = "offered load is capped at subscribers × rate; ws must fall ≥ 5× behind for this to pass" if rt else ""
+    if _saturated(s) or _saturated(w):
+        note = (note + "; load generator saturated").strip("; ")
+    row(g, f"Fan-out to {n} subscribers at {rate:g} msg/s: deliveries/s", "≥ 5× ws",
+        fnum(sd, "/s"), ratio_str(rt), verdict(None if rt is None else rt >= 5), note)
+
+    sc, wc = _conn_entry(r, ONE_CORE), _conn_entry(r, BASELINE)
+    n = (sc or wc or {}).get("connections", "?")
+    sw = _get(sc, "wall_s") if sc and sc.get("failed") == 0 else None
+    ww = _get(wc, "wall_s") if wc and wc.get("failed") == 0 else None
+    speed = _div(ww, sw)
+    row(g, f"{n} connections connected, upgraded and joined: wall time", "≥ 3× faster than ws",
+        fnum(sw, " s", 3), ratio_str(speed, "× faster"), verdict(None if speed is None else speed >= 3),
+        "" if not sc or sc.get("failed") == 0 else f"{sc.get('failed')} Synapse connections failed")
+    srss, wrss = _get(sc, "rss_per_conn_bytes"), _get(wc, "rss_per_conn_bytes")
+    rt = _div(srss, wrss)
+    row(g, f"Server RSS per idle joined connection ({n} connections)", "≤ 0.5× ws",
+        fnum(srss, " B"), ratio_str(rt), verdict(None if rt is None else rt <= 0.5))
+    row(g, f"Server RSS per idle joined connection ({n} connections), absolute", "≤ 4 KiB",
+        fnum(srss, " B"), fnum(wrss, " B (ws)"), verdict(None if srss is None else srss <= 4096))
+    for which in ("min", "max"):
+        s, w = _latency(r, ONE_CORE, "heartbeat", which), _latency(r, BASELINE, "heartbeat", which)
+        if which == "max" and s is not None and s is _latency(r, ONE_CORE, "heartbeat", "min"):
+            continue
+        n = (s or w or {}).get("idle_connections", "?")
+        sp, wp = _get(s, "rtt", "p99_ms"), _get(w, "rtt", "p99_ms")
+        rt = _div(sp, wp)
+        row(g, f"Heartbeat round trip p99, {n} idle connections alongside", "≤ 0.8× ws",
+            fnum(sp, " ms", 3), ratio_str(rt), verdict(None if rt is None else rt <= 0.8))
+
+    # ---- the seed's targets (absolute; must pass by a wide margin)
+    g = "seed targets"
+    for n, limit in ((100, 1.0), (500, 5.0)):
+        s, w = _conn_entry(r, ONE_CORE, n), _conn_entry(r, BASELINE, n)
+        sv = _get(s, "wall_s") if s and s.get("failed") == 0 else None
+        wv = _get(w, "wall_s") if w and w.get("failed") == 0 else None
+        row(g, f"{n} connections connected and joined", f"< {limit:g} s", fnum(sv, " s", 3),
+            ratio_str(_div(sv, wv)), verdict(None if sv is None else sv < limit),
+            _margin(sv, limit))
+    s, w = _latency(r, ONE_CORE, "heartbeat", "min"), _latency(r, BASELINE, "heartbeat", "min")
+    sp, wp = _get(s, "rtt", "p99_ms"), _get(w, "rtt", "p99_ms")
+    n = (s or {}).get("idle_connections", 100)
+    row(g, f"Round-trip latency p99 (heartbeat) at {n} connections", "< 50 ms", fnum(sp, " ms", 3),
+        ratio_str(_div(sp, wp)), verdict(None if sp is None else sp < 50), _margin(sp, 50))
+    s, w = _phase(r, ONE_CORE, "sustained"), _phase(r, BASELINE, "sustained")
+    sp, wp = _get(s, "latency", "p99_ms"), _get(w, "latency", "p99_ms")
+    n = (s or {}).get("subscribers", 100)
+    rate = (s or {}).get("rate_per_s", 100)
+    row(g, f"Delivery latency p99 at {n} subscribers, {rate:g} msg/s", "< 50 ms", fnum(sp, " ms", 3),
+        ratio_str(_div(sp, wp)), verdict(None if sp is None else sp < 50), _margin(sp, 50))
+    sc, wc = _conn_entry(r, ONE_CORE), _conn_entry(r, BASELINE)
+    srss, wrss = _get(sc, "rss_per_conn_bytes"), _get(wc, "rss_per_conn_bytes")
+    row(g, "Memory per connection (server RSS growth)", "< 1 MB", fnum(srss, " B"),
+        ratio_str(_div(srss, wrss)), verdict(None if srss is None else srss < 1_000_000), _margin(srss, 1_000_000))
+    if s is None:
+        actual, ok = "not measured", None
+    else:
+        bad = s.get("lost", 0) + s.get("duplicated", 0) + s.get("reordered", 0)
+        actual = (f"{s.get('deliveries'):,} delivered; lost {s.get('lost')}, duplicated {s.get('duplicated')}, "
+                  f"reordered {s.get('reordered')}")
+        ok = bad == 0 and bool(s.get("complete"))
+    wsv = "not measured" if w is None else f"ws lost {w.get('lost')}"
+    row(g, f"{rate:g} msg/s for {(s or {}).get('duration_s', 30):g} s to {n} subscribers", "no drops",
+        actual, wsv, verdict(ok))
+    s, w = _phase(r, ONE_CORE, "burst", "min"), _phase(r, BASELINE, "burst", "min")
+    sv = _get(s, "completion_s")
+    wv = _get(w, "completion_s")
+    n = (s or {}).get("subscribers", 100)
+    row(g, f"1,000-message burst to {n} subscribers: until every subscriber has every message", "< 1 s",
+        fnum(sv, " s", 3), ratio_str(_div(sv, wv)), verdict(None if s is None else (sv is not None and sv < 1)),
+        _margin(sv, 1.0) if sv is not None else ("Synapse did not complete the burst" if s else ""))
+    s, w = _phase(r, ONE_CORE, "single", "min"), _phase(r, BASELINE, "single", "min")
+    sv, wv = _get(s, "fanout_complete", "max_ms"), _get(w, "fanout_complete", "max_ms")
+    n = (s or {}).get("subscribers", 100)
+    k = (s or {}).get("messages", "")
+    row(g, f"Broadcast to {n} subscribers: time until the last has it (worst of {k})", "< 10 ms",
+        fnum(sv, " ms", 3), ratio_str(_div(sv, wv)), verdict(None if sv is None else sv < 10), _margin(sv, 10))
+
+    # ---- measured for information (no target)
+    g = "other measurements"
+    for s in _phases(r, ONE_CORE, "single"):
+        w = _phase(r, BASELINE, "single", subs=s.get("subscribers"))
+        sv, wv = _get(s, "latency", "p99_ms"), _get(w, "latency", "p99_ms")
+        row(g, f"One message to {s.get('subscribers')} subscribers: delivery p50 / p99 / max",
+            "-", f"{fnum(_get(s, 'latency', 'p50_ms'), '', 2)} / {fnum(sv, '', 2)} / "
+                 f"{fnum(_get(s, 'latency', 'max_ms'), ' ms', 2)}", ratio_str(_div(sv, wv), "× ws (p99)"), INFO)
+    for which in ("min", "max"):
+        s, w = _latency(r, ONE_CORE, "ping", which), _latency(r, BASELINE, "ping", which)
+        if s is None or (which == "max" and s is _latency(r, ONE_CORE, "ping", "min")):
+            continue
+        sp, wp = _get(s, "rtt", "p99_ms"), _get(w, "rtt", "p99_ms")
+        row(g, f"Cortex ping round trip p50 / p99 / p999, {s.get('idle_connections')} idle connections", "-",
+            f"{fnum(_get(s, 'rtt', 'p50_ms'), '', 3)} / {fnum(sp, '', 3)} / "
+            f"{fnum(_get(s, 'rtt', 'p999_ms'), ' ms', 3)}", ratio_str(_div(sp, wp), "× ws (p99)"), INFO)
+    q = r.get((ONE_CORE, "query_load"))
+    if q or run_record(latest, ONE_CORE, "query_load"):
+        qq = _get(q, "queries")
+        mem = _get(q, "store", "stored")
+        row(g, f"Queries/s over {fnum(mem)} memories ({_get(qq, 'concurrency')} concurrent)", "-",
+            fnum(_get(qq, "queries_per_s"), "/s"), "n/a (Synapse only)", INFO if q else NOT_MEASURED)
+        row(g, "Query first-thought latency p50 / p99", "-",
+            f"{fnum(_get(qq, 'first_thought', 'p50_ms'), '', 2)} / {fnum(_get(qq, 'first_thought', 'p99_ms'), ' ms', 2)}",
+            "n/a", INFO if q else NOT_MEASURED)
+        row(g, "Query result latency p50 / p99", "-",
+            f"{fnum(_get(qq, 'result', 'p50_ms'), '', 2)} / {fnum(_get(qq, 'result', 'p99_ms'), ' ms', 2)}",
+            "n/a", INFO if q else NOT_MEASURED)
+        if q:
+            bad = (q.get("lost", 0), q.get("duplicated", 0), q.get("reordered", 0), _get(qq, "errors") or 0)
+            row(g, "Queries lost / duplicated / reordered / errors", "-", " / ".join(str(b) for b in bad), "n/a", INFO)
+    sys_s = {x.get("label"): x for x in latest.get("syscalls", [])}
+    if sys_s:
+        sv = _get(sys_s.get(ONE_CORE), "write_syscalls_per_delivery")
+        wv = _get(sys_s.get(BASELINE), "write_syscalls_per_delivery")
+        row(g, "Write syscalls per delivery, 1,000-message burst to 100 subscribers (strace -c)", "-",
+            fnum(sv, "", 4), f"ws {fnum(wv, '', 4)}", INFO)
+    s = _phase(r, ONE_CORE, "burst", "min")
+    m = _get(s, "server_syscalls")
+    if m:
+        row(g, f"Write syscalls per delivery, same burst without strace (/metrics)", "-",
+            fnum(m.get("write_syscalls_per_delivery"), "", 4), "n/a (ws has no counter)", INFO)
+    return rows
+
+
+def _margin(v: Optional[float], limit: float) -> str:
+    if v is None or v <= 0:
+        return ""
+    return f"{limit / v:.0f}× under the target" if v < limit else ""
+
+
+def all_cores_rows(latest: dict) -> list[dict]:
+    """Headline figures for Synapse with its default threads, against ws on one core."""
+    r = results(latest)
+    rows = []
+
+    def add(metric: str, sv: Optional[float], wv: Optional[float], unit: str, digits: int, higher_better: bool):
+        rt = _div(sv, wv)
+        rows.append({"metric": metric, "actual": fnum(sv, unit, digits),
+                     "vs_ws": ratio_str(rt) if rt is not None else "not measured",
+                     "better": None if rt is None else (rt > 1) == higher_better})
+
+    if not any(k[0] == ALL_CORES for k in r):
+        return rows
+    for which in ("min", "max"):
+        s, w = _phase(r, ALL_CORES, "burst", which), _phase(r, BASELINE, "burst", which)
+        if s is None or (which == "max" and s is _phase(r, ALL_CORES, "burst", "min")):
+            continue
+        add(f"Burst fan-out to {s.get('subscribers')} subscribers: deliveries/s",
+            _get(s, "deliveries_per_s"), _get(w, "deliveries_per_s"), "/s", 0, True)
+    s, w = _phase(r, ALL_CORES, "fanout", "max"), _phase(r, BASELINE, "fanout", "max")
+    if s:
+        add(f"Fan-out to {s.get('subscribers')} subscribers at {s.get('rate_per_s'):g} msg/s: p99 latency",
+            _get(s, "latency", "p99_ms"), _get(w, "latency", "p99_ms"), " ms", 1, False)
+        add(f"Fan-out to {s.get('subscribers')} subscribers at {s.get('rate_per_s'):g} msg/s: deliveries/s",
+            _get(s, "deliveries_per_s"), _get(w, "deliveries_per_s"), "/s", 0, True)
+    sc, wc = _conn_entry(r, ALL_CORES), _conn_entry(r, BASELINE)
+    if sc:
+        add(f"{sc.get('connections')} connections joined: wall time", _get(sc, "wall_s"), _get(wc, "wall_s"),
+            " s", 3, False)
+    s, w = _latency(r, ALL_CORES, "heartbeat", "max"), _latency(r, BASELINE, "heartbeat", "max")
+    if s:
+        add(f"Heartbeat round trip p99, {s.get('idle_connections')} idle", _get(s, "rtt", "p99_ms"),
+            _get(w, "rtt", "p99_ms"), " ms", 3, False)
+    return rows
+
+
+def render_text_table(rows: list[dict]) -> str:
+    head = ["Metric", "Target", "Actual", "vs ws", "Verdict"]
+    data = [[x["metric"], x["target"], x["actual"], x["vs_ws"], x["status"]] for x in rows]
+    widths = [max(len(str(c[i])) for c in [head] + data) for i in range(len(head))]
+    widths[0] = min(widths[0], 80)
+    lines = ["  ".join(str(h).ljust(widths[i]) for i, h in enumerate(head)),
+             "  ".join("-" * w for w in widths)]
+    for c in data:
+        lines.append("  ".join(str(v)[:120].ljust(widths[i]) for i, v in enumerate(c)))
+    return "\n".join(lines)
+
+
+def load_verdict(rows: list[dict]) -> tuple[bool, list[str]]:
+    """True when every targeted row passed; the reasons otherwise."""
+    reasons = []
+    for x in rows:
+        if x["status"] in (FAIL, NOT_MEASURED) and x["target"] != "-":
+            reasons.append(f"{x['metric']}: {x['status']} (target {x['target']}, actual {x['actual']}, "
+                           f"vs ws {x['vs_ws']})")
+    return (not reasons), reasons
+
+

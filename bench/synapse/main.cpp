@@ -1,0 +1,116 @@
+// synapse-bench: a single-threaded epoll load generator for Synapse and for
+// any server speaking the same Phoenix V2 protocol subset.
+//
+//   synapse-bench <scenario> --url ws://127.0.0.1:4000 --key KEY [options]
+//
+// Every scenario ends by itself, prints a table and exactly one line
+// `RESULT {json}`.
+#include <arpa/inet.h>
+
+#include <cstring>
+#include <iostream>
+
+#include "common.hpp"
+
+namespace {
+
+const char* const kUsage = R"(usage: synapse-bench <scenario> --url ws://HOST:PORT --key KEY [options]
+
+scenarios:
+  connection_load      N connections connected, upgraded and joined (--sizes 100,500,1000,5000,10000)
+  message_throughput   sustained rate, bursts, single-message fan-out, 10,000-subscriber fan-out
+  latency              heartbeat and cortex ping round trips with idle connections alongside
+  query_load           cortex queries over stored memories (Synapse only)
+
+common options:
+  --url URL            ws://HOST:PORT[/path]; the path defaults to /cortex/websocket?vsn=2.0.0
+  --key KEY            API key, sent as ?api_key= (create it with --unlimited)
+  --agent ID           the key's agent id, for cortex:<agent> (default: bench)
+  --server-pid PID     read the server's RSS and CPU time from /proc/PID
+  --label NAME         names the server in the output (default: server)
+  --concurrency N      connection attempts in flight at once (default 256)
+  --source-ips N       spread connections over 127.0.0.1..N as source addresses (default 4)
+  --small              reduced sizes, for a smoke run
+  --json-out FILE      also write the RESULT JSON to FILE
+  --timeout-s S        bound on any one wait (default 60; query_load 120)
+
+connection_load:     --sizes LIST  --settle-ms MS  --topic T
+message_throughput:  --only sustained,burst,single,fanout  --topic T  --payload-bytes N  --drain-s S
+                     --sustained-subs N --sustained-rate R --sustained-duration S
+                     --burst-subs LIST --burst-messages M
+                     --single-subs LIST --single-repeats K --single-gap-ms MS
+                     --fanout-subs N --fanout-rate R --fanout-duration S
+                     --sync-stdin  (print "SYNC ready|done burst_N" around each burst and wait
+                                    for a line on stdin; for attaching strace)
+latency:             --idle LIST  --samples N
+query_load:          --memories N --store-connections N --query-connections N --in-flight N
+                     --duration S --vocabulary N --skip-store
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace bench;
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  Context ctx;
+  ctx.t_start = now_ns();
+  ctx.cpu_start = self_cpu();
+  ctx.scenario = argv[1];
+  std::string err;
+  if (!ctx.args.parse(argc - 2, argv + 2, {"small", "sync-stdin", "skip-store", "help"}, &err)) {
+    std::cerr << "synapse-bench: " << err << "\n";
+    return 2;
+  }
+  if (ctx.args.has("help")) {
+    std::cout << kUsage;
+    return 0;
+  }
+  const auto url = ctx.args.str("url", "ws://127.0.0.1:4000");
+  if (!parse_url(url, ctx.target, &err)) {
+    std::cerr << "synapse-bench: " << err << "\n";
+    return 2;
+  }
+  ctx.key = ctx.args.str("key");
+  ctx.agent = ctx.args.str("agent", "bench");
+  ctx.label = ctx.args.str("label", "server");
+  ctx.server_pid = static_cast<int>(ctx.args.integer("server-pid", 0));
+  ctx.concurrency = static_cast<std::size_t>(std::max<std::int64_t>(1, ctx.args.integer("concurrency", 256)));
+  ctx.small = ctx.args.has("small");
+  if (ctx.target.path.empty()) ctx.target.path = "/cortex/websocket?vsn=2.0.0";
+  if (!ctx.key.empty()) {
+    ctx.target.path += (ctx.target.path.find('?') == std::string::npos ? "?" : "&");
+    ctx.target.path += "api_key=" + ctx.key;
+  }
+  // Several loopback source addresses, so ephemeral ports never run out.
+  const auto nsrc = ctx.args.integer("source-ips", 4);
+  if ((ntohl(ctx.target.addr.sin_addr.s_addr) >> 24) == 127) {
+    for (std::int64_t i = 1; i <= nsrc; ++i) {
+      in_addr a{};
+      a.s_addr = htonl((127u << 24) | static_cast<std::uint32_t>(i));
+      ctx.target.sources.push_back(a);
+    }
+  }
+  const auto files = raise_fd_limit();
+  if (ctx.server_pid > 0 && !sample_proc(ctx.server_pid).ok) {
+    std::cerr << "synapse-bench: no process " << ctx.server_pid << " (--server-pid)\n";
+    return 2;
+  }
+
+  try {
+    if (ctx.scenario == "connection_load") {
+      if (files < 10100) std::cerr << "synapse-bench: warning: only " << files << " open files allowed\n";
+      return run_connection_load(ctx);
+    }
+    if (ctx.scenario == "message_throughput") return run_message_throughput(ctx);
+    if (ctx.scenario == "latency") return run_latency(ctx);
+    if (ctx.scenario == "query_load") return run_query_load(ctx);
+  } catch (const std::exception& e) {
+    std::cerr << "synapse-bench: " << e.what() << "\n";
+    return 1;
+  }
+  std::cerr << "synapse-bench: unknown scenario " << ctx.scenario << "\n" << kUsage;
+  return 2;
+}
