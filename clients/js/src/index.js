@@ -202,8 +202,26 @@ export class MimoSynapse {
     return p;
   }
 
+  // The open connection is gone: fail what depended on it, tell listeners.
+  _markDown(closeInfo) {
+    if (this._state !== STATES.open) return;
+    this._downSince = Date.now();
+    this._state = this._userClosed ? STATES.closed : STATES.reconnecting;
+    this._failPhxRequests('disconnected');
+    this._failRuns('disconnected', 'the connection dropped while the run was going');
+    this._failPending('disconnected', 'the connection dropped before the reply', true);
+    this._events.emit('close', closeInfo);
+  }
+
   _reconnectAfter(tries) {
     this._attempts = tries;
+    // Phoenix also reconnects without a close event reaching us: after a
+    // heartbeat timeout it gives up on a connection whose close handshake
+    // cannot complete. The close event, when there is one, comes right
+    // after this call, so only act if none did.
+    if (this._state === STATES.open) {
+      queueMicrotask(() => this._markDown({ code: undefined, reason: 'heartbeat_timeout', wasClean: false }));
+    }
     // A reconnect must carry a live token: fetch a new one now if needed.
     if (this._token && (this._getToken || false) && this._tokenNearlyExpired(5000)) this._refreshToken('reconnect');
     const delayMs = backoffDelay(tries, this._reconnect);
@@ -232,16 +250,11 @@ export class MimoSynapse {
   }
 
   _onClose(ev) {
-    const wasOpen = this._state === STATES.open;
     const code = ev && typeof ev.code === 'number' ? ev.code : undefined;
     const reason = ev && ev.reason ? String(ev.reason) : '';
     this._failPhxRequests('disconnected');
-    if (wasOpen) {
-      this._downSince = Date.now();
-      this._state = this._userClosed ? STATES.closed : STATES.reconnecting;
-      this._failRuns('disconnected', 'the connection dropped while the run was going');
-      this._failPending('disconnected', 'the connection dropped before the reply', true);
-      this._events.emit('close', { code, reason, wasClean: !!(ev && ev.wasClean) });
+    if (this._state === STATES.open) {
+      this._markDown({ code, reason, wasClean: !!(ev && ev.wasClean) });
       if (code === 4001 && (this._getToken || this._token)) this._refreshToken('expired');
     } else if (this._state === STATES.connecting) {
       // The first attempt of connect() failed: report it and stop (phoenix
