@@ -4,12 +4,14 @@
 //   - decode never crashes; a refusal always carries an error sentence;
 //   - when it succeeds, encode_raw of the decoded fields (the payload
 //     serialized again) decodes again, to the same join_ref, ref, topic,
-//     event and an equal payload;
+//     event and an equal payload (keys in the same order; doubles within 2
+//     ULP, see same_json);
 //   - anything nested deeper than the limit is refused;
 //   - the input used as raw strings: encode_raw(s, null, s, s, {}) of any
 //     valid UTF-8 s (control characters, quotes, backslashes, DEL, NUL
 //     included) decodes to s exactly: append_json_string escapes what it must.
 #include <boost/json.hpp>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -48,6 +50,39 @@ bool same(const std::optional<std::string_view>& a, const std::optional<std::str
   return a.has_value() == b.has_value() && (!a || *a == *b);
 }
 
+// Equal JSON, except that doubles may differ by 2 units in the last place:
+// Boost.JSON 1.81's parser is not correctly rounded for long mantissas
+// (1844678888888888888888888888888888888888880.1 reads 1 ULP below strtod),
+// while its serializer is exact, so a double can move by an ULP when relayed.
+bool same_json(const json::value& a, const json::value& b) {
+  if (a.is_double() && b.is_double()) {
+    const double x = a.get_double(), y = b.get_double();
+    if (x == y) return true;
+    const double up = std::nextafter(std::nextafter(x, y), y);
+    return (x < y) ? y <= up : y >= up;
+  }
+  if (a.kind() != b.kind()) return false;
+  if (a.is_array()) {
+    const auto &p = a.get_array(), &q = b.get_array();
+    if (p.size() != q.size()) return false;
+    for (std::size_t i = 0; i < p.size(); ++i) {
+      if (!same_json(p[i], q[i])) return false;
+    }
+    return true;
+  }
+  if (a.is_object()) {
+    const auto &p = a.get_object(), &q = b.get_object();
+    if (p.size() != q.size()) return false;
+    auto i = p.begin();
+    auto j = q.begin();
+    for (; i != p.end(); ++i, ++j) {
+      if (i->key() != j->key() || !same_json(i->value(), j->value())) return false;
+    }
+    return true;
+  }
+  return a == b;
+}
+
 void check_round_trip(std::string_view text) {
   Envelope env;
   std::string error;
@@ -69,7 +104,7 @@ void check_round_trip(std::string_view text) {
   FUZZ_CHECK(same(env.ref, env2.ref), "ref changed in the round trip");
   FUZZ_CHECK(env.topic == env2.topic, "topic changed in the round trip: " + escaped(env2.topic));
   FUZZ_CHECK(env.event == env2.event, "event changed in the round trip: " + escaped(env2.event));
-  FUZZ_CHECK(*env.payload == *env2.payload, "payload changed in the round trip: " + escaped(again));
+  FUZZ_CHECK(same_json(*env.payload, *env2.payload), "payload changed in the round trip: " + escaped(again));
 }
 
 void check_raw_strings(std::string_view s) {

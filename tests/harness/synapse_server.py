@@ -71,7 +71,8 @@ class SynapseServer:
             args += [k, str(v)]
         self._listening.clear()
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
+        self._pump_thread.start()
         if not self._listening.wait(timeout):
             self.stop()
             raise RuntimeError("synapse did not start:\n" + "\n".join(self.log_lines[-30:]))
@@ -99,6 +100,8 @@ class SynapseServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # Let the reader collect the last lines (a sanitizer report comes at exit).
+        self._pump_thread.join(timeout=5)
         return proc.returncode
 
     def kill(self) -> None:
@@ -109,10 +112,22 @@ class SynapseServer:
         """Starts again on the same port and data directory."""
         return self.start()
 
+    SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                       "WARNING: ThreadSanitizer")
+
+    def sanitizer_reports(self) -> list[str]:
+        """Lines of ASan/LSan/UBSan reports the process printed (the ASan
+        build prints them to stderr, which is collected with stdout)."""
+        return [l for l in self.log_lines if any(m in l for m in self.SANITIZER_MARKS)]
+
     def cleanup(self) -> None:
+        """Stops the server, removes its data, and fails if a sanitizer spoke."""
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        reports = self.sanitizer_reports()
+        if reports:
+            raise AssertionError("sanitizer report from synapse:\n" + "\n".join(self.log_lines[-80:]))
 
     def __enter__(self) -> "SynapseServer":
         return self.start()

@@ -96,3 +96,22 @@ test('disconnect() ends running runs with disconnected and stops reconnecting', 
   assert.equal(proxy.accepted, accepted, 'no reconnect after disconnect()');
   assert.equal(c.state, 'closed');
 });
+
+test('a silent link (no bytes back, no TCP close) is caught by heartbeats: runs end disconnected, then it reconnects', async () => {
+  const proxy = await startProxy(server.port);
+  cleanups.push(() => proxy.close());
+  const c = await clients.connect(proxy.url, { apiKey: key, heartbeatIntervalMs: 300 });
+  await c.whoami();
+  const progress = [];
+  const h = c.tool('demo.countdown', { steps: 400, interval_ms: 25 }, { onProgress: (p) => progress.push(p) });
+  await waitFor(() => progress.length >= 1, { what: 'the countdown to run' });
+  const closed = nextEvent(c, 'close', 10000);
+  const back = nextEvent(c, 'reconnect', 15000);
+  proxy.hold(); // the server's frames, heartbeat replies included, stop arriving
+  await assert.rejects(within(5000, h.done, 'the run to end'), (e) => e.reason === 'disconnected');
+  const ev = await closed;
+  assert.ok(ev, 'a close event for the dead connection');
+  await within(15000, back, 'the reconnect');
+  assert.equal(c.state, 'open');
+  assert.equal((await c.query('alive again').done).status, 'success');
+});

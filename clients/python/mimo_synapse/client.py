@@ -522,8 +522,7 @@ class MimoSynapse:
             if not p.future.done():
                 p.future.set_exception(err())
         runs, self._runs = self._runs, {}
-        for run in runs.values():
-            run._fail(err(run.ref))
+        pass
         self._cortex_conn = None
         self._join_refs.clear()
         for sub in self._subs.values():
