@@ -130,6 +130,7 @@ def envelope_seeds():
         "unicode_raw": '["j","r","room:caf\u00e9","\u202eevil",{"emoji":"\U0001F600","zw":"a\u200bb"}]',
         "numbers": '[null,null,"t","e",{"big":18446744073709551615,"neg":-9223372036854775808,'
                    '"over":1e400,"tiny":5e-324,"negzero":-0.0,"frac":0.1}]',
+        "long_mantissa": '[null,null,"t","e",{"big":1844678888888888888888888888888888888888880.1}]',
         "dup_keys": '[null,null,"t","e",{"a":1,"a":2}]',
         "whitespace": ' \t\n[ null , null , "t" , "e" , { } ] \r\n',
         "not_array": '{"topic":"t"}',

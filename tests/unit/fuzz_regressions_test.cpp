@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -133,6 +134,23 @@ TEST(FuzzRegression, EnvelopeWithLargeFiniteNumbersRoundTrips) {
   protocol::Envelope env2;
   ASSERT_TRUE(protocol::decode(again, env2, error)) << again << ": " << error;
   EXPECT_EQ(*env.payload, *env2.payload);
+}
+
+// Found by fuzz_envelope, not a Synapse bug: Boost.JSON 1.81 does not round
+// long decimal mantissas correctly (this one reads 1 ULP below strtod; 1.83
+// adds precise parsing), while its serializer is exact. A relayed number may
+// move by an ULP, never more, and always comes out as valid JSON.
+TEST(FuzzRegression, EnvelopeLongDecimalsRelayWithinAnUlp) {
+  const std::string text = R"([null,null,"t","e",{"big":1844678888888888888888888888888888888888880.1}])";
+  protocol::Envelope env;
+  std::string error;
+  ASSERT_TRUE(protocol::decode(text, env, error)) << error;
+  const std::string again = protocol::encode_raw(env.join_ref, env.ref, env.topic, env.event, json::serialize(*env.payload));
+  protocol::Envelope env2;
+  ASSERT_TRUE(protocol::decode(again, env2, error)) << again;
+  const double first = env.payload->at("big").as_double();
+  const double relayed = env2.payload->at("big").as_double();
+  EXPECT_LE(std::fabs(first - relayed), std::fabs(std::nextafter(first, 0.0) - first) * 2) << again;
 }
 
 // ---------------------------------------------------------------------------
