@@ -1,6 +1,7 @@
 // synapse: the command line. `serve` runs the gateway; `keys` manages API
 // keys in the data directory; `config example` prints every option.
 #include <CLI/CLI.hpp>
+#include <boost/json.hpp>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
@@ -221,11 +222,11 @@ int main(int argc, char** argv) {
       if (!as_json) std::printf("%-14s %-16s %-16s %-10s %-22s %-10s %s\n", "ID", "NAME", "AGENT", "TENANT", "FLAGS", "CREATED", "REVOKED");
       for (const auto& k : all) {
         if (as_json) {
-          std::cout << "{\"id\":\"" << k.id << "\",\"name\":\"" << k.name << "\",\"agent_id\":\"" << k.agent_id
-                    << "\",\"tenant\":\"" << k.tenant << "\",\"admin\":" << (k.admin ? "true" : "false")
-                    << ",\"publish\":" << (k.publish ? "true" : "false")
-                    << ",\"unlimited\":" << (k.unlimited ? "true" : "false") << ",\"created_at\":" << k.created_at
-                    << ",\"revoked_at\":" << (k.revoked_at ? std::to_string(*k.revoked_at) : "null") << "}\n";
+          boost::json::object o{{"id", k.id},         {"name", k.name},       {"agent_id", k.agent_id},
+                                {"tenant", k.tenant}, {"admin", k.admin},     {"publish", k.publish},
+                                {"unlimited", k.unlimited}, {"created_at", k.created_at}};
+          o["revoked_at"] = k.revoked_at ? boost::json::value(*k.revoked_at) : boost::json::value(nullptr);
+          std::cout << boost::json::serialize(o) << "\n";
         } else {
           std::printf("%-14s %-16s %-16s %-10s %-22s %-10lld %s\n", k.id.c_str(), k.name.c_str(), k.agent_id.c_str(),
                       k.tenant.c_str(), flags_of(k).c_str(), static_cast<long long>(k.created_at),

@@ -167,6 +167,7 @@ export class MimoSynapse {
     const waiter = new Promise((resolve, reject) => this._connectWaiters.push({ resolve, reject }));
     if (this._state === STATES.connecting || this._state === STATES.reconnecting) return waiter;
     this._state = STATES.connecting;
+    this._userClosed = false;
     try {
       if (this._getToken && (!this._token || this._tokenNearlyExpired(5000))) await this._fetchToken();
     } catch (err) {
@@ -174,9 +175,13 @@ export class MimoSynapse {
       this._settleConnect(err instanceof SynapseError ? err : new SynapseError('unauthorized', `getToken failed: ${err && err.message}`));
       return waiter;
     }
-    if (!this._socket) this._socket = this._makeSocket();
-    this._socket.connect();
+    this._ensureSocket().connect();
     return waiter;
+  }
+
+  _ensureSocket() {
+    if (!this._socket) this._socket = this._makeSocket();
+    return this._socket;
   }
 
   _makeSocket() {
@@ -256,6 +261,11 @@ export class MimoSynapse {
     if (this._state === STATES.open) {
       this._markDown({ code, reason, wasClean: !!(ev && ev.wasClean) });
       if (code === 4001 && (this._getToken || this._token)) this._refreshToken('expired');
+      if (code === 4003) {
+        // Revoked credentials never come back: reconnecting would only be refused.
+        this._events.emit('error', new SynapseError('credentials_revoked', reason || 'the credentials were revoked'));
+        this.disconnect();
+      }
     } else if (this._state === STATES.connecting) {
       // The first attempt of connect() failed: report it and stop (phoenix
       // does not retry a connection that never opened either).
@@ -849,7 +859,9 @@ export class MimoSynapse {
     if (st.listeners.size === 0) return;
     const { _meta, ...body } = payload;
     const msg = { topic: st.topic, event, payload: body, meta: _meta };
-    for (const fn of [...st.listeners]) this._callback(fn, msg);
+    for (const fn of [...st.listeners]) {
+      if (st.listeners.has(fn)) this._callback(fn, msg); // not if unsubscribed meanwhile
+    }
   }
 
   _closeTopic(st) {
@@ -877,7 +889,8 @@ export class MimoSynapse {
    */
   subscribe(topic, callback, opts = {}) {
     if (typeof callback !== 'function') throw new TypeError('subscribe: callback must be a function');
-    if (!this._socket) throw new SynapseError('disconnected', 'call connect() before subscribe()');
+    // Before connect() the join waits in phoenix's buffer and goes out on open.
+    this._ensureSocket();
     const wantPresence = !!(opts.presence || opts.onPresence);
     let st = this._topics.get(topic);
     if (st && st.listeners.size === 0 && (wantPresence !== st.presenceEnabled || (opts.meta && JSON.stringify(opts.meta) !== JSON.stringify(st.meta)))) {
@@ -914,7 +927,7 @@ export class MimoSynapse {
    * @returns {Promise<number>} the message's offset
    */
   async publish(topic, event, payload = {}) {
-    if (!this._socket) throw new SynapseError('disconnected', 'call connect() before publish()');
+    this._ensureSocket();
     let st = this._topics.get(topic);
     if (!st) st = this._openTopic(topic);
     await st.ready;

@@ -115,3 +115,24 @@ test('a silent link (no bytes back, no TCP close) is caught by heartbeats: runs 
   assert.equal(c.state, 'open');
   assert.equal((await c.query('alive again').done).status, 'success');
 });
+
+test('revoking the key closes with 4003 and the SDK stops reconnecting', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const { binary } = await import('../../../tests/harness/server.mjs');
+  const doomed = server.createKey('doomed');
+  const proxy = await startProxy(server.port);
+  cleanups.push(() => proxy.close());
+  const c = await clients.connect(proxy.url, { apiKey: doomed, agentId: 'doomed' });
+  const h = c.tool('demo.countdown', { steps: 400, interval_ms: 25 });
+  const closed = nextEvent(c, 'close', 15000);
+  const keyId = doomed.split('_')[1];
+  execFileSync(binary(), ['keys', 'revoke', keyId, '--data-dir', server.dataDir]);
+  const ev = await closed;
+  assert.equal(ev.code, 4003);
+  await assert.rejects(h.done, (e) => e.reason === 'disconnected');
+  await waitFor(() => c.state === 'closed', { what: 'the client to give up' });
+  assert.ok(c.errors.some((e) => e.reason === 'credentials_revoked'));
+  const accepted = proxy.accepted;
+  await new Promise((r) => setTimeout(r, 800));
+  assert.equal(proxy.accepted, accepted, 'no reconnect attempt');
+});

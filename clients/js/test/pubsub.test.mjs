@@ -121,3 +121,19 @@ test('presence: members see each other join and leave, one meta per connection',
   assert.deepEqual(syncs.at(-1).map((p) => p.id), ['ann']);
   assert.throws(() => bob1.presence(topic), (e) => e.reason === 'not_subscribed');
 });
+
+test('subscribe and publish may come before connect(); they go out once the socket opens', async () => {
+  const early = clients.make(server.wsUrl, { apiKey: keyA });
+  const got = [];
+  const un = early.subscribe('room:early', (m) => got.push(m.payload.n));
+  const publisher = clients.make(server.wsUrl, { apiKey: keyB });
+  const published = publisher.publish('room:early', 'n', { n: 0 });
+  await early.connect();
+  await un.ready;
+  await publisher.connect();
+  assert.equal(typeof (await published), 'number');
+  await publisher.publish('room:early', 'n', { n: 1 });
+  await waitFor(() => got.includes(1), { what: 'the message' });
+  // n: 0 may have been published before the subscriber's join; n: 1 came after it.
+  assert.deepEqual(got.filter((n) => n === 1), [1]);
+});

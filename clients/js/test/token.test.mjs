@@ -77,11 +77,13 @@ test('with only a token, the SDK slides the session with refresh {}', async () =
 test('a reconnect after the first token expired uses the refreshed token', async () => {
   const proxy = await startProxy(server.port);
   cleanups.push(() => proxy.close());
-  const first = await shortToken();
-  const c = clients.make(proxy.url, { token: first, getToken: shortToken });
+  // Only getToken: the SDK fetches the first token itself.
+  const c = clients.make(proxy.url, { getToken: shortToken });
   const errors = [];
   c.on('error', (e) => errors.push(e));
   await c.connect();
+  const first = c.token;
+  assert.ok(first);
   await waitFor(() => Date.now() > expOf(first) + 500, { timeoutMs: 10000, what: 'the first token to expire' });
   assert.equal(c.state, 'open');
 
