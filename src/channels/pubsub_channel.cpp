@@ -35,7 +35,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
                            {{"payload._meta", "must not be set by the publisher"}});
       return;
     }
-    const auto r = session_.services().broker.publish(topic_, env.event, *env.payload,
+    const auto r = session_.services().broker.publish(topic_, env.event, env.payload_raw, env.payload->empty(),
                                                       session_.principal().agent_id, session_.socket().id());
     session_.reply_ok(env, json::object{{"offset", r.offset}});
   }

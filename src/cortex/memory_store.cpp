@@ -107,16 +107,17 @@ std::vector<Candidate> MemoryStore::recall(std::size_t conn, const Caller& calle
                                    "WHERE memories_fts MATCH ?3 AND " + visible +
                                    " ORDER BY bm25(memories_fts) LIMIT ?4");
     st.bind(1, caller.tenant).bind(2, caller.agent_id).bind(3, match).bind(4, static_cast<std::int64_t>(limit));
-    while (st.step()) out.push_back(Candidate{read_record(st), -st.real(8)});
-    return out;
+    while (st.step()) out.push_back(Candidate{read_record(st), -st.real(8), false});
+    if (!out.empty()) return out;
   }
-  // No search terms (only punctuation, say): a literal substring scan, with
-  // the text bound as a parameter, never parsed.
+  // No search terms (only punctuation, say), or terms the FTS tokenizer does
+  // not index (emoji and other symbols): a literal substring scan, with the
+  // text bound as a parameter, never parsed.
   if (text.empty()) return out;
   store::Statement st(*s.db, std::string("SELECT ") + columns + " FROM memories m WHERE " + visible +
                                  " AND instr(m.content, ?3) > 0 ORDER BY m.created_at DESC LIMIT ?4");
   st.bind(1, caller.tenant).bind(2, caller.agent_id).bind(3, text).bind(4, static_cast<std::int64_t>(limit));
-  while (st.step()) out.push_back(Candidate{read_record(st), 1.0});
+  while (st.step()) out.push_back(Candidate{read_record(st), 1.0, true});
   return out;
 }
 

@@ -44,6 +44,7 @@ struct MemoryRecord {
 struct Candidate {
   MemoryRecord rec;
   double relevance = 0;  // -bm25: larger is more relevant
+  bool literal = false;  // found by substring match, not full-text search
 };
 
 struct MemoryStats {
@@ -75,8 +76,9 @@ class MemoryStore {
   ~MemoryStore();
 
   std::int64_t store(std::size_t conn, const Caller& caller, const NewMemory& m);
-  // Full-text candidates (BM25 order); text with no search terms falls back
-  // to a literal substring scan of the newest memories.
+  // Full-text candidates (BM25 order). When that finds nothing (text with no
+  // search terms, or only terms the tokenizer skips, such as emoji) it falls
+  // back to a literal substring scan, newest first.
   std::vector<Candidate> recall(std::size_t conn, const Caller& caller, std::string_view text, std::size_t limit);
   bool forget(std::size_t conn, const Caller& caller, std::int64_t id);
   MemoryStats stats(std::size_t conn, const Caller& caller);

@@ -47,11 +47,12 @@ json::object run_query(MemoryStore& memory, const RankingOptions& ranking, const
   checkpoint();
 
   auto candidates = memory.recall(worker, caller, req.q, ranking.candidates);
+  const bool literal = !candidates.empty() && candidates.front().literal;
   thought({{"type", "memory_recall"},
            {"content", fmt::format("Recalled {} candidate memories{}", candidates.size(),
-                                   terms.empty() ? " by literal match" : " by full-text match")},
+                                   literal ? " by literal match" : " by full-text match")},
            {"candidates", candidates.size()},
-           {"method", terms.empty() ? "literal" : "fts5_bm25"}});
+           {"method", literal ? "literal" : "fts5_bm25"}});
   checkpoint();
 
   const std::size_t n = candidates.size();

@@ -159,7 +159,7 @@ HttpResponse broadcast(const HttpRequest& req, HttpContext& ctx) {
     p = &payload->as_object();
   }
   if (p->contains("_meta")) return json_error(400, "invalid_payload", "_meta is added by the server");
-  const auto r = ctx.services.broker.publish(t, e, *p, key.agent_id, 0);
+  const auto r = ctx.services.broker.publish(t, e, json::serialize(*p), p->empty(), key.agent_id, 0);
   return json_ok({{"offset", r.offset}, {"epoch", r.epoch}});
 }
 

@@ -86,8 +86,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void on_request(const error_code& ec) {
     if (ec) {
-      if (ec == http::error::body_limit || ec == http::error::header_limit) {
-        respond(json_error(413, "payload_too_large", "request too large"), false);
+      if (ec == http::error::header_limit) {
+        respond(json_error(431, "header_too_large", "request line and headers exceed 16 KiB"), false);
+        return;
+      }
+      if (ec == http::error::body_limit) {
+        respond(json_error(413, "payload_too_large", "request body exceeds 1 MiB"), false);
         return;
       }
       // A parse error (not a closed or timed-out socket) deserves an answer.
@@ -204,7 +208,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   HttpContext& ctx_;
   std::uint64_t id_;
   asio::steady_timer timer_;
-  beast::flat_buffer buffer_{8192};
+  // Unbounded here: the parser's header and body limits bound what it holds.
+  beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::string peer_ip_;
   std::string peer_;

@@ -73,6 +73,27 @@ const std::string& PresenceTracker::published_json() {
   return cache_;
 }
 
+std::string PresenceTracker::state_for_joiner(const std::string& agent, const std::string& ref) {
+  auto pending = pending_joins_.find(ref);
+  if (pending == pending_joins_.end()) return published_json();
+  if (published_.find(agent) == published_.end()) {
+    // The common case: splice the joiner's entry into the cached state
+    // instead of serializing the whole state again.
+    const std::string& base = published_json();
+    std::string out = "{";
+    out += json::serialize(json::string(agent));
+    out += ":{\"metas\":[";
+    out += json::serialize(pending->second.meta);
+    out += "]}";
+    if (base.size() > 2) out.push_back(',');
+    out.append(base, 1, std::string::npos);
+    return out;
+  }
+  State s = published_;
+  s[agent][ref] = pending->second.meta;
+  return json::serialize(to_json(s));
+}
+
 json::object PresenceTracker::current() const {
   State s = published_;
   for (const auto& [ref, change] : pending_leaves_) {

@@ -31,6 +31,10 @@ class PresenceTracker {
 
   // The published state, serialized (cached).
   const std::string& published_json();
+  // The published state plus a new member's own meta, which is still
+  // pending: what that member is sent as presence_state (Phoenix includes the
+  // joiner). The next diff repeats the join; clients apply it idempotently.
+  std::string state_for_joiner(const std::string& agent, const std::string& ref);
   // The state including unpublished changes (for GET /api/presence).
   boost::json::object current() const;
 

@@ -84,7 +84,40 @@ bool decode(std::string_view text, Envelope& out, std::string& error) {
   out.topic = std::string_view(topic->data(), topic->size());
   out.event = std::string_view(event->data(), event->size());
   out.payload = payload;
+  out.payload_raw = raw_payload(text);
   return true;
+}
+
+std::string_view raw_payload(std::string_view text) noexcept {
+  // The first four elements are strings or null (decode checked that), so a
+  // scan that skips strings and counts top-level commas finds the fifth.
+  auto is_ws = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
+  std::size_t i = text.find('[');
+  if (i == std::string_view::npos) return {};
+  ++i;
+  int commas = 0;
+  bool in_string = false;
+  for (; i < text.size() && commas < 4; ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == ',') {
+      ++commas;
+    }
+  }
+  while (i < text.size() && is_ws(text[i])) ++i;
+  std::size_t end = text.size();
+  while (end > i && is_ws(text[end - 1])) --end;
+  if (end == 0 || text[end - 1] != ']') return {};
+  --end;  // the frame's closing bracket
+  while (end > i && is_ws(text[end - 1])) --end;
+  return text.substr(i, end - i);
 }
 
 void append_json_string(std::string& out, std::string_view s) {

@@ -19,11 +19,20 @@ struct Envelope {
   std::string_view topic;
   std::string_view event;
   const boost::json::object* payload = nullptr;
+  // The payload exactly as the client wrote it (a view into the decoded
+  // text). Relaying these bytes keeps every value as sent: no number is
+  // re-rounded, no key reordered.
+  std::string_view payload_raw;
 };
 
 // Decodes one text message. On failure returns false and sets `error` to a
-// human-readable sentence for the malformed_frame push.
+// human-readable sentence for the malformed_frame push. On success the views
+// in `out` point into `root` and, for payload_raw, into `text`.
 bool decode(std::string_view text, Envelope& out, std::string& error);
+
+// The text of the fifth element of a frame already known to be a valid
+// envelope (decode() succeeded on it).
+std::string_view raw_payload(std::string_view text) noexcept;
 
 // Appends `s` as a JSON string literal (quotes included).
 void append_json_string(std::string& out, std::string_view s);

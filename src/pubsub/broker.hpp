@@ -82,10 +82,11 @@ class Broker {
 
   virtual JoinResult join(Subscriber& sub, const JoinRequest& req) = 0;
   virtual void leave(Subscriber& sub, std::string_view topic) = 0;
-  // `payload` must not hold "_meta"; the broker adds it. `exclude_connection`
-  // (0 for none) does not receive the message.
+  // `payload_json` is the text of a JSON object without a "_meta" key (the
+  // broker adds it); `payload_empty` says whether the object has no members.
+  // `exclude_connection` (0 for none) does not receive the message.
   virtual PublishResult publish(std::string_view topic, std::string_view event,
-                                const boost::json::object& payload, std::string_view from,
+                                std::string_view payload_json, bool payload_empty, std::string_view from,
                                 std::uint64_t exclude_connection) = 0;
   virtual boost::json::object presence_state(std::string_view topic) = 0;
   // Periodic work: publish coalesced presence diffs, expire history, release

@@ -108,7 +108,7 @@ JoinResult LocalBroker::join(Subscriber& sub, const JoinRequest& req) {
   meta["online_at"] = unix_ms();
   t.presence.track(sub.agent_id, sub.presence_ref, std::move(meta));
   t.presence_dirty = true;
-  if (req.presence) r.presence_state_json = t.presence.published_json();
+  if (req.presence) r.presence_state_json = t.presence.state_for_joiner(sub.agent_id, sub.presence_ref);
   return r;
 }
 
@@ -180,17 +180,19 @@ void LocalBroker::drain(std::size_t thread) {
   if (delivered) metrics::bump(metrics_.deliveries, delivered);
 }
 
-PublishResult LocalBroker::publish(std::string_view topic, std::string_view event, const json::object& payload,
-                                   std::string_view from, std::uint64_t exclude_connection) {
-  // Everything but the offset and epoch is serialized before taking the lock.
+PublishResult LocalBroker::publish(std::string_view topic, std::string_view event, std::string_view payload_json,
+                                   bool payload_empty, std::string_view from, std::uint64_t exclude_connection) {
+  // Everything but the offset and epoch is built before taking the lock: the
+  // client's own payload bytes, with _meta spliced in before the closing brace.
+  const auto close = payload_json.rfind('}');
   std::string head = "[null,null,";
+  head.reserve(64 + topic.size() + event.size() + payload_json.size() + from.size());
   protocol::append_json_string(head, topic);
   head.push_back(',');
   protocol::append_json_string(head, event);
   head.push_back(',');
-  const std::string body = json::serialize(payload);
-  head.append(body, 0, body.size() - 1);  // without the closing brace
-  head += payload.empty() ? "\"_meta\":{\"from\":" : ",\"_meta\":{\"from\":";
+  head.append(payload_json.substr(0, close == std::string_view::npos ? 0 : close));
+  head += payload_empty ? "\"_meta\":{\"from\":" : ",\"_meta\":{\"from\":";
   protocol::append_json_string(head, from);
   head += ",\"ts\":";
   head += std::to_string(unix_ms());

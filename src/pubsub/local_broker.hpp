@@ -49,8 +49,8 @@ class LocalBroker final : public Broker {
 
   JoinResult join(Subscriber& sub, const JoinRequest& req) override;
   void leave(Subscriber& sub, std::string_view topic) override;
-  PublishResult publish(std::string_view topic, std::string_view event, const boost::json::object& payload,
-                        std::string_view from, std::uint64_t exclude_connection) override;
+  PublishResult publish(std::string_view topic, std::string_view event, std::string_view payload_json,
+                        bool payload_empty, std::string_view from, std::uint64_t exclude_connection) override;
   boost::json::object presence_state(std::string_view topic) override;
   void tick() override;
   BrokerStats stats() override;

@@ -140,3 +140,67 @@ def token_for(data_dir: str, sub: str, ttl: int = 3600, **extra) -> str:
     now = int(time.time())
     return sign({"alg": "HS256", "typ": "JWT"}, {"sub": sub, "iat": now, "exp": now + ttl, **extra},
                 server_secret(data_dir))
+
+
+class FrameStream:
+    """Reads server frames from a raw socket one at a time, keeping whatever
+    arrived beyond the current frame."""
+
+    def __init__(self, sock: socket.socket, initial: bytes = b""):
+        self.sock = sock
+        self.buf = initial
+
+    def next(self, timeout: float = 5.0):
+        """(opcode, payload), or None on EOF/reset/timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self._parse()
+            if frame:
+                return frame
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def _parse(self):
+        buf = self.buf
+        if len(buf) < 2:
+            return None
+        n, off = buf[1] & 0x7F, 2
+        if n == 126:
+            if len(buf) < 4:
+                return None
+            n, off = struct.unpack("!H", buf[2:4])[0], 4
+        elif n == 127:
+            if len(buf) < 10:
+                return None
+            n, off = struct.unpack("!Q", buf[2:10])[0], 10
+        if len(buf) < off + n:
+            return None
+        self.buf = buf[off + n:]
+        return buf[0] & 0x0F, buf[off:off + n]
+
+    def texts_until(self, pred, timeout: float = 5.0):
+        """Decoded text frames up to and including the first matching `pred`;
+        raises on close or timeout."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            f = self.next(max(0.0, deadline - time.monotonic()))
+            if f is None:
+                raise AssertionError(f"no matching frame; got {out[-5:]}")
+            op, payload = f
+            if op == 8:
+                raise AssertionError(f"closed with {payload[:2].hex()} after {out[-5:]}")
+            if op == 1:
+                t = json.loads(payload)
+                out.append(t)
+                if pred(t):
+                    return out

@@ -125,3 +125,13 @@ TEST(Topic, ReservedEventsAndPatterns) {
   EXPECT_TRUE(topic_matches("room:a", "room:a"));
   EXPECT_FALSE(topic_matches("room:a", "room:ab"));
 }
+
+TEST(Envelope, RawPayloadIsTheClientsOwnText) {
+  Envelope e;
+  std::string err;
+  const std::string text = R"( [ "1" , "a\",\"b" , "room:x" , "e,v" ,  {"n": 123456789012345678901234567890, "s":"]"} ] )";
+  ASSERT_TRUE(decode(text, e, err)) << err;
+  EXPECT_EQ(e.payload_raw, R"({"n": 123456789012345678901234567890, "s":"]"})");
+  ASSERT_TRUE(decode(R"([null,null,"t","e",{}])", e, err));
+  EXPECT_EQ(e.payload_raw, "{}");
+}

@@ -74,3 +74,20 @@ TEST(Presence, UntrackUnknownIsHarmless) {
   p.untrack("ghost", "r0");
   EXPECT_FALSE(p.flush());
 }
+
+TEST(Presence, JoinerSeesItselfInItsState) {
+  PresenceTracker p;
+  p.track("alice", "r1", meta("r1"));
+  p.flush();
+  p.track("bob", "r2", meta("r2"));
+  auto state = json::parse(p.state_for_joiner("bob", "r2")).as_object();
+  EXPECT_EQ(metas_of(state, "alice"), 1u);
+  EXPECT_EQ(metas_of(state, "bob"), 1u);
+  p.track("alice", "r3", meta("r3"));  // an agent already published
+  state = json::parse(p.state_for_joiner("alice", "r3")).as_object();
+  EXPECT_EQ(metas_of(state, "alice"), 2u);
+  PresenceTracker empty;
+  empty.track("solo", "r9", meta("r9"));
+  state = json::parse(empty.state_for_joiner("solo", "r9")).as_object();
+  EXPECT_EQ(metas_of(state, "solo"), 1u);
+}
