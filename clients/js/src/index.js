@@ -46,6 +46,11 @@ function isUserEvent(event) {
     !event.startsWith('presence_') && !event.startsWith('_');
 }
 
+// Node timers can be unref'd so they never keep a process alive; browsers' are numbers.
+function unref(timer) {
+  if (timer && typeof timer === 'object' && typeof timer.unref === 'function') timer.unref();
+}
+
 function randomId() {
   const c = globalThis.crypto;
   if (c && typeof c.getRandomValues === 'function') {
@@ -80,7 +85,7 @@ function httpBase(endpoint) {
 export class MimoSynapse {
   /**
    * @param {string} url `ws://host:4000/cortex` (`/cortex/websocket` and a bare `ws://host:4000` work too)
-   * @param {import('../index').SynapseOptions} [options]
+   * @param {import('../index.js').SynapseOptions} [options]
    */
   constructor(url, options = {}) {
     if (!url) throw new TypeError('MimoSynapse: url is required');
@@ -123,7 +128,6 @@ export class MimoSynapse {
     this._state = STATES.idle;
     this._socket = null;
     this._connectWaiters = [];
-    this._everOpened = false;
     this._downSince = null;
     this._attempts = 0;
     this._refPrefix = randomId();
@@ -228,7 +232,7 @@ export class MimoSynapse {
       queueMicrotask(() => this._markDown({ code: undefined, reason: 'heartbeat_timeout', wasClean: false }));
     }
     // A reconnect must carry a live token: fetch a new one now if needed.
-    if (this._token && (this._getToken || false) && this._tokenNearlyExpired(5000)) this._refreshToken('reconnect');
+    if (this._getToken && this._tokenNearlyExpired(5000)) this._refreshToken('reconnect');
     const delayMs = backoffDelay(tries, this._reconnect);
     this._events.emit('reconnecting', { attempt: tries, delayMs });
     return delayMs;
@@ -242,7 +246,6 @@ export class MimoSynapse {
 
   _onOpen() {
     const reconnected = this._state === STATES.reconnecting;
-    this._everOpened = true;
     this._state = STATES.open;
     this._attempts = 0;
     const downtimeMs = this._downSince != null ? Date.now() - this._downSince : 0;
@@ -283,13 +286,15 @@ export class MimoSynapse {
     const message = (err && (err.message || (err.error && err.error.message))) || 'transport error';
     const e = new SynapseError('transport_error', message, { cause: err });
     if (this._state === STATES.connecting) {
-      const status = /\b(401|403|429)\b/.exec(message);
+      // ws reports a refused upgrade as "Unexpected server response: 401";
+      // browsers say nothing about the status.
+      const status = /server response: (401|403|429)\b/.exec(message);
       this._lastError = status
         ? new SynapseError(status[1] === '401' ? 'unauthorized' : status[1] === '403' ? 'forbidden_origin' : 'too_many_connections', message)
         : new SynapseError('connect_failed', message);
     }
     // A failed upgrade with 401 on reconnect: the token may have expired meanwhile.
-    if (/\b401\b/.test(message) && this._getToken) this._refreshToken('unauthorized');
+    if (/server response: 401\b/.test(message) && this._getToken) this._refreshToken('unauthorized');
     this._events.emit('error', e);
   }
 
@@ -365,7 +370,6 @@ export class MimoSynapse {
     const c = jwtClaims(token);
     this._tokenExpMs = c && typeof c.exp === 'number' ? c.exp * 1000 : null;
     this._tokenIssuedMs = c && typeof c.iat === 'number' ? c.iat * 1000 : Date.now();
-    if (!this._agentId && c && typeof c.sub === 'string') this._tokenSub = c.sub;
   }
 
   _tokenNearlyExpired(withinMs) {
@@ -392,7 +396,7 @@ export class MimoSynapse {
     // At least 1 s apart, so a getToken that keeps returning a stale token cannot spin.
     this._refreshTimer = setTimeout(() => this._refreshToken('timer'), Math.max(1000, at - Date.now()));
     // Never keep a Node process alive just to refresh a token.
-    if (this._refreshTimer && typeof this._refreshTimer.unref === 'function') this._refreshTimer.unref();
+    unref(this._refreshTimer);
   }
 
   /**
@@ -433,7 +437,7 @@ export class MimoSynapse {
           if (!this._tokenNearlyExpired(0) && !this._userClosed) {
             clearTimeout(this._refreshTimer);
             this._refreshTimer = setTimeout(() => this._refreshToken('retry'), 1000);
-            if (typeof this._refreshTimer.unref === 'function') this._refreshTimer.unref();
+            unref(this._refreshTimer);
           }
           throw e;
         } finally {
@@ -573,7 +577,7 @@ export class MimoSynapse {
    * Runs a query on the agent's cortex. Thoughts stream to onThought in seq
    * order, then exactly one of onResult / onError (or interruption).
    * @param {string} q
-   * @param {import('../index').QueryOptions} [opts]
+   * @param {import('../index.js').QueryOptions} [opts]
    * @returns {RunHandle}
    */
   query(q, opts = {}) {
@@ -588,7 +592,7 @@ export class MimoSynapse {
    * Runs a tool on the agent's cortex; progress updates go to onProgress.
    * @param {string} name
    * @param {Record<string, any>} [args]
-   * @param {import('../index').ToolOptions} [opts]
+   * @param {import('../index.js').ToolOptions} [opts]
    * @returns {RunHandle}
    */
   tool(name, args = {}, opts = {}) {
@@ -614,8 +618,10 @@ export class MimoSynapse {
     this._runs.set(ref, run);
     if (opts.timeoutMs != null) {
       // A backstop for the server's own timeout, in case its error never arrives.
-      run.timer = setTimeout(() => this._endRun(ref, 'error', { ref, reason: 'timeout', message: `no terminal event within ${opts.timeoutMs} ms` }),
-        opts.timeoutMs + (opts.graceMs ?? 5000));
+      run.timer = setTimeout(() => {
+        this._endRun(ref, 'error', { ref, reason: 'timeout', message: `no terminal event within ${opts.timeoutMs} ms` });
+        this._abandon(ref);
+      }, opts.timeoutMs + (opts.graceMs ?? 5000));
     }
     run.sent = (async () => {
       if (this._state !== STATES.open && this._state !== STATES.connecting) {
@@ -630,13 +636,23 @@ export class MimoSynapse {
       run.push = ch.push(event, payload, this._timeoutMs)
         .receive('ok', () => { run.acked = true; })
         .receive('error', (resp) => this._endRun(ref, 'error', { ref, reason: 'error', ...(resp || {}) }))
-        .receive('timeout', () => this._endRun(ref, 'error', { ref, reason: 'timeout', message: `no reply to ${event} within ${this._timeoutMs} ms` }));
+        .receive('timeout', () => {
+          this._endRun(ref, 'error', { ref, reason: 'timeout', message: `no reply to ${event} within ${this._timeoutMs} ms` });
+          this._abandon(ref);
+        });
       return true;
     })();
     run.sent.catch((err) => this._endRun(ref, 'error', {
       ref, reason: (err && err.reason) || 'internal', message: err && err.message,
     }));
     return { ref, done, interrupt: (reason) => this.interrupt(ref, reason).then(() => true, () => false) };
+  }
+
+  // The SDK gave up on a run the server may still be running: stop it there.
+  _abandon(ref) {
+    const entry = this._cortex;
+    if (!entry || !entry.channel || this._state !== STATES.open) return;
+    this._channelRequest(entry.channel, 'interrupt', { ref, reason: 'client_timeout' }).catch(() => {});
   }
 
   _callback(fn, ...args) {
@@ -884,8 +900,8 @@ export class MimoSynapse {
    * by others, exactly once and in offset order, across reconnects.
    * @param {string} topic
    * @param {(msg: Message) => void} callback
-   * @param {import('../index').SubscribeOptions} [opts]
-   * @returns {import('../index').Unsubscribe} call it to unsubscribe; `.ready` resolves with the join reply
+   * @param {import('../index.js').SubscribeOptions} [opts]
+   * @returns {import('../index.js').Unsubscribe} call it to unsubscribe; `.ready` resolves with the join reply
    */
   subscribe(topic, callback, opts = {}) {
     if (typeof callback !== 'function') throw new TypeError('subscribe: callback must be a function');

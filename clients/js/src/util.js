@@ -19,6 +19,8 @@ export class SynapseError extends Error {
     this.reason = reason;
     /** @type {Record<string, any> | undefined} */
     this.details = details;
+    /** @type {string | undefined} the run's ref, for run errors */
+    this.ref = details && typeof details.ref === 'string' ? details.ref : undefined;
     if (details && typeof details.retry_after_ms === 'number') this.retryAfterMs = details.retry_after_ms;
     if (details && Array.isArray(details.errors)) this.errors = details.errors;
   }
