@@ -116,18 +116,29 @@ std::vector<ApiKey> KeyStore::list() {
 
 bool KeyStore::revoke(std::string_view id) {
   std::lock_guard lock(mu_);
+  cache_.erase(std::string(id));
   store::Statement st(*db_, "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2");
   st.bind(1, unix_now()).bind(2, id);
   st.run();
   return db_->changes() > 0;
 }
 
+const KeyStore::Cached* KeyStore::load(std::string_view id) {
+  if (auto it = cache_.find(std::string(id)); it != cache_.end()) return &it->second;
+  store::Statement q(*db_,
+                     "SELECT id, name, agent_id, tenant, admin, publish, unlimited, msgs_per_min, "
+                     "queries_per_min, burst, created_at, revoked_at, hash FROM api_keys WHERE id = ?1");
+  q.bind(1, id);
+  if (!q.step()) return nullptr;  // unknown ids are not cached: the table stays the bound
+  Cached c{read_row(q), q.blob(12)};
+  return &cache_.insert_or_assign(std::string(id), std::move(c)).first->second;
+}
+
 std::optional<ApiKey> KeyStore::find(std::string_view id) {
   std::lock_guard lock(mu_);
-  store::Statement st(*db_, std::string(select_columns) + " WHERE id = ?1");
-  st.bind(1, id);
-  if (!st.step()) return std::nullopt;
-  return read_row(st);
+  const Cached* c = load(id);
+  if (!c) return std::nullopt;
+  return c->key;
 }
 
 KeyCheck KeyStore::authenticate(std::string_view presented, ApiKey& out) {
@@ -135,15 +146,15 @@ KeyCheck KeyStore::authenticate(std::string_view presented, ApiKey& out) {
   const Digest h = sha256(presented);
   if (id.empty()) return KeyCheck::unknown;
   std::lock_guard lock(mu_);
-  store::Statement q(*db_,
-                     "SELECT id, name, agent_id, tenant, admin, publish, unlimited, msgs_per_min, "
-                     "queries_per_min, burst, created_at, revoked_at, hash FROM api_keys WHERE id = ?1");
-  q.bind(1, id);
-  if (!q.step()) return KeyCheck::unknown;
-  const std::string stored = q.blob(12);
-  if (!constant_time_equal(stored, as_view(h))) return KeyCheck::unknown;
-  out = read_row(q);
+  const Cached* c = load(id);
+  if (!c || !constant_time_equal(c->hash, as_view(h))) return KeyCheck::unknown;
+  out = c->key;
   return out.revoked_at ? KeyCheck::revoked : KeyCheck::ok;
+}
+
+void KeyStore::evict(const std::vector<std::string>& ids) {
+  std::lock_guard lock(mu_);
+  for (const auto& id : ids) cache_.erase(id);
 }
 
 std::vector<std::string> KeyStore::revoked_ids() {

@@ -1,8 +1,14 @@
 // API keys in SQLite. Only a SHA-256 of each key is stored; a presented key is
 // found by its public id and its hash compared in constant time.
 //
+// Records found are cached in memory (id -> record and hash), so a handshake
+// costs a hash and a map lookup, not a query. A key revoked by this process
+// leaves the cache at once; one revoked by another process (`synapse keys
+// revoke`) leaves it when the server's revocation poll sees it (evict()),
+// which also closes its live connections.
+//
 // Thread safety: every method takes the store's mutex; the server's I/O
-// threads call authenticate() during handshakes (one indexed read).
+// threads call authenticate() during handshakes.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "auth/principal.hpp"
@@ -60,6 +67,9 @@ class KeyStore {
   KeyCheck authenticate(std::string_view presented, ApiKey& out);
   // Ids of every revoked key (the server polls this to close live connections).
   std::vector<std::string> revoked_ids();
+  // Drops cached records, so the next lookup of these ids reads the database.
+  // The server calls it for keys it sees revoked (perhaps by another process).
+  void evict(const std::vector<std::string>& ids);
   std::int64_t count();
 
   // `syn_<id>_<secret>` -> id, or empty when `presented` is not of that form.
@@ -67,8 +77,16 @@ class KeyStore {
   static Principal principal_of(const ApiKey& key);
 
  private:
+  struct Cached {
+    ApiKey key;
+    std::string hash;
+  };
+  // Under mu_. Loads `id` from the database into the cache; null if absent.
+  const Cached* load(std::string_view id);
+
   std::mutex mu_;
   std::unique_ptr<store::Database> db_;
+  std::unordered_map<std::string, Cached> cache_;
 };
 
 }  // namespace synapse::auth

@@ -111,6 +111,7 @@ void Server::start_revocation_poll() {
     }
     revoked_ = std::move(now_revoked);
     if (!fresh.empty()) {
+      http_.services.keys.evict(std::vector<std::string>(fresh.begin(), fresh.end()));
       auto ids = std::make_shared<const std::set<std::string>>(std::move(fresh));
       for (std::size_t i = 0; i < threads_.size(); ++i) {
         IoThread& t = threads_[i];

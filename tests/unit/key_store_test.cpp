@@ -86,7 +86,24 @@ TEST(KeyStore, SeenByASecondConnection) {
   auth::ApiKey found;
   EXPECT_EQ(b.authenticate(secret, found), auth::KeyCheck::ok);
   a.revoke(key.id);
+  // b serves the cached record until told the key changed (the server's
+  // revocation poll does that)...
+  EXPECT_EQ(b.revoked_ids(), std::vector<std::string>{key.id});
+  b.evict(b.revoked_ids());
+  // ... and then reads the revocation.
   EXPECT_EQ(b.authenticate(secret, found), auth::KeyCheck::revoked);
+}
+
+TEST(KeyStore, RevokingInThisProcessTakesEffectAtOnce) {
+  TempDb tmp;
+  auth::KeyStore s(tmp.path());
+  auth::NewKey spec;
+  spec.name = "k";
+  auto [key, secret] = s.create(spec);
+  auth::ApiKey found;
+  ASSERT_EQ(s.authenticate(secret, found), auth::KeyCheck::ok);  // now cached
+  s.revoke(key.id);
+  EXPECT_EQ(s.authenticate(secret, found), auth::KeyCheck::revoked);
 }
 
 TEST(KeyStore, KeyIdParsing) {
