@@ -118,7 +118,8 @@ void Server::start_revocation_poll() {
         asio::post(t.ioc, [&t, ids] {
           for (auto it = t.connections.begin(); it != t.connections.end();) {
             auto cur = it++;
-            if (ids->count((*cur)->principal().key_id)) {
+            const std::string_view key = (*cur)->key_id();
+            if (!key.empty() && ids->count(std::string(key))) {
               (*cur)->close(wire::close_code::revoked, "credentials revoked");
             }
           }

@@ -52,9 +52,8 @@ void Connection::start(std::string early) {
   read_some();
 }
 
-const auth::Principal& Connection::principal() const {
-  static const auth::Principal none;
-  return session_ ? session_->principal() : none;
+std::string_view Connection::key_id() const {
+  return session_ ? std::string_view(session_->principal().key_id) : std::string_view();
 }
 
 // --- output -----------------------------------------------------------------

@@ -56,7 +56,8 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   void flush();
   void tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms);
   void server_shutdown();
-  const auth::Principal& principal() const;
+  // The credential's key id (for revocation); empty once the connection ended.
+  std::string_view key_id() const;
   bool is_open() const noexcept { return state_ == State::open; }
 
   std::list<std::shared_ptr<Connection>>::iterator self_in_thread;
