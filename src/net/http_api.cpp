@@ -11,6 +11,7 @@
 #include "core/clock.hpp"
 #include "limits/connection_limiter.hpp"
 #include "net/request_target.hpp"
+#include "protocol/envelope.hpp"
 #include "protocol/topic.hpp"
 #include "pubsub/broker.hpp"
 
@@ -82,6 +83,10 @@ std::optional<json::object> parse_body(const HttpRequest& req, HttpResponse& err
   json::value v = json::parse(req.body.empty() ? std::string_view("{}") : std::string_view(req.body), ec, {}, opts);
   if (ec || !v.is_object()) {
     err = json_error(400, "invalid_payload", "the body must be a JSON object");
+    return std::nullopt;
+  }
+  if (!protocol::numbers_finite(v)) {
+    err = json_error(400, "invalid_payload", "a number in the body is too large for a double");
     return std::nullopt;
   }
   return std::move(v.as_object());

@@ -5,10 +5,6 @@
 namespace synapse::protocol {
 namespace json = boost::json;
 
-namespace {
-// Boost.JSON reads a number too large for a double (1e400) as infinity and
-// serializes infinity as `Infinity`, which is not JSON: echoed to other
-// members, such a payload would break their parsers. Refused, as Phoenix does.
 bool numbers_finite(const json::value& v) {
   switch (v.kind()) {
     case json::kind::double_:
@@ -27,7 +23,6 @@ bool numbers_finite(const json::value& v) {
       return true;
   }
 }
-}  // namespace
 
 bool decode(std::string_view text, Envelope& out, std::string& error) {
   json::parse_options opts;

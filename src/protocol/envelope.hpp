@@ -34,6 +34,11 @@ bool decode(std::string_view text, Envelope& out, std::string& error);
 // envelope (decode() succeeded on it).
 std::string_view raw_payload(std::string_view text) noexcept;
 
+// False when `v` holds a number too large for a double: Boost.JSON reads
+// 1e400 as infinity and would write it back as `Infinity`, which is not JSON.
+// Such payloads are refused (as Phoenix does) rather than relayed broken.
+bool numbers_finite(const boost::json::value& v);
+
 // Appends `s` as a JSON string literal (quotes included).
 void append_json_string(std::string& out, std::string_view s);
 

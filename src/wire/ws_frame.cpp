@@ -19,6 +19,8 @@ bool is_sendable_close_code(std::uint16_t c) noexcept {
 
 // Assembled messages above this are released after delivery rather than kept.
 constexpr std::size_t keep_assembly_bytes = 16 * 1024;
+// The rest of a frame is reserved in one step only up to this size.
+constexpr std::uint64_t reserve_ahead_bytes = 64 * 1024;
 
 }  // namespace
 
@@ -284,10 +286,10 @@ void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
       finish_frame(std::string_view(chunk, take), sink);
       continue;
     }
-    // Reserve for the rest of the frame only when a limit bounds what a header
-    // may declare: unlimited (0), the buffer grows with the bytes that arrive,
-    // so a header declaring 2^40 bytes allocates nothing up front.
-    if (max_message_ != 0 && assembly_.capacity() < assembly_.size() + remaining) {
+    // Reserve for the rest of a small frame at once; a large one grows with
+    // the bytes that actually arrive, so a header that declares much and
+    // sends little (or a 2^40-byte frame when unlimited) costs nothing.
+    if (remaining <= reserve_ahead_bytes && assembly_.capacity() < assembly_.size() + remaining) {
       assembly_.reserve(assembly_.size() + static_cast<std::size_t>(remaining));
     }
     assembly_.append(chunk, take);

@@ -104,6 +104,16 @@ def test_http_broadcast_refusals(server):
     assert server.http("POST", "/api/broadcast", {**msg, "event": "phx_join"}, key=pub)[2]["error"] == "reserved_event"
     assert server.http("POST", "/api/broadcast", {**msg, "payload": {"_meta": 1}}, key=pub)[0] == 400
     assert server.http("POST", "/api/broadcast", {**msg, "payload": [1]}, key=pub)[0] == 400
+    # 1e400 has no double: refused rather than relayed as the non-JSON `Infinity`.
+    import urllib.request
+    req = urllib.request.Request(server.http_url + "/api/broadcast", method="POST",
+                                 data=b'{"topic":"room:x","event":"e","payload":{"v":1e400}}',
+                                 headers={"Authorization": f"Bearer {pub}"})
+    try:
+        urllib.request.urlopen(req, timeout=5)
+        raise AssertionError("accepted 1e400")
+    except urllib.error.HTTPError as e:
+        assert e.code == 400
 
 
 @pytest.mark.asyncio
