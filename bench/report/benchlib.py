@@ -154,8 +154,15 @@ def load_rows(latest: dict) -> list[dict]:
     wsv = "not measured" if w is None else f"ws lost {w.get('lost'):,}"
     row(g, f"Fan-out to {n} subscribers at {rate:g} msg/s: delivered in full", "no loss", actual, wsv, verdict(full))
     sp, wp = _get(s, "latency", "p99_ms"), _get(w, "latency", "p99_ms")
+    note = ""
+    if s is not None and _get(s, "phase", "server_cpu_pct") is not None:
+        note = (f"Synapse used {_get(s, 'phase', 'server_cpu_pct'):.0f} % of its core, the load generator "
+                f"{_get(s, 'phase', 'bench_cpu_pct'):.0f} % of its own; p50 {fnum(_get(s, 'latency', 'p50_ms'), ' ms', 1)}")
+        ld = (run_record(latest, ONE_CORE, "message_throughput") or {}).get("machine_load") or {}
+        if ld.get("other_processes_cores") is not None:
+            note += f"; other processes used {ld['other_processes_cores']} cores meanwhile"
     row(g, f"Fan-out to {n} subscribers at {rate:g} msg/s: p99 delivery latency", "≤ 250 ms",
-        fnum(sp, " ms", 1), ratio_str(_div(sp, wp)), verdict(None if sp is None else sp <= 250))
+        fnum(sp, " ms", 1), ratio_str(_div(sp, wp)), verdict(None if sp is None else sp <= 250), note)
     sd, wd = _get(s, "deliveries_per_s"), _get(w, "deliveries_per_s")
     rt = _div(sd, wd)
     note = "offered load is capped at subscribers × rate; ws must fall ≥ 5× behind for this to pass" if rt else ""
@@ -169,9 +176,13 @@ def load_rows(latest: dict) -> list[dict]:
     sw = _get(sc, "wall_s") if sc and sc.get("failed") == 0 else None
     ww = _get(wc, "wall_s") if wc and wc.get("failed") == 0 else None
     speed = _div(ww, sw)
+    note = "" if not sc or sc.get("failed") == 0 else f"{sc.get('failed')} Synapse connections failed"
+    scpu, wcpu = _get(sc, "phase", "server_cpu_s"), _get(wc, "phase", "server_cpu_s")
+    if scpu is not None and wcpu is not None and sc.get("ok") and wc.get("ok"):
+        note = (note + "; " if note else "") + (
+            f"server CPU per connection: Synapse {1e6 * scpu / sc['ok']:.0f} µs, ws {1e6 * wcpu / wc['ok']:.0f} µs")
     row(g, f"{n} connections connected, upgraded and joined: wall time", "≥ 3× faster than ws",
-        fnum(sw, " s", 3), ratio_str(speed, "× faster"), verdict(None if speed is None else speed >= 3),
-        "" if not sc or sc.get("failed") == 0 else f"{sc.get('failed')} Synapse connections failed")
+        fnum(sw, " s", 3), ratio_str(speed, "× faster"), verdict(None if speed is None else speed >= 3), note)
     srss, wrss = _get(sc, "rss_per_conn_bytes"), _get(wc, "rss_per_conn_bytes")
     rt = _div(srss, wrss)
     row(g, f"Server RSS per idle joined connection ({n} connections)", "≤ 0.5× ws",
@@ -185,8 +196,12 @@ def load_rows(latest: dict) -> list[dict]:
         n = (s or w or {}).get("idle_connections", "?")
         sp, wp = _get(s, "rtt", "p99_ms"), _get(w, "rtt", "p99_ms")
         rt = _div(sp, wp)
+        note = ""
+        if s is not None and w is not None:
+            note = (f"p50 Synapse {fnum(_get(s, 'rtt', 'p50_ms'), ' ms', 3)}, ws {fnum(_get(w, 'rtt', 'p50_ms'), ' ms', 3)}"
+                    f"; p999 Synapse {fnum(_get(s, 'rtt', 'p999_ms'), ' ms', 3)}, ws {fnum(_get(w, 'rtt', 'p999_ms'), ' ms', 3)}")
         row(g, f"Heartbeat round trip p99, {n} idle connections alongside", "≤ 0.8× ws",
-            fnum(sp, " ms", 3), ratio_str(rt), verdict(None if rt is None else rt <= 0.8))
+            fnum(sp, " ms", 3), ratio_str(rt), verdict(None if rt is None else rt <= 0.8), note)
 
     # ---- the seed's targets (absolute; must pass by a wide margin)
     g = "seed targets"
@@ -273,18 +288,24 @@ def load_rows(latest: dict) -> list[dict]:
         wv = _get(sys_s.get(BASELINE), "write_syscalls_per_delivery")
         row(g, "Write syscalls per delivery, 1,000-message burst to 100 subscribers (strace -c)", "-",
             fnum(sv, "", 4), f"ws {fnum(wv, '', 4)}", INFO)
-    s = _phase(r, ONE_CORE, "burst", "min")
-    m = _get(s, "server_syscalls")
-    if m:
-        row(g, f"Write syscalls per delivery, same burst without strace (/metrics)", "-",
-            fnum(m.get("write_syscalls_per_delivery"), "", 4), "n/a (ws has no counter)", INFO)
+    for kind, which, what in (("burst", "min", "burst"), ("burst", "max", "burst"), ("fanout", "max", "fan-out"),
+                              ("single", "max", "single message")):
+        s = _phase(r, ONE_CORE, kind, which)
+        m = _get(s, "server_syscalls")
+        if m and not (which == "max" and kind == "burst" and s is _phase(r, ONE_CORE, "burst", "min")):
+            row(g, f"Write syscalls per delivery, {what} to {s.get('subscribers')} subscribers "
+                   f"(Synapse /metrics, no strace)", "-",
+                fnum(m.get("write_syscalls_per_delivery"), "", 4), "n/a (ws has no counter)", INFO)
     return rows
 
 
 def _margin(v: Optional[float], limit: float) -> str:
     if v is None or v <= 0:
         return ""
-    return f"{limit / v:.0f}× under the target" if v < limit else ""
+    if v >= limit:
+        return ""
+    r = limit / v
+    return f"{r:.1f}× under the target" if r < 10 else f"{r:.0f}× under the target"
 
 
 def all_cores_rows(latest: dict) -> list[dict]:

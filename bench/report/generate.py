@@ -35,15 +35,16 @@ TITLES = {"connection": "Connection", "protocol": "Protocol", "load": "Load", "s
 # (crash_recovery, slow_consumer) come before the general ones (recovery).
 RULES = [
     ("connection", ["crash_recovery", "crash"]),
-    ("security", ["slow_consumer", "auth", "token", "jwt", "key_store", "keystore", "api_key", "keys",
-                  "validation", "limit", "rate_limit", "ratelimit", "origin", "revoc", "security",
-                  "hostile", "fuzz", "crypto", "forbidden"]),
+    ("security", ["slow_consumer", "auth", "authentication", "authorization", "token", "jwt", "key_store",
+                  "api_key", "key", "validation", "limit", "limiter", "rate_limit", "origin", "revocation",
+                  "revoke", "security", "hostile", "hardening", "fuzz", "crypto", "forbidden"]),
     ("connection", ["connection", "heartbeat", "lifecycle", "handshake", "health", "shutdown", "reconnect",
-                    "idle", "drain", "graceful", "upgrade", "config", "cli", "setup"]),
-    ("protocol", ["query", "tool", "pubsub", "presence", "recovery", "error_handling", "protocol", "cortex",
-                  "broadcast", "compat", "phoenix", "frame", "codec", "envelope", "utf8", "topic", "history",
-                  "sdk", "channel", "memory", "bad_input", "malformed", "message", "metrics", "http"]),
-    ("load", ["load", "bench", "throughput", "stress"]),
+                    "reconnection", "idle", "drain", "graceful", "upgrade", "config", "cli", "setup"]),
+    ("protocol", ["query", "queries", "tool", "pubsub", "presence", "recovery", "error_handling", "protocol",
+                  "cortex", "broadcast", "compat", "compatibility", "phoenix", "frame", "codec", "envelope",
+                  "utf8", "topic", "history", "sdk", "channel", "memory", "memories", "bad_input", "malformed",
+                  "message", "metrics", "http"]),
+    ("load", ["load", "bench", "benchmark", "throughput", "stress"]),
 ]
 # When neither the group nor the test name matches, by result file.
 FILE_DEFAULT = {"compat-js": "protocol", "sdk-js": "protocol", "sdk-python": "protocol", "unit": "protocol"}
@@ -53,11 +54,18 @@ OPTIONAL_FILES = {"compat-js": REPO / "tests" / "js", "sdk-js": REPO / "clients"
                   "sdk-python": REPO / "clients" / "python" / "tests"}
 
 
+def tokens(name: str) -> str:
+    """`test_slow_consumer.py`, `SlowConsumer.Closes`, `slow consumer` -> `_slow_consumer_...`."""
+    s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+    return "_" + re.sub(r"[^a-z0-9]+", "_", s).strip("_") + "_"
+
+
 def classify(*names: str) -> str | None:
+    """A keyword matches whole words (plural allowed): `cli` is not `client`."""
     for name in names:
-        low = name.lower()
+        t = tokens(name)
         for section, words in RULES:
-            if any(w in low for w in words):
+            if any(re.search(r"_" + w + r"s?_", t) for w in words):
                 return section
     return None
 
@@ -119,6 +127,13 @@ def parse_junit(path: Path) -> list[dict]:
     return cases
 
 
+def rel(p: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(REPO))
+    except ValueError:
+        return str(p)
+
+
 def md_escape(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
@@ -150,7 +165,7 @@ def main() -> int:
     missing = [f for f in REQUIRED_FILES if f not in present]
     missing += [f for f, d in OPTIONAL_FILES.items() if f not in present and d.is_dir() and any(d.iterdir())]
     for m in missing:
-        reasons.append(f"test suite `{m}` produced no results ({tests_dir.name}/{m}.xml is missing)")
+        reasons.append(f"test suite `{m}` produced no results ({rel(tests_dir)}/{m}.xml is missing)")
     if args.tests_exit not in (None, 0):
         reasons.append(f"scripts/run-tests exited with {args.tests_exit} (a suite failed or did not run)")
 
@@ -223,8 +238,8 @@ def main() -> int:
     w("# Synapse: WebSocket gateway validation report")
     w("")
     w(f"Generated {now} by `make report` (`scripts/make-report` → `bench/report/generate.py`) from "
-      f"`build/test-results/*.xml` ({len(files)} files, {len(cases)} test cases) and "
-      f"`bench/results/latest.json` (run {(latest or {}).get('run_id', 'none')}). "
+      f"`{rel(tests_dir)}/*.xml` ({len(files)} files, {len(cases)} test cases) and "
+      f"`{rel(bench_path)}` (run {(latest or {}).get('run_id', 'none')}). "
       "Every figure and verdict below is computed from those files; nothing is written by hand. "
       "A value that was not measured says so.")
     w("")

@@ -398,25 +398,20 @@ std::size_t Fleet::join_more(std::size_t from, std::size_t to, const std::string
 
 void Fleet::close_all(std::uint64_t grace_ns) {
   closing_ = true;
+  closing_left_ = 0;
   for (auto& p : peers_) {
-    if (p->ws && (p->ws->state() == WsClient::State::open || p->ws->state() == WsClient::State::connecting ||
-                  p->ws->state() == WsClient::State::upgrading)) {
-      p->ws->close();
+    if (p->ws && p->ws->state() != WsClient::State::closed && p->ws->state() != WsClient::State::idle) {
+      ++closing_left_;
+      p->ws->close();  // resets a connection still connecting or upgrading (on_closed counts it)
     }
   }
   const auto deadline = now_ns() + grace_ns;
-  ctx_.loop.run_until(
-      [&] {
-        for (auto& p : peers_) {
-          if (p->ws && p->ws->state() != WsClient::State::closed && p->ws->state() != WsClient::State::idle)
-            return false;
-        }
-        return true;
-      },
-      deadline);
+  ctx_.loop.run_until([&] { return closing_left_ == 0; }, deadline);
   for (auto& p : peers_) {
-    if (p->ws && p->ws->state() != WsClient::State::closed && p->ws->state() != WsClient::State::idle)
+    if (p->ws && p->ws->state() != WsClient::State::closed && p->ws->state() != WsClient::State::idle) {
+      ++close_timeouts_;
       p->ws->abort("close timeout");
+    }
   }
   closing_ = false;
 }
@@ -457,6 +452,7 @@ void Fleet::on_text(WsClient& c, std::string_view text, std::uint64_t now) {
 
 void Fleet::on_closed(WsClient& c, bool clean, std::string_view why) {
   auto& p = *peers_[c.id()];
+  if (closing_ && closing_left_ > 0) --closing_left_;
   if (p.st == Peer::St::connecting || p.st == Peer::St::joining) {
     peer_done(p, false, why);
   } else if (p.st == Peer::St::joined) {

@@ -142,6 +142,8 @@ class Fleet final : public WsClient::Events {
   std::uint64_t unexpected_closes() const { return unexpected_closes_; }
   const std::map<std::string, int>& close_reasons() const { return close_reasons_; }
   std::uint64_t unparsed() const { return unparsed_; }
+  // Connections whose closing handshake was not finished by the server in time (reset).
+  std::uint64_t close_timeouts() const { return close_timeouts_; }
 
   // Sends a frame [join_ref, ref, topic, event, payload] (join_ref "1").
   static void send(Peer& p, std::string_view join_ref, std::string_view ref, std::string_view topic,
@@ -165,7 +167,8 @@ class Fleet final : public WsClient::Events {
   OpenStats* stats_ = nullptr;
   std::size_t joined_ = 0;
   bool closing_ = false;
-  std::uint64_t unexpected_closes_ = 0, unparsed_ = 0;
+  std::size_t closing_left_ = 0;  // connections close_all() still waits for
+  std::uint64_t unexpected_closes_ = 0, unparsed_ = 0, close_timeouts_ = 0;
   std::map<std::string, int> close_reasons_;
   std::string frame_;
 };

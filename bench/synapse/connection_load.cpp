@@ -53,6 +53,7 @@ int run_connection_load(Context& ctx) {
     unexpected += fleet.unexpected_closes();
     unparsed += fleet.unparsed();
     row.integer("unexpected_closes", static_cast<std::int64_t>(fleet.unexpected_closes()));
+    row.integer("close_timeouts", static_cast<std::int64_t>(fleet.close_timeouts()));
     rows.push_back(row);
 
     table.row({fmt_int(static_cast<std::uint64_t>(n)), fmt_int(stats.ok), fmt_int(stats.failed), fmt(wall, 3),
