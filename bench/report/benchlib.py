@@ -282,6 +282,20 @@ def load_rows(latest: dict) -> list[dict]:
         if q:
             bad = (q.get("lost", 0), q.get("duplicated", 0), q.get("reordered", 0), _get(qq, "errors") or 0)
             row(g, "Queries lost / duplicated / reordered / errors", "-", " / ".join(str(b) for b in bad), "n/a", INFO)
+    pr = r.get((ONE_CORE, "presence"))
+    if pr or run_record(latest, ONE_CORE, "presence"):
+        for size in (pr or {}).get("sizes", []):
+            n, p = size.get("members"), size.get("presence_members")
+            diffs, per_join = size.get("presence_diffs"), size.get("pushes_if_one_diff_per_join")
+            exact = size.get("views_exact") == size.get("views") == p and size.get("ok")
+            cheap = diffs is not None and per_join and diffs <= per_join / 100
+            row("presence (issue 4)", f"Presence, {fnum(n)} members joining, {fnum(p)} with presence: presence_diff pushes",
+                "≪ one per join (≤ 1 % of N×P/2), every view exact",
+                f"{fnum(diffs)} diffs ({fnum(size.get('diffs_per_presence_member'), '', 1)} per presence member), "
+                f"{size.get('views_exact')}/{size.get('views')} views exact; joins {fnum(size.get('join_s'), ' s', 2)}, "
+                f"server CPU {fnum(_get(size, 'phase', 'server_cpu_s'), ' s', 2)}, "
+                f"{fnum((size.get('presence_bytes') or 0) / 1e6, ' MB', 1)} presence traffic",
+                f"per-join would be {fnum(per_join)}", verdict(bool(exact and cheap)))
     sys_s = {x.get("label"): x for x in latest.get("syscalls", [])}
     if sys_s:
         sv = _get(sys_s.get(ONE_CORE), "write_syscalls_per_delivery")

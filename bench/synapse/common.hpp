@@ -178,5 +178,6 @@ int run_connection_load(Context& ctx);
 int run_message_throughput(Context& ctx);
 int run_latency(Context& ctx);
 int run_query_load(Context& ctx);
+int run_presence(Context& ctx);
 
 }  // namespace bench

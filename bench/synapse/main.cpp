@@ -21,6 +21,7 @@ scenarios:
   message_throughput   sustained rate, bursts, single-message fan-out, 10,000-subscriber fan-out
   latency              heartbeat and cortex ping round trips with idle connections alongside
   query_load           cortex queries over stored memories (Synapse only)
+  presence             N members join one topic, every tenth with presence (Synapse only)
 
 common options:
   --url URL            ws://HOST:PORT[/path]; the path defaults to /cortex/websocket?vsn=2.0.0
@@ -43,6 +44,8 @@ message_throughput:  --only sustained,burst,single,fanout  --topic T  --payload-
                      --sync-stdin  (print "SYNC ready|done burst_N" around each burst and wait
                                     for a line on stdin; for attaching strace)
 latency:             --idle LIST  --samples N
+presence:            --members LIST (default 2500,5000,10000) --presence-every K (10) --rounds R (20)
+                     --quiet-ms MS (no presence traffic for this long ends a size, 400)
 query_load:          --memories N --store-connections N --query-connections N --in-flight N
                      --duration S --vocabulary N --skip-store
 )";
@@ -107,6 +110,7 @@ int main(int argc, char** argv) {
     if (ctx.scenario == "message_throughput") return run_message_throughput(ctx);
     if (ctx.scenario == "latency") return run_latency(ctx);
     if (ctx.scenario == "query_load") return run_query_load(ctx);
+    if (ctx.scenario == "presence") return run_presence(ctx);
   } catch (const std::exception& e) {
     std::cerr << "synapse-bench: " << e.what() << "\n";
     return 1;

@@ -174,7 +174,11 @@ HttpResponse presence(const HttpRequest& req, HttpContext& ctx, std::string_view
   if (protocol::classify_topic(topic) != protocol::TopicKind::pubsub) {
     return json_error(400, "invalid_topic", "not a pub/sub topic name");
   }
-  return json_ok({{"topic", topic}, {"presence", ctx.services.broker.presence_state(topic)}});
+  HttpResponse r;
+  r.body = "{\"topic\":";
+  protocol::append_json_string(r.body, topic);
+  r.body += ",\"presence\":" + ctx.services.broker.presence_state(topic) + "}";
+  return r;
 }
 
 }  // namespace

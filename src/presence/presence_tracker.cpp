@@ -1,10 +1,11 @@
 #include "presence/presence_tracker.hpp"
 
-namespace synapse::presence {
-namespace json = boost::json;
+#include "protocol/envelope.hpp"
 
-void PresenceTracker::track(const std::string& agent, const std::string& ref, json::object meta) {
-  pending_joins_[ref] = Change{agent, std::move(meta)};
+namespace synapse::presence {
+
+void PresenceTracker::track(const std::string& agent, const std::string& ref, std::string meta_json) {
+  pending_joins_[ref] = Change{agent, std::move(meta_json)};
   ++metas_;
 }
 
@@ -24,20 +25,34 @@ void PresenceTracker::untrack(const std::string& agent, const std::string& ref) 
   --metas_;
 }
 
-void PresenceTracker::group(json::object& out, const std::map<std::string, Change>& changes) {
+void PresenceTracker::group(std::string& out, const std::map<std::string, Change>& changes) {
+  // Changes are keyed by phx_ref; group them by agent for the diff.
+  std::map<std::string, std::string> by_agent;
   for (const auto& [ref, change] : changes) {
-    json::value& entry = out[change.agent];
-    if (!entry.is_object()) entry = json::object{{"metas", json::array()}};
-    entry.as_object()["metas"].as_array().push_back(change.meta);
+    std::string& metas = by_agent[change.agent];
+    if (!metas.empty()) metas.push_back(',');
+    metas += change.meta;
   }
+  out.push_back('{');
+  bool first = true;
+  for (const auto& [agent, metas] : by_agent) {
+    if (!first) out.push_back(',');
+    first = false;
+    protocol::append_json_string(out, agent);
+    out += ":{\"metas\":[";
+    out += metas;
+    out += "]}";
+  }
+  out.push_back('}');
 }
 
-std::optional<json::object> PresenceTracker::flush() {
+std::optional<std::string> PresenceTracker::flush() {
   if (!has_pending()) return std::nullopt;
-  json::object joins;
-  json::object leaves;
-  group(joins, pending_joins_);
-  group(leaves, pending_leaves_);
+  std::string diff = "{\"joins\":";
+  group(diff, pending_joins_);
+  diff += ",\"leaves\":";
+  group(diff, pending_leaves_);
+  diff.push_back('}');
   for (auto& [ref, change] : pending_leaves_) {
     auto a = published_.find(change.agent);
     if (a == published_.end()) continue;
@@ -48,53 +63,84 @@ std::optional<json::object> PresenceTracker::flush() {
   pending_joins_.clear();
   pending_leaves_.clear();
   cache_valid_ = false;
-  return json::object{{"joins", std::move(joins)}, {"leaves", std::move(leaves)}};
+  return diff;
 }
 
-json::object PresenceTracker::to_json(const State& s) {
-  json::object out;
-  out.reserve(s.size());
+std::string PresenceTracker::serialize(const State& s, std::unordered_map<std::string, std::size_t>* ends) {
+  std::string out = "{";
+  bool first_agent = true;
   for (const auto& [agent, metas] : s) {
-    json::array arr;
-    arr.reserve(metas.size());
-    for (const auto& [ref, meta] : metas) arr.push_back(meta);
-    out[agent] = json::object{{"metas", std::move(arr)}};
+    if (!first_agent) out.push_back(',');
+    first_agent = false;
+    protocol::append_json_string(out, agent);
+    out += ":{\"metas\":[";
+    bool first = true;
+    for (const auto& [ref, meta] : metas) {
+      if (!first) out.push_back(',');
+      first = false;
+      out += meta;
+    }
+    if (ends) (*ends)[agent] = out.size();
+    out += "]}";
   }
+  out.push_back('}');
   return out;
 }
 
 const std::string& PresenceTracker::published_json() {
   if (!cache_valid_) {
-    cache_ = json::serialize(to_json(published_));
+    cache_ends_.clear();
+    cache_ = serialize(published_, &cache_ends_);
     cache_valid_ = true;
-    // A large cache of an emptied topic should not linger.
-    if (published_.empty()) cache_.shrink_to_fit();
+    if (published_.empty()) {
+      cache_.shrink_to_fit();
+      cache_ends_ = {};
+    }
   }
   return cache_;
 }
 
-std::string PresenceTracker::state_for_joiner(const std::string& agent, const std::string& ref) {
-  auto pending = pending_joins_.find(ref);
-  if (pending == pending_joins_.end()) return published_json();
-  if (published_.find(agent) == published_.end()) {
-    // The common case: splice the joiner's entry into the cached state
-    // instead of serializing the whole state again.
-    const std::string& base = published_json();
-    std::string out = "{";
-    out += json::serialize(json::string(agent));
+std::string PresenceTracker::state_for_joiner() {
+  const std::string& base = published_json();
+  if (pending_joins_.empty()) return base;
+  // Pending metas by agent: those of agents already in the cached text go
+  // in at the end of their lists (in text order, so offsets stay valid);
+  // new agents' entries go first.
+  std::map<std::size_t, std::string> inserts;  // offset -> ",meta,meta"
+  std::map<std::string, std::string> fresh;    // agent -> "meta,meta"
+  for (const auto& [ref, change] : pending_joins_) {
+    if (auto end = cache_ends_.find(change.agent); end != cache_ends_.end()) {
+      std::string& at = inserts[end->second];
+      at.push_back(',');
+      at += change.meta;
+    } else {
+      std::string& metas = fresh[change.agent];
+      if (!metas.empty()) metas.push_back(',');
+      metas += change.meta;
+    }
+  }
+  std::string out = "{";
+  for (const auto& [agent, metas] : fresh) {
+    protocol::append_json_string(out, agent);
     out += ":{\"metas\":[";
-    out += json::serialize(pending->second.meta);
-    out += "]}";
-    if (base.size() > 2) out.push_back(',');
-    out.append(base, 1, std::string::npos);
+    out += metas;
+    out += "]},";
+  }
+  if (base.size() <= 2) {
+    out.back() = '}';  // the published state was empty: drop the trailing comma
     return out;
   }
-  State s = published_;
-  s[agent][ref] = pending->second.meta;
-  return json::serialize(to_json(s));
+  std::size_t from = 1;
+  for (const auto& [offset, metas] : inserts) {
+    out.append(base, from, offset - from);
+    out += metas;
+    from = offset;
+  }
+  out.append(base, from, std::string::npos);
+  return out;
 }
 
-json::object PresenceTracker::current() const {
+std::string PresenceTracker::current_json() const {
   State s = published_;
   for (const auto& [ref, change] : pending_leaves_) {
     auto a = s.find(change.agent);
@@ -103,7 +149,7 @@ json::object PresenceTracker::current() const {
     if (a->second.empty()) s.erase(a);
   }
   for (const auto& [ref, change] : pending_joins_) s[change.agent][ref] = change.meta;
-  return to_json(s);
+  return serialize(s, nullptr);
 }
 
 }  // namespace synapse::presence

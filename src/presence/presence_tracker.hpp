@@ -2,11 +2,16 @@
 //   {"<agent>": {"metas": [{"phx_ref": ..., "online_at": ..., ...meta}, ...]}}
 //
 // Changes collect as pending joins and leaves and are published together by
-// flush(), once per presence interval, as one presence_diff. The state sent
-// to a new presence member is the *published* state, so that it and the next
-// diff fit together exactly (no change is seen twice or missed), and its
-// serialization is cached until the next flush changes it: a storm of joins
-// within one interval serializes the state once, not once per joiner.
+// flush(), once per presence interval, as one presence_diff. A new presence
+// member is sent the published state plus every pending join (its own
+// included), as Phoenix lists everything tracked; the next diff repeats those
+// joins and carries any pending leaves, and clients apply joins by phx_ref,
+// so the member's view ends exact.
+//
+// Metas are kept as serialized JSON, and the published state's serialization
+// is cached with the offset where each agent's metas end: a storm of joins
+// within one interval builds every joiner's state by splicing one meta into
+// the cached text, never by re-serializing the whole state.
 //
 // Not thread-safe: the owner (the broker's topic) guards it.
 #pragma once
@@ -16,47 +21,51 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <unordered_map>
 
 namespace synapse::presence {
 
 class PresenceTracker {
  public:
-  void track(const std::string& agent, const std::string& ref, boost::json::object meta);
+  // `meta_json` is a serialized JSON object (phx_ref and online_at included).
+  void track(const std::string& agent, const std::string& ref, std::string meta_json);
   void untrack(const std::string& agent, const std::string& ref);
 
   bool has_pending() const noexcept { return !pending_joins_.empty() || !pending_leaves_.empty(); }
-  // Publishes pending changes; returns the diff {"joins": ..., "leaves": ...},
-  // or nothing when there was none.
-  std::optional<boost::json::object> flush();
+  // Publishes pending changes; returns the diff payload
+  // {"joins": ..., "leaves": ...} as JSON text, or nothing when there was none.
+  std::optional<std::string> flush();
 
   // The published state, serialized (cached).
   const std::string& published_json();
-  // The published state plus a new member's own meta, which is still
-  // pending: what that member is sent as presence_state (Phoenix includes the
-  // joiner). The next diff repeats the join; clients apply it idempotently.
-  std::string state_for_joiner(const std::string& agent, const std::string& ref);
-  // The state including unpublished changes (for GET /api/presence).
-  boost::json::object current() const;
+  // The published state plus every pending join: what a joining member is
+  // sent as presence_state.
+  std::string state_for_joiner();
+  // The state including unpublished changes, as JSON text (GET /api/presence).
+  std::string current_json() const;
 
   std::size_t size() const noexcept { return metas_; }
   bool empty() const noexcept { return metas_ == 0 && !has_pending(); }
 
  private:
-  using Metas = std::map<std::string, boost::json::object>;  // phx_ref -> meta
-  using State = std::map<std::string, Metas>;                 // agent -> metas
+  using Metas = std::map<std::string, std::string>;  // phx_ref -> meta JSON
+  using State = std::map<std::string, Metas>;        // agent -> metas
   struct Change {
     std::string agent;
-    boost::json::object meta;
+    std::string meta;
   };
 
-  static boost::json::object to_json(const State& s);
-  static void group(boost::json::object& out, const std::map<std::string, Change>& changes);
+  // {"agent":{"metas":[...]},...}; `ends`, when given, receives for each
+  // agent the offset of the `]` that closes its metas.
+  static std::string serialize(const State& s, std::unordered_map<std::string, std::size_t>* ends);
+  static void group(std::string& out, const std::map<std::string, Change>& changes);
 
   State published_;
   std::map<std::string, Change> pending_joins_;   // phx_ref -> change
   std::map<std::string, Change> pending_leaves_;  // phx_ref -> change
   std::size_t metas_ = 0;                         // tracked now, pending included
   std::string cache_;
+  std::unordered_map<std::string, std::size_t> cache_ends_;
   bool cache_valid_ = false;
 };
 

@@ -33,6 +33,7 @@ class Subscriber {
   std::size_t thread = 0;
   std::size_t slot = 0;           // index in the thread's member list
   std::size_t presence_slot = 0;  // index in the thread's presence member list
+  std::uint64_t presence_start = 0;  // presence diffs at or below it predate the join
   bool receives_presence = false;
   std::string presence_ref;  // phx_ref of this member's meta
   std::string agent_id;
@@ -88,7 +89,8 @@ class Broker {
   virtual PublishResult publish(std::string_view topic, std::string_view event,
                                 std::string_view payload_json, bool payload_empty, std::string_view from,
                                 std::uint64_t exclude_connection) = 0;
-  virtual boost::json::object presence_state(std::string_view topic) = 0;
+  // The topic's presence (pending changes included), as JSON text.
+  virtual std::string presence_state(std::string_view topic) = 0;
   // Periodic work: publish coalesced presence diffs, expire history, release
   // empty topics. Called every presence interval from one thread.
   virtual void tick() = 0;

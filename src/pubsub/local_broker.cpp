@@ -103,12 +103,13 @@ JoinResult LocalBroker::join(Subscriber& sub, const JoinRequest& req) {
 
   // Every member is tracked; only presence members receive presence traffic.
   sub.presence_ref = ref_prefix_ + "-" + std::to_string(next_presence_ref_.fetch_add(1, std::memory_order_relaxed));
+  sub.presence_start = t.presence_seq;
   json::object meta = req.meta;
   meta["phx_ref"] = sub.presence_ref;
   meta["online_at"] = unix_ms();
-  t.presence.track(sub.agent_id, sub.presence_ref, std::move(meta));
+  t.presence.track(sub.agent_id, sub.presence_ref, json::serialize(meta));
   t.presence_dirty = true;
-  if (req.presence) r.presence_state_json = t.presence.state_for_joiner(sub.agent_id, sub.presence_ref);
+  if (req.presence) r.presence_state_json = t.presence.state_for_joiner();
   return r;
 }
 
@@ -173,7 +174,10 @@ void LocalBroker::drain(std::size_t thread) {
         ++delivered;
       }
     } else {
-      for (Subscriber* s : it->second.presence_members) s->deliver(d.msg);
+      // A diff flushed before a member joined is already in its state.
+      for (Subscriber* s : it->second.presence_members) {
+        if (d.offset > s->presence_start) s->deliver(d.msg);
+      }
     }
   }
   table.draining.clear();
@@ -217,12 +221,12 @@ PublishResult LocalBroker::publish(std::string_view topic, std::string_view even
   return r;
 }
 
-json::object LocalBroker::presence_state(std::string_view topic) {
+std::string LocalBroker::presence_state(std::string_view topic) {
   Shard& shard = shard_for(topic);
   std::lock_guard lock(shard.mu);
   auto it = shard.topics.find(std::string(topic));
-  if (it == shard.topics.end()) return {};
-  return it->second->presence.current();
+  if (it == shard.topics.end()) return "{}";
+  return it->second->presence.current_json();
 }
 
 void LocalBroker::tick() {
@@ -234,13 +238,14 @@ void LocalBroker::tick() {
       if (t.presence_dirty) {
         t.presence_dirty = false;
         if (auto diff = t.presence.flush()) {
+          const std::uint64_t seq = ++t.presence_seq;
           bool any = false;
           for (auto c : t.presence_per_thread) any |= c != 0;
           if (any) {
             wire::Message msg = wire::Message::text(
-                protocol::encode_push(std::nullopt, t.name, "presence_diff", *diff));
+                protocol::encode_raw(std::nullopt, std::nullopt, t.name, "presence_diff", *diff));
             metrics::bump(metrics_.presence_diffs);
-            fan_out(t, Delivery{t.id, 0, 0, std::move(msg), Kind::presence});
+            fan_out(t, Delivery{t.id, seq, 0, std::move(msg), Kind::presence});
           }
         }
       }

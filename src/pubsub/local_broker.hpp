@@ -51,7 +51,7 @@ class LocalBroker final : public Broker {
   void leave(Subscriber& sub, std::string_view topic) override;
   PublishResult publish(std::string_view topic, std::string_view event, std::string_view payload_json,
                         bool payload_empty, std::string_view from, std::uint64_t exclude_connection) override;
-  boost::json::object presence_state(std::string_view topic) override;
+  std::string presence_state(std::string_view topic) override;
   void tick() override;
   BrokerStats stats() override;
 
@@ -72,6 +72,7 @@ class LocalBroker final : public Broker {
     std::vector<std::uint32_t> presence_per_thread;
     std::size_t members = 0;
     presence::PresenceTracker presence;
+    std::uint64_t presence_seq = 0;  // diffs published so far
     bool presence_dirty = false;
     std::int64_t empty_since_ms = -1;  // monotonic; -1 while in use
   };
@@ -85,7 +86,7 @@ class LocalBroker final : public Broker {
 
   struct Delivery {
     std::uint64_t topic_id;
-    std::uint64_t offset;  // 0 for presence diffs
+    std::uint64_t offset;  // message offset, or the presence diff's sequence number
     std::uint64_t exclude_connection;
     wire::Message msg;
     Kind kind;

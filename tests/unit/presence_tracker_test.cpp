@@ -7,11 +7,12 @@ using synapse::presence::PresenceTracker;
 namespace json = boost::json;
 
 namespace {
-json::object meta(const char* ref) { return json::object{{"phx_ref", ref}}; }
+std::string meta(const char* ref) { return json::serialize(json::object{{"phx_ref", ref}}); }
 std::size_t metas_of(const json::object& state, const char* agent) {
   const json::value* a = state.if_contains(agent);
   return a ? a->at("metas").as_array().size() : 0;
 }
+json::object parse(const std::string& s) { return json::parse(s).as_object(); }
 }  // namespace
 
 TEST(Presence, JoinsCoalesceIntoOneDiff) {
@@ -22,12 +23,12 @@ TEST(Presence, JoinsCoalesceIntoOneDiff) {
   EXPECT_EQ(p.published_json(), "{}");  // nothing published yet
   auto diff = p.flush();
   ASSERT_TRUE(diff);
-  EXPECT_EQ(diff->at("joins").at("alice").at("metas").as_array().size(), 2u);
-  EXPECT_EQ(diff->at("joins").at("bob").at("metas").as_array().size(), 1u);
-  EXPECT_TRUE(diff->at("leaves").as_object().empty());
+  const auto d = parse(*diff);
+  EXPECT_EQ(d.at("joins").at("alice").at("metas").as_array().size(), 2u);
+  EXPECT_EQ(d.at("joins").at("bob").at("metas").as_array().size(), 1u);
+  EXPECT_TRUE(d.at("leaves").as_object().empty());
   EXPECT_FALSE(p.flush());  // nothing new
-  const auto state = json::parse(p.published_json()).as_object();
-  EXPECT_EQ(metas_of(state, "alice"), 2u);
+  EXPECT_EQ(metas_of(parse(p.published_json()), "alice"), 2u);
   EXPECT_EQ(p.size(), 3u);
 }
 
@@ -45,12 +46,11 @@ TEST(Presence, LeaveOfPublishedMetaIsDiffed) {
   p.track("alice", "r2", meta("r2"));
   p.flush();
   p.untrack("alice", "r1");
-  EXPECT_EQ(metas_of(p.current(), "alice"), 1u);
+  EXPECT_EQ(metas_of(parse(p.current_json()), "alice"), 1u);
   auto diff = p.flush();
   ASSERT_TRUE(diff);
-  EXPECT_EQ(diff->at("leaves").at("alice").at("metas").as_array()[0].at("phx_ref").as_string(), "r1");
-  const auto state = json::parse(p.published_json()).as_object();
-  EXPECT_EQ(metas_of(state, "alice"), 1u);
+  EXPECT_EQ(parse(*diff).at("leaves").at("alice").at("metas").as_array()[0].at("phx_ref").as_string(), "r1");
+  EXPECT_EQ(metas_of(parse(p.published_json()), "alice"), 1u);
   p.untrack("alice", "r2");
   p.flush();
   EXPECT_TRUE(p.empty());
@@ -61,8 +61,7 @@ TEST(Presence, StateCacheIsReusedUntilAFlushChangesIt) {
   PresenceTracker p;
   p.track("a", "r1", meta("r1"));
   p.flush();
-  const std::string* first = &p.published_json();
-  const std::string copy = *first;
+  const std::string copy = p.published_json();
   p.track("b", "r2", meta("r2"));  // pending: published state unchanged
   EXPECT_EQ(p.published_json(), copy);
   p.flush();
@@ -75,19 +74,42 @@ TEST(Presence, UntrackUnknownIsHarmless) {
   EXPECT_FALSE(p.flush());
 }
 
-TEST(Presence, JoinerSeesItselfInItsState) {
+TEST(Presence, JoinerSeesEverythingTrackedNow) {
   PresenceTracker p;
   p.track("alice", "r1", meta("r1"));
   p.flush();
-  p.track("bob", "r2", meta("r2"));
-  auto state = json::parse(p.state_for_joiner("bob", "r2")).as_object();
-  EXPECT_EQ(metas_of(state, "alice"), 1u);
-  EXPECT_EQ(metas_of(state, "bob"), 1u);
-  p.track("alice", "r3", meta("r3"));  // an agent already published
-  state = json::parse(p.state_for_joiner("alice", "r3")).as_object();
+  p.track("carl", "r4", meta("r4"));   // pending, another agent
+  p.track("alice", "r5", meta("r5"));  // pending, an agent already published
+  p.track("bob", "r2", meta("r2"));    // the joiner
+  auto state = parse(p.state_for_joiner());
   EXPECT_EQ(metas_of(state, "alice"), 2u);
+  EXPECT_EQ(metas_of(state, "bob"), 1u);
+  EXPECT_EQ(metas_of(state, "carl"), 1u);
   PresenceTracker empty;
   empty.track("solo", "r9", meta("r9"));
-  state = json::parse(empty.state_for_joiner("solo", "r9")).as_object();
+  state = parse(empty.state_for_joiner());
   EXPECT_EQ(metas_of(state, "solo"), 1u);
+  EXPECT_EQ(state.size(), 1u);
+}
+
+TEST(Presence, PendingLeaveStaysInStateUntilTheDiffRemovesIt) {
+  PresenceTracker p;
+  p.track("alice", "r1", meta("r1"));
+  p.track("bob", "r2", meta("r2"));
+  p.flush();
+  p.untrack("alice", "r1");
+  // A joiner still sees alice; the next diff tells it she left.
+  EXPECT_EQ(metas_of(parse(p.state_for_joiner()), "alice"), 1u);
+  const auto diff = parse(*p.flush());
+  EXPECT_EQ(diff.at("leaves").at("alice").at("metas").as_array().size(), 1u);
+}
+
+TEST(Presence, AgentNamesAreEscaped) {
+  PresenceTracker p;
+  p.track("we\"ird\\name", "r1", meta("r1"));
+  auto state = parse(p.state_for_joiner());
+  EXPECT_EQ(metas_of(state, "we\"ird\\name"), 1u);
+  auto diff = parse(*p.flush());
+  EXPECT_EQ(diff.at("joins").at("we\"ird\\name").at("metas").as_array().size(), 1u);
+  EXPECT_EQ(metas_of(parse(p.published_json()), "we\"ird\\name"), 1u);
 }
