@@ -15,9 +15,9 @@ namespace {
 
 class PubSubChannel final : public Channel, public pubsub::Subscriber {
  public:
-  PubSubChannel(Session& session, std::string_view topic) : session_(session), topic_(topic) {}
-
-  void deliver(const wire::Message& msg) override { session_.socket().send(msg); }
+  PubSubChannel(Session& session, std::string_view topic) : session_(session), topic_(topic) {
+    sink = &session.socket();
+  }
 
   void handle_in(const protocol::Envelope& env) override {
     if (protocol::is_reserved_event(env.event)) {

@@ -6,16 +6,16 @@
 #include <cstdint>
 #include <string_view>
 
+#include "core/message_sink.hpp"
 #include "core/poster.hpp"
 #include "wire/message.hpp"
 
 namespace synapse::channels {
 
-class Socket {
+class Socket : public MessageSink {
  public:
-  // Queues a framed message. Never calls back into channels: a full queue
-  // closes the connection later, from a fresh stack.
-  virtual void send(wire::Message msg) = 0;
+  // send(msg) (from MessageSink) queues a framed message. It never calls back
+  // into channels: a full queue closes the connection later, from a fresh stack.
   // Starts the close handshake with `code`; channels are torn down later,
   // from a fresh stack, so a handler may call this and return normally.
   virtual void close(std::uint16_t code, std::string_view reason) = 0;

@@ -1,8 +1,9 @@
 // A connection's outbound queue: shared, immutable, already-framed messages,
 // measured in bytes. Everything waiting leaves in one gather write.
 //
-// A ring of Message handles (one pointer each); a queue that drains returns
-// its memory beyond a small reserve, so an idle connection holds almost none.
+// A ring of Message handles (one pointer each, power-of-two capacity); a
+// queue that drains keeps a small ring (64 slots, 512 bytes) so bursts do not
+// regrow it, and returns anything larger.
 #pragma once
 
 #include <sys/uio.h>
@@ -34,6 +35,7 @@ class OutboundQueue {
 
  private:
   void grow();
+  std::size_t slot(std::size_t i) const noexcept { return (head_ + i) & (ring_.size() - 1); }
 
   std::vector<wire::Message> ring_;
   std::size_t head_ = 0;

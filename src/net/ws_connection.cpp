@@ -33,7 +33,8 @@ Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, Connectio
       socket_(std::move(socket)),
       info_(std::move(info)),
       services_(services),
-      reader_(static_cast<std::size_t>(services.config.max_message_bytes), wire::Role::server) {}
+      reader_(static_cast<std::size_t>(services.config.max_message_bytes), wire::Role::server),
+      queue_limit_(static_cast<std::size_t>(services.config.outbound_queue_bytes)) {}
 
 Connection::~Connection() = default;
 
@@ -60,8 +61,7 @@ std::string_view Connection::key_id() const {
 
 void Connection::send(wire::Message msg) {
   if (state_ != State::open) return;
-  const auto limit = static_cast<std::size_t>(services_.config.outbound_queue_bytes);
-  if (limit > 0 && out_.bytes() + msg.size() > limit) {
+  if (queue_limit_ > 0 && out_.bytes() + msg.size() > queue_limit_) {
     begin_close(wire::close_code::slow_consumer, "slow consumer: outbound queue over limit");
     return;
   }

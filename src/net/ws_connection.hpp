@@ -90,6 +90,7 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   channels::Services& services_;
   wire::FrameReader reader_;
   OutboundQueue out_;
+  std::size_t queue_limit_;  // outbound_queue_bytes, 0 = unlimited
   std::optional<channels::Session> session_;
 
   State state_ = State::open;

@@ -3,8 +3,8 @@
 // The interface is what a channel needs; LocalBroker implements it in
 // process, and a Redis-backed broker can implement it for a cluster.
 //
-// Threads: join() and leave() run on the member's I/O thread; deliver() is
-// called on that same thread. publish() and presence_state() may be called
+// Threads: join() and leave() run on the member's I/O thread, and its sink
+// is called on that same thread. publish() and presence_state() may be called
 // from any thread.
 #pragma once
 
@@ -15,18 +15,18 @@
 #include <string_view>
 #include <vector>
 
+#include "core/message_sink.hpp"
 #include "wire/message.hpp"
 
 namespace synapse::pubsub {
 
-// A topic member. The broker owns the fields below `deliver`; the channel
-// that implements it only reads them.
+// A topic member: where its messages go, and the broker's bookkeeping. The
+// channel sets `sink`; the broker owns the other fields.
 class Subscriber {
  public:
-  // Queues an already-framed message for this member's socket. Never
-  // re-enters the broker.
-  virtual void deliver(const wire::Message& msg) = 0;
-
+  // The member's connection. Deliveries go straight to it (one call per
+  // subscriber on the fan-out path); it never re-enters the broker.
+  MessageSink* sink = nullptr;
   std::uint64_t connection_id = 0;  // the publisher's own connection is skipped
   std::uint64_t start_offset = 0;   // messages at or below it predate the join
   std::uint64_t topic_id = 0;

@@ -170,13 +170,13 @@ void LocalBroker::drain(std::size_t thread) {
     if (d.kind == Kind::message) {
       for (Subscriber* s : it->second.members) {
         if (s->connection_id == d.exclude_connection || d.offset <= s->start_offset) continue;
-        s->deliver(d.msg);
+        s->sink->send(d.msg);
         ++delivered;
       }
     } else {
       // A diff flushed before a member joined is already in its state.
       for (Subscriber* s : it->second.presence_members) {
-        if (d.offset > s->presence_start) s->deliver(d.msg);
+        if (d.offset > s->presence_start) s->sink->send(d.msg);
       }
     }
   }
