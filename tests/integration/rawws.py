@@ -17,10 +17,13 @@ from typing import Optional
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def http_upgrade(port: int, target: str, headers: Optional[dict] = None, timeout: float = 5.0):
-    """Sends an upgrade request; returns (status, headers, body, socket).
-    On 101 the socket stays open for frames; otherwise it is closed."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def http_upgrade(port: int, target: str, headers: Optional[dict] = None, timeout: float = 5.0,
+                 source_ip: Optional[str] = None):
+    """Sends an upgrade request (from `source_ip`, a loopback address, if
+    given); returns (status, headers, body, socket). On 101 the socket stays
+    open for frames; otherwise it is closed."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                 source_address=(source_ip, 0) if source_ip else None)
     key = base64.b64encode(os.urandom(16)).decode()
     h = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
          "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}

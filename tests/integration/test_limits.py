@@ -14,33 +14,7 @@ WS = "/cortex/websocket"
 
 
 def upgrade_from(port, target, source_ip="127.0.0.1"):
-    """http_upgrade from a chosen loopback source address."""
-    s = socket.socket()
-    s.bind((source_ip, 0))
-    s.connect(("127.0.0.1", port))
-    import base64, os
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
-    body = None
-    if status != 101:
-        length = int(headers.get("content-length", 0))
-        while len(rest) < length:
-            rest += s.recv(4096)
-        body = json.loads(rest)
-        s.close()
-        return status, headers, body, None
-    return status, headers, body, s
+    return http_upgrade(port, target, source_ip=source_ip)
 
 
 def test_eleventh_connection_of_one_key_is_refused(fresh_server):
