@@ -75,15 +75,19 @@ async def test_client_ref_and_limit_are_honoured(server):
 @pytest.mark.asyncio
 async def test_interrupt_stops_the_run_and_nothing_follows(server):
     c = await cortex(server)
-    ref = ok(await c.request(TOPIC, "tool", {"tool": "demo.countdown", "args": {"steps": 50, "interval_ms": 50}}))["ref"]
-    await c.push_event(TOPIC, "progress")
-    started = time.monotonic()
-    assert ok(await c.request(TOPIC, "interrupt", {"ref": ref, "reason": "changed my mind"})) == {"ref": ref}
-    end = await c.push_event(TOPIC, "interrupted")
-    assert time.monotonic() - started < 0.05 + 0.5  # generous for a loaded machine; the server acts at once
-    assert end[4] == {"ref": ref, "reason": "changed my mind"}
-    late = [f for f in await c.drain(0.5) if f[4].get("ref") == ref]
-    assert late == []
+    took = []
+    for attempt in range(3):
+        ref = ok(await c.request(TOPIC, "tool", {"tool": "demo.countdown", "args": {"steps": 50, "interval_ms": 50}}))["ref"]
+        await c.push_event(TOPIC, "progress", pred=lambda f: f[4]["ref"] == ref)
+        started = time.monotonic()
+        assert ok(await c.request(TOPIC, "interrupt", {"ref": ref, "reason": "changed my mind"})) == {"ref": ref}
+        end = await c.push_event(TOPIC, "interrupted", pred=lambda f: f[4]["ref"] == ref)
+        took.append(time.monotonic() - started)
+        assert end[4] == {"ref": ref, "reason": "changed my mind"}
+        late = [f for f in await c.drain(0.3) if f[4].get("ref") == ref]
+        assert late == []
+    # Interrupt takes effect within 50 ms (median of three, round trip included).
+    assert sorted(took)[1] < 0.05, took
     await c.close()
 
 
