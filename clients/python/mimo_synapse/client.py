@@ -106,6 +106,10 @@ class _Sub:
         self.presence_listeners: Dict[int, PresenceCallback] = {}
         self.epoch: Optional[str] = None
         self.last_offset = 0
+        # Offsets of this client's own publishes not yet passed by last_offset:
+        # the server does not deliver them to us live, but replays them on
+        # recover, so they count as seen.
+        self.own: Set[int] = set()
         self.join_ref: Optional[str] = None
         self.joined_conn: Optional[int] = None
         self.joined_evt = asyncio.Event()
@@ -119,7 +123,28 @@ class _Sub:
         self.worker: Optional["asyncio.Task[None]"] = None
         self.last_join: JSONObject = {}
         self.stats: Dict[str, int] = {"delivered": 0, "duplicates": 0, "missed": 0, "joins": 0,
-                                      "recovered": 0, "not_recovered": 0, "resyncs": 0}
+                                      "recovered": 0, "not_recovered": 0, "resyncs": 0, "own": 0}
+
+    def advance(self, offset: int) -> None:
+        """``offset`` was seen: move past it and past any own publishes that follow."""
+        self.last_offset = offset
+        while self.last_offset + 1 in self.own:
+            self.last_offset += 1
+        if self.own:
+            self.own = {o for o in self.own if o > self.last_offset}
+
+    def reset_epoch(self, epoch: Optional[str], offset: int) -> None:
+        self.epoch = epoch
+        self.last_offset = offset
+        self.own.clear()
+
+    def published(self, offset: int) -> None:
+        """This client published ``offset`` (it will not be pushed to us live)."""
+        if offset <= self.last_offset:
+            return
+        self.own.add(offset)
+        if offset == self.last_offset + 1:
+            self.advance(self.last_offset)
 
     @property
     def has_listeners(self) -> bool:
@@ -241,6 +266,7 @@ class MimoSynapse:
         self._attempt = 0
         self._connected = asyncio.Event()
         self._close_evt = asyncio.Event()
+        self._connect_lock = asyncio.Lock()
         self._closed = False
         self._fatal: Optional[SynapseError] = None
         self._main_task: Optional["asyncio.Task[None]"] = None
@@ -295,14 +321,15 @@ class MimoSynapse:
         """Opens the connection; raises :class:`ConnectError` /
         :class:`AuthenticationError` if the first attempt fails. After that the
         client reconnects by itself."""
-        if self._closed:
-            raise self._fatal or ClientClosedError()
-        if self._main_task is not None:
-            await self.wait_connected(self.connect_timeout)
+        async with self._connect_lock:
+            if self._closed:
+                raise self._fatal or ClientClosedError()
+            if self._main_task is not None:
+                await self.wait_connected(self.connect_timeout)
+                return self
+            ws = await self._establish()
+            self._main_task = asyncio.get_running_loop().create_task(self._run(ws), name="mimo-synapse")
             return self
-        ws = await self._establish()
-        self._main_task = asyncio.get_running_loop().create_task(self._run(ws), name="mimo-synapse")
-        return self
 
     async def wait_connected(self, timeout: Optional[float] = None) -> None:
         """Waits until a connection is open (raises :class:`RequestTimeout`)."""
@@ -522,7 +549,8 @@ class MimoSynapse:
             if not p.future.done():
                 p.future.set_exception(err())
         runs, self._runs = self._runs, {}
-        pass
+        for run in runs.values():
+            run._fail(err(run.ref))
         self._cortex_conn = None
         self._join_refs.clear()
         for sub in self._subs.values():
@@ -761,13 +789,17 @@ class MimoSynapse:
                 if isinstance(epoch, str) and epoch != sub.epoch:
                     if sub.epoch is not None:
                         log.info("%s: history epoch changed to %s", sub.topic, epoch)
-                    sub.epoch = epoch
+                    sub.reset_epoch(epoch, 0)
                 elif offset <= sub.last_offset:
                     sub.stats["duplicates"] += 1
                     return
+                elif offset in sub.own:
+                    sub.stats["own"] += 1  # our own publish, replayed by a recover
+                    sub.advance(offset)
+                    return
                 elif offset > sub.last_offset + 1:
-                    sub.stats["missed"] += offset - sub.last_offset - 1
-                sub.last_offset = offset
+                    sub.stats["missed"] += sum(1 for o in range(sub.last_offset + 1, offset) if o not in sub.own)
+                sub.advance(offset)
         sub.stats["delivered"] += 1
         if sub.listeners:
             sub.queue.put_nowait(Message.from_push(sub.topic, event, payload))
@@ -1073,10 +1105,9 @@ class MimoSynapse:
         elif not recover_sent:
             # First join: the topic's latest offset is where this subscriber starts.
             if sub.epoch is None or sub.epoch != epoch:
-                sub.epoch = epoch
-                sub.last_offset = offset or 0
-            elif offset is not None:
-                sub.last_offset = max(sub.last_offset, offset)
+                sub.reset_epoch(epoch, offset or 0)
+            elif offset is not None and offset > sub.last_offset:
+                sub.advance(offset)
         elif resp.get("recovered") is True:
             sub.stats["recovered"] += 1  # the missed messages follow this reply
         elif epoch is not None and epoch == sub.epoch:
@@ -1088,8 +1119,7 @@ class MimoSynapse:
             # what the new epoch already holds with a second join from offset 0.
             sub.stats["not_recovered"] += 1
             log.info("%s: new history epoch %s (was %s)", sub.topic, epoch, sub.epoch)
-            sub.epoch = epoch
-            sub.last_offset = 0
+            sub.reset_epoch(epoch, 0)
             if offset and epoch is not None:
                 sub.resyncing = True
                 sub.stats["resyncs"] += 1
@@ -1238,9 +1268,16 @@ class MimoSynapse:
         while True:
             sub, created = self._get_sub(topic, None, False)
             conn_id = await self._wait_joined(sub, deadline, drop_on_error=created)
+
+            def on_reply(reply: JSONObject, sub: _Sub = sub) -> None:
+                resp = reply.get("response")
+                off = resp.get("offset") if isinstance(resp, dict) else None
+                if reply.get("status") == "ok" and isinstance(off, int) and self._subs.get(topic) is sub:
+                    sub.published(off)
+
             try:
                 resp = await self._request(topic, event, body, conn_id=conn_id,
-                                           timeout=max(deadline - loop.time(), 0.001))
+                                           timeout=max(deadline - loop.time(), 0.001), on_reply=on_reply)
             except _NotSent:
                 continue
             offset = resp.get("offset")
@@ -1275,7 +1312,9 @@ class MimoSynapse:
     async def presence(self, topic: str, *, timeout: Optional[float] = None) -> PresenceState:
         """The topic's presence, ``{agent_id: {"metas": [...]}}``: tracked live
         when subscribed with ``presence=True``, else fetched with
-        ``GET /api/presence/<topic>`` (API keys only)."""
+        ``GET /api/presence/<topic>`` (API keys only). The server coalesces
+        presence changes (``presence_interval``, 100 ms by default), so a change
+        shows up here that much later."""
         self._check_topic(topic)
         sub = self._subs.get(topic)
         if sub is not None and sub.presence:

@@ -1,7 +1,9 @@
 """Fixtures for the SDK tests: the real synapse binary ($SYNAPSE_BIN or
 build/release/synapse) started through tests/harness/synapse_server.py."""
+import asyncio
+import functools
+import inspect
 import sys
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator, List
 
@@ -14,14 +16,40 @@ for p in (REPO / "tests" / "harness", HERE.parent, HERE):
         sys.path.insert(0, str(p))
 
 from synapse_server import SynapseServer  # noqa: E402
+from sdk_helpers import unique  # noqa: E402
 
 # History of 500 messages so the no-loss test never depends on how long its
 # cut lasts; token warnings 2 s before exp so 3 s tokens refresh quickly.
 SHARED_FLAGS = {"--history-size": "500", "--token-warning-s": "2"}
 
 
+# Every async test is cancelled (and fails) after this long, so an SDK that
+# hangs makes a test fail instead of stalling the suite.
+ASYNC_TEST_TIMEOUT_S = 60.0
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; skipped in the ASan pass")
+
+
+def _bounded(fn):
+    @functools.wraps(fn)
+    async def run(*args, **kwargs):
+        task = asyncio.ensure_future(fn(*args, **kwargs))
+        done, _ = await asyncio.wait({task}, timeout=ASYNC_TEST_TIMEOUT_S)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=10)
+            pytest.fail(f"test did not finish within {ASYNC_TEST_TIMEOUT_S:g}s (hung?)")
+        return task.result()
+    return run
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        fn = getattr(item, "obj", None)
+        if item.get_closest_marker("asyncio") is not None and inspect.iscoroutinefunction(fn):
+            item.obj = _bounded(fn)
 
 
 @pytest.fixture(scope="session")
@@ -44,10 +72,6 @@ def fresh_server() -> Iterator[Callable[..., SynapseServer]]:
     yield make
     for s in made:
         s.cleanup()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

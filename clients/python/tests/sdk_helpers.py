@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from pathlib import Path
 from typing import Any, Awaitable, Callable, List, Optional, Set, Tuple
 
 from mimo_synapse import MimoSynapse
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def unique(prefix: str) -> str:
+    """A name no other test (or earlier run against the same server) uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def eventually(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
@@ -42,24 +51,35 @@ class Recorder:
         raise AssertionError("no such frame")
 
 
+class _Link:
+    def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.blackhole = False
+        self.hold_down = False
+
+    def abort(self) -> None:
+        self.client.transport.abort()
+        self.upstream.transport.abort()
+
+
 class TcpProxy:
     """127.0.0.1 TCP proxy in front of the server.
 
     * ``sever()`` aborts every open connection (both sides, RST);
     * ``accepting = False`` aborts new connections at once (the server looks down);
-    * ``blackhole = True`` silently drops bytes in both directions;
-    * ``hold_down = True`` drops server -> client bytes only.
+    * ``blackhole_open()`` silently drops all bytes of the connections open now;
+    * ``hold_down_open()`` drops their server -> client bytes only.
+    New connections are never affected by the last two.
     ``requests`` keeps the start of each client's upgrade request."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.accepting = True
-        self.blackhole = False
-        self.hold_down = False
         self.port = 0
         self.accepted = 0
         self.requests: List[bytes] = []
-        self._conns: Set[Tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._links: Set[_Link] = set()
         self._server: Optional[asyncio.base_events.Server] = None
 
     @property
@@ -80,8 +100,8 @@ class TcpProxy:
         except OSError:
             cw.transport.abort()
             return
-        pair = (cw, uw)
-        self._conns.add(pair)
+        link = _Link(cw, uw)
+        self._links.add(link)
         self.accepted += 1
         head = bytearray()
         self.requests.append(b"")
@@ -96,28 +116,35 @@ class TcpProxy:
                     if upstream and b"\r\n\r\n" not in head and len(head) < 16384:
                         head.extend(data)
                         self.requests[slot] = bytes(head)
-                    if self.blackhole or (self.hold_down and not upstream):
+                    if link.blackhole or (link.hold_down and not upstream):
                         continue
                     w.write(data)
                     await w.drain()
             except (OSError, asyncio.IncompleteReadError):
                 pass
             finally:
-                cw.transport.abort()
-                uw.transport.abort()
+                link.abort()
 
         try:
             await asyncio.gather(pipe(cr, uw, True), pipe(ur, cw, False))
         finally:
-            self._conns.discard(pair)
+            self._links.discard(link)
 
     def sever(self) -> int:
-        n = 0
-        for cw, uw in list(self._conns):
-            cw.transport.abort()
-            uw.transport.abort()
-            n += 1
-        return n
+        links = list(self._links)
+        for link in links:
+            link.abort()
+        return len(links)
+
+    def blackhole_open(self) -> int:
+        for link in self._links:
+            link.blackhole = True
+        return len(self._links)
+
+    def hold_down_open(self) -> int:
+        for link in self._links:
+            link.hold_down = True
+        return len(self._links)
 
     async def close(self) -> None:
         self.accepting = False

@@ -3,9 +3,8 @@ import asyncio
 
 import pytest
 
-from conftest import unique
-from mimo_synapse import Message, MimoSynapse, ReplyError
-from sdk_helpers import Recorder, eventually
+from mimo_synapse import Message, MimoSynapse, RateLimitedError, ReplyError
+from sdk_helpers import Recorder, eventually, unique
 
 
 @pytest.mark.asyncio
@@ -146,3 +145,43 @@ async def test_presence_tracks_members_and_their_meta(server, make_key, make_age
             await asyncio.sleep(0.05)
         assert set(state) == {agent_a}
         assert set(changes[-1]) == {agent_a}
+
+
+@pytest.mark.asyncio
+async def test_rate_limited_publish_raises_with_retry_after(fresh_server):
+    s = fresh_server({"--messages-per-min": "60", "--message-burst": "3"})
+    async with MimoSynapse(s.ws_url, api_key=s.create_key(unique("limited"))) as syn:
+        topic = unique("room:limit")
+        with pytest.raises(RateLimitedError) as ei:
+            for i in range(10):
+                await syn.publish(topic, "n", {"i": i})
+        assert ei.value.reason == "rate_limited"
+        assert isinstance(ei.value.retry_after_ms, int) and ei.value.retry_after_ms > 0
+        assert isinstance(ei.value, ReplyError)
+
+
+@pytest.mark.asyncio
+async def test_publish_only_topic_upgrades_to_a_presence_subscription(server, make_agent):
+    topic = unique("room:upgrade")
+    me, my_key = make_agent("up")
+    got = []
+    async with MimoSynapse(server.ws_url, api_key=my_key) as a, \
+            MimoSynapse(server.ws_url, api_key=server.admin_key) as b:
+        assert await a.publish(topic, "n", {"i": 0}) == 1  # joins the topic, no callback
+        await b.subscribe(topic, lambda m: None)
+        assert await b.publish(topic, "n", {"i": 1}) == 2
+        sub = await a.subscribe(topic, got.append, meta={"status": "watching"}, presence=True)
+        assert await b.publish(topic, "n", {"i": 2}) == 3
+        await eventually(lambda: got, what="a message after subscribing")
+        state = {}
+        for _ in range(100):  # presence diffs are coalesced (presence_interval)
+            state = await a.presence(topic)
+            if me in state:
+                break
+            await asyncio.sleep(0.05)
+        assert [m.get("status") for m in state[me]["metas"]] == ["watching"]
+        await a.ping()
+        # offset 2 was published before subscribe() but may still have been in
+        # flight to `a` when the callback was added; offset 3 arrives, once.
+        assert [m.offset for m in got] in ([3], [2, 3])  # never its own offset 1
+        assert sub.stats["delivered"] >= 1

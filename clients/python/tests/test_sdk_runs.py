@@ -4,9 +4,8 @@ import asyncio
 
 import pytest
 
-from conftest import unique
 from mimo_synapse import (MimoSynapse, Progress, ReplyError, RunError, RunInterrupted, Thought)
-from sdk_helpers import Recorder, eventually
+from sdk_helpers import Recorder, eventually, unique
 
 
 def frames_for(rec: Recorder, ref: str):

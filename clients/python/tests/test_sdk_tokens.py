@@ -6,10 +6,9 @@ import time
 
 import pytest
 
-from conftest import unique
 from mimo_synapse import AuthenticationError, ConnectError, MimoSynapse
 from mimo_synapse._util import jwt_claims
-from sdk_helpers import TcpProxy, connected, eventually
+from sdk_helpers import TcpProxy, connected, eventually, unique
 
 TTL_S = 3
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from sdk_helpers import REPO
 
 EXAMPLE = REPO / "examples" / "websocket" / "client.py"
 

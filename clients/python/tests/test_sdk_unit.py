@@ -67,6 +67,13 @@ def push(topic, offset, epoch="e1", **body):
 @pytest.mark.asyncio
 async def test_deliveries_at_or_below_the_last_offset_are_dropped():
     client = MimoSynapse("ws://127.0.0.1:1", api_key="k")
+    try:
+        await check_dedup(client)
+    finally:
+        await client.close()
+
+
+async def check_dedup(client):
     sub = _Sub("room:unit", None, False)
     client._subs[sub.topic] = sub
     got = []
@@ -93,7 +100,6 @@ async def test_deliveries_at_or_below_the_last_offset_are_dropped():
     assert len(got) == 6
     assert sub.stats["duplicates"] == 6 and sub.stats["missed"] == 1
     assert sub.last_offset == 2 and sub.epoch == "e2"
-    await client.close()
 
 
 @pytest.mark.asyncio
@@ -115,3 +121,36 @@ async def test_calls_before_connect_fail_clearly():
     with pytest.raises(Exception) as ei2:
         await handle.result(timeout=5)
     assert getattr(ei2.value, "reason", None) == "not_connected"
+
+
+@pytest.mark.asyncio
+async def test_own_publishes_replayed_by_a_recover_are_skipped():
+    client = MimoSynapse("ws://127.0.0.1:1", api_key="k")
+    try:
+        sub = _Sub("room:own", None, False)
+        client._subs[sub.topic] = sub
+        got = []
+        sub.listeners[1] = got.append
+        sub.worker = client._spawn(client._dispatch(sub))
+        sub.epoch, sub.last_offset = "e1", 1
+        sub.published(3)  # our publish got offset 3 while offset 2 was still on its way to us
+        assert sub.last_offset == 1 and sub.own == {3}
+        sub.published(5)
+        client._on_text(push("room:own", 2))  # someone else's: delivered, and we move past our 3
+        assert sub.last_offset == 3 and sub.own == {5}
+        # a recover from offset 3 replays 4 (theirs) and 5 (ours)
+        client._on_text(push("room:own", 4))
+        client._on_text(push("room:own", 5))
+        client._on_text(push("room:own", 6))
+        for _ in range(50):
+            if len(got) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert [m.offset for m in got] == [2, 4, 6]
+        assert sub.stats["missed"] == 0 and sub.own == set() and sub.last_offset == 6
+        # a new epoch forgets old own offsets
+        sub.published(8)
+        client._on_text(push("room:own", 1, epoch="e2"))
+        assert sub.own == set() and sub.last_offset == 1
+    finally:
+        await client.close()
