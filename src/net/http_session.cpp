@@ -44,15 +44,14 @@ bool header_has_token(std::string_view value, std::string_view token) {
 
 class HttpSession : public std::enable_shared_from_this<HttpSession> {
  public:
-  HttpSession(IoThread& thread, tcp::socket socket, HttpContext& ctx, std::uint64_t id)
-      : thread_(thread), socket_(std::move(socket)), ctx_(ctx), id_(id), timer_(thread.ioc) {
-    error_code ec;
-    auto ep = socket_.remote_endpoint(ec);
-    if (!ec) {
-      peer_ip_ = ep.address().to_string();
-      peer_ = peer_ip_ + ":" + std::to_string(ep.port());
-    }
-  }
+  HttpSession(IoThread& thread, tcp::socket socket, const tcp::endpoint& peer, HttpContext& ctx, std::uint64_t id)
+      : thread_(thread),
+        socket_(std::move(socket)),
+        ctx_(ctx),
+        id_(id),
+        timer_(thread.ioc),
+        peer_ip_(peer.address().to_string()),
+        peer_(peer_ip_ + ":" + std::to_string(peer.port())) {}
 
   void start() { read_request(); }
 
@@ -218,8 +217,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
 }  // namespace
 
-void serve_http(IoThread& thread, tcp::socket socket, HttpContext& ctx, std::uint64_t conn_id) {
-  std::make_shared<HttpSession>(thread, std::move(socket), ctx, conn_id)->start();
+void serve_http(IoThread& thread, tcp::socket socket, const tcp::endpoint& peer, HttpContext& ctx,
+                std::uint64_t conn_id) {
+  std::make_shared<HttpSession>(thread, std::move(socket), peer, ctx, conn_id)->start();
 }
 
 }  // namespace synapse::net

@@ -15,7 +15,8 @@ namespace synapse::net {
 struct IoThread;
 struct HttpContext;
 
-// Starts serving `socket` on `thread` (call on that thread).
-void serve_http(IoThread& thread, boost::asio::ip::tcp::socket socket, HttpContext& ctx, std::uint64_t conn_id);
+// Starts serving `socket`, accepted from `peer`, on `thread` (call on that thread).
+void serve_http(IoThread& thread, boost::asio::ip::tcp::socket socket, const boost::asio::ip::tcp::endpoint& peer,
+                HttpContext& ctx, std::uint64_t conn_id);
 
 }  // namespace synapse::net

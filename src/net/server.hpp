@@ -41,6 +41,7 @@ class Server {
   std::atomic<bool>& draining_;
   IoThread& main_;  // thread 0: acceptor, signals, timers
   boost::asio::ip::tcp::acceptor acceptor_;
+  boost::asio::ip::tcp::endpoint accept_peer_;  // filled by each accept
   boost::asio::signal_set signals_;
   boost::asio::steady_timer broker_timer_;
   boost::asio::steady_timer revocation_timer_;

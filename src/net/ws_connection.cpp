@@ -40,9 +40,11 @@ Connection::~Connection() = default;
 
 void Connection::start(std::string early) {
   opened_ms_ = last_rx_ms_ = mono_ms();
+  // Reads and writes below are direct non-blocking syscalls. Asio has made
+  // the descriptor non-blocking already while serving the upgrade; only if
+  // not, do it here. TCP_NODELAY came from the listener.
   error_code ec;
-  socket_.non_blocking(true, ec);
-  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  if (!socket_.native_non_blocking()) socket_.native_non_blocking(true, ec);
   services_.metrics.connections_open.fetch_add(1, std::memory_order_relaxed);
   metrics::bump(services_.metrics.connections_total);
   spdlog::info("conn {} opened peer={} agent={} thread={}", info_.id, info_.peer, info_.principal.agent_id,
@@ -137,8 +139,9 @@ void Connection::arm_read() {
   });
 }
 
-// Reads until EAGAIN before waiting again: the reactor is edge-triggered, so
-// readiness that is not drained would not be reported a second time.
+// Reads until the socket is drained before waiting again: the reactor is
+// edge-triggered, so readiness that is not drained would not be reported a
+// second time.
 void Connection::read_some() {
   auto self = shared_from_this();
   const int fd = socket_.native_handle();
@@ -152,6 +155,11 @@ void Connection::read_some() {
     if (n > 0) {
       last_rx_ms_ = mono_ms();
       process(buf.data(), static_cast<std::size_t>(n));
+      // A short read took everything the socket held, so the recv that
+      // would answer EAGAIN can be skipped: data arriving after it raises a
+      // new edge, which the wait armed below (before this thread returns to
+      // the reactor) will see.
+      if (static_cast<std::size_t>(n) < buf.size()) break;
       continue;
     }
     if (n == 0) {
