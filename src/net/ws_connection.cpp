@@ -61,14 +61,27 @@ std::string_view Connection::key_id() const {
 
 // --- output -----------------------------------------------------------------
 
-void Connection::send(wire::Message msg) {
-  if (state_ != State::open) return;
+// False (and the connection closing with 4008) when the queue is over its bound.
+bool Connection::enqueue(wire::Message msg) {
   if (queue_limit_ > 0 && out_.bytes() + msg.size() > queue_limit_) {
     begin_close(wire::close_code::slow_consumer, "slow consumer: outbound queue over limit");
-    return;
+    return false;
   }
   out_.push(std::move(msg));
-  schedule_flush();
+  return true;
+}
+
+void Connection::send(wire::Message msg) {
+  if (state_ != State::open) return;
+  if (enqueue(std::move(msg))) schedule_flush();
+}
+
+void Connection::send_batch(const wire::Message* const* msgs, std::size_t n) {
+  if (state_ != State::open) return;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!enqueue(*msgs[i])) return;
+  }
+  if (!write_armed_) write_out();
 }
 
 void Connection::schedule_flush() {
@@ -79,6 +92,14 @@ void Connection::schedule_flush() {
 
 void Connection::flush() {
   flush_pending_ = false;
+  write_out();
+}
+
+void Connection::end_later(std::string why) {
+  asio::post(thread_.ioc, [self = shared_from_this(), why = std::move(why)] { self->abort(why); });
+}
+
+void Connection::write_out() {
   if (state_ == State::closed || write_armed_) return;
   const int fd = socket_.native_handle();
   iovec iov[max_iov];
@@ -93,7 +114,7 @@ void Connection::flush() {
         arm_write();
         return;
       }
-      abort(std::strerror(errno));
+      end_later(std::strerror(errno));
       return;
     }
     auto& m = services_.metrics;
@@ -106,7 +127,9 @@ void Connection::flush() {
     // Our close frame is out: half-close so the client sees EOF after it,
     // then wait for its close frame (or EOF) before releasing the socket.
     ::shutdown(fd, SHUT_WR);
-    if (peer_closed_) finalize();
+    if (peer_closed_) {
+      asio::post(thread_.ioc, [self = shared_from_this()] { self->finalize(); });
+    }
   }
 }
 

@@ -44,15 +44,16 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   // Takes ownership; `early` holds bytes read past the upgrade request.
   void start(std::string early);
 
-  // channels::Socket
+  // channels::Socket (MessageSink)
   void send(wire::Message msg) override;
+  void send_batch(const wire::Message* const* msgs, std::size_t n) override;
   void close(std::uint16_t code, std::string_view reason) override;
   std::uint64_t id() const override { return info_.id; }
   std::size_t thread_index() const override { return thread_.index; }
   Poster poster() override;
   void after(std::int64_t delay_ms, Task task) override;
 
-  // Called by the I/O thread.
+  // Called by the I/O thread for connections marked dirty.
   void flush();
   void tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms);
   void server_shutdown();
@@ -76,6 +77,12 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   void arm_read();
   void arm_write();
   void process(char* data, std::size_t n);
+  // Writes what is queued until done or EAGAIN. Never finalizes from inside
+  // (a failure or a finished close handshake ends the connection later), so
+  // it is safe wherever the caller iterates lists a teardown would change.
+  void write_out();
+  bool enqueue(wire::Message msg);
+  void end_later(std::string why);
   void begin_close(std::uint16_t code, std::string_view reason);
   void teardown_session();
   // The connection is gone without a close handshake (reset, EOF, error).

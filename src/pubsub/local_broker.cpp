@@ -11,12 +11,12 @@ namespace json = boost::json;
 namespace {
 
 // Removes `sub` from `list` in O(1) by moving the last member into its place.
-template <class SlotOf>
-void swap_remove(std::vector<Subscriber*>& list, Subscriber& sub, SlotOf slot_of) {
+template <class Member, class SlotOf>
+void swap_remove(std::vector<Member>& list, Subscriber& sub, SlotOf slot_of) {
   const std::size_t i = slot_of(sub);
-  if (i >= list.size() || list[i] != &sub) return;
+  if (i >= list.size() || list[i].sub != &sub) return;
   list[i] = list.back();
-  slot_of(*list[i]) = i;
+  slot_of(*list[i].sub) = i;
   list.pop_back();
 }
 
@@ -77,13 +77,14 @@ JoinResult LocalBroker::join(Subscriber& sub, const JoinRequest& req) {
   sub.thread = req.thread;
   sub.receives_presence = req.presence;
   sub.agent_id = std::string(req.agent_id);
+  sub.presence_start = t.presence_seq;
   LocalTopic& local = tables_[req.thread].topics[t.id];
   sub.slot = local.members.size();
-  local.members.push_back(&sub);
+  local.members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, sub.start_offset});
   ++t.members_per_thread[req.thread];
   if (req.presence) {
     sub.presence_slot = local.presence_members.size();
-    local.presence_members.push_back(&sub);
+    local.presence_members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, sub.presence_start});
     ++t.presence_per_thread[req.thread];
   }
   ++t.members;
@@ -103,7 +104,6 @@ JoinResult LocalBroker::join(Subscriber& sub, const JoinRequest& req) {
 
   // Every member is tracked; only presence members receive presence traffic.
   sub.presence_ref = ref_prefix_ + "-" + std::to_string(next_presence_ref_.fetch_add(1, std::memory_order_relaxed));
-  sub.presence_start = t.presence_seq;
   json::object meta = req.meta;
   meta["phx_ref"] = sub.presence_ref;
   meta["online_at"] = unix_ms();
@@ -163,22 +163,33 @@ void LocalBroker::drain(std::size_t thread) {
     std::swap(inbox.items, table.draining);
     inbox.scheduled = false;
   }
+  // Deliveries come in runs for one topic (a burst queues many). Each member
+  // gets its share of a run in one send_batch call, which writes it out at
+  // once: one pass over the members, one syscall each.
   std::uint64_t delivered = 0;
-  for (const Delivery& d : table.draining) {
-    auto it = table.topics.find(d.topic_id);
-    if (it == table.topics.end()) continue;
-    if (d.kind == Kind::message) {
-      for (Subscriber* s : it->second.members) {
-        if (s->connection_id == d.exclude_connection || d.offset <= s->start_offset) continue;
-        s->sink->send(d.msg);
-        ++delivered;
-      }
-    } else {
-      // A diff flushed before a member joined is already in its state.
-      for (Subscriber* s : it->second.presence_members) {
-        if (d.offset > s->presence_start) s->sink->send(d.msg);
+  const auto& items = table.draining;
+  for (std::size_t i = 0; i < items.size();) {
+    std::size_t j = i + 1;
+    while (j < items.size() && items[j].topic_id == items[i].topic_id && items[j].kind == items[i].kind) ++j;
+    auto it = table.topics.find(items[i].topic_id);
+    if (it != table.topics.end()) {
+      const bool message = items[i].kind == Kind::message;
+      for (const LocalMember& m : message ? it->second.members : it->second.presence_members) {
+        table.batch.clear();
+        for (std::size_t k = i; k < j; ++k) {
+          const Delivery& d = items[k];
+          // A message at or below `start` predates the join (it is in the
+          // recovered history, or was not asked for); a diff at or below it
+          // is already in the member's presence_state.
+          if (d.offset <= m.start || (message && m.connection_id == d.exclude_connection)) continue;
+          table.batch.push_back(&d.msg);
+        }
+        if (table.batch.empty()) continue;
+        m.sink->send_batch(table.batch.data(), table.batch.size());
+        if (message) delivered += table.batch.size();
       }
     }
+    i = j;
   }
   table.draining.clear();
   if (delivered) metrics::bump(metrics_.deliveries, delivered);

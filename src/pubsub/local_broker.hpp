@@ -98,15 +98,25 @@ class LocalBroker final : public Broker {
     bool scheduled = false;
   };
 
+  // A member as the fan-out loop needs it: sink and filters inline, so the
+  // loop reads one contiguous array and never the channel object.
+  struct LocalMember {
+    MessageSink* sink;
+    Subscriber* sub;              // to keep its slot index right on removal
+    std::uint64_t connection_id;  // the publisher's own connection is skipped
+    std::uint64_t start;          // start_offset, or presence_start
+  };
+
   struct LocalTopic {
-    std::vector<Subscriber*> members;
-    std::vector<Subscriber*> presence_members;
+    std::vector<LocalMember> members;
+    std::vector<LocalMember> presence_members;
   };
 
   // Touched only by its own I/O thread.
   struct ThreadTable {
     std::unordered_map<std::uint64_t, LocalTopic> topics;
-    std::vector<Delivery> draining;  // reused between drains
+    std::vector<Delivery> draining;           // reused between drains
+    std::vector<const wire::Message*> batch;  // one member's share of a run
   };
 
   Shard& shard_for(std::string_view topic);
