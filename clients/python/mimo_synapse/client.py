@@ -1176,6 +1176,14 @@ class MimoSynapse:
                     sub.first_join.set_exception(e)
                 return
 
+    def _call_deadline(self, loop: asyncio.AbstractEventLoop, timeout: Optional[float]) -> float:
+        """Checks the client can take a call now and returns its deadline."""
+        if self._closed:
+            raise self._fatal or ClientClosedError()
+        if self._main_task is None:
+            raise ConnectError("not_connected", "call connect() first")
+        return loop.time() + (self.request_timeout if timeout is None else timeout)
+
     async def subscribe(self, topic: str, callback: MessageCallback, meta: Optional[JSONObject] = None,
                         presence: bool = False, *, on_presence: Optional[PresenceCallback] = None,
                         timeout: Optional[float] = None) -> Subscription:
@@ -1193,12 +1201,8 @@ class MimoSynapse:
             raise TypeError("callback must be callable")
         if meta is not None and not isinstance(meta, dict):
             raise TypeError("meta must be a dict")
-        if self._closed:
-            raise self._fatal or ClientClosedError()
-        if self._main_task is None:
-            raise ConnectError("not_connected", "call connect() first")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.request_timeout if timeout is None else timeout)
+        deadline = self._call_deadline(loop, timeout)
         sub, created = self._get_sub(topic, meta, presence)
         token = next(self._listener_ids)
         sub.listeners[token] = callback
@@ -1259,12 +1263,8 @@ class MimoSynapse:
         if not isinstance(event, str) or not event:
             raise ValueError("event must be a non-empty string")
         body: JSONObject = dict(payload or {})
-        if self._closed:
-            raise self._fatal or ClientClosedError()
-        if self._main_task is None:
-            raise ConnectError("not_connected", "call connect() first")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.request_timeout if timeout is None else timeout)
+        deadline = self._call_deadline(loop, timeout)
         while True:
             sub, created = self._get_sub(topic, None, False)
             conn_id = await self._wait_joined(sub, deadline, drop_on_error=created)
