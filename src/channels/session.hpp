@@ -42,7 +42,6 @@ class Session {
   const auth::Principal& principal() const noexcept { return principal_; }
   Socket& socket() noexcept { return socket_; }
   Services& services() noexcept { return services_; }
-  std::size_t joined_count() const noexcept { return joined_.size(); }
 
   // Replies to a client message.
   void reply_ok(const protocol::Envelope& env, const boost::json::object& response);

@@ -177,7 +177,6 @@ void Server::watch_drain() {
 }
 
 void Server::stop_all() {
-  stopping_ = true;
   error_code ec;
   acceptor_.close(ec);
   for (std::size_t i = 0; i < threads_.size(); ++i) threads_[i].ioc.stop();

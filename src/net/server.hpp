@@ -52,7 +52,6 @@ class Server {
   std::atomic<std::uint64_t> next_id_{1};
   std::set<std::string> revoked_;
   std::int64_t drain_started_ms_ = 0;
-  bool stopping_ = false;
 };
 
 }  // namespace synapse::net

@@ -59,7 +59,6 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   void server_shutdown();
   // The credential's key id (for revocation); empty once the connection ended.
   std::string_view key_id() const;
-  bool is_open() const noexcept { return state_ == State::open; }
 
   std::list<std::shared_ptr<Connection>>::iterator self_in_thread;
 

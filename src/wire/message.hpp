@@ -58,10 +58,6 @@ class Message {
     return rep_ ? std::string_view(rep_->bytes + rep_->header, rep_->size - rep_->header)
                 : std::string_view();
   }
-  Opcode opcode() const noexcept {
-    return rep_ ? static_cast<Opcode>(static_cast<unsigned char>(rep_->bytes[0]) & 0x0F)
-                : Opcode::continuation;
-  }
   explicit operator bool() const noexcept { return rep_ != nullptr; }
   void swap(Message& other) noexcept { std::swap(rep_, other.rep_); }
 
