@@ -151,7 +151,7 @@ async def test_topic_limit_per_connection(fresh_server):
 
 
 @pytest.mark.asyncio
-async def test_empty_topics_are_released(fresh_server):
+async def test_memberships_are_released_when_the_connection_closes(fresh_server):
     s = fresh_server({"--history-size": "0"})
     base = s.metrics()["synapse_topics"]
     c = await PhxClient.connect(s.ws())
