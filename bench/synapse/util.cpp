@@ -1,5 +1,7 @@
 #include "util.hpp"
 
+#include "protocol/envelope.hpp"  // append_json_string: the escaper the server uses, unit-tested
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -187,34 +189,9 @@ std::optional<std::vector<double>> scrape_metrics(const std::string& host, int p
 
 // ---------------------------------------------------------------------- JSON
 
-std::string json_escape(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 2);
-  out += '"';
-  for (const char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char b[8];
-          std::snprintf(b, sizeof b, "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
-          out += b;
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
-  return out;
-}
-
 void Json::sep(std::string_view key) {
   if (!body_.empty()) body_ += ',';
-  body_ += json_escape(key);
+  synapse::protocol::append_json_string(body_, key);
   body_ += ':';
 }
 
@@ -238,7 +215,7 @@ Json& Json::integer(std::string_view key, std::int64_t v) {
 
 Json& Json::str(std::string_view key, std::string_view v) {
   sep(key);
-  body_ += json_escape(v);
+  synapse::protocol::append_json_string(body_, v);
   return *this;
 }
 

@@ -122,7 +122,6 @@ class Json {
   void sep(std::string_view key);
   std::string body_;
 };
-std::string json_escape(std::string_view s);
 
 // Latency summary in milliseconds (p50, p99, p999, max, mean, count).
 Json latency_json(const Histogram& h);
