@@ -20,7 +20,10 @@
 #include "metrics/metrics.hpp"
 #include "net/http_api.hpp"
 #include "net/server.hpp"
+#include "cluster/redis_connection_counts.hpp"
 #include "pubsub/local_broker.hpp"
+#include "pubsub/redis_broker.hpp"
+#include "redis/link.hpp"
 
 namespace fs = std::filesystem;
 using namespace synapse;
@@ -84,10 +87,55 @@ int serve(const config::Config& cfg) {
   metrics::Metrics metrics;
   net::IoThreads threads(n_threads);
 
-  pubsub::BrokerOptions bo;
-  bo.history_size = static_cast<std::size_t>(cfg.history_size);
-  bo.history_ttl_ms = cfg.history_ttl_s * 1000;
-  pubsub::LocalBroker broker(bo, threads.posters(), metrics);
+  limits::ConnectionLimiter limiter(
+      limits::ConnectionLimits{cfg.ip_max_connections, cfg.ip_new_per_min, cfg.key_max_connections});
+
+  // One broker: in process, or shared with the other nodes through Redis.
+  // The link is stopped before the broker it calls goes away.
+  std::unique_ptr<pubsub::LocalBroker> local_broker;
+  std::unique_ptr<redis::Link> link;
+  std::unique_ptr<pubsub::RedisBroker> redis_broker;
+  std::unique_ptr<cluster::RedisConnectionCounts> shared_counts;
+  struct StopLink {
+    std::unique_ptr<redis::Link>& link;
+    ~StopLink() {
+      if (link) link->stop();
+    }
+  } stop_link{link};
+  pubsub::Broker* broker = nullptr;
+  if (cfg.redis.empty()) {
+    pubsub::BrokerOptions bo;
+    bo.history_size = static_cast<std::size_t>(cfg.history_size);
+    bo.history_ttl_ms = cfg.history_ttl_s * 1000;
+    local_broker = std::make_unique<pubsub::LocalBroker>(bo, threads.posters(), metrics);
+    broker = local_broker.get();
+  } else {
+    const redis::Url url = *redis::parse_url(cfg.redis);  // validated with the config
+    pubsub::RedisBrokerOptions ro;
+    ro.node_id = cfg.node_id.empty() ? auth::hex_encode(auth::random_bytes(4)) : cfg.node_id;
+    ro.prefix = pubsub::redis_prefix(url.db);
+    ro.history_size = static_cast<std::size_t>(cfg.history_size);
+    ro.history_ttl_ms = cfg.history_ttl_s * 1000;
+    ro.node_ttl_ms = cfg.node_ttl_ms;
+    link = std::make_unique<redis::Link>(url);
+    redis_broker = std::make_unique<pubsub::RedisBroker>(ro, *link, threads.posters(), metrics);
+    auto* rb = redis_broker.get();
+    link->set_handlers({[rb](const std::string& channel, const std::string& payload) { rb->on_message(channel, payload); },
+                        [rb] { rb->on_up(); }, [](const std::string&) {}});
+    const std::string err = link->start(std::chrono::seconds(5));
+    if (!err.empty() || !rb->register_node()) {
+      const std::string why = err.empty() ? "it did not answer" : err;
+      spdlog::critical("cannot connect to Redis at {}: {}", url.text(), why);
+      std::cerr << "synapse: cannot connect to Redis at " << url.text() << ": " << why << std::endl;
+      return 1;
+    }
+    shared_counts = std::make_unique<cluster::RedisConnectionCounts>(*link, ro.prefix, ro.node_id,
+                                                                    std::chrono::milliseconds(1000));
+    limiter.share(shared_counts.get());
+    rb->set_reregister_hook([&limiter, counts = shared_counts.get()] { counts->replace(limiter.shared_snapshot()); });
+    spdlog::info("cluster node {} on Redis {}", ro.node_id, url.text());
+    broker = rb;
+  }
 
   cortex::CortexOptions co;
   co.workers = static_cast<std::size_t>(cfg.workers);
@@ -101,15 +149,24 @@ int serve(const config::Config& cfg) {
   cortex::Cortex cortex(co, db_path(cfg.data_dir));
   cortex::register_builtin_tools(cortex);
 
-  channels::Services services{cfg, metrics, keys, secret, broker, cortex};
-  limits::ConnectionLimiter limiter(
-      limits::ConnectionLimits{cfg.ip_max_connections, cfg.ip_new_per_min, cfg.key_max_connections});
+  channels::Services services{cfg, metrics, keys, secret, *broker, cortex};
   std::atomic<bool> draining{false};
   net::HttpContext http{cfg, services, limiter, draining, [&] {
                           return std::vector<metrics::Sample>{
                               {"synapse_io_threads", "I/O threads", static_cast<double>(n_threads)},
                               {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)}};
-                        }};
+                        },
+                        {}};
+  if (link) {
+    http.backplane_up = [l = link.get()] { return l->up(); };
+    http.extra_samples = [n_threads, &cfg, l = link.get()] {
+      return std::vector<metrics::Sample>{
+          {"synapse_io_threads", "I/O threads", static_cast<double>(n_threads)},
+          {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)},
+          {"synapse_redis_up", "1 while the link to Redis is up", l->up() ? 1.0 : 0.0},
+          {"synapse_redis_reconnects", "Reconnections to Redis since start", static_cast<double>(l->reconnects())}};
+    };
+  }
   net::Server server(threads, http, draining);
   try {
     server.listen(cfg.bind, static_cast<std::uint16_t>(cfg.port));

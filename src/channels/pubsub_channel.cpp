@@ -37,7 +37,18 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
     }
     const auto r = session_.services().broker.publish(topic_, env.event, env.payload_raw, env.payload->empty(),
                                                       session_.principal().agent_id, session_.socket().id());
-    session_.reply_ok(env, json::object{{"offset", r.offset}});
+    switch (r.reach) {
+      case pubsub::PublishResult::Reach::all:
+        session_.reply_ok(env, json::object{{"offset", r.offset}});
+        break;
+      case pubsub::PublishResult::Reach::local:
+        session_.reply_ok(env, json::object{{"offset", 0}, {"local", true}});
+        break;
+      case pubsub::PublishResult::Reach::unknown:
+        session_.reply_error(env, reason::unavailable,
+                             "Redis did not confirm the publish; it may or may not have been delivered");
+        break;
+    }
   }
 
   void leave() override {

@@ -1,5 +1,7 @@
 #include "config/config.hpp"
 
+#include "redis/url.hpp"
+
 #include <CLI/CLI.hpp>
 #include <toml.hpp>
 
@@ -125,6 +127,16 @@ const std::vector<Option>& options() {
 
       {"metrics.token", "--metrics-token", "When set, /metrics requires Authorization: Bearer <token>",
        &Config::metrics_token},
+
+      {"cluster.redis", "--redis",
+       "redis://HOST:PORT[/DB]: share pub/sub, presence, history and connection limits with the other nodes "
+       "on this Redis (empty = a single node)",
+       &Config::redis},
+      {"cluster.node_id", "--node-id", "This node's name in the cluster (letters, digits, . _ -; empty = random)",
+       &Config::node_id},
+      {"cluster.node_ttl_ms", "--node-ttl-ms",
+       "A node whose heartbeat stops this long is dead: its presence leaves, its connections stop counting",
+       &Config::node_ttl_ms, 1000, 3'600'000},
   };
   return table;
 }
@@ -284,6 +296,18 @@ void validate(const Config& cfg) {
   }
   if (cfg.token_default_ttl_s > cfg.token_max_ttl_s) {
     bad(*find_option("auth.token_default_ttl_s"), "must not exceed auth.token_max_ttl_s");
+  }
+  if (!cfg.redis.empty()) {
+    std::string why;
+    if (!redis::parse_url(cfg.redis, &why)) bad(*find_option("cluster.redis"), "'" + cfg.redis + "': " + why);
+  }
+  if (!cfg.node_id.empty()) {
+    bool ok = cfg.node_id.size() <= 64;
+    for (char c : cfg.node_id) {
+      ok &= (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+            c == '-';
+    }
+    if (!ok) bad(*find_option("cluster.node_id"), "must be 1..64 letters, digits, '.', '_' or '-'");
   }
   if (!cfg.jwt_secret.empty() && cfg.jwt_secret.size() < 32) {
     bad(*find_option("auth.jwt_secret"), "must be at least 32 bytes");

@@ -74,6 +74,11 @@ struct Config {
 
   // [metrics]
   std::string metrics_token;  // empty: /metrics is open
+
+  // [cluster]
+  std::string redis;    // redis://HOST:PORT[/DB]; empty: a single node, nothing shared
+  std::string node_id;  // empty: random at each start
+  std::int64_t node_ttl_ms = 10'000;
 };
 
 // A bad value or an unknown key; the message names the key.

@@ -24,7 +24,7 @@ void Permit::release() noexcept {
 AdmissionResult ConnectionLimiter::admit(std::string_view ip, std::string_view key, bool count_key,
                                          Permit& out) {
   const auto now = Clock::now();
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
   auto [it, fresh] = ips_.try_emplace(std::string(ip));
   IpState& st = it->second;
   if (fresh) st.arrivals = TokenBucket(limits_.new_per_ip_min, limits_.new_per_ip_min, now);
@@ -46,6 +46,22 @@ AdmissionResult ConnectionLimiter::admit(std::string_view ip, std::string_view k
   }
   ++st.open;
   if (key_open) ++*key_open;
+  if (shared_) {
+    const std::string ipf = ip_field(ip), keyf = key_open ? key_field(key) : std::string();
+    if (!ipf.empty() || !keyf.empty()) {
+      // A blocking round trip to the shared store; the lock is not held.
+      lock.unlock();
+      const auto v = shared_->acquire(ipf, limits_.per_ip, keyf, limits_.per_key);
+      lock.lock();
+      if (v == SharedCounts::Verdict::ip_full || v == SharedCounts::Verdict::key_full) {
+        if (auto i = ips_.find(std::string(ip)); i != ips_.end() && i->second.open > 0) --i->second.open;
+        if (!keyf.empty()) {
+          if (auto k = keys_.find(std::string(key)); k != keys_.end() && --k->second <= 0) keys_.erase(k);
+        }
+        return {Admission::too_many_connections, 1};
+      }
+    }
+  }
   out.release();
   out.limiter_ = this;
   out.ip_ = std::string(ip);
@@ -54,13 +70,42 @@ AdmissionResult ConnectionLimiter::admit(std::string_view ip, std::string_view k
 }
 
 void ConnectionLimiter::give_back(const std::string& ip, const std::string& key) noexcept {
-  std::lock_guard lock(mu_);
-  if (auto it = ips_.find(ip); it != ips_.end() && it->second.open > 0) --it->second.open;
-  if (!key.empty()) {
-    if (auto it = keys_.find(key); it != keys_.end()) {
-      if (--it->second <= 0) keys_.erase(it);
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = ips_.find(ip); it != ips_.end() && it->second.open > 0) --it->second.open;
+    if (!key.empty()) {
+      if (auto it = keys_.find(key); it != keys_.end()) {
+        if (--it->second <= 0) keys_.erase(it);
+      }
     }
   }
+  if (shared_) {
+    try {
+      const std::string ipf = ip_field(ip), keyf = key_field(key);
+      if (!ipf.empty() || !keyf.empty()) shared_->release(ipf, keyf);
+    } catch (...) {
+      // Out of memory while building a field: the counts are written again
+      // in full on the next re-registration.
+    }
+  }
+}
+
+std::string ConnectionLimiter::ip_field(std::string_view ip) const {
+  return limits_.per_ip > 0 ? "i:" + std::string(ip) : std::string();
+}
+
+std::vector<std::pair<std::string, std::int64_t>> ConnectionLimiter::shared_snapshot() {
+  std::vector<std::pair<std::string, std::int64_t>> out;
+  std::lock_guard lock(mu_);
+  if (limits_.per_ip > 0) {
+    for (const auto& [ip, st] : ips_) {
+      if (st.open > 0) out.emplace_back("i:" + ip, st.open);
+    }
+  }
+  for (const auto& [k, n] : keys_) {
+    if (n > 0) out.emplace_back(key_field(k), n);
+  }
+  return out;
 }
 
 LimiterCounts ConnectionLimiter::counts() {

@@ -4,6 +4,7 @@
 // close path can leak them.
 //
 // Thread safety: one mutex; taken once at admission and once at release.
+// The shared counts (a cluster's) are asked outside it.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <unordered_map>
 
 #include "limits/rate_limiter.hpp"
+#include "limits/shared_counts.hpp"
 
 namespace synapse::limits {
 
@@ -61,6 +63,12 @@ class ConnectionLimiter {
  public:
   explicit ConnectionLimiter(ConnectionLimits limits) : limits_(limits) {}
 
+  // Counts across the nodes of a cluster too (not owned; set before use).
+  void share(SharedCounts* shared) { shared_ = shared; }
+  // This node's counts as the shared store keeps them: ("i:<ip>", n) and
+  // ("k:<key>", n) for the limits that are on.
+  std::vector<std::pair<std::string, std::int64_t>> shared_snapshot();
+
   // `key` identifies the credential (API key id or token sub); `count_key`
   // is false for --unlimited keys, which skip the per-key limit.
   AdmissionResult admit(std::string_view ip, std::string_view key, bool count_key, Permit& out);
@@ -71,6 +79,8 @@ class ConnectionLimiter {
  private:
   friend class Permit;
   void give_back(const std::string& ip, const std::string& key) noexcept;
+  std::string ip_field(std::string_view ip) const;
+  static std::string key_field(std::string_view key) { return key.empty() ? std::string() : "k:" + std::string(key); }
 
   struct IpState {
     std::int64_t open = 0;
@@ -78,6 +88,7 @@ class ConnectionLimiter {
   };
 
   ConnectionLimits limits_;
+  SharedCounts* shared_ = nullptr;
   std::mutex mu_;
   std::unordered_map<std::string, IpState> ips_;
   std::unordered_map<std::string, std::int64_t> keys_;

@@ -10,6 +10,7 @@
 #include "config/config.hpp"
 #include "core/clock.hpp"
 #include "limits/connection_limiter.hpp"
+#include "pubsub/broker.hpp"
 #include "net/request_target.hpp"
 #include "protocol/envelope.hpp"
 #include "protocol/topic.hpp"
@@ -36,13 +37,21 @@ HttpResponse json_ok(const json::object& body, int status = 200) {
 
 HttpResponse health(HttpContext& ctx, std::string_view path) {
   const bool draining = ctx.draining.load();
+  const bool clustered = static_cast<bool>(ctx.backplane_up);
+  const bool redis_up = !clustered || ctx.backplane_up();
   if (path == "/health/live") return json_ok({{"status", "ok"}});
   if (path == "/health/ready") {
-    return draining ? json_ok({{"status", "draining"}}, 503) : json_ok({{"status", "ready"}});
+    if (draining) return json_ok({{"status", "draining"}}, 503);
+    // Without Redis a node serves its own members only: a load balancer
+    // should send new clients elsewhere.
+    if (!redis_up) return json_ok({{"status", "redis_down"}}, 503);
+    return json_ok({{"status", "ready"}});
   }
-  return json_ok({{"status", draining ? "draining" : "ok"},
-                  {"connections", ctx.services.metrics.connections_open.load()},
-                  {"version", "0.1.0"}});
+  json::object body{{"status", draining ? "draining" : "ok"},
+                    {"connections", ctx.services.metrics.connections_open.load()},
+                    {"version", "0.1.0"}};
+  if (clustered) body["redis"] = redis_up ? "up" : "down";
+  return json_ok(body);
 }
 
 HttpResponse metrics_page(const HttpRequest& req, HttpContext& ctx) {
@@ -165,6 +174,10 @@ HttpResponse broadcast(const HttpRequest& req, HttpContext& ctx) {
   }
   if (p->contains("_meta")) return json_error(400, "invalid_payload", "_meta is added by the server");
   const auto r = ctx.services.broker.publish(t, e, json::serialize(*p), p->empty(), key.agent_id, 0);
+  if (r.reach == pubsub::PublishResult::Reach::unknown) {
+    return json_error(503, "unavailable", "Redis did not confirm the publish; it may or may not have been delivered");
+  }
+  if (r.reach == pubsub::PublishResult::Reach::local) return json_ok({{"offset", 0}, {"local", true}});
   return json_ok({{"offset", r.offset}, {"epoch", r.epoch}});
 }
 

@@ -29,6 +29,8 @@ struct HttpContext {
   const std::atomic<bool>& draining;
   // Gauges only the server knows (threads, queues), added to /metrics.
   std::function<std::vector<metrics::Sample>()> extra_samples;
+  // In a cluster: whether the link to Redis is up (empty on a single node).
+  std::function<bool()> backplane_up;
 };
 
 struct HttpRequest {

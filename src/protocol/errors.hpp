@@ -25,6 +25,8 @@ inline constexpr std::string_view unauthorized = "unauthorized";
 inline constexpr std::string_view token_expired = "token_expired";
 inline constexpr std::string_view refresh_not_allowed = "refresh_not_allowed";
 inline constexpr std::string_view internal = "internal";
+// A cluster node could not get Redis to confirm a publish.
+inline constexpr std::string_view unavailable = "unavailable";
 }  // namespace synapse::protocol::reason
 
 namespace synapse::protocol {

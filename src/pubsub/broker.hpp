@@ -1,7 +1,7 @@
 // Topic membership and fan-out across the I/O threads.
 //
 // The interface is what a channel needs; LocalBroker implements it in
-// process, and a Redis-backed broker can implement it for a cluster.
+// process, RedisBroker for several nodes sharing one Redis.
 //
 // Threads: join() and leave() run on the member's I/O thread, and its sink
 // is called on that same thread. publish() and presence_state() may be called
@@ -66,8 +66,14 @@ struct JoinResult {
 };
 
 struct PublishResult {
-  std::uint64_t offset = 0;
+  enum class Reach : std::uint8_t {
+    all,      // numbered and delivered to every member (every node)
+    local,    // the cluster backplane was down: this node's members only, no offset
+    unknown,  // the backplane did not answer: it may or may not have been delivered
+  };
+  std::uint64_t offset = 0;  // 0 unless reach == all
   std::string epoch;
+  Reach reach = Reach::all;
 };
 
 struct BrokerStats {

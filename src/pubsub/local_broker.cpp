@@ -4,30 +4,19 @@
 #include "core/clock.hpp"
 #include "metrics/metrics.hpp"
 #include "protocol/envelope.hpp"
+#include "pubsub/publish_frame.hpp"
 
 namespace synapse::pubsub {
 namespace json = boost::json;
 
 namespace {
 
-// Removes `sub` from `list` in O(1) by moving the last member into its place.
-template <class Member, class SlotOf>
-void swap_remove(std::vector<Member>& list, Subscriber& sub, SlotOf slot_of) {
-  const std::size_t i = slot_of(sub);
-  if (i >= list.size() || list[i].sub != &sub) return;
-  list[i] = list.back();
-  slot_of(*list[i].sub) = i;
-  list.pop_back();
-}
-
 std::string new_epoch() { return auth::hex_encode(auth::random_bytes(8)); }
 
 }  // namespace
 
 LocalBroker::LocalBroker(BrokerOptions options, std::vector<Poster> threads, metrics::Metrics& metrics)
-    : options_(options), posters_(std::move(threads)), metrics_(metrics), tables_(posters_.size()) {
-  inboxes_.reserve(posters_.size());
-  for (std::size_t i = 0; i < posters_.size(); ++i) inboxes_.push_back(std::make_unique<Inbox>());
+    : options_(options), metrics_(metrics), fanout_(std::move(threads), metrics) {
   ref_prefix_ = auth::hex_encode(auth::random_bytes(3));
 }
 
@@ -44,8 +33,8 @@ LocalBroker::Topic& LocalBroker::get_or_create(Shard& shard, std::string_view na
   t->id = next_topic_id_.fetch_add(1, std::memory_order_relaxed);
   t->name = std::string(name);
   t->epoch = new_epoch();
-  t->members_per_thread.assign(posters_.size(), 0);
-  t->presence_per_thread.assign(posters_.size(), 0);
+  t->members_per_thread.assign(fanout_.threads(), 0);
+  t->presence_per_thread.assign(fanout_.threads(), 0);
   t->empty_since_ms = mono_ms();
   metrics_.topics.fetch_add(1, std::memory_order_relaxed);
   return *shard.topics.emplace(t->name, std::move(t)).first->second;
@@ -78,15 +67,9 @@ JoinResult LocalBroker::join(Subscriber& sub, const JoinRequest& req) {
   sub.receives_presence = req.presence;
   sub.agent_id = std::string(req.agent_id);
   sub.presence_start = t.presence_seq;
-  LocalTopic& local = tables_[req.thread].topics[t.id];
-  sub.slot = local.members.size();
-  local.members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, sub.start_offset});
+  fanout_.add(sub, req.presence);
   ++t.members_per_thread[req.thread];
-  if (req.presence) {
-    sub.presence_slot = local.presence_members.size();
-    local.presence_members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, sub.presence_start});
-    ++t.presence_per_thread[req.thread];
-  }
+  if (req.presence) ++t.presence_per_thread[req.thread];
   ++t.members;
   t.empty_since_ms = -1;
 
@@ -119,16 +102,8 @@ void LocalBroker::leave(Subscriber& sub, std::string_view topic) {
   auto it = shard.topics.find(std::string(topic));
   if (it == shard.topics.end() || it->second->id != sub.topic_id) return;
   Topic& t = *it->second;
-  ThreadTable& table = tables_[sub.thread];
-  auto lt = table.topics.find(t.id);
-  if (lt != table.topics.end()) {
-    swap_remove(lt->second.members, sub, [](Subscriber& s) -> std::size_t& { return s.slot; });
-    if (sub.receives_presence) {
-      swap_remove(lt->second.presence_members, sub, [](Subscriber& s) -> std::size_t& { return s.presence_slot; });
-      --t.presence_per_thread[sub.thread];
-    }
-    if (lt->second.members.empty()) table.topics.erase(lt);
-  }
+  fanout_.remove(sub);
+  if (sub.receives_presence) --t.presence_per_thread[sub.thread];
   --t.members_per_thread[sub.thread];
   --t.members;
   t.presence.untrack(sub.agent_id, sub.presence_ref);
@@ -137,81 +112,11 @@ void LocalBroker::leave(Subscriber& sub, std::string_view topic) {
   sub.topic_id = 0;
 }
 
-void LocalBroker::fan_out(const Topic& t, Delivery d) {
-  const auto& counts = d.kind == Kind::message ? t.members_per_thread : t.presence_per_thread;
-  for (std::size_t i = 0; i < counts.size(); ++i) {
-    if (counts[i] == 0) continue;
-    Inbox& inbox = *inboxes_[i];
-    bool post = false;
-    {
-      std::lock_guard lock(inbox.mu);
-      inbox.items.push_back(d);
-      if (!inbox.scheduled) {
-        inbox.scheduled = true;
-        post = true;
-      }
-    }
-    if (post) posters_[i]([this, i] { drain(i); });
-  }
-}
-
-void LocalBroker::drain(std::size_t thread) {
-  ThreadTable& table = tables_[thread];
-  {
-    Inbox& inbox = *inboxes_[thread];
-    std::lock_guard lock(inbox.mu);
-    std::swap(inbox.items, table.draining);
-    inbox.scheduled = false;
-  }
-  // Deliveries come in runs for one topic (a burst queues many). Each member
-  // gets its share of a run in one send_batch call, which writes it out at
-  // once: one pass over the members, one syscall each.
-  std::uint64_t delivered = 0;
-  const auto& items = table.draining;
-  for (std::size_t i = 0; i < items.size();) {
-    std::size_t j = i + 1;
-    while (j < items.size() && items[j].topic_id == items[i].topic_id && items[j].kind == items[i].kind) ++j;
-    auto it = table.topics.find(items[i].topic_id);
-    if (it != table.topics.end()) {
-      const bool message = items[i].kind == Kind::message;
-      for (const LocalMember& m : message ? it->second.members : it->second.presence_members) {
-        table.batch.clear();
-        for (std::size_t k = i; k < j; ++k) {
-          const Delivery& d = items[k];
-          // A message at or below `start` predates the join (it is in the
-          // recovered history, or was not asked for); a diff at or below it
-          // is already in the member's presence_state.
-          if (d.offset <= m.start || (message && m.connection_id == d.exclude_connection)) continue;
-          table.batch.push_back(&d.msg);
-        }
-        if (table.batch.empty()) continue;
-        m.sink->send_batch(table.batch.data(), table.batch.size());
-        if (message) delivered += table.batch.size();
-      }
-    }
-    i = j;
-  }
-  table.draining.clear();
-  if (delivered) metrics::bump(metrics_.deliveries, delivered);
-}
-
 PublishResult LocalBroker::publish(std::string_view topic, std::string_view event, std::string_view payload_json,
                                    bool payload_empty, std::string_view from, std::uint64_t exclude_connection) {
   // Everything but the offset and epoch is built before taking the lock: the
   // client's own payload bytes, with _meta spliced in before the closing brace.
-  const auto close = payload_json.rfind('}');
-  std::string head = "[null,null,";
-  head.reserve(64 + topic.size() + event.size() + payload_json.size() + from.size());
-  protocol::append_json_string(head, topic);
-  head.push_back(',');
-  protocol::append_json_string(head, event);
-  head.push_back(',');
-  head.append(payload_json.substr(0, close == std::string_view::npos ? 0 : close));
-  head += payload_empty ? "\"_meta\":{\"from\":" : ",\"_meta\":{\"from\":";
-  protocol::append_json_string(head, from);
-  head += ",\"ts\":";
-  head += std::to_string(unix_ms());
-  head += ",\"epoch\":\"";
+  const std::string head = publish_head(topic, event, payload_json, payload_empty, from, unix_ms());
 
   PublishResult r;
   const std::int64_t now = mono_ms();
@@ -219,13 +124,14 @@ PublishResult LocalBroker::publish(std::string_view topic, std::string_view even
   std::lock_guard lock(shard.mu);
   Topic& t = get_or_create(shard, topic);
   const std::uint64_t offset = ++t.last_offset;
-  const std::string tail = "\",\"offset\":" + std::to_string(offset) + "}}]";
-  wire::Message msg = wire::Message::text_parts({head, t.epoch, tail});
+  wire::Message msg = wire::Message::text_parts({head, numbered_tail(t.epoch, offset)});
   if (options_.history_size > 0) {
     t.history.push_back(HistoryEntry{offset, now, msg});
     while (t.history.size() > options_.history_size) t.history.pop_front();
   }
-  if (t.members > 0) fan_out(t, Delivery{t.id, offset, exclude_connection, std::move(msg), Kind::message});
+  if (t.members > 0) {
+    fanout_.queue(t.members_per_thread, Delivery{t.id, offset, exclude_connection, std::move(msg), DeliveryKind::message});
+  }
   metrics::bump(metrics_.publishes);
   r.offset = offset;
   r.epoch = t.epoch;
@@ -256,7 +162,7 @@ void LocalBroker::tick() {
             wire::Message msg = wire::Message::text(
                 protocol::encode_raw(std::nullopt, std::nullopt, t.name, "presence_diff", *diff));
             metrics::bump(metrics_.presence_diffs);
-            fan_out(t, Delivery{t.id, seq, 0, std::move(msg), Kind::presence});
+            fanout_.queue(t.presence_per_thread, Delivery{t.id, seq, 0, std::move(msg), DeliveryKind::presence});
           }
         }
       }

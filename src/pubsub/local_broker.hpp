@@ -5,9 +5,8 @@
 // counts). Member lists are per I/O thread and touched only by that thread.
 //
 // Publish: under the shard lock the message gets its offset and is framed
-// once; the same bytes go to the topic's history and to an inbox per I/O
-// thread that has members. Inboxes batch: one posted drain task carries every
-// delivery queued since the last one. Because deliveries enter the inboxes
+// once; the same bytes go to the topic's history and to the Fanout's inbox of
+// every I/O thread that has members. Because deliveries enter the inboxes
 // under the topic's lock, every thread sees a topic's messages in offset order.
 //
 // Join: under the same lock the member is added to its thread's list with
@@ -25,6 +24,7 @@
 #include <vector>
 
 #include "core/poster.hpp"
+#include "pubsub/fanout.hpp"
 #include "presence/presence_tracker.hpp"
 #include "pubsub/broker.hpp"
 
@@ -82,58 +82,15 @@ class LocalBroker final : public Broker {
     std::unordered_map<std::string, std::unique_ptr<Topic>> topics;
   };
 
-  enum class Kind : std::uint8_t { message, presence };
-
-  struct Delivery {
-    std::uint64_t topic_id;
-    std::uint64_t offset;  // message offset, or the presence diff's sequence number
-    std::uint64_t exclude_connection;
-    wire::Message msg;
-    Kind kind;
-  };
-
-  struct Inbox {
-    std::mutex mu;
-    std::vector<Delivery> items;
-    bool scheduled = false;
-  };
-
-  // A member as the fan-out loop needs it: sink and filters inline, so the
-  // loop reads one contiguous array and never the channel object.
-  struct LocalMember {
-    MessageSink* sink;
-    Subscriber* sub;              // to keep its slot index right on removal
-    std::uint64_t connection_id;  // the publisher's own connection is skipped
-    std::uint64_t start;          // start_offset, or presence_start
-  };
-
-  struct LocalTopic {
-    std::vector<LocalMember> members;
-    std::vector<LocalMember> presence_members;
-  };
-
-  // Touched only by its own I/O thread.
-  struct ThreadTable {
-    std::unordered_map<std::uint64_t, LocalTopic> topics;
-    std::vector<Delivery> draining;           // reused between drains
-    std::vector<const wire::Message*> batch;  // one member's share of a run
-  };
-
   Shard& shard_for(std::string_view topic);
   Topic& get_or_create(Shard& shard, std::string_view name);
-  // Queues `d` for every thread with members (or presence members). Holds
-  // the topic's shard lock.
-  void fan_out(const Topic& topic, Delivery d);
-  void drain(std::size_t thread);
   void expire_history(Topic& t, std::int64_t now_ms);
   void mark_if_empty(Topic& t, std::int64_t now_ms);
 
   BrokerOptions options_;
-  std::vector<Poster> posters_;
   metrics::Metrics& metrics_;
+  Fanout fanout_;
   std::array<Shard, 16> shards_;
-  std::vector<std::unique_ptr<Inbox>> inboxes_;
-  std::vector<ThreadTable> tables_;
   std::atomic<std::uint64_t> next_topic_id_{1};
   std::atomic<std::uint64_t> next_presence_ref_{1};
   std::string ref_prefix_;  // differs per process so refs never repeat across restarts

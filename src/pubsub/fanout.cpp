@@ -1,0 +1,110 @@
+#include "pubsub/fanout.hpp"
+
+#include "metrics/metrics.hpp"
+
+namespace synapse::pubsub {
+
+namespace {
+
+// Removes `sub` from `list` in O(1) by moving the last member into its place.
+template <class Member, class SlotOf>
+void swap_remove(std::vector<Member>& list, Subscriber& sub, SlotOf slot_of) {
+  const std::size_t i = slot_of(sub);
+  if (i >= list.size() || list[i].sub != &sub) return;
+  list[i] = list.back();
+  slot_of(*list[i].sub) = i;
+  list.pop_back();
+}
+
+}  // namespace
+
+Fanout::Fanout(std::vector<Poster> threads, metrics::Metrics& metrics)
+    : posters_(std::move(threads)), metrics_(metrics), tables_(posters_.size()) {
+  inboxes_.reserve(posters_.size());
+  for (std::size_t i = 0; i < posters_.size(); ++i) inboxes_.push_back(std::make_unique<Inbox>());
+}
+
+Fanout::~Fanout() = default;
+
+void Fanout::add(Subscriber& sub, bool presence) {
+  LocalTopic& local = tables_[sub.thread].topics[sub.topic_id];
+  sub.slot = local.members.size();
+  local.members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, sub.start_offset});
+  if (presence) {
+    sub.presence_slot = local.presence_members.size();
+    local.presence_members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, sub.presence_start});
+  }
+}
+
+void Fanout::remove(Subscriber& sub) {
+  ThreadTable& table = tables_[sub.thread];
+  auto lt = table.topics.find(sub.topic_id);
+  if (lt == table.topics.end()) return;
+  swap_remove(lt->second.members, sub, [](Subscriber& s) -> std::size_t& { return s.slot; });
+  if (sub.receives_presence) {
+    swap_remove(lt->second.presence_members, sub, [](Subscriber& s) -> std::size_t& { return s.presence_slot; });
+  }
+  if (lt->second.members.empty()) table.topics.erase(lt);
+}
+
+void Fanout::queue(const std::vector<std::uint32_t>& counts, const Delivery& d) {
+  for (std::size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] == 0) continue;
+    Inbox& inbox = *inboxes_[i];
+    bool post = false;
+    {
+      std::lock_guard lock(inbox.mu);
+      inbox.items.push_back(d);
+      if (!inbox.scheduled) {
+        inbox.scheduled = true;
+        post = true;
+      }
+    }
+    if (post) posters_[i]([this, i] { drain(i); });
+  }
+}
+
+void Fanout::drain(std::size_t thread) {
+  ThreadTable& table = tables_[thread];
+  {
+    Inbox& inbox = *inboxes_[thread];
+    std::lock_guard lock(inbox.mu);
+    std::swap(inbox.items, table.draining);
+    inbox.scheduled = false;
+  }
+  // Deliveries come in runs for one topic (a burst queues many). Each member
+  // gets its share of a run in one send_batch call, which writes it out at
+  // once: one pass over the members, one syscall each.
+  std::uint64_t delivered = 0;
+  const auto& items = table.draining;
+  for (std::size_t i = 0; i < items.size();) {
+    std::size_t j = i + 1;
+    while (j < items.size() && items[j].topic_id == items[i].topic_id && items[j].kind == items[i].kind) ++j;
+    auto it = table.topics.find(items[i].topic_id);
+    if (it != table.topics.end()) {
+      const DeliveryKind kind = items[i].kind;
+      if (kind == DeliveryKind::reset) {
+        for (LocalMember& m : it->second.members) m.start = 0;
+        i = j;
+        continue;
+      }
+      const bool message = kind == DeliveryKind::message;
+      for (const LocalMember& m : message ? it->second.members : it->second.presence_members) {
+        table.batch.clear();
+        for (std::size_t k = i; k < j; ++k) {
+          const Delivery& d = items[k];
+          if (d.offset <= m.start || (message && m.connection_id == d.exclude_connection)) continue;
+          table.batch.push_back(&d.msg);
+        }
+        if (table.batch.empty()) continue;
+        m.sink->send_batch(table.batch.data(), table.batch.size());
+        if (message) delivered += table.batch.size();
+      }
+    }
+    i = j;
+  }
+  table.draining.clear();
+  if (delivered) metrics::bump(metrics_.deliveries, delivered);
+}
+
+}  // namespace synapse::pubsub

@@ -1,0 +1,101 @@
+// Delivery of framed messages to a topic's members on their own I/O threads,
+// shared by the in-process and the Redis broker.
+//
+// Each I/O thread has an inbox (guarded by its mutex) and a member table
+// (touched only by that thread). queue() appends one delivery to the inbox
+// of every thread that has members and posts one drain task per batch; the
+// drain hands each member its share of a run of deliveries for one topic in
+// one send_batch call, so its waiting messages leave in one write.
+//
+// Filters, per member: a message at or below the member's start offset
+// predates its join (it came in the recovered history, or was not asked
+// for); a presence diff at or below presence_start is already in its
+// presence_state; the publisher's own connection is skipped.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "core/poster.hpp"
+#include "pubsub/broker.hpp"
+#include "wire/message.hpp"
+
+namespace synapse::metrics {
+struct Metrics;
+}
+
+namespace synapse::pubsub {
+
+enum class DeliveryKind : std::uint8_t {
+  message,
+  presence,
+  // Forget the members' start offsets: the topic's offsets started again
+  // (a new epoch), so old filters would drop new messages.
+  reset,
+};
+
+// An offset no filter drops: a message that has no offset.
+inline constexpr std::uint64_t unnumbered = ~std::uint64_t{0};
+
+struct Delivery {
+  std::uint64_t topic_id = 0;
+  std::uint64_t offset = 0;  // message offset, or the presence diff's sequence number
+  std::uint64_t exclude_connection = 0;
+  wire::Message msg;
+  DeliveryKind kind = DeliveryKind::message;
+};
+
+class Fanout {
+ public:
+  Fanout(std::vector<Poster> threads, metrics::Metrics& metrics);
+  ~Fanout();
+
+  std::size_t threads() const noexcept { return posters_.size(); }
+
+  // On `sub.thread`'s own thread: adds `sub` to its thread's member list of
+  // `sub.topic_id` with its current filters (and to the presence list).
+  void add(Subscriber& sub, bool presence);
+  // On `sub.thread`'s own thread.
+  void remove(Subscriber& sub);
+  // Any thread: queues `d` for every thread i with counts[i] != 0.
+  void queue(const std::vector<std::uint32_t>& counts, const Delivery& d);
+
+ private:
+  struct Inbox {
+    std::mutex mu;
+    std::vector<Delivery> items;
+    bool scheduled = false;
+  };
+
+  // A member as the drain loop needs it: sink and filters inline, so the
+  // loop reads one contiguous array and never the channel object.
+  struct LocalMember {
+    MessageSink* sink;
+    Subscriber* sub;              // to keep its slot index right on removal
+    std::uint64_t connection_id;  // the publisher's own connection is skipped
+    std::uint64_t start;          // start_offset, or presence_start
+  };
+
+  struct LocalTopic {
+    std::vector<LocalMember> members;
+    std::vector<LocalMember> presence_members;
+  };
+
+  struct ThreadTable {
+    std::unordered_map<std::uint64_t, LocalTopic> topics;
+    std::vector<Delivery> draining;           // reused between drains
+    std::vector<const wire::Message*> batch;  // one member's share of a run
+  };
+
+  void drain(std::size_t thread);
+
+  std::vector<Poster> posters_;
+  metrics::Metrics& metrics_;
+  std::vector<std::unique_ptr<Inbox>> inboxes_;
+  std::vector<ThreadTable> tables_;
+};
+
+}  // namespace synapse::pubsub

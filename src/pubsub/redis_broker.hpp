@@ -1,0 +1,152 @@
+// The broker of a cluster: several nodes share one Redis, and behave as one
+// server. Redis assigns offsets, keeps history and presence, and carries
+// every message and presence change to every node on the topic's channel
+// (see redis_scripts.hpp for the keys and formats); each node subscribes to
+// the channels of topics it has members of and fans out locally (Fanout).
+//
+// Join, on the member's thread (it blocks for a few Redis round trips):
+//   1. count the member on its thread first, so every message this node
+//      receives from now on is queued for that thread;
+//   2. the first local member of a topic subscribes and waits for Redis to
+//      confirm, then loads the presence snapshot;
+//   3. the join script reads the latest offset L (and the missed messages
+//      when recovering); the member starts at L.
+// A message numbered above L was published after step 3, so after the
+// subscription: it arrives on the channel, and is queued for the member's
+// thread, which drains it only after the join returns. One at or below L was
+// received before step 1 or is filtered as predating the join: exactly once.
+//
+// Presence: each node keeps the whole topic's presence (its own entries and
+// the others'), publishes its own changes through Redis, and applies the
+// others' in version order; changes that arrive while a snapshot is loading
+// wait for it. A node's heartbeat keeps it in P nodes; any node reaps the
+// entries of one whose heartbeat expired, which publishes their leaves.
+//
+// Redis down: local members keep receiving local publishes (unnumbered,
+// `_meta.local`), /health/ready reports not ready, and the link reconnects.
+// On reconnect every topic is subscribed again, presence reloaded and the
+// node's own entries published again.
+//
+// Locking: one mutex guards every topic; member lists are the Fanout's.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "core/poster.hpp"
+#include "presence/presence_tracker.hpp"
+#include "pubsub/broker.hpp"
+#include "pubsub/fanout.hpp"
+#include "redis/script.hpp"
+
+namespace synapse::redis {
+class Link;
+struct Reply;
+}  // namespace synapse::redis
+
+namespace synapse::pubsub {
+
+struct RedisBrokerOptions {
+  std::string node_id;
+  std::string prefix;  // key and channel prefix, "synapse:<db>:"
+  std::size_t history_size = 100;
+  std::int64_t history_ttl_ms = 300'000;  // 0 = forever
+  std::int64_t node_ttl_ms = 10'000;
+  std::chrono::milliseconds call_timeout{2000};
+};
+
+class RedisBroker final : public Broker {
+ public:
+  RedisBroker(RedisBrokerOptions options, redis::Link& link, std::vector<Poster> threads, metrics::Metrics& metrics);
+  ~RedisBroker() override;
+
+  // The link's handlers (on the link's thread).
+  void on_message(const std::string& channel, const std::string& payload);
+  void on_up();
+  // Called with the node's registration, and again whenever Redis had
+  // forgotten the node (restart, or reaped after a stall): counters outside
+  // the broker register their state again.
+  void set_reregister_hook(std::function<void()> hook) { reregister_ = std::move(hook); }
+  // Registers the node (blocking); false when Redis did not answer.
+  bool register_node();
+
+  JoinResult join(Subscriber& sub, const JoinRequest& req) override;
+  void leave(Subscriber& sub, std::string_view topic) override;
+  PublishResult publish(std::string_view topic, std::string_view event, std::string_view payload_json,
+                        bool payload_empty, std::string_view from, std::uint64_t exclude_connection) override;
+  std::string presence_state(std::string_view topic) override;
+  void tick() override;
+  BrokerStats stats() override;
+
+ private:
+  struct Gate;  // joiners of a topic wait here while its first member subscribes
+
+  struct RemoteEntry {
+    std::string node;
+    std::string agent;
+  };
+  struct LocalEntry {
+    std::string agent;
+    std::string meta;
+  };
+  struct PresenceEvent {
+    std::uint64_t version = 0;
+    bool join = false;
+    std::string node, ref, agent, meta;
+  };
+
+  struct Topic {
+    std::uint64_t id = 0;
+    std::string name;
+    std::string channel;
+    std::string epoch;  // as last seen; a different one means offsets started again
+    std::vector<std::uint32_t> members_per_thread;
+    std::vector<std::uint32_t> presence_per_thread;
+    std::size_t members = 0;
+    bool wanted = false;  // subscribed, or to be subscribed by the link
+    std::shared_ptr<Gate> gate;
+    presence::PresenceTracker presence;
+    std::uint64_t presence_seq = 0;
+    bool presence_dirty = false;
+    std::unordered_map<std::string, RemoteEntry> remote;  // phx_ref -> other nodes' entries
+    std::map<std::string, LocalEntry> local;              // phx_ref -> this node's entries
+    std::uint64_t presence_version = 0;
+    bool snapshot_pending = false;
+    std::vector<PresenceEvent> buffered;  // while the snapshot loads
+  };
+
+  std::string key(const char* kind, std::string_view topic) const;
+  Topic& get_or_create(std::string_view name);
+  void adopt_epoch(Topic& t, const std::string& epoch);
+  void apply_presence(Topic& t, const PresenceEvent& ev);
+  void apply_snapshot(Topic& t, const redis::Reply& r);
+  void send_track(const Topic& t, const std::string& ref, const LocalEntry& e);
+  void resync();
+  void heartbeat(bool resync_if_forgotten);
+
+  RedisBrokerOptions options_;
+  redis::Link& link_;
+  metrics::Metrics& metrics_;
+  Fanout fanout_;
+  redis::Script publish_script_, join_script_, snapshot_script_, track_script_, untrack_script_,
+      heartbeat_script_, reap_script_;
+  std::string channel_prefix_;
+  std::mutex mu_;
+  std::unordered_map<std::string, std::unique_ptr<Topic>> topics_;
+  std::atomic<std::uint64_t> next_topic_id_{1};
+  std::atomic<std::uint64_t> next_presence_ref_{1};
+  std::function<void()> reregister_;
+  std::atomic<bool> registered_{false};
+  std::int64_t last_heartbeat_ms_ = 0;  // tick()'s thread only
+  std::int64_t last_reap_ms_ = 0;
+};
+
+// The prefix of every key and channel for database `db`.
+std::string redis_prefix(int db);
+
+}  // namespace synapse::pubsub

@@ -1,0 +1,240 @@
+#include "redis/link.hpp"
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <spdlog/spdlog.h>
+
+#include "redis/connection.hpp"
+
+namespace synapse::redis {
+namespace asio = boost::asio;
+
+namespace {
+constexpr auto connect_timeout = std::chrono::milliseconds(2000);
+constexpr auto max_backoff = std::chrono::milliseconds(2000);
+
+// One reply handed from the link's thread to a blocked caller.
+template <class T>
+struct Handoff {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<T> value;
+
+  void set(T v) {
+    {
+      std::lock_guard lock(mu);
+      if (value) return;
+      value = std::move(v);
+    }
+    cv.notify_one();
+  }
+  std::optional<T> wait(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, timeout, [this] { return value.has_value(); });
+    return value;
+  }
+};
+}  // namespace
+
+struct Link::Waiter : Handoff<bool> {};
+
+Link::Link(Url url) : url_(std::move(url)), retry_timer_(ioc_) {}
+
+Link::~Link() { stop(); }
+
+std::string Link::start(std::chrono::milliseconds timeout) {
+  auto result = std::make_shared<Handoff<std::string>>();
+  thread_ = std::thread([this] {
+    auto guard = asio::make_work_guard(ioc_);
+    ioc_.run();
+  });
+  post([this, result] {
+    connect_both([this, result](const std::string& err) {
+      if (err.empty()) {
+        up_.store(true, std::memory_order_release);
+        backoff_ = std::chrono::milliseconds(100);
+        if (handlers_.on_up) handlers_.on_up();
+      }
+      result->set(err);
+    });
+  });
+  auto err = result->wait(timeout);
+  if (!err || !err->empty()) {
+    stop();
+    return err ? *err : "timed out";
+  }
+  return "";
+}
+
+void Link::stop() {
+  if (!thread_.joinable()) return;
+  post([this] {
+    stopping_ = true;
+    up_.store(false, std::memory_order_release);
+    retry_timer_.cancel();
+    if (cmd_) cmd_->close("stopping");
+    if (sub_) sub_->close("stopping");
+    for (auto& [channel, list] : waiters_) {
+      for (auto& w : list) w->set(false);
+    }
+    waiters_.clear();
+    ioc_.stop();
+  });
+  thread_.join();
+}
+
+void Link::post(std::function<void()> task) { asio::post(ioc_, std::move(task)); }
+
+void Link::connect_both(std::function<void(const std::string&)> done) {
+  auto on_close = [this](const std::string& why) {
+    if (!stopping_) went_down(why);
+  };
+  cmd_ = std::make_shared<Connection>(ioc_, Connection::Callback{}, on_close);
+  sub_ = std::make_shared<Connection>(ioc_, [this](Reply r) { on_push(std::move(r)); }, on_close);
+  auto cmd = cmd_;
+  cmd_->connect(url_, connect_timeout, [this, cmd, done](const std::string& err) {
+    if (!err.empty()) return done(err);
+    if (cmd != cmd_) return done("superseded");
+    auto sub = sub_;
+    sub_->connect(url_, connect_timeout, [this, sub, done](const std::string& err2) {
+      if (!err2.empty()) {
+        cmd_->close("subscriber connection failed");
+        return done(err2);
+      }
+      if (sub != sub_) return done("superseded");
+      if (wanted_.empty()) return done("");
+      // Confirmations come back in order; a PING after the SUBSCRIBE answers
+      // once all of them are in.
+      std::vector<std::string> args{"SUBSCRIBE"};
+      args.insert(args.end(), wanted_.begin(), wanted_.end());
+      resubscribing_ = true;
+      sub_->send(args, {});
+      sub_->send({"PING", "resubscribed"}, {});
+      // on_push sees the pong and calls done through the stored callback.
+      pending_up_ = std::move(done);
+    });
+  });
+}
+
+void Link::on_push(Reply r) {
+  if (r.type != Reply::Type::array || r.elements.empty()) return;
+  const std::string& kind = r.elements[0].str;
+  if (kind == "message" && r.elements.size() == 3) {
+    if (handlers_.on_message) handlers_.on_message(r.elements[1].str, r.elements[2].str);
+  } else if (kind == "subscribe" && r.elements.size() >= 2) {
+    finish_waiters(r.elements[1].str, true);
+  } else if (kind == "pong" && resubscribing_) {
+    resubscribing_ = false;
+    if (pending_up_) {
+      auto done = std::move(pending_up_);
+      pending_up_ = nullptr;
+      done("");
+    }
+  }
+}
+
+void Link::finish_waiters(const std::string& channel, bool ok) {
+  auto it = waiters_.find(channel);
+  if (it == waiters_.end()) return;
+  for (auto& w : it->second) w->set(ok);
+  waiters_.erase(it);
+}
+
+void Link::went_down(const std::string& why) {
+  const bool was_up = up_.exchange(false, std::memory_order_acq_rel);
+  if (cmd_) cmd_->close("link down");
+  if (sub_) sub_->close("link down");
+  resubscribing_ = false;
+  pending_up_ = nullptr;
+  for (auto& [channel, list] : waiters_) {
+    for (auto& w : list) w->set(false);
+  }
+  waiters_.clear();
+  if (was_up) {
+    spdlog::error("lost the connection to Redis at {}: {}; local delivery continues, reconnecting", url_.text(), why);
+    if (handlers_.on_down) handlers_.on_down(why);
+    schedule_reconnect();
+  }
+}
+
+void Link::schedule_reconnect() {
+  if (stopping_) return;
+  // Full jitter, so that nodes restarted together do not reconnect in step.
+  static thread_local std::minstd_rand rng{std::random_device{}()};
+  const auto wait = std::chrono::milliseconds(
+      std::uniform_int_distribution<std::int64_t>(backoff_.count() / 2, backoff_.count())(rng));
+  backoff_ = std::min(backoff_ * 2, max_backoff);
+  retry_timer_.expires_after(wait);
+  retry_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec || stopping_) return;
+    connect_both([this](const std::string& err) {
+      if (stopping_) return;
+      if (!err.empty()) {
+        spdlog::warn("cannot reconnect to Redis at {}: {}", url_.text(), err);
+        if (cmd_) cmd_->close("retry");
+        if (sub_) sub_->close("retry");
+        schedule_reconnect();
+        return;
+      }
+      if (!cmd_ || !sub_ || !cmd_->is_open() || !sub_->is_open()) {
+        schedule_reconnect();
+        return;
+      }
+      reconnects_.fetch_add(1, std::memory_order_relaxed);
+      backoff_ = std::chrono::milliseconds(100);
+      up_.store(true, std::memory_order_release);
+      spdlog::info("reconnected to Redis at {}; {} channels subscribed again", url_.text(), wanted_.size());
+      if (handlers_.on_up) handlers_.on_up();
+    });
+  });
+}
+
+void Link::command(std::vector<std::string> args, std::function<void(Reply)> cb) {
+  post([this, args = std::move(args), cb = std::move(cb)]() mutable {
+    if (!cmd_ || !up_.load(std::memory_order_acquire)) {
+      if (cb) cb(Reply::failure(Reply::Type::not_connected, "not connected to Redis"));
+      return;
+    }
+    cmd_->send(args, std::move(cb));
+  });
+}
+
+Reply Link::call(std::vector<std::string> args, std::chrono::milliseconds timeout) {
+  if (!up()) return Reply::failure(Reply::Type::not_connected, "not connected to Redis");
+  auto h = std::make_shared<Handoff<Reply>>();
+  command(std::move(args), [h](Reply r) { h->set(std::move(r)); });
+  auto r = h->wait(timeout);
+  if (!r) return Reply::failure(Reply::Type::lost, "Redis did not answer in time");
+  return std::move(*r);
+}
+
+bool Link::subscribe(const std::string& channel, std::chrono::milliseconds timeout) {
+  auto w = std::make_shared<Waiter>();
+  post([this, channel, w] {
+    wanted_.insert(channel);
+    if (!sub_ || !up_.load(std::memory_order_acquire) || resubscribing_) {
+      // Down, or the resubscription in flight does not include it yet: the
+      // next on_up covers it.
+      w->set(false);
+      return;
+    }
+    waiters_[channel].push_back(w);
+    sub_->send({"SUBSCRIBE", channel}, {});
+  });
+  auto ok = w->wait(timeout);
+  return ok && *ok;
+}
+
+void Link::unsubscribe(const std::string& channel) {
+  post([this, channel] {
+    wanted_.erase(channel);
+    if (sub_ && up_.load(std::memory_order_acquire)) sub_->send({"UNSUBSCRIBE", channel}, {});
+  });
+}
+
+}  // namespace synapse::redis

@@ -1,0 +1,96 @@
+// The node's link to Redis: a command connection and a subscriber
+// connection on a thread of their own, reconnected with backoff when either
+// drops. The link remembers which channels are wanted and subscribes them
+// again after a reconnect; only then does it report itself up.
+//
+// Threads: the link's thread runs every callback (on_message, on_up,
+// on_down, command callbacks). Every public function may be called from any
+// thread; call() and subscribe() block their caller and must not be called
+// on the link's own thread.
+#pragma once
+
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "redis/reply.hpp"
+#include "redis/url.hpp"
+
+namespace synapse::redis {
+
+class Connection;
+
+struct LinkHandlers {
+  std::function<void(const std::string& channel, const std::string& payload)> on_message;
+  // After every (re)connection, once the wanted channels are subscribed.
+  std::function<void()> on_up;
+  // When the link goes down (not at stop()).
+  std::function<void(const std::string& why)> on_down;
+};
+
+class Link {
+ public:
+  explicit Link(Url url);
+  ~Link();
+  Link(const Link&) = delete;
+  Link& operator=(const Link&) = delete;
+
+  // Handlers must be set before start().
+  void set_handlers(LinkHandlers h) { handlers_ = std::move(h); }
+  // Starts the thread and connects; blocks up to `timeout`. Returns "" when
+  // connected, else the reason (the link is then stopped).
+  std::string start(std::chrono::milliseconds timeout);
+  void stop();
+
+  bool up() const noexcept { return up_.load(std::memory_order_acquire); }
+  const Url& url() const noexcept { return url_; }
+
+  // Sends a command; `cb` (may be empty) runs on the link's thread.
+  void command(std::vector<std::string> args, std::function<void(Reply)> cb);
+  // Sends a command and waits for its reply. Down: `not_connected` at once.
+  Reply call(std::vector<std::string> args, std::chrono::milliseconds timeout);
+  // Adds `channel` to the wanted set and waits until Redis confirms the
+  // subscription. False when down or not confirmed in time; the channel
+  // stays wanted and is subscribed on the next reconnect.
+  bool subscribe(const std::string& channel, std::chrono::milliseconds timeout);
+  void unsubscribe(const std::string& channel);
+  // Runs `task` on the link's thread.
+  void post(std::function<void()> task);
+
+  std::uint64_t reconnects() const noexcept { return reconnects_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Waiter;
+
+  void connect_both(std::function<void(const std::string&)> done);
+  void went_down(const std::string& why);
+  void schedule_reconnect();
+  void on_push(Reply r);
+  void finish_waiters(const std::string& channel, bool ok);
+
+  Url url_;
+  LinkHandlers handlers_;
+  boost::asio::io_context ioc_;
+  boost::asio::steady_timer retry_timer_;
+  std::thread thread_;
+  std::shared_ptr<Connection> cmd_;
+  std::shared_ptr<Connection> sub_;
+  std::atomic<bool> up_{false};
+  std::atomic<std::uint64_t> reconnects_{0};
+  bool stopping_ = false;
+  bool resubscribing_ = false;
+  std::chrono::milliseconds backoff_{100};
+  std::function<void(const std::string&)> pending_up_;  // completes a connect once resubscribed
+  std::set<std::string> wanted_;
+  std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
+};
+
+}  // namespace synapse::redis

@@ -1,0 +1,52 @@
+#include "redis/script.hpp"
+
+#include <memory>
+
+#include "auth/crypto.hpp"
+#include "redis/link.hpp"
+
+namespace synapse::redis {
+
+namespace {
+
+std::vector<std::string> build(const char* verb, const std::string& body, const std::vector<std::string>& keys,
+                               const std::vector<std::string>& args) {
+  std::vector<std::string> v;
+  v.reserve(3 + keys.size() + args.size());
+  v.emplace_back(verb);
+  v.push_back(body);
+  v.push_back(std::to_string(keys.size()));
+  v.insert(v.end(), keys.begin(), keys.end());
+  v.insert(v.end(), args.begin(), args.end());
+  return v;
+}
+
+bool noscript(const Reply& r) { return r.type == Reply::Type::error && r.str.rfind("NOSCRIPT", 0) == 0; }
+
+}  // namespace
+
+Script::Script(std::string lua) : text(std::move(lua)) {
+  const auto d = auth::sha1(text);
+  sha = auth::hex_encode(std::string_view(reinterpret_cast<const char*>(d.data()), d.size()));
+}
+
+void eval(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
+          std::function<void(Reply)> cb) {
+  auto full = std::make_shared<std::vector<std::string>>(build("EVAL", s.text, keys, args));
+  link.command(build("EVALSHA", s.sha, keys, args), [&link, full, cb = std::move(cb)](Reply r) mutable {
+    if (noscript(r)) {
+      link.command(std::move(*full), std::move(cb));
+      return;
+    }
+    if (cb) cb(std::move(r));
+  });
+}
+
+Reply eval_call(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
+                std::chrono::milliseconds timeout) {
+  Reply r = link.call(build("EVALSHA", s.sha, keys, args), timeout);
+  if (noscript(r)) r = link.call(build("EVAL", s.text, keys, args), timeout);
+  return r;
+}
+
+}  // namespace synapse::redis

@@ -1,0 +1,29 @@
+// Lua scripts run by SHA1, sent in full only when Redis does not know them
+// yet (after a restart its script cache is empty).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "redis/reply.hpp"
+
+namespace synapse::redis {
+
+class Link;
+
+struct Script {
+  explicit Script(std::string lua);
+  std::string text;
+  std::string sha;  // hex SHA1 of text
+};
+
+// EVALSHA, then EVAL on NOSCRIPT. `cb` runs on the link's thread.
+void eval(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
+          std::function<void(Reply)> cb);
+// The same, waiting for the reply (not on the link's thread).
+Reply eval_call(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
+                std::chrono::milliseconds timeout);
+
+}  // namespace synapse::redis
