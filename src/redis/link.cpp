@@ -17,6 +17,8 @@ namespace asio = boost::asio;
 namespace {
 constexpr auto connect_timeout = std::chrono::milliseconds(2000);
 constexpr auto max_backoff = std::chrono::milliseconds(2000);
+constexpr auto watch_interval = std::chrono::milliseconds(1000);
+constexpr auto answer_deadline = std::chrono::milliseconds(3500);
 
 // One reply handed from the link's thread to a blocked caller.
 template <class T>
@@ -43,7 +45,26 @@ struct Handoff {
 
 struct Link::Waiter : Handoff<bool> {};
 
-Link::Link(Url url) : url_(std::move(url)), retry_timer_(ioc_) {}
+Link::Link(Url url) : url_(std::move(url)), retry_timer_(ioc_), watchdog_(ioc_) {}
+
+void Link::watch() {
+  watchdog_.expires_after(watch_interval);
+  watchdog_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec || stopping_) return;
+    if (up_.load(std::memory_order_acquire) && cmd_ && sub_) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now - cmd_answered_ > answer_deadline || now - sub_answered_ > answer_deadline) {
+        went_down("Redis stopped answering");
+      } else {
+        cmd_->send({"PING"}, [this, c = cmd_](Reply r) {
+          if (r.ok() && c == cmd_) cmd_answered_ = std::chrono::steady_clock::now();
+        });
+        sub_->send({"PING", "watch"}, {});
+      }
+    }
+    watch();
+  });
+}
 
 Link::~Link() { stop(); }
 
@@ -56,8 +77,10 @@ std::string Link::start(std::chrono::milliseconds timeout) {
   post([this, result] {
     connect_both([this, result](const std::string& err) {
       if (err.empty()) {
+        cmd_answered_ = sub_answered_ = std::chrono::steady_clock::now();
         up_.store(true, std::memory_order_release);
         backoff_ = std::chrono::milliseconds(100);
+        watch();
         if (handlers_.on_up) handlers_.on_up();
       }
       result->set(err);
@@ -77,6 +100,7 @@ void Link::stop() {
     stopping_ = true;
     up_.store(false, std::memory_order_release);
     retry_timer_.cancel();
+    watchdog_.cancel();
     if (cmd_) cmd_->close("stopping");
     if (sub_) sub_->close("stopping");
     for (auto& [channel, list] : waiters_) {
@@ -122,13 +146,16 @@ void Link::connect_both(std::function<void(const std::string&)> done) {
 }
 
 void Link::on_push(Reply r) {
+  // Anything from the subscriber connection proves it alive (a PING answers
+  // "pong" once subscribed, its argument before).
+  sub_answered_ = std::chrono::steady_clock::now();
   if (r.type != Reply::Type::array || r.elements.empty()) return;
   const std::string& kind = r.elements[0].str;
   if (kind == "message" && r.elements.size() == 3) {
     if (handlers_.on_message) handlers_.on_message(r.elements[1].str, r.elements[2].str);
   } else if (kind == "subscribe" && r.elements.size() >= 2) {
     finish_waiters(r.elements[1].str, true);
-  } else if (kind == "pong" && resubscribing_) {
+  } else if (kind == "pong" && resubscribing_ && r.elements.size() >= 2 && r.elements[1].str == "resubscribed") {
     resubscribing_ = false;
     if (pending_up_) {
       auto done = std::move(pending_up_);
@@ -187,6 +214,7 @@ void Link::schedule_reconnect() {
       }
       reconnects_.fetch_add(1, std::memory_order_relaxed);
       backoff_ = std::chrono::milliseconds(100);
+      cmd_answered_ = sub_answered_ = std::chrono::steady_clock::now();
       up_.store(true, std::memory_order_release);
       spdlog::info("reconnected to Redis at {}; {} channels subscribed again", url_.text(), wanted_.size());
       if (handlers_.on_up) handlers_.on_up();

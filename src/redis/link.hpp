@@ -75,11 +75,16 @@ class Link {
   void schedule_reconnect();
   void on_push(Reply r);
   void finish_waiters(const std::string& channel, bool ok);
+  // Pings both connections every second; one that has not answered for a
+  // while is dead even if TCP has not noticed (a hung or partitioned Redis).
+  void watch();
 
   Url url_;
   LinkHandlers handlers_;
   boost::asio::io_context ioc_;
   boost::asio::steady_timer retry_timer_;
+  boost::asio::steady_timer watchdog_;
+  std::chrono::steady_clock::time_point cmd_answered_, sub_answered_;
   std::thread thread_;
   std::shared_ptr<Connection> cmd_;
   std::shared_ptr<Connection> sub_;

@@ -1,6 +1,7 @@
 // Per-IP and per-key admission, and counts that always come back.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "limits/connection_limiter.hpp"
@@ -79,4 +80,64 @@ TEST(ConnectionLimiter, CountsReturnToZero) {
   EXPECT_EQ(c.tracked_keys, 0);
   lim.sweep();
   EXPECT_EQ(lim.counts().tracked_ips, 0);
+}
+
+namespace {
+
+// Another node's connections, as the shared store would report them.
+class FakeShared final : public SharedCounts {
+ public:
+  std::int64_t other_nodes_on_key = 0;
+  bool down = false;
+  std::vector<std::string> acquired, released;
+
+  Verdict acquire(const std::string& ip_field, std::int64_t, const std::string& key_field,
+                  std::int64_t key_limit) override {
+    if (down) return Verdict::unavailable;
+    const std::int64_t mine = static_cast<std::int64_t>(acquired.size()) - static_cast<std::int64_t>(released.size());
+    if (!key_field.empty() && key_limit > 0 && other_nodes_on_key + mine >= key_limit) return Verdict::key_full;
+    acquired.push_back(ip_field + "|" + key_field);
+    return Verdict::ok;
+  }
+  void release(const std::string& ip_field, const std::string& key_field) override {
+    released.push_back(ip_field + "|" + key_field);
+  }
+  void replace(std::vector<std::pair<std::string, std::int64_t>>) override {}
+};
+
+}  // namespace
+
+TEST(ConnectionLimiter, SharedCountsRefuseAcrossNodesAndUndoTheLocalCount) {
+  ConnectionLimiter lim({0, 0, 3});
+  FakeShared shared;
+  shared.other_nodes_on_key = 2;  // two connections of key k on other nodes
+  lim.share(&shared);
+  Permit a, b;
+  EXPECT_EQ(lim.admit("1.1.1.1", "k", true, a).verdict, Admission::ok);
+  EXPECT_EQ(lim.admit("1.1.1.1", "k", true, b).verdict, Admission::too_many_connections);
+  EXPECT_FALSE(b);
+  // The refusal left no local count behind.
+  EXPECT_EQ(lim.counts().key_connections, 1);
+  ASSERT_EQ(shared.acquired.size(), 1u);
+  EXPECT_EQ(shared.acquired[0], "|k:k");  // the per-IP limit is off: no IP field
+  a.release();
+  ASSERT_EQ(shared.released.size(), 1u);
+  EXPECT_EQ(shared.released[0], "|k:k");
+  EXPECT_EQ(lim.counts().key_connections, 0);
+}
+
+TEST(ConnectionLimiter, SharedStoreDownAdmitsOnLocalCountsAndSnapshotsThem) {
+  ConnectionLimiter lim({5, 0, 3});
+  FakeShared shared;
+  shared.down = true;
+  lim.share(&shared);
+  Permit a, b;
+  EXPECT_EQ(lim.admit("1.1.1.1", "k", true, a).verdict, Admission::ok);
+  EXPECT_EQ(lim.admit("1.1.1.1", "j", true, b).verdict, Admission::ok);
+  auto snap = lim.shared_snapshot();
+  std::sort(snap.begin(), snap.end());
+  ASSERT_EQ(snap.size(), 3u);
+  EXPECT_EQ(snap[0], (std::pair<std::string, std::int64_t>{"i:1.1.1.1", 2}));
+  EXPECT_EQ(snap[1], (std::pair<std::string, std::int64_t>{"k:j", 1}));
+  EXPECT_EQ(snap[2], (std::pair<std::string, std::int64_t>{"k:k", 1}));
 }
