@@ -112,7 +112,12 @@ int serve(const config::Config& cfg) {
   } else {
     const redis::Url url = *redis::parse_url(cfg.redis);  // validated with the config
     pubsub::RedisBrokerOptions ro;
-    ro.node_id = cfg.node_id.empty() ? auth::hex_encode(auth::random_bytes(4)) : cfg.node_id;
+    // The name is the operator's; the suffix makes each process a new
+    // member of the cluster, so a node restarted under the same name before
+    // its old heartbeat expired does not keep the dead process's presence
+    // entries and connection counts alive (they are reaped as usual).
+    ro.node_id = (cfg.node_id.empty() ? std::string("node") : cfg.node_id) + "." +
+                 auth::hex_encode(auth::random_bytes(3));
     ro.prefix = pubsub::redis_prefix(url.db);
     ro.history_size = static_cast<std::size_t>(cfg.history_size);
     ro.history_ttl_ms = cfg.history_ttl_s * 1000;

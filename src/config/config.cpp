@@ -132,7 +132,7 @@ const std::vector<Option>& options() {
        "redis://HOST:PORT[/DB]: share pub/sub, presence, history and connection limits with the other nodes "
        "on this Redis (empty = a single node)",
        &Config::redis},
-      {"cluster.node_id", "--node-id", "This node's name in the cluster (letters, digits, . _ -; empty = random)",
+      {"cluster.node_id", "--node-id", "This node's name in the cluster (letters, digits, . _ -); each start adds a random suffix (empty = node)",
        &Config::node_id},
       {"cluster.node_ttl_ms", "--node-ttl-ms",
        "A node whose heartbeat stops this long is dead: its presence leaves, its connections stop counting",
