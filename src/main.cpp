@@ -71,16 +71,6 @@ int serve(const config::Config& cfg) {
   ensure_dir(cfg.data_dir);
   const std::string secret = load_jwt_secret(cfg);
   auth::KeyStore keys(db_path(cfg.data_dir));
-  if (keys.count() == 0) {
-    auth::NewKey spec;
-    spec.name = "admin";
-    spec.admin = true;
-    spec.publish = true;
-    auto [key, plain] = keys.create(spec);
-    std::cout << "No API keys yet: created admin key " << key.id << " (agent \"" << key.agent_id
-              << "\"). It is shown once; keep it:\n"
-              << plain << std::endl;
-  }
 
   const std::size_t n_threads =
       cfg.threads > 0 ? static_cast<std::size_t>(cfg.threads) : std::max(1u, std::thread::hardware_concurrency());
@@ -154,6 +144,18 @@ int serve(const config::Config& cfg) {
   cortex::Cortex cortex(co, db_path(cfg.data_dir));
   cortex::register_builtin_tools(cortex);
 
+  // The first admin key is created only once nothing else can fail before
+  // listening (a missing Redis, say), so that it is not printed and lost.
+  if (keys.count() == 0) {
+    auth::NewKey spec;
+    spec.name = "admin";
+    spec.admin = true;
+    spec.publish = true;
+    auto [key, plain] = keys.create(spec);
+    std::cout << "No API keys yet: created admin key " << key.id << " (agent \"" << key.agent_id
+              << "\"). It is shown once; keep it:\n"
+              << plain << std::endl;
+  }
   channels::Services services{cfg, metrics, keys, secret, *broker, cortex};
   std::atomic<bool> draining{false};
   net::HttpContext http{cfg, services, limiter, draining, [&] {

@@ -1,0 +1,481 @@
+"""cluster: several synapse nodes sharing one Redis (`serve --redis URL`).
+Pub/sub, offsets, history and recovery, presence and the per-key connection
+limit hold across the nodes; revocation closes a key's connections on every
+node; a node that dies without a goodbye is forgotten after its node TTL; a
+Redis restart is survived, with local delivery while Redis is away.
+
+Every node of a cluster shares one data directory (key store, JWT secret), so
+the admin key the first node prints works everywhere. Each cluster has a
+redis-server of its own (tests/harness/redis_server.py)."""
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from phx import PhxClient, ok
+from rawws import http_upgrade
+from redis_server import RedisServer
+from synapse_server import SynapseServer, binary, free_port
+from test_presence import View, metas
+
+WS = "/cortex/websocket"
+SMALL_TTL_MS = 3000  # node TTL for every test but the default-TTL one
+
+
+class Cluster:
+    """A redis-server and synapse nodes started on it, one shared data dir."""
+
+    def __init__(self, flags=None):
+        self.flags = {"--drain-timeout-ms": "2000", **(flags or {})}
+        self.data_dir = tempfile.mkdtemp(prefix="synapse-cluster-")
+        self.redis = RedisServer()
+        self.nodes: list[SynapseServer] = []
+        self.admin_key = None
+
+    def start(self, names="abc") -> "Cluster":
+        self.redis.start()
+        for name in names:
+            self.add_node(name)
+        return self
+
+    def add_node(self, name, flags=None, redis=True) -> SynapseServer:
+        f = dict(self.flags)
+        if redis:
+            f.update({"--redis": self.redis.url(), "--node-id": name})
+        f.update(flags or {})
+        node = SynapseServer(data_dir=self.data_dir, flags=f)
+        self.nodes.append(node)
+        node.start()
+        if self.admin_key is None:
+            assert node.admin_key, "the first node printed no admin key:\n" + "\n".join(node.log_lines)
+            self.admin_key = node.admin_key
+        else:
+            assert node.admin_key is None, "a later node printed a second admin key"
+            node.admin_key = self.admin_key
+        return node
+
+    def __getitem__(self, i) -> SynapseServer:
+        return self.nodes[i]
+
+    def create_key(self, name, *extra) -> str:
+        return self.nodes[0].create_key(name, *extra)
+
+    def cleanup(self) -> None:
+        problems = []
+        for node in self.nodes:
+            try:
+                node.cleanup()
+            except AssertionError as e:  # a sanitizer report
+                problems.append(str(e))
+        self.redis.cleanup()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if problems:
+            raise AssertionError("\n\n".join(problems))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Three nodes a, b, c on one Redis with a short node TTL; shared by the
+    tests that neither kill a node nor Redis."""
+    c = Cluster({"--node-ttl-ms": str(SMALL_TTL_MS)})
+    try:
+        yield c.start()
+    finally:
+        c.cleanup()
+
+
+@pytest.fixture
+def new_cluster():
+    """A cluster of the test's own: call it with flags and node names."""
+    made = []
+
+    def make(flags=None, names="abc"):
+        c = Cluster(flags)
+        made.append(c)
+        return c.start(names)
+
+    yield make
+    for c in made:
+        c.cleanup()
+
+
+# -- helpers -------------------------------------------------------------------
+
+async def member(node, topic, key=None, **join):
+    c = await PhxClient.connect(node.ws(key=key))
+    reply = ok(await c.join(topic, join or None))
+    return c, reply
+
+
+async def publish_many(client, topic, event, payloads):
+    """Sends every publish at once, then returns the offsets of the replies, in order."""
+    refs = [await client.send(topic, event, p) for p in payloads]
+    return [ok(await client.reply(ref, timeout=10))["offset"] for ref in refs]
+
+
+async def events(client, topic, event, n, timeout=10.0):
+    return [await client.push_event(topic, event, timeout=timeout) for _ in range(n)]
+
+
+async def no_more(client, topic, event, quiet=0.5):
+    """Frames of `event` that arrive within `quiet` seconds (duplicates, echoes)."""
+    return [f for f in await client.drain(quiet) if f[2] == topic and f[3] == event]
+
+
+async def publish_until_received(pub, sub, topic, event, started, timeout):
+    """Publishes `event` on `pub` until `sub` receives one (a cluster getting
+    over a Redis restart); fails `timeout` s after `started`."""
+    i = 0
+    while True:
+        assert time.monotonic() - started < timeout, f"no {event} from the publisher's node reached the " \
+                                                     f"subscriber's node within {timeout} s"
+        ok(await pub.request(topic, event, {"i": i}))
+        try:
+            return await sub.push_event(topic, event, timeout=0.25)
+        except AssertionError:
+            i += 1
+
+
+async def view_until(view, cond, timeout, what):
+    """View.until with a message that says what was awaited and what was seen."""
+    try:
+        return await view.until(cond, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"presence: timed out after {timeout:.1f}s waiting for {what}; "
+                             f"state seen: {view.state}") from None
+
+
+async def until(pred, timeout, what):
+    """Polls a blocking predicate without stalling the event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def ready(node) -> int:
+    return node.http("GET", "/health/ready")[0]
+
+
+def upgrade(node, key):
+    """(status, socket or None) of a raw WebSocket upgrade with `key`."""
+    status, _, _, sock = http_upgrade(node.port, f"{WS}?api_key={key}")
+    return status, sock
+
+
+async def close_all(*clients):
+    for c in clients:
+        await c.close()
+
+
+# -- pub/sub across nodes -------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_message_published_on_a_reaches_subscribers_on_a_b_and_c_once_each_in_order(cluster):
+    a, b, c = cluster.nodes
+    topic = "room:fanout"
+    key = cluster.create_key("fan-publisher")
+    # All joins at once: the topic's epoch is created by whichever node is first.
+    joined = await asyncio.gather(member(a, topic, key=key), member(a, topic), member(b, topic), member(c, topic))
+    (pub, _), *subs = joined
+    epochs = {reply["epoch"] for _, reply in joined}
+    assert len(epochs) == 1, f"nodes disagree on the topic's epoch: {epochs}"
+    epoch = epochs.pop()
+
+    offsets = await publish_many(pub, topic, "m", [{"i": i} for i in range(50)])
+    assert offsets == list(range(offsets[0], offsets[0] + 50)), offsets
+    for sub, _ in subs:
+        got = await events(sub, topic, "m", 50)
+        assert [f[4]["_meta"]["offset"] for f in got] == offsets
+        assert [f[4]["i"] for f in got] == list(range(50))
+        assert {f[4]["_meta"]["epoch"] for f in got} == {epoch}
+        assert {f[4]["_meta"]["from"] for f in got} == {"fan-publisher"}
+    for sub, _ in subs:
+        assert await no_more(sub, topic, "m") == [], "duplicate deliveries"
+    assert await no_more(pub, topic, "m", quiet=0.1) == [], "the publisher got its own messages back"
+    await close_all(pub, *(s for s, _ in subs))
+
+
+@pytest.mark.asyncio
+async def test_concurrent_publishes_on_two_nodes_share_one_offset_sequence(cluster):
+    a, b, c = cluster.nodes
+    topic = "room:interleave"
+    pa, _ = await member(a, topic)
+    pb, _ = await member(b, topic)
+    subs = [(await member(n, topic))[0] for n in (a, b, c)]
+    oa, ob = await asyncio.gather(publish_many(pa, topic, "m", [{"p": "a", "i": i} for i in range(50)]),
+                                  publish_many(pb, topic, "m", [{"p": "b", "i": i} for i in range(50)]))
+    everything = sorted(oa + ob)
+    assert everything == list(range(everything[0], everything[0] + 100)), "offsets are not one sequence"
+    seqs = []
+    for sub in subs:
+        got = await events(sub, topic, "m", 100)
+        seq = [(f[4]["_meta"]["offset"], f[4]["p"], f[4]["i"]) for f in got]
+        assert [o for o, _, _ in seq] == everything, "delivered out of offset order"
+        for p in ("a", "b"):
+            assert [i for _, q, i in seq if q == p] == list(range(50))
+        seqs.append(seq)
+    assert seqs[0] == seqs[1] == seqs[2]
+    for sub in subs:
+        assert await no_more(sub, topic, "m", quiet=0.3) == []
+    await close_all(pa, pb, *subs)
+
+
+@pytest.mark.asyncio
+async def test_client_leaves_node_b_misses_100_then_recovers_exactly_those_on_node_c(cluster):
+    a, b, c = cluster.nodes
+    topic = "room:cross-recover"
+    pub, _ = await member(a, topic)
+    sub, _ = await member(b, topic)
+    ok(await pub.request(topic, "m", {"i": -1}))
+    last = (await sub.push_event(topic, "m"))[4]["_meta"]
+    await sub.close()
+
+    offsets = await publish_many(pub, topic, "m", [{"i": i} for i in range(100)])  # exactly history_size
+    n = last["offset"]
+    assert offsets == list(range(n + 1, n + 101))
+
+    sub, r = await member(c, topic, recover={"offset": n, "epoch": last["epoch"]})
+    assert r["recovered"] is True and r["epoch"] == last["epoch"] and r["offset"] == n + 100, r
+    ok(await pub.request(topic, "m", {"i": "live"}))
+    got = await events(sub, topic, "m", 101)
+    assert [f[4]["_meta"]["offset"] for f in got] == list(range(n + 1, n + 102))
+    assert [f[4]["i"] for f in got] == list(range(100)) + ["live"]
+    assert await no_more(sub, topic, "m", quiet=0.4) == []
+    await close_all(pub, sub)
+
+
+@pytest.mark.asyncio
+async def test_node_configured_by_the_cluster_section_of_a_config_file_joins(cluster):
+    a = cluster[0]
+    config = Path(cluster.data_dir) / "node-d.toml"
+    config.write_text(f'[cluster]\nredis = "{cluster.redis.url()}"\n')
+    d = cluster.add_node("d", {"--config": str(config), "--node-ttl-ms": str(SMALL_TTL_MS)}, redis=False)
+    try:
+        topic = "room:from-config"
+        pub, _ = await member(d, topic)
+        sub, _ = await member(a, topic)
+        offset = ok(await pub.request(topic, "m", {"v": 1}))["offset"]
+        f = await sub.push_event(topic, "m")
+        assert f[4]["v"] == 1 and f[4]["_meta"]["offset"] == offset
+        await close_all(pub, sub)
+    finally:
+        cluster.nodes.remove(d)
+        d.cleanup()
+
+
+# -- presence --------------------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_presence_lists_members_of_all_nodes_and_a_killed_node_leaves_within_15s(new_cluster):
+    cl = new_cluster()  # the default node TTL (10 s)
+    a, b, c = cl.nodes
+    topic = "room:who"
+    agents = {"alice": a, "bob": b, "carol": c}
+    clients = {}
+    for name, node in agents.items():
+        clients[name], _ = await member(node, topic, key=cl.create_key(name), presence=True, meta={"on": name})
+    views = {name: View(cl_, topic) for name, cl_ in clients.items()}
+    everyone = lambda s: all(len(metas(s, n)) == 1 for n in agents)  # noqa: E731
+    for view in views.values():
+        state = await view_until(view, everyone, 5, "the members of all three nodes")
+        for name in agents:
+            m = metas(state, name)[0]
+            assert m["on"] == name and m["phx_ref"] and m["online_at"] > 0
+    # A late joiner's presence_state already lists the members of every node.
+    dave, _ = await member(c, topic, key=cl.create_key("dave"), presence=True)
+    state = (await dave.push_event(topic, "presence_state"))[4]
+    assert {"alice", "bob", "carol", "dave"} <= set(state), state
+    assert metas(state, "bob")[0]["on"] == "bob"
+    views["dave"] = View(dave, topic)
+    views["dave"].apply(["", None, topic, "presence_state", state])
+
+    b.kill()
+    killed = time.monotonic()
+    bob_gone = lambda s: "bob" not in s and "alice" in s and "carol" in s  # noqa: E731
+    for name in ("alice", "carol", "dave"):
+        await view_until(views[name], bob_gone, max(0.1, 15 - (time.monotonic() - killed)),
+                         f"bob's leave (node b was killed) as seen by {name}")
+    assert time.monotonic() - killed < 15
+    await close_all(*(clients[n] for n in ("alice", "carol")), dave)
+
+
+# -- limits and revocation ---------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_connection_limit_per_key_holds_across_nodes(new_cluster):
+    cl = new_cluster({"--key-max-connections": "3", "--node-ttl-ms": str(SMALL_TTL_MS)})
+    a, b, c = cl.nodes
+    key = cl.create_key("three")
+    held = {}
+    for name, node in (("a1", a), ("a2", a), ("b1", b)):
+        status, held[name] = upgrade(node, key)
+        assert status == 101, name
+    for node in (c, a, b):
+        status, hdrs, body, _ = http_upgrade(node.port, f"{WS}?api_key={key}")
+        assert status == 429 and body["error"] == "too_many_connections" and int(hdrs["retry-after"]) >= 1
+    status, other = upgrade(c, cl.admin_key)
+    assert status == 101  # another key is not affected
+    other.close()
+
+    # Closing one on a frees a slot on c ...
+    held.pop("a1").close()
+    held["c1"] = await until(lambda: upgrade(c, key)[1], 5, "the slot freed on a to be usable on c")
+    # ... and only one.
+    assert upgrade(c, key)[0] == 429
+
+    # A node that dies gives its connections back after its TTL: b held one.
+    b.kill()
+    killed = time.monotonic()
+    held["a3"] = await until(lambda: upgrade(a, key)[1], SMALL_TTL_MS / 1000 + 5, "the killed node's slot")
+    assert time.monotonic() - killed < SMALL_TTL_MS / 1000 + 5
+    assert upgrade(a, key)[0] == 429  # a1 gone, b1 released: a2, c1, a3 are the three
+    for sock in held.values():
+        if sock:
+            sock.close()
+
+
+@pytest.mark.asyncio
+async def test_node_killed_and_restarted_at_once_under_its_id_still_drops_its_old_members_and_counts(new_cluster):
+    """A crashed node brought back at once by its supervisor, with the same
+    --node-id, must not keep the dead process's members and connections alive."""
+    cl = new_cluster({"--key-max-connections": "2", "--node-ttl-ms": str(SMALL_TTL_MS)}, names="ab")
+    a, b = cl.nodes
+    topic = "room:reborn"
+    key = cl.create_key("reborn")
+    watcher, _ = await member(a, topic, presence=True)
+    view = View(watcher, topic)
+    old = [(await member(b, topic, key=key, presence=True))[0] for _ in range(2)]
+    await view_until(view, lambda s: len(metas(s, "reborn")) == 2, 5, "two metas of reborn")
+    assert upgrade(a, key)[0] == 429
+    b.kill()
+    killed = time.monotonic()
+    b.start()  # same --node-id, port and data dir, well within the TTL
+    budget = SMALL_TTL_MS / 1000 + 5
+    await view_until(view, lambda s: "reborn" not in s, budget, "the killed process's members to leave")
+    sock = await until(lambda: upgrade(a, key)[1], max(0.1, budget - (time.monotonic() - killed)),
+                       "the dead process's connection slots")
+    sock.close()
+    await close_all(watcher, *old)
+
+
+@pytest.mark.asyncio
+async def test_revoking_a_key_closes_its_connections_on_every_node_within_5s(cluster):
+    a, b, c = cluster.nodes
+    key = cluster.create_key("cluster-revoke")
+    token = a.token(key=key, agent_id="cluster-revoke", ttl_s=600)  # minted on a, used on b and c
+    conns = []
+    for node in (a, b, c):
+        conns.append((await member(node, "room:revoke", key=key))[0])
+    for node in (b, c):
+        conns.append((await PhxClient.connect(node.ws(token=token))))
+    bystander, _ = await member(b, "room:revoke")
+    result = a.keys_cli("revoke", key.split("_")[1])
+    assert result.returncode == 0, result.stderr
+    started = time.monotonic()
+    codes = await asyncio.gather(*[conn.wait_closed(6) for conn in conns])
+    assert codes == [4003] * 5 and time.monotonic() - started < 5
+    for node in (a, b, c):
+        assert http_upgrade(node.port, f"{WS}?api_key={key}")[0] == 401
+        assert http_upgrade(node.port, f"{WS}?token={token}")[0] == 401
+    assert ok(await bystander.heartbeat()) == {}  # the admin key's connection stays
+    await bystander.close()
+
+
+# -- Redis going away ----------------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_redis_restart_is_survived_publish_a_to_b_works_again_within_10s(new_cluster):
+    cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS)}, names="ab")
+    a, b = cl.nodes
+    topic = "room:redis-restart"
+    pub, _ = await member(a, topic)
+    sub, _ = await member(b, topic)
+    assert ready(a) == ready(b) == 200
+    ok(await pub.request(topic, "before", {}))
+    before = (await sub.push_event(topic, "before"))[4]["_meta"]
+
+    cl.redis.kill()
+    await until(lambda: ready(a) == 503 and ready(b) == 503, 5, "/health/ready 503 on both nodes")
+    await asyncio.sleep(0.5)
+    assert ready(a) == ready(b) == 503
+    cl.redis.restart()
+    restarted = time.monotonic()
+
+    # The same two connections: publish on a until b's subscriber sees one.
+    f = await publish_until_received(pub, sub, topic, "after", restarted, 10)
+    meta = f[4]["_meta"]
+    assert meta.get("local") is not True and meta["offset"] >= 1
+    # Within one epoch offsets only grow; Redis lost the history, so either
+    # the offsets went on or the epoch changed.
+    assert meta["offset"] > before["offset"] or meta["epoch"] != before["epoch"], (before, meta)
+    await until(lambda: ready(a) == 200 and ready(b) == 200, max(0.1, 10 - (time.monotonic() - restarted)),
+                "/health/ready 200 on both nodes after the restart")
+
+    # Steady again: everything arrives, in order, once.
+    sub.buffer.clear()
+    await sub.drain(0.3)
+    offsets = await publish_many(pub, topic, "steady", [{"k": k} for k in range(10)])
+    assert [f[4]["_meta"]["offset"] for f in await events(sub, topic, "steady", 10)] == offsets
+    assert await no_more(sub, topic, "steady", quiet=0.3) == []
+    await close_all(pub, sub)
+
+
+@pytest.mark.asyncio
+async def test_local_delivery_keeps_working_while_redis_is_down(new_cluster):
+    cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS)}, names="ab")
+    a, b = cl.nodes
+    topic = "room:local"
+    key = cl.create_key("local-pub")
+    pub, _ = await member(a, topic, key=key)
+    near, _ = await member(a, topic)
+    far, _ = await member(b, topic)
+    ok(await pub.request(topic, "m", {"i": 0}))
+    assert (await near.push_event(topic, "m"))[4]["_meta"]["offset"] >= 1
+
+    cl.redis.kill()
+    await until(lambda: ready(a) == 503, 5, "/health/ready 503 on a")
+    for i in range(1, 4):
+        assert ok(await pub.request(topic, "m", {"i": i})) == {"offset": 0, "local": True}
+    got = await events(near, topic, "m", 3)
+    assert [f[4]["i"] for f in got] == [1, 2, 3]
+    for f in got:
+        meta = f[4]["_meta"]
+        assert meta["local"] is True and "offset" not in meta and meta["from"] == "local-pub", meta
+    assert await no_more(near, topic, "m", quiet=0.3) == []
+    assert await no_more(pub, topic, "m", quiet=0.1) == []  # still no self-echo
+
+    # When Redis is back, publishes are global again.
+    cl.redis.restart()
+    f = await publish_until_received(pub, far, topic, "back", time.monotonic(), 10)
+    assert f[4]["_meta"]["offset"] >= 1 and not f[4]["_meta"].get("local")
+    reply = ok(await pub.request(topic, "back", {}))
+    assert reply["offset"] > f[4]["_meta"]["offset"] and not reply.get("local")
+    await close_all(pub, near, far)
+
+
+def test_unreachable_redis_at_start_exits_1_with_a_clear_message():
+    url = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([binary(), "serve", "--bind", "127.0.0.1", "--port", str(port), "--data-dir", d,
+                            "--redis", url], capture_output=True, text=True, timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, (r.returncode, out)
+    # One line names Redis (besides the URL's scheme) and the URL.
+    assert any(url in line and "redis" in line.replace(url, "").lower() for line in out.splitlines()), out
+    assert "listening on" not in out
+
+
+def test_malformed_redis_url_exits_2_naming_the_key():
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([binary(), "serve", "--data-dir", d, "--redis", "http://127.0.0.1:6379"],
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "cluster.redis" in r.stderr, (r.returncode, r.stdout, r.stderr)
