@@ -3,7 +3,10 @@
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <filesystem>
@@ -65,10 +68,32 @@ std::string load_jwt_secret(const config::Config& cfg) {
   return secret;
 }
 
+// Held while a node creates what the data directory holds once (the JWT
+// secret, the first admin key): nodes of a cluster that share the directory
+// and start together must not each create their own.
+class DataDirLock {
+ public:
+  explicit DataDirLock(const std::string& dir) {
+    fd_ = ::open((fs::path(dir) / ".init.lock").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+    if (fd_ >= 0) ::flock(fd_, LOCK_EX);
+  }
+  ~DataDirLock() { release(); }
+  DataDirLock(const DataDirLock&) = delete;
+  DataDirLock& operator=(const DataDirLock&) = delete;
+  void release() {
+    if (fd_ >= 0) ::close(fd_);  // closing drops the lock
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
 int serve(const config::Config& cfg) {
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
   std::signal(SIGPIPE, SIG_IGN);
   ensure_dir(cfg.data_dir);
+  DataDirLock init_lock(cfg.data_dir);
   const std::string secret = load_jwt_secret(cfg);
   auth::KeyStore keys(db_path(cfg.data_dir));
 
@@ -112,7 +137,7 @@ int serve(const config::Config& cfg) {
     ro.history_size = static_cast<std::size_t>(cfg.history_size);
     ro.history_ttl_ms = cfg.history_ttl_s * 1000;
     ro.node_ttl_ms = cfg.node_ttl_ms;
-    link = std::make_unique<redis::Link>(url);
+    link = std::make_unique<redis::Link>(url, "synapse:" + ro.node_id);
     redis_broker = std::make_unique<pubsub::RedisBroker>(ro, *link, threads.posters(), metrics);
     auto* rb = redis_broker.get();
     link->set_handlers({[rb](const std::string& channel, const std::string& payload) { rb->on_message(channel, payload); },
@@ -156,6 +181,7 @@ int serve(const config::Config& cfg) {
               << "\"). It is shown once; keep it:\n"
               << plain << std::endl;
   }
+  init_lock.release();
   channels::Services services{cfg, metrics, keys, secret, *broker, cortex};
   std::atomic<bool> draining{false};
   net::HttpContext http{cfg, services, limiter, draining, [&] {

@@ -98,6 +98,7 @@ RedisBroker::RedisBroker(RedisBrokerOptions options, redis::Link& link, std::vec
       untrack_script_(lua::untrack),
       heartbeat_script_(std::string(lua::now_ms) + lua::heartbeat),
       reap_script_(std::string(lua::now_ms) + lua::reap),
+      backfill_script_(lua::backfill),
       channel_prefix_(options_.prefix + "c:") {}
 
 RedisBroker::~RedisBroker() = default;
@@ -130,6 +131,41 @@ void RedisBroker::adopt_epoch(Topic& t, const std::string& epoch) {
     fanout_.queue(t.members_per_thread, Delivery{t.id, 0, 0, {}, DeliveryKind::reset});
   }
   t.epoch = epoch;
+  t.last_offset = 0;
+}
+
+void RedisBroker::deliver(Topic& t, const std::string& epoch, std::uint64_t offset, std::uint64_t exclude,
+                          wire::Message msg) {
+  adopt_epoch(t, epoch);
+  if (offset <= t.last_offset) return;  // already delivered (a backfill overlaps the live stream)
+  t.last_offset = offset;
+  fanout_.queue(t.members_per_thread, Delivery{t.id, offset, exclude, std::move(msg), DeliveryKind::message});
+}
+
+void RedisBroker::finish_backfill(Topic& t, const redis::Reply& r) {
+  if (r.type == redis::Reply::Type::array && r.elements.size() > 1 && r.elements[0].str == t.epoch) {
+    std::uint64_t first = 0, count = 0;
+    const std::uint64_t missed_from = t.last_offset + 1;
+    for (std::size_t i = 1; i + 3 < r.elements.size(); i += 4) {
+      const std::string& id = r.elements[i].str;
+      std::uint64_t offset = 0, conn = 0;
+      if (!parse_u64(std::string_view(id).substr(0, id.find('-')), offset)) continue;
+      parse_u64(r.elements[i + 3].str, conn);
+      if (first == 0) first = offset;
+      const std::uint64_t exclude = r.elements[i + 2].str == options_.node_id ? conn : 0;
+      const std::uint64_t before = t.last_offset;
+      deliver(t, t.epoch, offset, exclude, wire::Message::text(r.elements[i + 1].str));
+      count += t.last_offset != before;
+    }
+    if (first > missed_from) {
+      spdlog::warn("topic {}: offsets {}..{} were missed while the link was down and are no longer in the history",
+                   t.name, missed_from, first - 1);
+    }
+    if (count) spdlog::info("topic {}: delivered {} messages missed while the link was down", t.name, count);
+  }
+  for (auto& live : t.held) deliver(t, live.epoch, live.offset, live.exclude, std::move(live.msg));
+  t.held.clear();
+  t.backfilling = false;
 }
 
 bool RedisBroker::register_node() {
@@ -229,9 +265,12 @@ void RedisBroker::on_message(const std::string& channel, const std::string& payl
     auto it = topics_.find(name);
     if (it == topics_.end() || it->second->members == 0) return;
     Topic& t = *it->second;
-    adopt_epoch(t, std::string(parts[0]));
     const std::uint64_t exclude = parts[2] == options_.node_id ? conn : 0;
-    fanout_.queue(t.members_per_thread, Delivery{t.id, offset, exclude, std::move(msg), DeliveryKind::message});
+    if (t.backfilling) {
+      t.held.push_back(Live{std::string(parts[0]), offset, exclude, std::move(msg)});
+    } else {
+      deliver(t, std::string(parts[0]), offset, exclude, std::move(msg));
+    }
   } else if (payload[0] == 'p') {
     const auto parts = split_lines(std::string_view(payload).substr(1), 5);
     PresenceEvent ev;
@@ -269,10 +308,19 @@ void RedisBroker::resync() {
       names.push_back(name);
       t->snapshot_pending = true;
       t->buffered.clear();
-      // Offsets may have started again (Redis lost its data); the next
-      // message's epoch says so, but members' filters must not wait for it.
-      fanout_.queue(t->members_per_thread, Delivery{t->id, 0, 0, {}, DeliveryKind::reset});
       for (const auto& [ref, e] : t->local) send_track(*t, ref, e);
+      // The channel is subscribed again (on_up comes after that): read what
+      // was published meanwhile. A changed epoch (Redis lost its data) is
+      // noticed with the first live message, which resets the filters.
+      if (!t->epoch.empty() && !t->backfilling) {
+        t->backfilling = true;
+        redis::eval(link_, backfill_script_, {key("e", name), key("h", name)},
+                    {t->epoch, std::to_string(t->last_offset + 1)}, [this, name](redis::Reply r) {
+                      std::lock_guard later(mu_);
+                      auto it = topics_.find(name);
+                      if (it != topics_.end() && it->second->backfilling) finish_backfill(*it->second, r);
+                    });
+      }
     }
   }
   for (const auto& name : names) {
@@ -404,6 +452,8 @@ void RedisBroker::leave(Subscriber& sub, std::string_view topic) {
       t.remote.clear();
       t.buffered.clear();
       t.snapshot_pending = false;
+      t.held.clear();
+      t.backfilling = false;
       // Posted under the lock, so a join that follows subscribes after it.
       if (unsubscribe) link_.unsubscribe(t.channel);
     }

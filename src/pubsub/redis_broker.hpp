@@ -24,8 +24,10 @@
 //
 // Redis down: local members keep receiving local publishes (unnumbered,
 // `_meta.local`), /health/ready reports not ready, and the link reconnects.
-// On reconnect every topic is subscribed again, presence reloaded and the
-// node's own entries published again.
+// On reconnect every topic is subscribed again, the messages the node missed
+// meanwhile are read from the history and delivered before the live ones
+// (as far as the history reaches), presence is reloaded and the node's own
+// entries are published again.
 //
 // Locking: one mutex guards every topic; member lists are the Fanout's.
 #pragma once
@@ -100,11 +102,23 @@ class RedisBroker final : public Broker {
     std::string node, ref, agent, meta;
   };
 
+  struct Live {
+    std::string epoch;
+    std::uint64_t offset = 0;
+    std::uint64_t exclude = 0;
+    wire::Message msg;
+  };
+
   struct Topic {
     std::uint64_t id = 0;
     std::string name;
     std::string channel;
     std::string epoch;  // as last seen; a different one means offsets started again
+    std::uint64_t last_offset = 0;  // the last message of `epoch` queued for delivery
+    // After a reconnect, what the node missed is read from the history
+    // first; live messages wait here meanwhile, so order is kept.
+    bool backfilling = false;
+    std::vector<Live> held;
     std::vector<std::uint32_t> members_per_thread;
     std::vector<std::uint32_t> presence_per_thread;
     std::size_t members = 0;
@@ -123,6 +137,9 @@ class RedisBroker final : public Broker {
   std::string key(const char* kind, std::string_view topic) const;
   Topic& get_or_create(std::string_view name);
   void adopt_epoch(Topic& t, const std::string& epoch);
+  // Queues a numbered message for the topic's members, once and in order.
+  void deliver(Topic& t, const std::string& epoch, std::uint64_t offset, std::uint64_t exclude, wire::Message msg);
+  void finish_backfill(Topic& t, const redis::Reply& r);
   void apply_presence(Topic& t, const PresenceEvent& ev);
   void apply_snapshot(Topic& t, const redis::Reply& r);
   void send_track(const Topic& t, const std::string& ref, const LocalEntry& e);
@@ -134,7 +151,7 @@ class RedisBroker final : public Broker {
   metrics::Metrics& metrics_;
   Fanout fanout_;
   redis::Script publish_script_, join_script_, snapshot_script_, track_script_, untrack_script_,
-      heartbeat_script_, reap_script_;
+      heartbeat_script_, reap_script_, backfill_script_;
   std::string channel_prefix_;
   std::mutex mu_;
   std::unordered_map<std::string, std::unique_ptr<Topic>> topics_;

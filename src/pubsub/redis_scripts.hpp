@@ -5,7 +5,8 @@
 //
 // Keys (P = "synapse:<db>:"):
 //   P o:<topic>   last offset          P e:<topic>   epoch
-//   P h:<topic>   history stream, entry id "<offset>-1", fields m (frame), t (Redis ms)
+//   P h:<topic>   history stream, entry id "<offset>-1", fields m (frame),
+//                 t (Redis ms), n (publishing node), c (publishing connection)
 //   P p:<topic>   presence hash: phx_ref -> "<node>\n<agent as JSON>\n<meta JSON>"
 //   P pv:<topic>  presence version (one per change)
 //   P np:<node>   topics where the node has presence entries
@@ -40,7 +41,8 @@ end
 local off = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. ',"epoch":"' .. ep .. '","offset":' .. off .. '}}]'
 if tonumber(ARGV[4]) > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], off .. '-1', 'm', frame, 't', string.format('%d', now_ms()))
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], off .. '-1', 'm', frame, 't', string.format('%d', now_ms()),
+             'n', ARGV[2], 'c', ARGV[3])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
@@ -80,6 +82,23 @@ if ARGV[2] == '1' and ARGV[4] == ep then
       end
     end
   end
+end
+return out
+)";
+
+// KEYS e h; ARGV epoch first_offset. What a node missed while its link was
+// down: {epoch} when the epoch changed, else {epoch, id, frame, node,
+// connection, ...} for every entry from first_offset on.
+inline constexpr const char* backfill = R"(
+local ep = redis.call('GET', KEYS[1])
+if ep ~= ARGV[1] then return {ep or ''} end
+local out = {ep}
+for _, e in ipairs(redis.call('XRANGE', KEYS[2], ARGV[2] .. '-1', '+')) do
+  local f = e[2]
+  out[#out + 1] = e[1]
+  out[#out + 1] = f[2]
+  out[#out + 1] = f[6] or ''
+  out[#out + 1] = f[8] or ''
 end
 return out
 )";

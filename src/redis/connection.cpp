@@ -80,7 +80,7 @@ Connection::~Connection() {
   if (reader_) redisReaderFree(reader_);
 }
 
-void Connection::connect(const Url& url, std::chrono::milliseconds timeout,
+void Connection::connect(const Url& url, const std::string& name, std::chrono::milliseconds timeout,
                          std::function<void(const std::string&)> done) {
   auto self = shared_from_this();
   auto finished = std::make_shared<bool>(false);
@@ -105,9 +105,10 @@ void Connection::connect(const Url& url, std::chrono::milliseconds timeout,
   auto resolver = std::make_shared<tcp::resolver>(ioc_);
   resolver->async_resolve(
       url.host, std::to_string(url.port),
-      [this, self, resolver, finish, url](const error_code& ec, const tcp::resolver::results_type& results) {
+      [this, self, resolver, finish, url, name](const error_code& ec, const tcp::resolver::results_type& results) {
         if (ec) return finish("cannot resolve " + url.host + ": " + ec.message());
-        asio::async_connect(socket_, results, [this, self, finish, url](const error_code& ec2, const tcp::endpoint&) {
+        asio::async_connect(socket_, results, [this, self, finish, url, name](const error_code& ec2,
+                                                                             const tcp::endpoint&) {
           if (ec2) return finish(ec2.message());
           error_code ignored;
           socket_.set_option(tcp::no_delay(true), ignored);
@@ -122,10 +123,12 @@ void Connection::connect(const Url& url, std::chrono::milliseconds timeout,
           if (push) {
             // A subscriber connection cannot SELECT once subscribed, and
             // pub/sub ignores databases; just prove it answers.
+            send({"CLIENT", "SETNAME", name}, {});
             send({"PING"}, {});
             finish("");
             return;
           }
+          send({"CLIENT", "SETNAME", name}, check);
           send({"SELECT", std::to_string(url.db)}, check);
           send({"PING"}, [finish](Reply r) {
             if (!r.ok()) return finish(r.str.empty() ? "no answer" : r.str);

@@ -40,8 +40,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Resolves, connects and selects `url.db`; `done` gets "" or the reason.
-  void connect(const Url& url, std::chrono::milliseconds timeout, std::function<void(const std::string&)> done);
+  // Resolves, connects, names the connection (CLIENT SETNAME, so operators
+  // can tell nodes apart in CLIENT LIST) and selects `url.db`; `done` gets
+  // "" or the reason.
+  void connect(const Url& url, const std::string& name, std::chrono::milliseconds timeout,
+               std::function<void(const std::string&)> done);
   // Queues a command. `cb` (may be empty) gets its reply, or a `lost` reply
   // if the connection fails first. Not open: `not_connected` at once.
   void send(const std::vector<std::string>& args, Callback cb);

@@ -45,7 +45,8 @@ struct Handoff {
 
 struct Link::Waiter : Handoff<bool> {};
 
-Link::Link(Url url) : url_(std::move(url)), retry_timer_(ioc_), watchdog_(ioc_) {}
+Link::Link(Url url, std::string name)
+    : url_(std::move(url)), name_(std::move(name)), retry_timer_(ioc_), watchdog_(ioc_) {}
 
 void Link::watch() {
   watchdog_.expires_after(watch_interval);
@@ -121,11 +122,11 @@ void Link::connect_both(std::function<void(const std::string&)> done) {
   cmd_ = std::make_shared<Connection>(ioc_, Connection::Callback{}, on_close);
   sub_ = std::make_shared<Connection>(ioc_, [this](Reply r) { on_push(std::move(r)); }, on_close);
   auto cmd = cmd_;
-  cmd_->connect(url_, connect_timeout, [this, cmd, done](const std::string& err) {
+  cmd_->connect(url_, name_ + ":cmd", connect_timeout, [this, cmd, done](const std::string& err) {
     if (!err.empty()) return done(err);
     if (cmd != cmd_) return done("superseded");
     auto sub = sub_;
-    sub_->connect(url_, connect_timeout, [this, sub, done](const std::string& err2) {
+    sub_->connect(url_, name_ + ":sub", connect_timeout, [this, sub, done](const std::string& err2) {
       if (!err2.empty()) {
         cmd_->close("subscriber connection failed");
         return done(err2);

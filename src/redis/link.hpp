@@ -38,7 +38,8 @@ struct LinkHandlers {
 
 class Link {
  public:
-  explicit Link(Url url);
+  // `name` names the connections in Redis (<name>:cmd and <name>:sub).
+  Link(Url url, std::string name);
   ~Link();
   Link(const Link&) = delete;
   Link& operator=(const Link&) = delete;
@@ -80,6 +81,7 @@ class Link {
   void watch();
 
   Url url_;
+  std::string name_;
   LinkHandlers handlers_;
   boost::asio::io_context ioc_;
   boost::asio::steady_timer retry_timer_;

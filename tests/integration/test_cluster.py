@@ -428,6 +428,72 @@ async def test_redis_restart_is_survived_publish_a_to_b_works_again_within_10s(n
     await close_all(pub, sub)
 
 
+class RedisSession:
+    """One connection to Redis kept open (it stays authenticated when new
+    logins are refused)."""
+
+    def __init__(self, redis):
+        import socket as _socket
+        from redis_server import _Reader
+        self.sock = _socket.create_connection(("127.0.0.1", redis.port), timeout=2)
+        self.reader = _Reader(self.sock)
+
+    def command(self, *args):
+        payload = f"*{len(args)}\r\n".encode()
+        for a in args:
+            b = str(a).encode()
+            payload += f"${len(b)}\r\n".encode() + b + b"\r\n"
+        self.sock.sendall(payload)
+        return self.reader.reply()
+
+    def kill_node(self, name):
+        """Closes node `name`'s connections; returns how many."""
+        listing = self.command("CLIENT", "LIST")
+        listing = listing.decode() if isinstance(listing, bytes) else listing
+        ids = [dict(kv.split("=", 1) for kv in line.split() if "=" in kv)["id"]
+               for line in listing.splitlines() if f"name=synapse:{name}." in line]
+        for i in ids:
+            self.command("CLIENT", "KILL", "ID", i)
+        return len(ids)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.asyncio
+async def test_messages_published_while_a_nodes_link_was_down_reach_its_members_after_it_reconnects(new_cluster):
+    """Redis keeps running with its history; only node b loses its link (and
+    cannot log in again for a while). What a published meanwhile reaches b's
+    subscriber once b is back: every message, once, in order, before newer ones."""
+    cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS)}, names="ab")
+    a, b = cl.nodes
+    topic = "room:link-gap"
+    pub, _ = await member(a, topic)
+    sub, _ = await member(b, topic)
+    first = await publish_many(pub, topic, "m", [{"k": -1}])
+    assert [f[4]["_meta"]["offset"] for f in await events(sub, topic, "m", 1)] == first
+
+    admin = RedisSession(cl.redis)
+    try:
+        admin.command("ACL", "SETUSER", "default", "off")  # new logins fail; open connections go on
+        assert admin.kill_node("b") == 2
+        await until(lambda: ready(b) == 503, 5, "node b to notice it lost Redis")
+        missed = await publish_many(pub, topic, "m", [{"k": k} for k in range(30)])
+        assert missed == list(range(first[0] + 1, first[0] + 31))
+        await asyncio.sleep(0.3)
+        assert await no_more(sub, topic, "m", quiet=0.2) == [], "b delivered while it had no link"
+        admin.command("ACL", "SETUSER", "default", "on")
+    finally:
+        admin.close()
+    await until(lambda: ready(b) == 200, 10, "node b to reconnect")
+    later = await publish_many(pub, topic, "m", [{"k": "later"}])
+    got = [f[4]["_meta"]["offset"] for f in await events(sub, topic, "m", 31)]
+    assert got == missed + later
+    assert await no_more(sub, topic, "m", quiet=0.3) == []
+    assert any("missed while the link was down" in l for l in b.log_lines), "\n".join(b.log_lines[-20:])
+    await close_all(pub, sub)
+
+
 @pytest.mark.asyncio
 async def test_local_delivery_keeps_working_while_redis_is_down(new_cluster):
     cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS)}, names="ab")
