@@ -143,7 +143,11 @@ void RedisBroker::deliver(Topic& t, const std::string& epoch, std::uint64_t offs
 }
 
 void RedisBroker::finish_backfill(Topic& t, const redis::Reply& r) {
-  if (r.type == redis::Reply::Type::array && r.elements.size() > 1 && r.elements[0].str == t.epoch) {
+  if (r.type == redis::Reply::Type::array && r.elements.size() == 1 && !r.elements[0].str.empty()) {
+    // The history is gone or went back: numbering starts again under a new
+    // epoch, which resets the members' filters now.
+    adopt_epoch(t, r.elements[0].str);
+  } else if (r.type == redis::Reply::Type::array && r.elements.size() > 1 && r.elements[0].str == t.epoch) {
     std::uint64_t first = 0, count = 0;
     const std::uint64_t missed_from = t.last_offset + 1;
     for (std::size_t i = 1; i + 3 < r.elements.size(); i += 4) {
@@ -314,8 +318,9 @@ void RedisBroker::resync() {
       // noticed with the first live message, which resets the filters.
       if (!t->epoch.empty() && !t->backfilling) {
         t->backfilling = true;
-        redis::eval(link_, backfill_script_, {key("e", name), key("h", name)},
-                    {t->epoch, std::to_string(t->last_offset + 1)}, [this, name](redis::Reply r) {
+        redis::eval(link_, backfill_script_, {key("e", name), key("h", name), key("o", name)},
+                    {t->epoch, std::to_string(t->last_offset + 1), new_epoch(), std::to_string(keep_ms)},
+                    [this, name](redis::Reply r) {
                       std::lock_guard later(mu_);
                       auto it = topics_.find(name);
                       if (it != topics_.end() && it->second->backfilling) finish_backfill(*it->second, r);

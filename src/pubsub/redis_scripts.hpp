@@ -86,12 +86,21 @@ end
 return out
 )";
 
-// KEYS e h; ARGV epoch first_offset. What a node missed while its link was
-// down: {epoch} when the epoch changed, else {epoch, id, frame, node,
-// connection, ...} for every entry from first_offset on.
+// KEYS e h o; ARGV epoch first_offset candidate_epoch keep_ms. What a node
+// missed while its link was down: {epoch, id, frame, node, connection, ...}
+// for every entry from first_offset on, or {epoch} alone when the epoch
+// changed. A topic whose offset went back within its epoch (Redis restarted
+// from older data) gets a new epoch here, so that no offset is reused
+// under an epoch clients have seen.
 inline constexpr const char* backfill = R"(
 local ep = redis.call('GET', KEYS[1])
 if ep ~= ARGV[1] then return {ep or ''} end
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[2]) - 1 then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  redis.call('SET', KEYS[3], 0, 'PX', ARGV[4])
+  redis.call('DEL', KEYS[2])
+  return {ARGV[3]}
+end
 local out = {ep}
 for _, e in ipairs(redis.call('XRANGE', KEYS[2], ARGV[2] .. '-1', '+')) do
   local f = e[2]

@@ -495,6 +495,40 @@ async def test_messages_published_while_a_nodes_link_was_down_reach_its_members_
 
 
 @pytest.mark.asyncio
+async def test_an_offset_that_went_back_in_redis_gets_a_new_epoch_instead_of_reusing_offsets(new_cluster):
+    """Redis restored from older data: the topic's offset is behind what
+    node b delivered, under the same epoch. When b reconnects it starts a new
+    epoch, so the next message is offset 1 of that epoch, not a reused 3."""
+    cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS)}, names="ab")
+    a, b = cl.nodes
+    topic = "room:rollback"
+    pub, _ = await member(a, topic)
+    sub, _ = await member(b, topic)
+    await publish_many(pub, topic, "m", [{"k": k} for k in range(5)])
+    seen = [f[4]["_meta"] for f in await events(sub, topic, "m", 5)]
+    assert [m["offset"] for m in seen] == [1, 2, 3, 4, 5]
+
+    admin = RedisSession(cl.redis)
+    try:
+        admin.command("ACL", "SETUSER", "default", "off")
+        assert admin.kill_node("b") == 2
+        await until(lambda: ready(b) == 503, 5, "node b to notice it lost Redis")
+        admin.command("SET", f"synapse:0:o:{topic}", "2")  # as if restored from an older snapshot
+        admin.command("ACL", "SETUSER", "default", "on")
+    finally:
+        admin.close()
+    await until(lambda: ready(b) == 200, 10, "node b to reconnect")
+    assert await publish_many(pub, topic, "m", [{"k": "after"}]) == [1]
+    meta = (await sub.push_event(topic, "m"))[4]["_meta"]
+    assert meta["offset"] == 1 and meta["epoch"] != seen[0]["epoch"], meta
+    # A client recovering from the old epoch is told the history is gone.
+    late = await PhxClient.connect(a.ws())
+    r = ok(await late.join(topic, {"recover": {"offset": 5, "epoch": seen[0]["epoch"]}}))
+    assert r["recovered"] is False and r["epoch"] == meta["epoch"]
+    await close_all(pub, sub, late)
+
+
+@pytest.mark.asyncio
 async def test_local_delivery_keeps_working_while_redis_is_down(new_cluster):
     cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS)}, names="ab")
     a, b = cl.nodes
