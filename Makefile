@@ -12,7 +12,7 @@ FUZZ_SECONDS ?= 30
 JOBS ?= 2
 
 .PHONY: all deps build build-asan build-fuzz run test test-unit test-integration test-asan \
-        test-js test-sdk-js test-sdk-py fuzz bench report clean help
+        test-js test-sdk-js test-sdk-py fuzz bench bench-cluster report clean help
 
 all: build
 
@@ -20,6 +20,7 @@ help:
 	@echo "make run     install what is missing, build, start on 127.0.0.1:$(PORT) with data in $(DATA)"
 	@echo "make test    install, build, run every test suite (unit, integration, ASan, JS, SDKs, fuzz)"
 	@echo "make bench   load benchmarks (JSON under bench/results/)"
+	@echo "make bench-cluster  cross-node fan-out latency, two nodes sharing a Redis (bench/results/)"
 	@echo "make report  tests + benchmarks -> docs/verification/websocket-synapse-validation-report.md"
 	@echo "make fuzz    each libFuzzer target for FUZZ_SECONDS (default 30)"
 
@@ -74,6 +75,10 @@ fuzz: build-fuzz
 
 bench: build
 	@./scripts/run-bench
+
+# Two nodes sharing one Redis (started by the script): cross-node fan-out latency.
+bench-cluster: build
+	@./scripts/run-bench-cluster
 
 report: build build-asan
 	@./scripts/make-report

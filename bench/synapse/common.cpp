@@ -334,7 +334,7 @@ void Fleet::start_next() {
     auto& p = *peers_[next_++];
     p.t_start = now_ns();
     std::string err;
-    if (!p.ws->connect(ctx_.target, &err)) {
+    if (!p.ws->connect(target_ ? *target_ : ctx_.target, &err)) {
       p.st = Peer::St::failed;
       if (stats_) {
         ++stats_->failed;

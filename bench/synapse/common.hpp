@@ -122,7 +122,9 @@ class Fleet final : public WsClient::Events {
  public:
   using FrameFn = std::function<void(Peer&, const PhxFrame&, std::uint64_t now)>;
 
-  Fleet(Context& ctx, FrameFn on_frame) : ctx_(ctx), on_frame_(std::move(on_frame)) {}
+  // `target`: where this fleet connects; null means ctx.target (the --url).
+  Fleet(Context& ctx, FrameFn on_frame, const Target* target = nullptr)
+      : ctx_(ctx), on_frame_(std::move(on_frame)), target_(target) {}
   ~Fleet();
 
   // Opens `n` more connections; each joins every topic in `topics` (with
@@ -159,6 +161,7 @@ class Fleet final : public WsClient::Events {
 
   Context& ctx_;
   FrameFn on_frame_;
+  const Target* target_ = nullptr;
   std::vector<std::unique_ptr<Peer>> peers_;
   // The open() in progress.
   std::vector<std::string> topics_;
@@ -179,5 +182,6 @@ int run_message_throughput(Context& ctx);
 int run_latency(Context& ctx);
 int run_query_load(Context& ctx);
 int run_presence(Context& ctx);
+int run_cross_node(Context& ctx);
 
 }  // namespace bench

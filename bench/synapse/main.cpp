@@ -22,6 +22,8 @@ scenarios:
   latency              heartbeat and cortex ping round trips with idle connections alongside
   query_load           cortex queries over stored memories (Synapse only)
   presence             N members join one topic, every tenth with presence (Synapse only)
+  cross_node           fan-out latency across two clustered nodes (shared Redis): subscribers
+                       split over --url (node A, also the publisher's) and --url2 (node B)
 
 common options:
   --url URL            ws://HOST:PORT[/path]; the path defaults to /cortex/websocket?vsn=2.0.0
@@ -46,6 +48,10 @@ message_throughput:  --only sustained,burst,single,fanout  --topic T  --payload-
 latency:             --idle LIST  --samples N
 presence:            --members LIST (default 2500,5000,10000) --presence-every K (10) --rounds R (20)
                      --quiet-ms MS (no presence traffic for this long ends a size, 400)
+cross_node:          --url2 URL (node B; path and key as --url's)  --subs N (1000, half per node)
+                     --rate R (100 msg/s)  --duration S (10)  --payload-bytes N  --topic T
+                     --server-pid2 PID (node B)  --redis-pid PID  --drain-s S (5)
+                     --warmup-s S (5)  --warmup-gap-ms MS (20)  --quiet-ms MS (300)
 query_load:          --memories N --store-connections N --query-connections N --in-flight N
                      --duration S --vocabulary N --skip-store
 )";
@@ -111,6 +117,7 @@ int main(int argc, char** argv) {
     if (ctx.scenario == "latency") return run_latency(ctx);
     if (ctx.scenario == "query_load") return run_query_load(ctx);
     if (ctx.scenario == "presence") return run_presence(ctx);
+    if (ctx.scenario == "cross_node") return run_cross_node(ctx);
   } catch (const std::exception& e) {
     std::cerr << "synapse-bench: " << e.what() << "\n";
     return 1;
