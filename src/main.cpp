@@ -142,6 +142,9 @@ int serve(const config::Config& cfg) {
     auto* rb = redis_broker.get();
     link->set_handlers({[rb](const std::string& channel, const std::string& payload) { rb->on_message(channel, payload); },
                         [rb] { rb->on_up(); }, [](const std::string&) {}});
+    shared_counts = std::make_unique<cluster::RedisConnectionCounts>(*link, ro.prefix, ro.node_id,
+                                                                    std::chrono::milliseconds(1000));
+    rb->set_reregister_hook([&limiter, counts = shared_counts.get()] { counts->replace(limiter.shared_snapshot()); });
     const std::string err = link->start(std::chrono::seconds(5));
     if (!err.empty() || !rb->register_node()) {
       const std::string why = err.empty() ? "it did not answer" : err;
@@ -149,10 +152,7 @@ int serve(const config::Config& cfg) {
       std::cerr << "synapse: cannot connect to Redis at " << url.text() << ": " << why << std::endl;
       return 1;
     }
-    shared_counts = std::make_unique<cluster::RedisConnectionCounts>(*link, ro.prefix, ro.node_id,
-                                                                    std::chrono::milliseconds(1000));
     limiter.share(shared_counts.get());
-    rb->set_reregister_hook([&limiter, counts = shared_counts.get()] { counts->replace(limiter.shared_snapshot()); });
     spdlog::info("cluster node {} on Redis {}", ro.node_id, url.text());
     broker = rb;
   }
@@ -213,6 +213,10 @@ int serve(const config::Config& cfg) {
   std::cout << "listening on " << cfg.bind << ":" << server.port() << std::endl;
   const int rc = server.run();
   cortex.stop();  // workers post to I/O threads: stop them while those exist
+  // Connections a drain timeout left open go now, on this thread (the I/O
+  // threads have stopped), while the broker and the limiter they leave and
+  // give their counts back to still exist.
+  for (std::size_t i = 0; i < threads.size(); ++i) threads[i].connections.clear();
   return rc;
 }
 

@@ -320,9 +320,9 @@ void RedisBroker::resync() {
         t->backfilling = true;
         redis::eval(link_, backfill_script_, {key("e", name), key("h", name), key("o", name)},
                     {t->epoch, std::to_string(t->last_offset + 1), new_epoch(), std::to_string(keep_ms)},
-                    [this, name](redis::Reply r) {
+                    [this, topic = name](redis::Reply r) {
                       std::lock_guard later(mu_);
-                      auto it = topics_.find(name);
+                      auto it = topics_.find(topic);
                       if (it != topics_.end() && it->second->backfilling) finish_backfill(*it->second, r);
                     });
       }
