@@ -35,20 +35,61 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
                            {{"payload._meta", "must not be set by the publisher"}});
       return;
     }
-    const auto r = session_.services().broker.publish(topic_, env.event, env.payload_raw, env.payload->empty(),
-                                                      session_.principal().agent_id, session_.socket().id());
+    auto& broker = session_.services().broker;
+    if (!broker.publishes_async()) {
+      reply(env, broker.publish(topic_, env.event, env.payload_raw, env.payload->empty(),
+                                session_.principal().agent_id, session_.socket().id()));
+      return;
+    }
+    // The reply is built where the broker finishes and sent on this
+    // connection's thread, if the connection is still open by then.
+    Socket* socket = &session_.socket();
+    broker.publish_async(
+        topic_, env.event, env.payload_raw, env.payload->empty(), session_.principal().agent_id, socket->id(),
+        [poster = socket->poster(), socket, join_ref = copy(env.join_ref), ref = copy(env.ref),
+         topic = topic_](pubsub::PublishResult r) {
+          wire::Message msg = wire::Message::text(encode(join_ref, ref, topic, r));
+          poster([socket, msg = std::move(msg)]() mutable { socket->send(std::move(msg)); });
+        });
+  }
+
+  static std::optional<std::string> copy(std::optional<std::string_view> v) {
+    return v ? std::optional<std::string>(std::string(*v)) : std::nullopt;
+  }
+
+  static std::string encode(const std::optional<std::string>& join_ref, const std::optional<std::string>& ref,
+                            std::string_view topic, const pubsub::PublishResult& r) {
+    auto view = [](const std::optional<std::string>& s) {
+      return s ? std::optional<std::string_view>(*s) : std::nullopt;
+    };
+    switch (r.reach) {
+      case pubsub::PublishResult::Reach::all:
+        return protocol::encode_reply(view(join_ref), view(ref), topic, true, json::object{{"offset", r.offset}});
+      case pubsub::PublishResult::Reach::local:
+        return protocol::encode_reply(view(join_ref), view(ref), topic, true,
+                                      json::object{{"offset", 0}, {"local", true}});
+      case pubsub::PublishResult::Reach::unknown:
+        break;
+    }
+    return protocol::encode_reply(
+        view(join_ref), view(ref), topic, false,
+        protocol::error_response(reason::unavailable,
+                                 "Redis did not confirm the publish; it may or may not have been delivered"));
+  }
+
+  void reply(const protocol::Envelope& env, const pubsub::PublishResult& r) {
     switch (r.reach) {
       case pubsub::PublishResult::Reach::all:
         session_.reply_ok(env, json::object{{"offset", r.offset}});
-        break;
+        return;
       case pubsub::PublishResult::Reach::local:
         session_.reply_ok(env, json::object{{"offset", 0}, {"local", true}});
-        break;
+        return;
       case pubsub::PublishResult::Reach::unknown:
-        session_.reply_error(env, reason::unavailable,
-                             "Redis did not confirm the publish; it may or may not have been delivered");
         break;
     }
+    session_.reply_error(env, reason::unavailable,
+                         "Redis did not confirm the publish; it may or may not have been delivered");
   }
 
   void leave() override {

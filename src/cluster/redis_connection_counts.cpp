@@ -53,7 +53,9 @@ RedisConnectionCounts::RedisConnectionCounts(redis::Link& link, std::string pref
       timeout_(timeout),
       acquire_(acquire_lua),
       release_(release_lua),
-      replace_(replace_lua) {}
+      replace_(replace_lua) {
+  for (const auto* s : {&acquire_, &release_, &replace_}) link_.preload(s->text);
+}
 
 limits::SharedCounts::Verdict RedisConnectionCounts::acquire(const std::string& ip_field, std::int64_t ip_limit,
                                                              const std::string& key_field, std::int64_t key_limit) {

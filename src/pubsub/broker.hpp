@@ -10,6 +10,7 @@
 
 #include <boost/json.hpp>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -95,6 +96,16 @@ class Broker {
   virtual PublishResult publish(std::string_view topic, std::string_view event,
                                 std::string_view payload_json, bool payload_empty, std::string_view from,
                                 std::uint64_t exclude_connection) = 0;
+  // The same, for brokers whose publish waits on something remote: `done`
+  // is called once, on any thread, and the caller is not blocked meanwhile.
+  // Only called when publishes_async() says so.
+  using PublishDone = std::function<void(PublishResult)>;
+  virtual bool publishes_async() const { return false; }
+  virtual void publish_async(std::string_view topic, std::string_view event, std::string_view payload_json,
+                             bool payload_empty, std::string_view from, std::uint64_t exclude_connection,
+                             PublishDone done) {
+    done(publish(topic, event, payload_json, payload_empty, from, exclude_connection));
+  }
   // The topic's presence (pending changes included), as JSON text.
   virtual std::string presence_state(std::string_view topic) = 0;
   // Periodic work: publish coalesced presence diffs, expire history, release

@@ -99,7 +99,12 @@ RedisBroker::RedisBroker(RedisBrokerOptions options, redis::Link& link, std::vec
       heartbeat_script_(std::string(lua::now_ms) + lua::heartbeat),
       reap_script_(std::string(lua::now_ms) + lua::reap),
       backfill_script_(lua::backfill),
-      channel_prefix_(options_.prefix + "c:") {}
+      channel_prefix_(options_.prefix + "c:") {
+  for (const auto* s : {&publish_script_, &join_script_, &snapshot_script_, &track_script_, &untrack_script_,
+                        &heartbeat_script_, &reap_script_, &backfill_script_}) {
+    link_.preload(s->text);
+  }
+}
 
 RedisBroker::~RedisBroker() = default;
 
@@ -466,28 +471,29 @@ void RedisBroker::leave(Subscriber& sub, std::string_view topic) {
   }
 }
 
-PublishResult RedisBroker::publish(std::string_view topic, std::string_view event, std::string_view payload_json,
-                                   bool payload_empty, std::string_view from, std::uint64_t exclude_connection) {
+std::vector<std::string> RedisBroker::publish_args(std::string_view topic, const std::string& head,
+                                                   std::uint64_t exclude_connection) {
+  return {std::string(head), options_.node_id, std::to_string(exclude_connection),
+          std::to_string(options_.history_size),
+          std::to_string(options_.history_ttl_ms > 0 ? options_.history_ttl_ms : keep_ms), new_epoch(),
+          channel_prefix_ + std::string(topic), std::to_string(keep_ms)};
+}
+
+PublishResult RedisBroker::published(const redis::Reply& r) {
   PublishResult res;
-  std::string head = publish_head(topic, event, payload_json, payload_empty, from, unix_ms());
-  const auto r = redis::eval_call(
-      link_, publish_script_, {key("o", topic), key("e", topic), key("h", topic)},
-      {head, options_.node_id, std::to_string(exclude_connection), std::to_string(options_.history_size),
-       std::to_string(options_.history_ttl_ms > 0 ? options_.history_ttl_ms : keep_ms), new_epoch(),
-       channel_prefix_ + std::string(topic), std::to_string(keep_ms)},
-      options_.call_timeout);
   if (r.type == redis::Reply::Type::array && r.elements.size() == 2) {
     res.offset = static_cast<std::uint64_t>(r.elements[0].as_int());
     res.epoch = r.elements[1].str;
     metrics::bump(metrics_.publishes);
     return res;
   }
-  if (!r.unsent()) {
-    spdlog::warn("publish to {}: Redis did not confirm: {}", topic, r.str);
-    res.reach = PublishResult::Reach::unknown;
-    return res;
-  }
-  // Redis is down: this node's members still get it, without an offset.
+  spdlog::warn("publish: Redis did not confirm: {}", r.str);
+  res.reach = PublishResult::Reach::unknown;
+  return res;
+}
+
+PublishResult RedisBroker::publish_local(std::string_view topic, std::string head, std::uint64_t exclude_connection) {
+  PublishResult res;
   res.reach = PublishResult::Reach::local;
   head += local_tail;
   std::lock_guard lock(mu_);
@@ -500,6 +506,37 @@ PublishResult RedisBroker::publish(std::string_view topic, std::string_view even
   }
   metrics::bump(metrics_.publishes);
   return res;
+}
+
+PublishResult RedisBroker::publish(std::string_view topic, std::string_view event, std::string_view payload_json,
+                                   bool payload_empty, std::string_view from, std::uint64_t exclude_connection) {
+  std::string head = publish_head(topic, event, payload_json, payload_empty, from, unix_ms());
+  const auto r = redis::eval_call(link_, publish_script_, {key("o", topic), key("e", topic), key("h", topic)},
+                                  publish_args(topic, head, exclude_connection), options_.call_timeout);
+  if (r.unsent()) return publish_local(topic, std::move(head), exclude_connection);
+  return published(r);
+}
+
+void RedisBroker::publish_async(std::string_view topic, std::string_view event, std::string_view payload_json,
+                                bool payload_empty, std::string_view from, std::uint64_t exclude_connection,
+                                PublishDone done) {
+  std::string head = publish_head(topic, event, payload_json, payload_empty, from, unix_ms());
+  if (!link_.up()) {
+    done(publish_local(topic, std::move(head), exclude_connection));
+    return;
+  }
+  auto args = publish_args(topic, head, exclude_connection);
+  // Commands leave in order on one connection, so one client's publishes
+  // get increasing offsets.
+  redis::eval(link_, publish_script_, {key("o", topic), key("e", topic), key("h", topic)}, std::move(args),
+              [this, t = std::string(topic), head = std::move(head), exclude_connection,
+               done = std::move(done)](redis::Reply r) mutable {
+                if (r.unsent()) {
+                  done(publish_local(t, std::move(head), exclude_connection));
+                } else {
+                  done(published(r));
+                }
+              });
 }
 
 std::string RedisBroker::presence_state(std::string_view topic) {

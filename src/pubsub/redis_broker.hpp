@@ -81,6 +81,10 @@ class RedisBroker final : public Broker {
   void leave(Subscriber& sub, std::string_view topic) override;
   PublishResult publish(std::string_view topic, std::string_view event, std::string_view payload_json,
                         bool payload_empty, std::string_view from, std::uint64_t exclude_connection) override;
+  bool publishes_async() const override { return true; }
+  void publish_async(std::string_view topic, std::string_view event, std::string_view payload_json,
+                     bool payload_empty, std::string_view from, std::uint64_t exclude_connection,
+                     PublishDone done) override;
   std::string presence_state(std::string_view topic) override;
   void tick() override;
   BrokerStats stats() override;
@@ -140,6 +144,11 @@ class RedisBroker final : public Broker {
   // Queues a numbered message for the topic's members, once and in order.
   void deliver(Topic& t, const std::string& epoch, std::uint64_t offset, std::uint64_t exclude, wire::Message msg);
   void finish_backfill(Topic& t, const redis::Reply& r);
+  std::vector<std::string> publish_args(std::string_view topic, const std::string& head,
+                                        std::uint64_t exclude_connection);
+  PublishResult published(const redis::Reply& r);
+  // Redis is down: this node's members only, unnumbered.
+  PublishResult publish_local(std::string_view topic, std::string head, std::uint64_t exclude_connection);
   void apply_presence(Topic& t, const PresenceEvent& ev);
   void apply_snapshot(Topic& t, const redis::Reply& r);
   void send_track(const Topic& t, const std::string& ref, const LocalEntry& e);

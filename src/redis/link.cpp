@@ -115,6 +115,13 @@ void Link::stop() {
 
 void Link::post(std::function<void()> task) { asio::post(ioc_, std::move(task)); }
 
+void Link::reload_scripts() {
+  post([this] {
+    if (!cmd_ || !up_.load(std::memory_order_acquire)) return;
+    for (const auto& lua : scripts_) cmd_->send({"SCRIPT", "LOAD", lua}, {});
+  });
+}
+
 void Link::connect_both(std::function<void(const std::string&)> done) {
   auto on_close = [this](const std::string& why) {
     if (!stopping_) went_down(why);
@@ -125,6 +132,7 @@ void Link::connect_both(std::function<void(const std::string&)> done) {
   cmd_->connect(url_, name_ + ":cmd", connect_timeout, [this, cmd, done](const std::string& err) {
     if (!err.empty()) return done(err);
     if (cmd != cmd_) return done("superseded");
+    for (const auto& lua : scripts_) cmd_->send({"SCRIPT", "LOAD", lua}, {});
     auto sub = sub_;
     sub_->connect(url_, name_ + ":sub", connect_timeout, [this, sub, done](const std::string& err2) {
       if (!err2.empty()) {

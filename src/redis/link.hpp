@@ -44,6 +44,12 @@ class Link {
   Link(const Link&) = delete;
   Link& operator=(const Link&) = delete;
 
+  // Lua scripts loaded on every (re)connection before anything else is
+  // sent, so EVALSHA finds them even right after Redis restarted. Call
+  // before start().
+  void preload(std::string lua) { scripts_.push_back(std::move(lua)); }
+  // Loads them again (after NOSCRIPT: someone flushed Redis's script cache).
+  void reload_scripts();
   // Handlers must be set before start().
   void set_handlers(LinkHandlers h) { handlers_ = std::move(h); }
   // Starts the thread and connects; blocks up to `timeout`. Returns "" when
@@ -97,6 +103,7 @@ class Link {
   std::chrono::milliseconds backoff_{100};
   std::function<void(const std::string&)> pending_up_;  // completes a connect once resubscribed
   std::set<std::string> wanted_;
+  std::vector<std::string> scripts_;
   std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
 };
 

@@ -32,12 +32,12 @@ Script::Script(std::string lua) : text(std::move(lua)) {
 
 void eval(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
           std::function<void(Reply)> cb) {
-  auto full = std::make_shared<std::vector<std::string>>(build("EVAL", s.text, keys, args));
-  link.command(build("EVALSHA", s.sha, keys, args), [&link, full, cb = std::move(cb)](Reply r) mutable {
-    if (noscript(r)) {
-      link.command(std::move(*full), std::move(cb));
-      return;
-    }
+  // No EVAL retry here: it would need a copy of every argument (a publish's
+  // payload) kept for a case the link's preloading rules out, and a retry
+  // could overtake later commands. A flushed script cache fails this call
+  // and reloads the scripts for the next ones.
+  link.command(build("EVALSHA", s.sha, keys, args), [&link, cb = std::move(cb)](Reply r) {
+    if (noscript(r)) link.reload_scripts();
     if (cb) cb(std::move(r));
   });
 }

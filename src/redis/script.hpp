@@ -1,5 +1,6 @@
-// Lua scripts run by SHA1, sent in full only when Redis does not know them
-// yet (after a restart its script cache is empty).
+// Lua scripts run by SHA1. The link loads every script on each connection
+// (Link::preload), so EVALSHA finds them; a blocking call still falls back
+// to EVAL if someone flushed the script cache.
 #pragma once
 
 #include <chrono>
@@ -19,7 +20,7 @@ struct Script {
   std::string sha;  // hex SHA1 of text
 };
 
-// EVALSHA, then EVAL on NOSCRIPT. `cb` runs on the link's thread.
+// EVALSHA. `cb` runs on the link's thread.
 void eval(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
           std::function<void(Reply)> cb);
 // The same, waiting for the reply (not on the link's thread).
