@@ -43,7 +43,7 @@ RULES = [
     ("protocol", ["query", "queries", "tool", "pubsub", "presence", "recovery", "error_handling", "protocol",
                   "cortex", "broadcast", "compat", "compatibility", "phoenix", "frame", "codec", "envelope",
                   "utf8", "topic", "history", "sdk", "channel", "memory", "memories", "bad_input", "malformed",
-                  "message", "metrics", "http"]),
+                  "message", "metrics", "http", "cluster"]),
     ("load", ["load", "bench", "benchmark", "throughput", "stress"]),
 ]
 # When neither the group nor the test name matches, by result file.
