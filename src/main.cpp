@@ -12,9 +12,11 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "auth/crypto.hpp"
+#include "cluster/redis_connection_counts.hpp"
 #include "auth/key_store.hpp"
 #include "channels/services.hpp"
 #include "config/config.hpp"
@@ -23,7 +25,6 @@
 #include "metrics/metrics.hpp"
 #include "net/http_api.hpp"
 #include "net/server.hpp"
-#include "cluster/redis_connection_counts.hpp"
 #include "pubsub/local_broker.hpp"
 #include "pubsub/redis_broker.hpp"
 #include "redis/link.hpp"
@@ -66,6 +67,18 @@ std::string load_jwt_secret(const config::Config& cfg) {
   fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
   spdlog::info("generated a JWT secret in {}", path.string());
   return secret;
+}
+
+// Where revocations are announced to every node of a cluster (a channel,
+// and a set of the same name for nodes that were away).
+std::string revocation_channel(const redis::Url& url) { return pubsub::redis_prefix(url.db) + "revoked"; }
+
+void revoke_locally(auth::KeyStore& keys, const std::string& id) {
+  try {
+    if (keys.revoke(id)) spdlog::info("key {} revoked through Redis", id);
+  } catch (const std::exception& e) {
+    spdlog::warn("could not record the revocation of key {}: {}", id, e.what());
+  }
 }
 
 // Held while a node creates what the data directory holds once (the JWT
@@ -140,8 +153,25 @@ int serve(const config::Config& cfg) {
     link = std::make_unique<redis::Link>(url, "synapse:" + ro.node_id);
     redis_broker = std::make_unique<pubsub::RedisBroker>(ro, *link, threads.posters(), metrics);
     auto* rb = redis_broker.get();
-    link->set_handlers({[rb](const std::string& channel, const std::string& payload) { rb->on_message(channel, payload); },
-                        [rb] { rb->on_up(); }, [](const std::string&) {}});
+    // Revocations made with `synapse keys revoke --redis` on any host reach
+    // this node's own key database; its revocation poll then closes the
+    // key's connections. The set catches up a node that was away.
+    const std::string revoked = revocation_channel(url);
+    auto* l = link.get();
+    link->set_handlers({[rb, &keys, revoked](const std::string& channel, const std::string& payload) {
+                          if (channel == revoked) {
+                            revoke_locally(keys, payload);
+                          } else {
+                            rb->on_message(channel, payload);
+                          }
+                        },
+                        [rb, l, &keys, revoked] {
+                          rb->on_up();
+                          l->command({"SMEMBERS", revoked}, [&keys](redis::Reply r) {
+                            for (const auto& id : r.elements) revoke_locally(keys, id.str);
+                          });
+                        },
+                        [](const std::string&) {}});
     shared_counts = std::make_unique<cluster::RedisConnectionCounts>(*link, ro.prefix, ro.node_id,
                                                                     std::chrono::milliseconds(1000));
     rb->set_reregister_hook([&limiter, counts = shared_counts.get()] { counts->replace(limiter.shared_snapshot()); });
@@ -152,6 +182,7 @@ int serve(const config::Config& cfg) {
       std::cerr << "synapse: cannot connect to Redis at " << url.text() << ": " << why << std::endl;
       return 1;
     }
+    if (!link->subscribe(revoked, std::chrono::seconds(2))) spdlog::warn("could not subscribe to {}", revoked);
     limiter.share(shared_counts.get());
     spdlog::info("cluster node {} on Redis {}", ro.node_id, url.text());
     broker = rb;
@@ -268,6 +299,10 @@ int main(int argc, char** argv) {
   std::string revoke_id;
   auto* revoke = keys_cmd->add_subcommand("revoke", "Revoke a key; its live connections close with 4003 within seconds");
   revoke->add_option("id", revoke_id, "Key id (see keys list)")->required();
+  std::string revoke_redis;
+  revoke->add_option("--redis", revoke_redis,
+                     "Also announce it on this Redis (redis://HOST:PORT[/DB]): every cluster node records it in its "
+                     "own key database and closes the key's connections");
   add_data_dir(revoke);
 
   // config
@@ -330,11 +365,37 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*revoke) {
-      if (!keys.revoke(revoke_id)) {
+      std::optional<redis::Url> url;
+      if (!revoke_redis.empty()) {
+        std::string why;
+        url = redis::parse_url(revoke_redis, &why);
+        if (!url) {
+          std::cerr << "synapse: --redis '" << revoke_redis << "': " << why << "\n";
+          return exit_usage;
+        }
+      }
+      const bool here = keys.revoke(revoke_id);
+      if (!here && !url) {
         std::cerr << "synapse: no key with id " << revoke_id << "\n";
         return 1;
       }
-      std::cout << "revoked " << revoke_id << "\n";
+      if (here) std::cout << "revoked " << revoke_id << "\n";
+      if (url) {
+        // The set first: a node that misses the message finds it there.
+        redis::Link link(*url, "synapse:cli");
+        const std::string err = link.start(std::chrono::seconds(3));
+        const std::string channel = revocation_channel(*url);
+        redis::Reply r;
+        if (err.empty()) r = link.call({"SADD", channel, revoke_id}, std::chrono::seconds(3));
+        if (err.empty() && r.ok()) r = link.call({"PUBLISH", channel, revoke_id}, std::chrono::seconds(3));
+        link.stop();
+        if (!err.empty() || !r.ok()) {
+          std::cerr << "synapse: could not announce the revocation on " << url->text() << ": "
+                    << (err.empty() ? r.str : err) << "\n";
+          return 1;
+        }
+        std::cout << "announced to the cluster on " << url->text() << " (" << r.as_int() << " nodes listening)\n";
+      }
       return 0;
     }
   } catch (const std::exception& e) {

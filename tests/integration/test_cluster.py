@@ -389,6 +389,51 @@ async def test_revoking_a_key_closes_its_connections_on_every_node_within_5s(clu
     await bystander.close()
 
 
+@pytest.mark.asyncio
+async def test_revocation_announced_on_redis_reaches_a_node_with_its_own_key_database():
+    """Nodes on different hosts each have their own synapse.db (here: a copy).
+    `keys revoke --redis` on one host records the revocation in every node's
+    database and closes the key's connections there within 5 s; a node that
+    was down meanwhile catches up from the set when it starts."""
+    redis = RedisServer().start()
+    dirs = [tempfile.mkdtemp(prefix="synapse-host-") for _ in range(3)]
+    nodes = []
+    try:
+        first = SynapseServer(data_dir=dirs[0])
+        key = first.create_key("multi-host")
+        key_id = key.split("_")[1]
+        for d in dirs[1:]:
+            shutil.copy(Path(dirs[0]) / "synapse.db", Path(d) / "synapse.db")
+        flags = {"--redis": redis.url(), "--node-ttl-ms": str(SMALL_TTL_MS)}
+        nodes = [SynapseServer(data_dir=d, flags=dict(flags, **{"--node-id": n})) for d, n in zip(dirs[:2], "ab")]
+        for n in nodes:
+            n.start()
+        conns = [(await member(n, "room:hosts", key=key))[0] for n in nodes]
+        result = first.keys_cli("revoke", key_id, "--redis", redis.url())
+        assert result.returncode == 0, result.stderr
+        assert "announced to the cluster" in result.stdout
+        started = time.monotonic()
+        codes = await asyncio.gather(*[c.wait_closed(6) for c in conns])
+        assert codes == [4003, 4003] and time.monotonic() - started < 5, codes
+        for n in nodes:
+            assert http_upgrade(n.port, f"{WS}?api_key={key}")[0] == 401
+        # Host c was down during the announcement; it starts with the key live
+        # in its own copy of the database, and learns of it from Redis.
+        late = SynapseServer(data_dir=dirs[2], flags=dict(flags, **{"--node-id": "c"}))
+        nodes.append(late)
+        late.start()
+        await until(lambda: http_upgrade(late.port, f"{WS}?api_key={key}")[0] == 401, 5,
+                    "the late node to refuse the revoked key")
+        listed = late.keys_cli("list", "--json")
+        assert any('"revoked_at":null' not in line and key_id in line for line in listed.stdout.splitlines())
+    finally:
+        for n in nodes:
+            n.cleanup()
+        redis.cleanup()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 # -- Redis going away ----------------------------------------------------------------
 
 @pytest.mark.asyncio
