@@ -343,6 +343,27 @@ async def test_connection_limit_per_key_holds_across_nodes(new_cluster):
 
 
 @pytest.mark.asyncio
+async def test_connection_limit_per_ip_holds_across_nodes(new_cluster):
+    """Every test connection comes from 127.0.0.1: three per IP in all."""
+    cl = new_cluster({"--ip-max-connections": "3", "--node-ttl-ms": str(SMALL_TTL_MS)}, names="ab")
+    a, b = cl.nodes
+    keys = [cl.create_key(f"ip{i}") for i in range(4)]  # different keys: only the IP limit applies
+    held = []
+    for node, key in ((a, keys[0]), (b, keys[1]), (a, keys[2])):
+        status, sock = upgrade(node, key)
+        assert status == 101
+        held.append(sock)
+    for node in (a, b):
+        status, hdrs, body, _ = http_upgrade(node.port, f"{WS}?api_key={keys[3]}")
+        assert status == 429 and body["error"] == "too_many_connections", (status, body)
+    held.pop(1).close()  # the one on b
+    held.append(await until(lambda: upgrade(a, keys[3])[1], 5, "the slot freed on b to be usable on a"))
+    assert upgrade(b, keys[3])[0] == 429
+    for sock in held:
+        sock.close()
+
+
+@pytest.mark.asyncio
 async def test_node_killed_and_restarted_at_once_under_its_id_still_drops_its_old_members_and_counts(new_cluster):
     """A crashed node brought back at once by its supervisor, with the same
     --node-id, must not keep the dead process's members and connections alive."""
