@@ -380,6 +380,11 @@ JoinResult RedisBroker::join(Subscriber& sub, const JoinRequest& req) {
     redis::Reply snap;
     if (link_.subscribe(channel, options_.call_timeout)) {
       snap = redis::eval_call(link_, snapshot_script_, {key("p", name), key("pv", name)}, {}, options_.call_timeout);
+    } else if (link_.up()) {
+      // Redis is up but slow: the subscription will come, but messages
+      // published before it are not delivered live to this join.
+      spdlog::warn("topic {}: Redis did not confirm the subscription within {} ms", name,
+                   options_.call_timeout.count());
     }
     {
       std::lock_guard lock(mu_);

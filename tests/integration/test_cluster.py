@@ -595,6 +595,31 @@ async def test_an_offset_that_went_back_in_redis_gets_a_new_epoch_instead_of_reu
 
 
 @pytest.mark.asyncio
+async def test_a_hung_redis_is_noticed_without_tcp_closing_and_the_link_comes_back(new_cluster):
+    """Redis stopped (SIGSTOP) keeps its sockets open: only the link's pings
+    reveal it. Ready turns 503 within seconds; after SIGCONT the nodes
+    recover and deliver across nodes again."""
+    import os
+    import signal as _signal
+    cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS)}, names="ab")
+    a, b = cl.nodes
+    topic = "room:hung"
+    pub, _ = await member(a, topic)
+    sub, _ = await member(b, topic)
+    os.kill(cl.redis.pid, _signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        await until(lambda: ready(a) == 503 and ready(b) == 503, 8, "/health/ready 503 with Redis hung")
+        assert time.monotonic() - stopped < 8
+    finally:
+        os.kill(cl.redis.pid, _signal.SIGCONT)
+    resumed = time.monotonic()
+    await until(lambda: ready(a) == 200 and ready(b) == 200, 10, "/health/ready 200 after SIGCONT")
+    await publish_until_received(pub, sub, topic, "after", resumed, 10)
+    await close_all(pub, sub)
+
+
+@pytest.mark.asyncio
 async def test_local_delivery_keeps_working_while_redis_is_down(new_cluster):
     cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS)}, names="ab")
     a, b = cl.nodes
