@@ -4,6 +4,12 @@
 
 namespace synapse::presence {
 
+std::string meta_json(boost::json::object meta, const std::string& ref, std::int64_t online_at_ms) {
+  meta["phx_ref"] = ref;
+  meta["online_at"] = online_at_ms;
+  return boost::json::serialize(meta);
+}
+
 void PresenceTracker::track(const std::string& agent, const std::string& ref, std::string meta_json) {
   pending_joins_[ref] = Change{agent, std::move(meta_json)};
   ++metas_;

@@ -25,6 +25,9 @@
 
 namespace synapse::presence {
 
+// A member's meta as tracked: the client's meta plus phx_ref and online_at.
+std::string meta_json(boost::json::object meta, const std::string& ref, std::int64_t online_at_ms);
+
 class PresenceTracker {
  public:
   // `meta_json` is a serialized JSON object (phx_ref and online_at included).

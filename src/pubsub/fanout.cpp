@@ -1,6 +1,7 @@
 #include "pubsub/fanout.hpp"
 
 #include "metrics/metrics.hpp"
+#include "protocol/envelope.hpp"
 
 namespace synapse::pubsub {
 
@@ -26,7 +27,16 @@ Fanout::Fanout(std::vector<Poster> threads, metrics::Metrics& metrics)
 
 Fanout::~Fanout() = default;
 
-void Fanout::add(Subscriber& sub, bool presence) {
+void Fanout::add(Subscriber& sub, const JoinRequest& req, std::uint64_t topic_id, std::uint64_t start_offset,
+                 std::uint64_t presence_start) {
+  sub.connection_id = req.connection_id;
+  sub.start_offset = start_offset;
+  sub.topic_id = topic_id;
+  sub.thread = req.thread;
+  sub.receives_presence = req.presence;
+  sub.agent_id = std::string(req.agent_id);
+  sub.presence_start = presence_start;
+  const bool presence = req.presence;
   LocalTopic& local = tables_[sub.thread].topics[sub.topic_id];
   sub.slot = local.members.size();
   local.members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, sub.start_offset});
@@ -62,6 +72,20 @@ void Fanout::queue(const std::vector<std::uint32_t>& counts, const Delivery& d) 
     }
     if (post) posters_[i]([this, i] { drain(i); });
   }
+}
+
+void Fanout::flush_presence(std::uint64_t topic_id, std::string_view topic, presence::PresenceTracker& tracker,
+                            std::uint64_t& seq, const std::vector<std::uint32_t>& presence_per_thread) {
+  auto diff = tracker.flush();
+  if (!diff) return;
+  ++seq;
+  bool any = false;
+  for (auto c : presence_per_thread) any |= c != 0;
+  if (!any) return;
+  wire::Message msg =
+      wire::Message::text(protocol::encode_raw(std::nullopt, std::nullopt, topic, "presence_diff", *diff));
+  metrics::bump(metrics_.presence_diffs);
+  queue(presence_per_thread, Delivery{topic_id, seq, 0, std::move(msg), DeliveryKind::presence});
 }
 
 void Fanout::drain(std::size_t thread) {

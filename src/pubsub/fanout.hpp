@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/poster.hpp"
+#include "presence/presence_tracker.hpp"
 #include "pubsub/broker.hpp"
 #include "wire/message.hpp"
 
@@ -55,13 +56,18 @@ class Fanout {
 
   std::size_t threads() const noexcept { return posters_.size(); }
 
-  // On `sub.thread`'s own thread: adds `sub` to its thread's member list of
-  // `sub.topic_id` with its current filters (and to the presence list).
-  void add(Subscriber& sub, bool presence);
+  // On `req.thread`: records the join in `sub` (its topic, thread and
+  // filters) and adds it to its thread's member list (and presence list).
+  void add(Subscriber& sub, const JoinRequest& req, std::uint64_t topic_id, std::uint64_t start_offset,
+           std::uint64_t presence_start);
   // On `sub.thread`'s own thread.
   void remove(Subscriber& sub);
   // Any thread: queues `d` for every thread i with counts[i] != 0.
   void queue(const std::vector<std::uint32_t>& counts, const Delivery& d);
+  // Publishes `tracker`'s pending changes as one presence_diff, numbered
+  // ++seq, to the topic's presence members (the caller holds the topic's lock).
+  void flush_presence(std::uint64_t topic_id, std::string_view topic, presence::PresenceTracker& tracker,
+                      std::uint64_t& seq, const std::vector<std::uint32_t>& presence_per_thread);
 
  private:
   struct Inbox {

@@ -60,14 +60,7 @@ JoinResult LocalBroker::join(Subscriber& sub, const JoinRequest& req) {
   Topic& t = get_or_create(shard, req.topic);
   expire_history(t, now);
 
-  sub.connection_id = req.connection_id;
-  sub.start_offset = t.last_offset;
-  sub.topic_id = t.id;
-  sub.thread = req.thread;
-  sub.receives_presence = req.presence;
-  sub.agent_id = std::string(req.agent_id);
-  sub.presence_start = t.presence_seq;
-  fanout_.add(sub, req.presence);
+  fanout_.add(sub, req, t.id, t.last_offset, t.presence_seq);
   ++t.members_per_thread[req.thread];
   if (req.presence) ++t.presence_per_thread[req.thread];
   ++t.members;
@@ -87,10 +80,7 @@ JoinResult LocalBroker::join(Subscriber& sub, const JoinRequest& req) {
 
   // Every member is tracked; only presence members receive presence traffic.
   sub.presence_ref = ref_prefix_ + "-" + std::to_string(next_presence_ref_.fetch_add(1, std::memory_order_relaxed));
-  json::object meta = req.meta;
-  meta["phx_ref"] = sub.presence_ref;
-  meta["online_at"] = unix_ms();
-  t.presence.track(sub.agent_id, sub.presence_ref, json::serialize(meta));
+  t.presence.track(sub.agent_id, sub.presence_ref, presence::meta_json(req.meta, sub.presence_ref, unix_ms()));
   t.presence_dirty = true;
   if (req.presence) r.presence_state_json = t.presence.state_for_joiner();
   return r;
@@ -154,17 +144,7 @@ void LocalBroker::tick() {
       Topic& t = *it->second;
       if (t.presence_dirty) {
         t.presence_dirty = false;
-        if (auto diff = t.presence.flush()) {
-          const std::uint64_t seq = ++t.presence_seq;
-          bool any = false;
-          for (auto c : t.presence_per_thread) any |= c != 0;
-          if (any) {
-            wire::Message msg = wire::Message::text(
-                protocol::encode_raw(std::nullopt, std::nullopt, t.name, "presence_diff", *diff));
-            metrics::bump(metrics_.presence_diffs);
-            fanout_.queue(t.presence_per_thread, Delivery{t.id, seq, 0, std::move(msg), DeliveryKind::presence});
-          }
-        }
+        fanout_.flush_presence(t.id, t.name, t.presence, t.presence_seq, t.presence_per_thread);
       }
       expire_history(t, now);
       const bool idle = t.members == 0 && t.history.empty() && t.presence.empty();

@@ -129,17 +129,17 @@ RedisBroker::Topic& RedisBroker::get_or_create(std::string_view name) {
   return *topics_.emplace(t->name, std::move(t)).first->second;
 }
 
-void RedisBroker::adopt_epoch(Topic& t, const std::string& epoch) {
+void RedisBroker::adopt_epoch(Topic& t, std::string_view epoch) {
   if (t.epoch == epoch) return;
   if (!t.epoch.empty() && t.members > 0) {
     spdlog::warn("topic {}: epoch changed from {} to {} (its history in Redis was lost)", t.name, t.epoch, epoch);
     fanout_.queue(t.members_per_thread, Delivery{t.id, 0, 0, {}, DeliveryKind::reset});
   }
-  t.epoch = epoch;
+  t.epoch = std::string(epoch);
   t.last_offset = 0;
 }
 
-void RedisBroker::deliver(Topic& t, const std::string& epoch, std::uint64_t offset, std::uint64_t exclude,
+void RedisBroker::deliver(Topic& t, std::string_view epoch, std::uint64_t offset, std::uint64_t exclude,
                           wire::Message msg) {
   adopt_epoch(t, epoch);
   if (offset <= t.last_offset) return;  // already delivered (a backfill overlaps the live stream)
@@ -278,7 +278,7 @@ void RedisBroker::on_message(const std::string& channel, const std::string& payl
     if (t.backfilling) {
       t.held.push_back(Live{std::string(parts[0]), offset, exclude, std::move(msg)});
     } else {
-      deliver(t, std::string(parts[0]), offset, exclude, std::move(msg));
+      deliver(t, parts[0], offset, exclude, std::move(msg));
     }
   } else if (payload[0] == 'p') {
     const auto parts = split_lines(std::string_view(payload).substr(1), 5);
@@ -419,21 +419,11 @@ JoinResult RedisBroker::join(Subscriber& sub, const JoinRequest& req) {
     r.epoch = t.epoch;
   }
 
-  sub.connection_id = req.connection_id;
-  sub.start_offset = r.offset;
-  sub.topic_id = t.id;
-  sub.thread = req.thread;
-  sub.receives_presence = req.presence;
-  sub.agent_id = std::string(req.agent_id);
-  sub.presence_start = t.presence_seq;
-  fanout_.add(sub, req.presence);
+  fanout_.add(sub, req, t.id, r.offset, t.presence_seq);
 
   sub.presence_ref =
       options_.node_id + "-" + std::to_string(next_presence_ref_.fetch_add(1, std::memory_order_relaxed));
-  json::object meta = req.meta;
-  meta["phx_ref"] = sub.presence_ref;
-  meta["online_at"] = unix_ms();
-  LocalEntry entry{sub.agent_id, json::serialize(meta)};
+  LocalEntry entry{sub.agent_id, presence::meta_json(req.meta, sub.presence_ref, unix_ms())};
   t.presence.track(sub.agent_id, sub.presence_ref, entry.meta);
   t.presence_dirty = true;
   send_track(t, sub.presence_ref, entry);
@@ -572,17 +562,7 @@ void RedisBroker::tick() {
       Topic& t = *it->second;
       if (t.presence_dirty && !t.snapshot_pending) {
         t.presence_dirty = false;
-        if (auto diff = t.presence.flush()) {
-          const std::uint64_t seq = ++t.presence_seq;
-          bool any = false;
-          for (auto c : t.presence_per_thread) any |= c != 0;
-          if (any) {
-            wire::Message msg = wire::Message::text(
-                protocol::encode_raw(std::nullopt, std::nullopt, t.name, "presence_diff", *diff));
-            metrics::bump(metrics_.presence_diffs);
-            fanout_.queue(t.presence_per_thread, Delivery{t.id, seq, 0, std::move(msg), DeliveryKind::presence});
-          }
-        }
+        fanout_.flush_presence(t.id, t.name, t.presence, t.presence_seq, t.presence_per_thread);
       }
       if (t.members == 0 && !t.wanted && t.presence.empty()) {
         it = topics_.erase(it);

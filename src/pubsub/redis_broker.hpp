@@ -140,9 +140,9 @@ class RedisBroker final : public Broker {
 
   std::string key(const char* kind, std::string_view topic) const;
   Topic& get_or_create(std::string_view name);
-  void adopt_epoch(Topic& t, const std::string& epoch);
+  void adopt_epoch(Topic& t, std::string_view epoch);
   // Queues a numbered message for the topic's members, once and in order.
-  void deliver(Topic& t, const std::string& epoch, std::uint64_t offset, std::uint64_t exclude, wire::Message msg);
+  void deliver(Topic& t, std::string_view epoch, std::uint64_t offset, std::uint64_t exclude, wire::Message msg);
   void finish_backfill(Topic& t, const redis::Reply& r);
   std::vector<std::string> publish_args(std::string_view topic, const std::string& head,
                                         std::uint64_t exclude_connection);
