@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Optional
 
-from synapse_server import free_port
+from synapse_server import free_port, stop_process
 
 
 def binary() -> str:
@@ -83,13 +83,7 @@ class RedisServer:
         if not self.proc:
             return None
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, sig, timeout)
         self._pump_thread.join(timeout=5)
         return proc.returncode
 

@@ -40,6 +40,19 @@ def binary() -> str:
     return path
 
 
+def stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> int:
+    """Sends `sig` to `proc` (by its PID) unless it has exited, waits, and
+    SIGKILLs it after `timeout` seconds; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,13 +106,7 @@ class SynapseServer:
         if not self.proc:
             return None
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, sig, timeout)
         # Let the reader collect the last lines (a sanitizer report comes at exit).
         self._pump_thread.join(timeout=5)
         return proc.returncode
