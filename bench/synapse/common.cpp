@@ -162,6 +162,26 @@ bool find_int(std::string_view json, std::string_view key, std::int64_t& out, st
   return parse_i64(json, i, out);
 }
 
+std::uint64_t pace_sends(Loop& loop, std::uint64_t t0, std::uint32_t total, double rate, std::uint64_t give_up_ns,
+                         const std::function<void(std::uint32_t)>& send) {
+  const double interval = 1e9 / rate;
+  auto due = [&](std::uint32_t i) { return t0 + static_cast<std::uint64_t>(static_cast<double>(i) * interval); };
+  std::uint32_t sent = 0;
+  std::uint64_t last_tick = t0;
+  std::optional<Loop::TimerId> pending;
+  std::function<void()> tick = [&] {
+    pending.reset();
+    const std::uint64_t now = now_ns();
+    while (sent < total && due(sent) <= now) send(sent++);
+    last_tick = now;
+    if (sent < total) pending = loop.at(due(sent), tick);
+  };
+  tick();
+  loop.run_until([&] { return sent >= total; }, give_up_ns);
+  if (pending) loop.cancel(*pending);
+  return last_tick;
+}
+
 void build_publish(std::string& out, std::int64_t seq, std::uint64_t t_ns, std::int64_t phase,
                    std::string_view pad) {
   char b[96];

@@ -52,6 +52,12 @@ bool find_int(std::string_view json, std::string_view key, std::int64_t& out, st
 
 // A publish payload {"s":SEQ,"t":SEND_NS,"p":PHASE[,"x":"pad"]}, and its
 // parse from a delivery (which adds "_meta":{...,"offset":N,...}).
+// Calls send(i) for i = 0, 1, ... total-1 at `rate` per second from t0, each
+// as soon as it is due (catching up when the loop was late), until all are
+// sent or `give_up_ns`. Returns when the last tick ran.
+std::uint64_t pace_sends(Loop& loop, std::uint64_t t0, std::uint32_t total, double rate, std::uint64_t give_up_ns,
+                         const std::function<void(std::uint32_t)>& send);
+
 void build_publish(std::string& out, std::int64_t seq, std::uint64_t t_ns, std::int64_t phase,
                    std::string_view pad);
 struct Delivery {

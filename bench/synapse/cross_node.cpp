@@ -172,7 +172,7 @@ class CrossNode {
   Target target_b_;
   Fleet pub_;
   Side a_, b_;
-  std::string url2_, topic_, pad_, payload_, frame_;
+  std::string url2_, topic_, pad_, payload_;
   double rate_ = 100, duration_ = 10;
   std::uint64_t drain_ = 0, timeout_ = 0, warm_gap_ = 0, warm_max_ = 0, quiet_ = 0;
   int pid_b_ = 0, redis_pid_ = 0;
@@ -200,16 +200,7 @@ class CrossNode {
 void CrossNode::publish(std::int64_t seq, std::int64_t phase) {
   auto& pub = *pub_.peers()[0];
   build_publish(payload_, seq, now_ns(), phase, pad_);
-  frame_.clear();
-  frame_ += "[\"j1\",\"";
-  frame_ += phase == kWarmPhase ? 'w' : 'p';
-  frame_ += std::to_string(seq);
-  frame_ += "\",\"";
-  frame_ += topic_;
-  frame_ += "\",\"m\",";
-  frame_ += payload_;
-  frame_ += ']';
-  pub.ws->send_text(frame_);
+  Fleet::send(pub, "j1", (phase == kWarmPhase ? "w" : "p") + std::to_string(seq), topic_, "m", payload_);
 }
 
 void CrossNode::on_pub_frame(Peer&, const PhxFrame& f, std::uint64_t) {
@@ -403,24 +394,12 @@ Json CrossNode::measure() {
   PhaseClock clock(ctx_);
   const auto b0 = sample_proc(pid_b_), r0 = sample_proc(redis_pid_);
   const std::uint64_t t0 = now_ns();
-  const double interval = 1e9 / rate_;
-  std::uint64_t t_last_send = t0;
-  std::optional<Loop::TimerId> pending;
-  // Each tick sends every message that is due (catching up if the loop was late).
-  std::function<void()> tick = [&] {
-    pending.reset();
-    const std::uint64_t now = now_ns();
-    while (sent_ < total_ && t0 + static_cast<std::uint64_t>(static_cast<double>(sent_) * interval) <= now) {
-      publish(sent_, kMeasuredPhase);
-      ++sent_;
-    }
-    t_last_send = now;
-    if (sent_ < total_)
-      pending = ctx_.loop.at(t0 + static_cast<std::uint64_t>(static_cast<double>(sent_) * interval), tick);
-  };
-  tick();
-  ctx_.loop.run_until([&] { return sent_ >= total_; }, t0 + static_cast<std::uint64_t>(duration_ * 1e9) + ms_ns(1000));
-  if (pending) ctx_.loop.cancel(*pending);
+  const std::uint64_t t_last_send =
+      pace_sends(ctx_.loop, t0, static_cast<std::uint32_t>(total_), rate_,
+                 t0 + static_cast<std::uint64_t>(duration_ * 1e9) + ms_ns(1000), [&](std::uint32_t i) {
+                   publish(i, kMeasuredPhase);
+                   ++sent_;
+                 });
   const bool drained = ctx_.loop.run_until(
       [&] { return a_.complete == a_.subs0 && b_.complete == b_.subs0 && replies_ok_ + replies_err_ >= sent_; },
       now_ns() + drain_);

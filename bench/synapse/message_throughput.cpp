@@ -242,24 +242,9 @@ Json Throughput::run_rate(const PhaseSpec& spec) {
   begin_phase(total);
   PhaseClock clock(ctx_);
   const std::uint64_t t0 = now_ns();
-  const double interval = 1e9 / spec.rate;
-  std::uint64_t t_last_send = t0;
-  std::optional<Loop::TimerId> pending;
-  // Each tick sends every message that is due (catching up if the loop was late).
-  std::function<void()> tick = [&] {
-    pending.reset();
-    const std::uint64_t now = now_ns();
-    while (sent_ < total && t0 + static_cast<std::uint64_t>(static_cast<double>(sent_) * interval) <= now) {
-      publish(static_cast<std::int64_t>(sent_), true);
-    }
-    t_last_send = now;
-    if (sent_ < total)
-      pending = ctx_.loop.at(t0 + static_cast<std::uint64_t>(static_cast<double>(sent_) * interval), tick);
-  };
-  tick();
   const std::uint64_t publish_end = t0 + static_cast<std::uint64_t>(spec.duration * 1e9) + ms_ns(1000);
-  ctx_.loop.run_until([&] { return sent_ >= total; }, publish_end);
-  if (pending) ctx_.loop.cancel(*pending);
+  const std::uint64_t t_last_send = pace_sends(ctx_.loop, t0, total, spec.rate, publish_end,
+                                               [&](std::uint32_t i) { publish(static_cast<std::int64_t>(i), true); });
   ctx_.loop.run_until([&] { return complete_subs_ == subs_at_start_ && replies_ok_ + replies_err_ >= sent_; },
                       now_ns() + drain_);
   auto j = end_phase(spec, t0, t_last_send);
