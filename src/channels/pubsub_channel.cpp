@@ -37,8 +37,9 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
     }
     auto& broker = session_.services().broker;
     if (!broker.publishes_async()) {
-      reply(env, broker.publish(topic_, env.event, env.payload_raw, env.payload->empty(),
-                                session_.principal().agent_id, session_.socket().id()));
+      const auto r = broker.publish(topic_, env.event, env.payload_raw, env.payload->empty(),
+                                    session_.principal().agent_id, session_.socket().id());
+      session_.socket().send(wire::Message::text(encode_publish_reply(env.join_ref, env.ref, env.topic, r)));
       return;
     }
     // The reply is built where the broker finishes and sent on this
@@ -48,7 +49,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
         topic_, env.event, env.payload_raw, env.payload->empty(), session_.principal().agent_id, socket->id(),
         [poster = socket->poster(), socket, join_ref = copy(env.join_ref), ref = copy(env.ref),
          topic = topic_](pubsub::PublishResult r) {
-          wire::Message msg = wire::Message::text(encode(join_ref, ref, topic, r));
+          wire::Message msg = wire::Message::text(encode_publish_reply(view(join_ref), view(ref), topic, r));
           poster([socket, msg = std::move(msg)]() mutable { socket->send(std::move(msg)); });
         });
   }
@@ -56,40 +57,27 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
   static std::optional<std::string> copy(std::optional<std::string_view> v) {
     return v ? std::optional<std::string>(std::string(*v)) : std::nullopt;
   }
+  static std::optional<std::string_view> view(const std::optional<std::string>& s) {
+    return s ? std::optional<std::string_view>(*s) : std::nullopt;
+  }
 
-  static std::string encode(const std::optional<std::string>& join_ref, const std::optional<std::string>& ref,
-                            std::string_view topic, const pubsub::PublishResult& r) {
-    auto view = [](const std::optional<std::string>& s) {
-      return s ? std::optional<std::string_view>(*s) : std::nullopt;
-    };
+  // {"offset": N}; {"offset": 0, "local": true} when only this node's
+  // members got it; the `unavailable` error when Redis never confirmed it.
+  static std::string encode_publish_reply(std::optional<std::string_view> join_ref,
+                                          std::optional<std::string_view> ref, std::string_view topic,
+                                          const pubsub::PublishResult& r) {
     switch (r.reach) {
       case pubsub::PublishResult::Reach::all:
-        return protocol::encode_reply(view(join_ref), view(ref), topic, true, json::object{{"offset", r.offset}});
+        return protocol::encode_reply(join_ref, ref, topic, true, json::object{{"offset", r.offset}});
       case pubsub::PublishResult::Reach::local:
-        return protocol::encode_reply(view(join_ref), view(ref), topic, true,
-                                      json::object{{"offset", 0}, {"local", true}});
+        return protocol::encode_reply(join_ref, ref, topic, true, json::object{{"offset", 0}, {"local", true}});
       case pubsub::PublishResult::Reach::unknown:
         break;
     }
     return protocol::encode_reply(
-        view(join_ref), view(ref), topic, false,
+        join_ref, ref, topic, false,
         protocol::error_response(reason::unavailable,
                                  "Redis did not confirm the publish; it may or may not have been delivered"));
-  }
-
-  void reply(const protocol::Envelope& env, const pubsub::PublishResult& r) {
-    switch (r.reach) {
-      case pubsub::PublishResult::Reach::all:
-        session_.reply_ok(env, json::object{{"offset", r.offset}});
-        return;
-      case pubsub::PublishResult::Reach::local:
-        session_.reply_ok(env, json::object{{"offset", 0}, {"local", true}});
-        return;
-      case pubsub::PublishResult::Reach::unknown:
-        break;
-    }
-    session_.reply_error(env, reason::unavailable,
-                         "Redis did not confirm the publish; it may or may not have been delivered");
   }
 
   void leave() override {
