@@ -170,8 +170,7 @@ int serve(const config::Config& cfg) {
                           l->command({"SMEMBERS", revoked}, [&keys](redis::Reply r) {
                             for (const auto& id : r.elements) revoke_locally(keys, id.str);
                           });
-                        },
-                        [](const std::string&) {}});
+                        }});
     shared_counts = std::make_unique<cluster::RedisConnectionCounts>(*link, ro.prefix, ro.node_id,
                                                                     std::chrono::milliseconds(1000));
     rb->set_reregister_hook([&limiter, counts = shared_counts.get()] { counts->replace(limiter.shared_snapshot()); });

@@ -193,7 +193,6 @@ void Link::went_down(const std::string& why) {
   waiters_.clear();
   if (was_up) {
     spdlog::error("lost the connection to Redis at {}: {}; local delivery continues, reconnecting", url_.text(), why);
-    if (handlers_.on_down) handlers_.on_down(why);
     schedule_reconnect();
   }
 }

@@ -4,7 +4,7 @@
 // again after a reconnect; only then does it report itself up.
 //
 // Threads: the link's thread runs every callback (on_message, on_up,
-// on_down, command callbacks). Every public function may be called from any
+// command callbacks). Every public function may be called from any
 // thread; call() and subscribe() block their caller and must not be called
 // on the link's own thread.
 #pragma once
@@ -32,8 +32,6 @@ struct LinkHandlers {
   std::function<void(const std::string& channel, const std::string& payload)> on_message;
   // After every (re)connection, once the wanted channels are subscribed.
   std::function<void()> on_up;
-  // When the link goes down (not at stop()).
-  std::function<void(const std::string& why)> on_down;
 };
 
 class Link {

@@ -29,7 +29,6 @@ struct Reply {
   bool ok() const noexcept { return type != Type::error && type != Type::not_connected && type != Type::lost; }
   // Whether the command certainly did not run.
   bool unsent() const noexcept { return type == Type::not_connected; }
-  std::string_view text() const noexcept { return str; }
   // An integer reply, or a string holding one; `fallback` otherwise.
   std::int64_t as_int(std::int64_t fallback = 0) const noexcept;
 
