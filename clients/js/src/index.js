@@ -815,7 +815,10 @@ export class MimoSynapse {
     const original = ch.onMessage.bind(ch);
     ch.onMessage = (event, payload, ref, joinRef) => {
       const out = original(event, payload, ref, joinRef);
-      if (isUserEvent(event) && payload && payload._meta && typeof payload._meta.offset === 'number') {
+      // Numbered messages, and the unnumbered ones a cluster node delivers
+      // locally while it has no Redis (`_meta.local`, docs/protocol.md §9).
+      if (isUserEvent(event) && payload && payload._meta &&
+          (typeof payload._meta.offset === 'number' || payload._meta.local === true)) {
         this._deliver(st, event, payload);
       }
       return out;
@@ -869,9 +872,12 @@ export class MimoSynapse {
   _deliver(st, event, payload) {
     if (st.closed) return;
     const m = payload._meta;
-    if (m.epoch === st.epoch && st.lastOffset != null && m.offset <= st.lastOffset) return; // a duplicate
-    st.epoch = m.epoch;
-    st.lastOffset = m.offset;
+    if (typeof m.offset === 'number') {
+      if (m.epoch === st.epoch && st.lastOffset != null && m.offset <= st.lastOffset) return; // a duplicate
+      st.epoch = m.epoch;
+      st.lastOffset = m.offset;
+    } // else local: not in the history, so it moves no recovery position
+
     if (st.listeners.size === 0) return;
     const { _meta, ...body } = payload;
     const msg = { topic: st.topic, event, payload: body, meta: _meta };
@@ -940,7 +946,8 @@ export class MimoSynapse {
    * @param {string} topic
    * @param {string} event
    * @param {Record<string, any>} [payload]
-   * @returns {Promise<number>} the message's offset
+   * @returns {Promise<number>} the message's offset; 0 when a cluster node
+   *   without Redis delivered it to its own members only (docs/protocol.md §9)
    */
   async publish(topic, event, payload = {}) {
     this._ensureSocket();

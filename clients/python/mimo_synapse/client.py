@@ -1256,9 +1256,11 @@ class MimoSynapse:
 
     async def publish(self, topic: str, event: str, payload: Optional[Mapping[str, Any]] = None, *,
                       timeout: Optional[float] = None) -> int:
-        """Publishes ``event`` with ``payload`` to ``topic``; returns its offset.
-        A topic this client has not subscribed to is joined first (and stays
-        joined, without a callback, until :meth:`close`)."""
+        """Publishes ``event`` with ``payload`` to ``topic``; returns its offset
+        (0 when a cluster node without Redis delivered it to its own members
+        only: such messages arrive with ``offset`` None). A topic this client
+        has not subscribed to is joined first (and stays joined, without a
+        callback, until :meth:`close`)."""
         self._check_topic(topic)
         if not isinstance(event, str) or not event:
             raise ValueError("event must be a non-empty string")
