@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -21,6 +22,7 @@
 #include "channels/services.hpp"
 #include "config/config.hpp"
 #include "cortex/cortex.hpp"
+#include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
 #include "metrics/metrics.hpp"
 #include "net/http_api.hpp"
@@ -37,6 +39,34 @@ namespace {
 constexpr int exit_usage = 2;
 
 std::string db_path(const std::string& data_dir) { return (fs::path(data_dir) / "synapse.db").string(); }
+
+// The accept gate's limits for this process: the soft descriptor limit is
+// raised to the hard one, and what is left after the descriptors already
+// open (plus a margin for SQLite connections, Redis and child processes
+// opened later) is the sockets' capacity.
+limits::AcceptLimits accept_limits(const config::Config& cfg) {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+    ::getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  std::int64_t own = 0;
+  std::error_code ec;
+  for (auto it = fs::directory_iterator("/proc/self/fd", ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    ++own;
+  }
+  constexpr std::int64_t margin = 64;
+  limits::AcceptLimits l;
+  l.per_ip = cfg.ip_max_sockets;
+  l.reserve = cfg.fd_reserve;
+  l.capacity = rl.rlim_cur == RLIM_INFINITY ? 0
+                                            : limits::socket_capacity(static_cast<std::int64_t>(rl.rlim_cur),
+                                                                      own + margin);
+  spdlog::info("descriptors: limit {}, {} for client sockets ({} reserved), {} per address",
+               static_cast<std::int64_t>(rl.rlim_cur), l.capacity, std::min(l.reserve, l.capacity / 2), l.per_ip);
+  return l;
+}
 
 void ensure_dir(const std::string& dir) {
   std::error_code ec;
@@ -237,6 +267,8 @@ int serve(const config::Config& cfg) {
     spdlog::critical("cannot listen on {}:{}: {}", cfg.bind, cfg.port, e.what());
     return 1;
   }
+  limits::AcceptGate accept_gate(accept_limits(cfg));
+  http.accept_gate = &accept_gate;
   spdlog::info("synapse listening on {}:{} (threads={}, workers={}, data={})", cfg.bind, server.port(), n_threads,
                cfg.workers, cfg.data_dir);
   // Scripts and tests wait for this line.

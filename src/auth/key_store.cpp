@@ -1,6 +1,7 @@
 #include "auth/key_store.hpp"
 
 #include <chrono>
+#include <type_traits>
 
 #include "auth/crypto.hpp"
 #include "store/sqlite.hpp"
@@ -67,6 +68,45 @@ KeyStore::KeyStore(const std::string& db_path) : db_(std::make_unique<store::Dat
 }
 
 KeyStore::~KeyStore() = default;
+
+template <class F>
+auto KeyStore::guarded(F&& f) -> decltype(f()) {
+  std::lock_guard lock(mu_);
+  try {
+    if constexpr (std::is_void_v<decltype(f())>) {
+      f();
+      healthy_.store(true, std::memory_order_relaxed);
+    } else {
+      auto r = f();
+      healthy_.store(true, std::memory_order_relaxed);
+      return r;
+    }
+  } catch (...) {
+    healthy_.store(false, std::memory_order_relaxed);
+    throw;
+  }
+}
+
+void KeyStore::sync() {
+  store::Statement st(*db_, "PRAGMA data_version");
+  const std::int64_t v = st.step() ? st.int64(0) : -1;
+  if (v != data_version_) {
+    cache_.clear();
+    data_version_ = v;
+  }
+}
+
+bool KeyStore::probe() {
+  try {
+    return guarded([&] {
+      store::Statement st(*db_, "SELECT COUNT(*) FROM (SELECT 1 FROM api_keys LIMIT 1)");
+      st.step();
+      return true;
+    });
+  } catch (const std::exception&) {
+    return false;
+  }
+}
 
 std::string_view KeyStore::key_id_of(std::string_view presented) noexcept {
   if (!presented.starts_with(key_prefix)) return {};
@@ -135,21 +175,25 @@ const KeyStore::Cached* KeyStore::load(std::string_view id) {
 }
 
 std::optional<ApiKey> KeyStore::find(std::string_view id) {
-  std::lock_guard lock(mu_);
-  const Cached* c = load(id);
-  if (!c) return std::nullopt;
-  return c->key;
+  return guarded([&]() -> std::optional<ApiKey> {
+    sync();
+    const Cached* c = load(id);
+    if (!c) return std::nullopt;
+    return c->key;
+  });
 }
 
 KeyCheck KeyStore::authenticate(std::string_view presented, ApiKey& out) {
   const std::string_view id = key_id_of(presented);
   const Digest h = sha256(presented);
   if (id.empty()) return KeyCheck::unknown;
-  std::lock_guard lock(mu_);
-  const Cached* c = load(id);
-  if (!c || !constant_time_equal(c->hash, as_view(h))) return KeyCheck::unknown;
-  out = c->key;
-  return out.revoked_at ? KeyCheck::revoked : KeyCheck::ok;
+  return guarded([&] {
+    sync();
+    const Cached* c = load(id);
+    if (!c || !constant_time_equal(c->hash, as_view(h))) return KeyCheck::unknown;
+    out = c->key;
+    return out.revoked_at ? KeyCheck::revoked : KeyCheck::ok;
+  });
 }
 
 void KeyStore::evict(const std::vector<std::string>& ids) {
@@ -158,11 +202,12 @@ void KeyStore::evict(const std::vector<std::string>& ids) {
 }
 
 std::vector<std::string> KeyStore::revoked_ids() {
-  std::lock_guard lock(mu_);
-  store::Statement st(*db_, "SELECT id FROM api_keys WHERE revoked_at IS NOT NULL");
-  std::vector<std::string> out;
-  while (st.step()) out.push_back(st.text(0));
-  return out;
+  return guarded([&] {
+    store::Statement st(*db_, "SELECT id FROM api_keys WHERE revoked_at IS NOT NULL");
+    std::vector<std::string> out;
+    while (st.step()) out.push_back(st.text(0));
+    return out;
+  });
 }
 
 std::int64_t KeyStore::count() {

@@ -2,15 +2,18 @@
 // found by its public id and its hash compared in constant time.
 //
 // Records found are cached in memory (id -> record and hash), so a handshake
-// costs a hash and a map lookup, not a query. A key revoked by this process
-// leaves the cache at once; one revoked by another process (`synapse keys
-// revoke`) leaves it when the server's revocation poll sees it (evict()),
-// which also closes its live connections.
+// costs a hash, a map lookup and `PRAGMA data_version`, not a query. The
+// pragma changes whenever another connection (`synapse keys revoke`, another
+// server on the same file) has committed: the cache is then dropped before
+// the lookup, so a key revoked anywhere is refused by the first handshake
+// after the revoke returned, with no window until the next poll. The
+// server's revocation poll (revoked_ids()) still closes live connections.
 //
 // Thread safety: every method takes the store's mutex; the server's I/O
 // threads call authenticate() during handshakes.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -71,6 +74,11 @@ class KeyStore {
   // The server calls it for keys it sees revoked (perhaps by another process).
   void evict(const std::vector<std::string>& ids);
   std::int64_t count();
+  // Whether the last use of the database worked; probe() tries it now (a
+  // cheap read of the keys table) and updates the answer. /health/ready
+  // reports the store unhealthy while it fails.
+  bool healthy() const noexcept { return healthy_.load(std::memory_order_relaxed); }
+  bool probe();
 
   // `syn_<id>_<secret>` -> id, or empty when `presented` is not of that form.
   static std::string_view key_id_of(std::string_view presented) noexcept;
@@ -83,8 +91,16 @@ class KeyStore {
   };
   // Under mu_. Loads `id` from the database into the cache; null if absent.
   const Cached* load(std::string_view id);
+  // Under mu_. Drops the cache if another connection committed since the
+  // last call (PRAGMA data_version).
+  void sync();
+  // Runs `f` under mu_, recording whether the database answered.
+  template <class F>
+  auto guarded(F&& f) -> decltype(f());
 
   std::mutex mu_;
+  std::atomic<bool> healthy_{true};
+  std::int64_t data_version_ = -1;
   std::unique_ptr<store::Database> db_;
   std::unordered_map<std::string, Cached> cache_;
 };

@@ -99,7 +99,13 @@ void Session::on_text(std::string_view text) {
     return;
   }
   if (env.topic == "phoenix") {
-    handle_phoenix(env);
+    try {
+      handle_phoenix(env);
+    } catch (const std::exception& e) {
+      // A refresh reads the key store; its failure answers this message only.
+      spdlog::error("conn {} {} on phoenix failed: {}", socket_.id(), env.event, e.what());
+      reply_error(env, reason::internal, "the server could not handle this message");
+    }
     return;
   }
   if (env.event == "phx_join") {

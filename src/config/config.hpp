@@ -47,6 +47,8 @@ struct Config {
   std::int64_t queries_per_min = 10;
   std::int64_t query_burst = 10;
   std::int64_t ip_max_connections = 100;
+  std::int64_t ip_max_sockets = 200;
+  std::int64_t fd_reserve = 256;
   std::int64_t ip_new_per_min = 10;
   std::int64_t key_max_connections = 10;
   std::int64_t max_topics = 100;

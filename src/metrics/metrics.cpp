@@ -15,6 +15,8 @@ std::string_view refusal_name(Refusal r) noexcept {
     case Refusal::bad_request: return "bad_request";
     case Refusal::handshake_timeout: return "handshake_timeout";
     case Refusal::draining: return "draining";
+    case Refusal::store_unavailable: return "store_unavailable";
+    case Refusal::overloaded: return "overloaded";
     case Refusal::count_: break;
   }
   return "unknown";

@@ -27,6 +27,8 @@ enum class Refusal : std::size_t {
   bad_request,
   handshake_timeout,
   draining,
+  store_unavailable,
+  overloaded,  // out of descriptors (the accept gate's reserve)
   count_
 };
 std::string_view refusal_name(Refusal r) noexcept;

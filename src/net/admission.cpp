@@ -1,8 +1,10 @@
 #include "net/admission.hpp"
 
 #include <algorithm>
+#include <spdlog/spdlog.h>
 
 #include "auth/authenticator.hpp"
+#include "auth/key_store.hpp"
 #include "channels/services.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
@@ -25,6 +27,27 @@ AdmissionOutcome refuse(int status, metrics::Refusal why, std::string_view code,
 }
 
 }  // namespace
+
+std::string limit_key(const auth::Principal& p) {
+  // A token counts against the key that minted it (its `kid`), so a holder
+  // cannot double its connections by minting tokens; only a token with no
+  // key behind it (signed elsewhere with the shared secret) counts by sub.
+  if (!p.key_id.empty()) return "key:" + p.key_id;
+  return "sub:" + p.agent_id;
+}
+
+bool revoked_since_admission(const auth::Principal& p, auth::KeyStore& keys) {
+  if (p.key_id.empty()) return false;
+  try {
+    const auto key = keys.find(p.key_id);
+    return !key || key->revoked_at.has_value();
+  } catch (const std::exception& e) {
+    // The credential was just verified; a store that fails now cannot say
+    // otherwise. The revocation poll closes it once the store answers.
+    spdlog::error("admission: key store failed rechecking {}: {}", p.key_id, e.what());
+    return false;
+  }
+}
 
 bool origin_allowed(std::string_view origin, std::string_view host, const std::vector<std::string>& allowed) {
   if (allowed.empty()) {
@@ -70,17 +93,25 @@ AdmissionOutcome admit_upgrade(const UpgradeRequest& req, HttpContext& ctx) {
     return refuse(401, Refusal::unauthorized, "unauthorized",
                   "send a token or api_key query parameter or an Authorization: Bearer header");
   }
-  auto auth = auth::authenticate(credential, ctx.services.keys, ctx.services.jwt_secret, unix_s());
+  auth::AuthResult auth;
+  try {
+    auth = auth::authenticate(credential, ctx.services.keys, ctx.services.jwt_secret, unix_s());
+  } catch (const std::exception& e) {
+    // The key store failed (a SQLite error): this upgrade cannot be judged.
+    // Refused as unavailable, never thrown into the I/O thread.
+    spdlog::error("admission: key store failed: {}", e.what());
+    auto o = refuse(503, Refusal::store_unavailable, "unavailable", "the key store is unavailable; retry later");
+    o.refusal.headers.emplace_back("Retry-After", "1");
+    return o;
+  }
   if (auth.failure == auth::AuthFailure::token_expired) {
     return refuse(401, Refusal::token_expired, "token_expired", auth.message);
   }
   if (!auth.ok()) return refuse(401, Refusal::unauthorized, "unauthorized", auth.message);
 
   AdmissionOutcome o;
-  // Tokens count against their sub, keys against their id.
-  const std::string& key = auth.principal.via_token ? auth.principal.agent_id : auth.principal.key_id;
-  const auto admitted = ctx.limiter.admit(req.peer_ip, (auth.principal.via_token ? "sub:" : "key:") + key,
-                                          !auth.principal.unlimited, o.permit);
+  const auto admitted =
+      ctx.limiter.admit(req.peer_ip, limit_key(auth.principal), !auth.principal.unlimited, o.permit);
   if (admitted.verdict != limits::Admission::ok) {
     const bool rate = admitted.verdict == limits::Admission::connection_rate_exceeded;
     auto r = refuse(429, rate ? Refusal::connection_rate_exceeded : Refusal::too_many_connections,

@@ -11,6 +11,10 @@
 #include "metrics/metrics.hpp"
 #include "net/http_api.hpp"
 
+namespace synapse::auth {
+class KeyStore;
+}
+
 namespace synapse::net {
 
 struct UpgradeRequest {
@@ -30,6 +34,14 @@ struct AdmissionOutcome {
 };
 
 AdmissionOutcome admit_upgrade(const UpgradeRequest& req, HttpContext& ctx);
+
+// The per-credential limit's key: "key:<id>" for an API key and for a token
+// minted from one, "sub:<agent>" for a token without a key id.
+std::string limit_key(const auth::Principal& p);
+
+// Whether the key behind an admitted principal was revoked since (checked
+// again when the connection is registered on its thread; see http_session).
+bool revoked_since_admission(const auth::Principal& p, auth::KeyStore& keys);
 
 // The allow-list rule: "*" allows any Origin; otherwise an exact
 // (case-insensitive) match; an empty list allows only the server's own host.

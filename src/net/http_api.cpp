@@ -45,9 +45,12 @@ HttpResponse health(HttpContext& ctx, std::string_view path) {
     // Without Redis a node serves its own members only: a load balancer
     // should send new clients elsewhere.
     if (!redis_up) return json_ok({{"status", "redis_down"}}, 503);
+    // Without its key store a node can admit nobody new.
+    if (!ctx.services.keys.probe()) return json_ok({{"status", "store_unavailable"}}, 503);
     return json_ok({{"status", "ready"}});
   }
   json::object body{{"status", draining ? "draining" : "ok"},
+                    {"store", ctx.services.keys.healthy() ? "ok" : "unavailable"},
                     {"connections", ctx.services.metrics.connections_open.load()},
                     {"version", "0.1.0"}};
   if (clustered) body["redis"] = redis_up ? "up" : "down";

@@ -18,6 +18,7 @@ struct Services;
 }
 namespace synapse::limits {
 class ConnectionLimiter;
+class AcceptGate;
 }
 
 namespace synapse::net {
@@ -31,6 +32,8 @@ struct HttpContext {
   std::function<std::vector<metrics::Sample>()> extra_samples;
   // In a cluster: whether the link to Redis is up (empty on a single node).
   std::function<bool()> backplane_up;
+  // Open sockets counted from accept (set by main; null in unit tests).
+  limits::AcceptGate* accept_gate = nullptr;
 };
 
 struct HttpRequest {

@@ -3,6 +3,9 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <csignal>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <memory>
 #include <spdlog/spdlog.h>
 
@@ -10,6 +13,7 @@
 #include "channels/services.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
+#include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
 #include "net/http_session.hpp"
 #include "net/ws_connection.hpp"
@@ -22,6 +26,24 @@ using boost::system::error_code;
 using tcp = asio::ip::tcp;
 
 namespace {
+
+// Runs `ioc` until it is stopped. A handler that throws ends only what it
+// was doing (its operation's state, and with it that request's socket, is
+// destroyed as the exception unwinds); the thread logs it and goes on
+// serving every other connection. Asio allows run() again after a throw.
+void run_guarded(asio::io_context& ioc) {
+  for (;;) {
+    try {
+      ioc.run();
+      return;
+    } catch (const std::exception& e) {
+      spdlog::error("a handler threw and was dropped: {}", e.what());
+    } catch (...) {
+      spdlog::error("a handler threw a non-standard exception and was dropped");
+    }
+  }
+}
+
 constexpr auto sweep_interval = std::chrono::milliseconds(250);
 constexpr auto housekeeping_interval = std::chrono::seconds(10);
 }  // namespace
@@ -37,7 +59,13 @@ Server::Server(IoThreads& threads, HttpContext& http, std::atomic<bool>& drainin
       revocation_timer_(main_.ioc),
       housekeeping_timer_(main_.ioc),
       drain_timer_(main_.ioc),
-      accept_retry_timer_(main_.ioc) {}
+      accept_retry_timer_(main_.ioc) {
+  spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+Server::~Server() {
+  if (spare_fd_ >= 0) ::close(spare_fd_);
+}
 
 void Server::listen(const std::string& address, std::uint16_t port) {
   tcp::endpoint ep(asio::ip::make_address(address), port);
@@ -58,21 +86,76 @@ void Server::accept_next() {
   acceptor_.async_accept(target.ioc, accept_peer_, [this, &target](const error_code& ec, tcp::socket socket) {
     if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
     if (ec) {
-      // Out of descriptors: accepting again at once would spin. Wait a little.
+      // Out of descriptors: the backlog would keep the acceptor readable and
+      // accepting again at once would spin, so one pending connection is shed
+      // with the spare descriptor, then the acceptor waits a little.
       spdlog::warn("accept failed: {}", ec.message());
+      if (ec == asio::error::no_descriptors || ec.value() == ENFILE) shed_one();
       accept_retry_timer_.expires_after(std::chrono::milliseconds(100));
       accept_retry_timer_.async_wait([this](const error_code& e) {
         if (!e) accept_next();
       });
       return;
     }
+    limits::SocketPermit permit;
+    if (http_.accept_gate) {
+      const auto verdict = http_.accept_gate->admit(accept_peer_.address().to_string(), permit);
+      if (verdict != limits::AcceptVerdict::ok) {
+        refuse_at_accept(socket, static_cast<int>(verdict));
+        accept_next();
+        return;
+      }
+    }
     const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    asio::post(target.ioc, [this, &target, id, peer = accept_peer_,
+    asio::post(target.ioc, [this, &target, id, peer = accept_peer_, permit = std::move(permit),
                             s = std::make_shared<tcp::socket>(std::move(socket))]() mutable {
-      serve_http(target, std::move(*s), peer, http_, id);
+      serve_http(target, std::move(*s), peer, http_, id, std::move(permit));
     });
     accept_next();
   });
+}
+
+void Server::refuse_at_accept(tcp::socket& socket, int verdict) {
+  using limits::AcceptVerdict;
+  const bool per_ip = verdict == static_cast<int>(AcceptVerdict::per_ip_full);
+  // A fresh socket's send buffer takes these few bytes at once; nothing is
+  // read, so the refusal costs the descriptor for microseconds only.
+  auto canned = [](std::string_view status, std::string_view body) {
+    return "HTTP/1.1 " + std::string(status) +
+           "\r\nServer: synapse\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+           "Connection: close\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + std::string(body);
+  };
+  static const std::string too_many = canned(
+      "429 Too Many Requests",
+      R"({"error":"too_many_connections","reason":"too many open connections from this address"})");
+  static const std::string overloaded =
+      canned("503 Service Unavailable", R"({"error":"overloaded","reason":"the server is out of connections"})");
+  const std::string_view response = per_ip ? too_many : overloaded;
+  error_code ec;
+  socket.non_blocking(true, ec);
+  socket.write_some(asio::buffer(response.data(), response.size()), ec);
+  socket.shutdown(tcp::socket::shutdown_send, ec);
+  socket.close(ec);
+  http_.services.metrics.count_refusal(per_ip ? metrics::Refusal::too_many_connections
+                                              : metrics::Refusal::overloaded);
+  // One line per second at most: a flood must not become a log flood.
+  ++refused_since_log_;
+  const std::int64_t now = mono_ms();
+  if (now - refusal_logged_ms_ >= 1000) {
+    spdlog::info("refused {} connections at accept (last peer={} {})", refused_since_log_,
+                 accept_peer_.address().to_string(), per_ip ? "per-address limit" : "descriptor reserve");
+    refused_since_log_ = 0;
+    refusal_logged_ms_ = now;
+  }
+}
+
+void Server::shed_one() {
+  if (spare_fd_ < 0) return;
+  ::close(spare_fd_);
+  const int fd = ::accept4(acceptor_.native_handle(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd >= 0) ::close(fd);
+  spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
 void Server::start_sweep(IoThread& t) {
@@ -196,9 +279,9 @@ int Server::run() {
   for (std::size_t i = 0; i < threads_.size(); ++i) guards.emplace_back(threads_[i].ioc.get_executor());
   for (std::size_t i = 1; i < threads_.size(); ++i) {
     IoThread& t = threads_[i];
-    t.thread = std::thread([&t] { t.ioc.run(); });
+    t.thread = std::thread([&t] { run_guarded(t.ioc); });
   }
-  main_.ioc.run();  // thread 0 is the calling thread
+  run_guarded(main_.ioc);  // thread 0 is the calling thread
   for (std::size_t i = 1; i < threads_.size(); ++i) {
     if (threads_[i].thread.joinable()) threads_[i].thread.join();
   }

@@ -19,6 +19,7 @@ namespace synapse::net {
 class Server {
  public:
   Server(IoThreads& threads, HttpContext& http, std::atomic<bool>& draining);
+  ~Server();
 
   // Binds and listens; throws std::system_error when the address is taken.
   void listen(const std::string& address, std::uint16_t port);
@@ -28,6 +29,11 @@ class Server {
 
  private:
   void accept_next();
+  // Answers a socket the accept gate refused, without reading from it.
+  void refuse_at_accept(boost::asio::ip::tcp::socket& socket, int verdict);
+  // Out of descriptors: frees the spare, takes one pending connection off
+  // the backlog and closes it, takes the spare back.
+  void shed_one();
   void start_sweep(IoThread& t);
   void start_broker_tick();
   void start_revocation_poll();
@@ -51,6 +57,9 @@ class Server {
   std::size_t next_thread_ = 0;
   std::atomic<std::uint64_t> next_id_{1};
   std::set<std::string> revoked_;
+  int spare_fd_ = -1;  // kept open to be given up when accept() hits EMFILE
+  std::int64_t refused_since_log_ = 0;
+  std::int64_t refusal_logged_ms_ = 0;
   std::int64_t drain_started_ms_ = 0;
 };
 

@@ -19,6 +19,7 @@
 #include "auth/principal.hpp"
 #include "channels/session.hpp"
 #include "channels/socket.hpp"
+#include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
 #include "net/io_thread.hpp"
 #include "net/outbound_queue.hpp"
@@ -31,6 +32,7 @@ struct ConnectionInfo {
   std::string peer;  // ip:port, for logs
   auth::Principal principal;
   limits::Permit permit;
+  limits::SocketPermit socket_permit;  // from accept; held until the socket closes
 };
 
 class Connection final : public std::enable_shared_from_this<Connection>,
@@ -47,6 +49,7 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   // channels::Socket (MessageSink)
   void send(wire::Message msg) override;
   void send_batch(const wire::Message* const* msgs, std::size_t n) override;
+  void send_initial(wire::Message msg) override;
   void close(std::uint16_t code, std::string_view reason) override;
   std::uint64_t id() const override { return info_.id; }
   std::size_t thread_index() const override { return thread_.index; }
@@ -97,6 +100,7 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   wire::FrameReader reader_;
   OutboundQueue out_;
   std::size_t queue_limit_;  // outbound_queue_bytes, 0 = unlimited
+  std::size_t initial_allowance_;  // exempt bytes of join output (send_initial)
   std::optional<channels::Session> session_;
 
   State state_ = State::open;

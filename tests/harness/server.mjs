@@ -14,6 +14,7 @@ export const RELAXED = {
   '--messages-per-min': '0',
   '--queries-per-min': '0',
   '--ip-max-connections': '0',
+  '--ip-max-sockets': '0',
   '--ip-new-per-min': '0',
   '--key-max-connections': '0',
 };

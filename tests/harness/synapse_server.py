@@ -30,6 +30,7 @@ RELAXED = {
     "--ip-max-connections": "0",
     "--ip-new-per-min": "0",
     "--key-max-connections": "0",
+    "--ip-max-sockets": "0",
 }
 
 
@@ -63,12 +64,14 @@ class SynapseServer:
     """One server process. Use as a context manager or call start()/stop()."""
 
     def __init__(self, *, flags: Optional[dict] = None, relaxed: bool = True,
-                 data_dir: Optional[str] = None, port: Optional[int] = None):
+                 data_dir: Optional[str] = None, port: Optional[int] = None,
+                 nofile: Optional[int] = None):
         self.flags = dict(RELAXED) if relaxed else {}
         self.flags.update(flags or {})
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="synapse-test-")
         self.port = port or 0
+        self.nofile = nofile  # RLIMIT_NOFILE for the process (soft = hard), or inherited
         self.proc: Optional[subprocess.Popen] = None
         self.admin_key: Optional[str] = None
         self.log_lines: list[str] = []
@@ -83,7 +86,13 @@ class SynapseServer:
         for k, v in self.flags.items():
             args += [k, str(v)]
         self._listening.clear()
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        preexec = None
+        if self.nofile:
+            import resource
+            n = self.nofile
+            preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))  # noqa: E731
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=preexec)
         self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
         self._pump_thread.start()
         if not self._listening.wait(timeout):
