@@ -266,6 +266,27 @@ def target_seeds():
         write("fuzz_request_target", f"seed_{i:02d}", s)
 
 
+# --- fuzz_http_request -------------------------------------------------------
+def http_request_seeds():
+    # The first byte picks the piece size the input is fed in.
+    smuggled = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    seeds = [
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /cortex/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        b"POST /api/token HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /api/token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        b"POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: " + b"a" * 300 + b"\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;ext=1\r\na\r\n0\r\nA: b\r\nC: d\r\n\r\n",
+    ]
+    for coding in [b"identity", b"gzip", b"xchunked", b"chunked, identity", b"gzip, chunked", b" chunked ,"]:
+        seeds.append(b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding + b"\r\n\r\n" + smuggled)
+    seeds.append(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n" + smuggled)
+    seeds.append(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    for i, s in enumerate(seeds):
+        write("fuzz_http_request", f"seed_{i:02d}", bytes([7 + i * 5]) + s)
+
+
 def main():
     if os.path.isdir(CORPUS):
         shutil.rmtree(CORPUS)
@@ -274,6 +295,7 @@ def main():
     jwt_seeds()
     fts_seeds()
     target_seeds()
+    http_request_seeds()
     for t in sorted(os.listdir(CORPUS)):
         files = os.listdir(os.path.join(CORPUS, t))
         size = sum(os.path.getsize(os.path.join(CORPUS, t, f)) for f in files)

@@ -1,0 +1,78 @@
+// The accept gate (issue 19, item 11): sockets per address and in all,
+// counted from accept, with a reserve for addresses holding few sockets.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "limits/accept_gate.hpp"
+
+using namespace synapse::limits;
+
+namespace {
+
+std::vector<SocketPermit> take(AcceptGate& g, const char* ip, int n) {
+  std::vector<SocketPermit> out;
+  for (int i = 0; i < n; ++i) {
+    SocketPermit p;
+    EXPECT_EQ(g.admit(ip, p), AcceptVerdict::ok) << ip << " #" << i;
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(AcceptGate, PerAddressLimitCountsEverySocketUntilItCloses) {
+  AcceptGate g({.per_ip = 3, .capacity = 0, .reserve = 0, .reserve_share = 4});
+  auto held = take(g, "10.0.0.1", 3);
+  SocketPermit p;
+  EXPECT_EQ(g.admit("10.0.0.1", p), AcceptVerdict::per_ip_full);
+  EXPECT_FALSE(p);
+  EXPECT_EQ(g.admit("10.0.0.2", p), AcceptVerdict::ok);  // another address is not affected
+  held.pop_back();                                      // one socket closes
+  SocketPermit again;
+  EXPECT_EQ(g.admit("10.0.0.1", again), AcceptVerdict::ok);
+  EXPECT_EQ(g.open(), 4);
+}
+
+TEST(AcceptGate, TheReserveGoesOnlyToAddressesHoldingFewSockets) {
+  AcceptGate g({.per_ip = 0, .capacity = 20, .reserve = 5, .reserve_share = 2});
+  auto flood = take(g, "10.0.0.9", 15);  // up to capacity - reserve
+  SocketPermit p;
+  EXPECT_EQ(g.admit("10.0.0.9", p), AcceptVerdict::reserved);
+  auto small = take(g, "10.0.0.1", 2);  // a new address still gets in
+  EXPECT_EQ(g.admit("10.0.0.1", p), AcceptVerdict::reserved);  // ... up to its share
+  auto others = take(g, "10.0.0.2", 2);
+  SocketPermit last;
+  EXPECT_EQ(g.admit("10.0.0.3", last), AcceptVerdict::ok);  // the 20th socket
+  EXPECT_EQ(g.admit("10.0.0.4", p), AcceptVerdict::full);
+  EXPECT_TRUE(g.under_pressure());
+}
+
+TEST(AcceptGate, PressureStartsAtHalfTheCapacity) {
+  AcceptGate g({.per_ip = 0, .capacity = 10, .reserve = 0, .reserve_share = 1});
+  auto a = take(g, "10.0.0.1", 4);
+  EXPECT_FALSE(g.under_pressure());
+  auto b = take(g, "10.0.0.1", 1);
+  EXPECT_TRUE(g.under_pressure());
+  a.clear();
+  EXPECT_FALSE(g.under_pressure());
+}
+
+TEST(AcceptGate, PermitsGiveBackOnceWhenMovedAndReleased) {
+  AcceptGate g({.per_ip = 1, .capacity = 0, .reserve = 0, .reserve_share = 1});
+  SocketPermit p;
+  ASSERT_EQ(g.admit("10.0.0.1", p), AcceptVerdict::ok);
+  SocketPermit moved = std::move(p);
+  p.release();  // moved-from: nothing to give back
+  EXPECT_EQ(g.open(), 1);
+  moved.release();
+  moved.release();
+  EXPECT_EQ(g.open(), 0);
+  EXPECT_EQ(g.admit("10.0.0.1", p), AcceptVerdict::ok);
+}
+
+TEST(AcceptGate, CapacityLeavesTheProcessItsOwnDescriptors) {
+  EXPECT_EQ(socket_capacity(1024, 100), 924);
+  EXPECT_EQ(socket_capacity(50, 100), 1);
+}
