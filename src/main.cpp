@@ -220,6 +220,9 @@ int serve(const config::Config& cfg) {
   cortex::CortexOptions co;
   co.workers = static_cast<std::size_t>(cfg.workers);
   co.queue_limit = static_cast<std::size_t>(cfg.worker_queue);
+  co.tenant_queue_limit = static_cast<std::size_t>(cfg.tenant_queue);
+  co.budget.max_terms = static_cast<std::size_t>(cfg.query_max_terms);
+  co.budget.time = std::chrono::milliseconds(cfg.query_budget_ms);
   co.debug_crash = cfg.debug_crash;
   co.ranking.bm25_weight = cfg.rank_bm25_weight;
   co.ranking.recency_weight = cfg.rank_recency_weight;

@@ -241,15 +241,25 @@ class CortexChannel final : public Channel {
     };
   }
 
-  // Hands the job to a worker; if the queue is full the run is dropped and
-  // the client told, before the ok reply.
+  // Hands the job to the worker pool, in the lane of this connection's
+  // tenant and key (the pool serves lanes round-robin, docs/cortex.md
+  // "Scheduling"). Queueing never waits for a worker. If the whole queue, or
+  // this tenant's share of it, is full, the run is dropped and the client
+  // told, before the ok reply.
   bool submit(const protocol::Envelope& env, Run& run, cortex::WorkerPool::Job job) {
-    if (cortex_.submit(std::move(job))) return true;
+    const auto& principal = session_.principal();
+    const cortex::Admit admit = cortex_.submit(cortex::Lane{principal.tenant, principal.key_id}, std::move(job));
+    if (admit == cortex::Admit::accepted) return true;
     const std::string ref = run.ref;
     auto it = std::find_if(runs_.begin(), runs_.end(), [&](const Run& r) { return r.id == run.id; });
     runs_.erase(it);
     count_end(Outcome::cancelled);
-    json::object r = protocol::error_response("overloaded", "the server's run queue is full; retry later");
+    json::object r = protocol::error_response(
+        "overloaded", admit == cortex::Admit::tenant_full
+                          ? fmt::format("this tenant already has {} runs waiting for a worker (its share of the "
+                                        "queue); retry later",
+                                        cortex_.tenant_queue_limit())
+                          : std::string("the server's run queue is full; retry later"));
     r["ref"] = ref;
     r["retry_after_ms"] = 1000;
     session_.reply_error(env, r);
@@ -292,7 +302,7 @@ class CortexChannel final : public Channel {
     auto job = [&cx = cortex_, relay_fn, caller, req, id, cancel = run.cancel](std::size_t worker) {
       if (cancel->cancelled()) return;
       try {
-        auto data = cortex::run_query(cx.memory(), cx.ranking(), caller, req, *cancel, worker,
+        auto data = cortex::run_query(cx.memory(), cx.ranking(), cx.budget(), caller, req, *cancel, worker,
                                       [&](json::object thought) {
                                         relay_fn([id, t = std::move(thought)](CortexChannel& c) mutable {
                                           c.emit(id, "thought", std::move(t));

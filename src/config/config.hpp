@@ -63,6 +63,9 @@ struct Config {
   // [cortex]
   std::int64_t workers = 4;
   std::int64_t worker_queue = 1024;
+  std::int64_t tenant_queue = 256;  // runs one tenant may have waiting; 0 = only worker_queue
+  std::int64_t query_budget_ms = 200;  // SQLite time per query or memory.search; 0 = unlimited
+  std::int64_t query_max_terms = 16;
   std::int64_t default_timeout_ms = 30'000;
   std::int64_t max_timeout_ms = 600'000;
   std::int64_t max_query_chars = 8192;

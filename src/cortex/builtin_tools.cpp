@@ -51,25 +51,28 @@ class MemoryStoreTool final : public Tool {
 
 class MemorySearchTool final : public Tool {
  public:
-  MemorySearchTool(MemoryStore& m, const RankingOptions& r) : memory_(m), ranking_(r) {}
+  MemorySearchTool(MemoryStore& m, const RankingOptions& r, const QueryBudget& b) : memory_(m), ranking_(r), budget_(b) {}
   const ToolSpec& spec() const override { return spec_; }
   json::value run(const json::object& args, ToolContext& ctx) const override {
     const std::string q(args.at("query").as_string());
     const auto limit = static_cast<std::size_t>(int_arg(args, "limit", 10));
     const std::string store = "";  // no routing bonus for a plain search
-    auto ranked = rank(memory_.recall(ctx.worker, ctx.caller, q, ranking_.candidates), ranking_, store,
+    // Under the same term and time budget as a query (docs/cortex.md).
+    Recall recall = memory_.recall(ctx.worker, ctx.caller, q, ranking_.candidates, budget_.start(ctx.cancel));
+    auto ranked = rank(std::move(recall.candidates), ranking_, store,
                        std::chrono::duration_cast<std::chrono::milliseconds>(
                            std::chrono::system_clock::now().time_since_epoch())
                            .count(),
                        limit);
     json::array results;
     for (const auto& r : ranked) results.push_back(result_json(r));
-    return json::object{{"results", std::move(results)}};
+    return json::object{{"results", std::move(results)}, {"partial", recall.partial}};
   }
 
  private:
   MemoryStore& memory_;
   const RankingOptions& ranking_;
+  const QueryBudget& budget_;
   ToolSpec spec_ = make_spec("memory.search", "Full-text search over the memories this agent can see",
                              R"({"type":"object","required":["query"],"additionalProperties":false,
       "properties":{"query":{"type":"string","minLength":1,"maxLength":8192},
@@ -151,7 +154,7 @@ class DebugCrashTool final : public Tool {
 
 void register_builtin_tools(Cortex& cortex) {
   cortex.add_tool(std::make_unique<MemoryStoreTool>(cortex.memory()));
-  cortex.add_tool(std::make_unique<MemorySearchTool>(cortex.memory(), cortex.ranking()));
+  cortex.add_tool(std::make_unique<MemorySearchTool>(cortex.memory(), cortex.ranking(), cortex.budget()));
   cortex.add_tool(std::make_unique<MemoryForgetTool>(cortex.memory()));
   cortex.add_tool(std::make_unique<MemoryStatsTool>(cortex.memory()));
   cortex.add_tool(std::make_unique<CountdownTool>());

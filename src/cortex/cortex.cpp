@@ -3,7 +3,7 @@
 namespace synapse::cortex {
 
 Cortex::Cortex(const CortexOptions& options, const std::string& db_path)
-    : options_(options), memory_(db_path, options.workers), pool_(options.workers, options.queue_limit) {}
+    : options_(options), memory_(db_path, options.workers), pool_(options.workers, options.queue_limit, options.tenant_queue_limit) {}
 
 Cortex::~Cortex() { pool_.stop(); }
 

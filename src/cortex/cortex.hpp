@@ -17,6 +17,8 @@ namespace synapse::cortex {
 struct CortexOptions {
   std::size_t workers = 4;
   std::size_t queue_limit = 1024;
+  std::size_t tenant_queue_limit = 256;  // 0: only queue_limit bounds a tenant
+  QueryBudget budget;
   RankingOptions ranking;
   bool debug_crash = false;
 };
@@ -33,7 +35,10 @@ class Cortex {
   // [{"name", "description", "input_schema"}] for the `tools` event.
   boost::json::array describe_tools() const;
 
-  bool submit(WorkerPool::Job job) { return pool_.try_submit(std::move(job)); }
+  // Never waits for a worker (I/O threads call it).
+  Admit submit(const Lane& lane, WorkerPool::Job job) { return pool_.try_submit(lane, std::move(job)); }
+  std::size_t tenant_queue_limit() const { return options_.tenant_queue_limit; }
+  const QueryBudget& budget() const { return options_.budget; }
   MemoryStore& memory() { return memory_; }
   const RankingOptions& ranking() const { return options_.ranking; }
   bool debug_crash_enabled() const { return options_.debug_crash; }

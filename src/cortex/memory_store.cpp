@@ -9,6 +9,8 @@
 #include "cortex/query_router.hpp"
 #include "store/sqlite.hpp"
 
+#include <sqlite3.h>
+
 namespace synapse::cortex {
 namespace json = boost::json;
 
@@ -97,27 +99,132 @@ std::int64_t MemoryStore::store(std::size_t conn, const Caller& caller, const Ne
 
 std::vector<Candidate> MemoryStore::recall(std::size_t conn, const Caller& caller, std::string_view text,
                                            std::size_t limit) {
-  std::vector<Candidate> out;
-  const std::string match = build_fts_query(text);
+  RecallBudget unbounded;
+  unbounded.max_terms = max_query_terms;
+  return recall(conn, caller, text, limit, unbounded).candidates;
+}
+
+namespace {
+
+// Installed on a connection for one recall: SQLite calls it every
+// `progress_steps` VM instructions; a non-zero return interrupts the
+// statement (its step() then throws SqliteError).
+class Watch {
+ public:
+  static constexpr int progress_steps = 1000;
+
+  Watch(sqlite3* db, const RecallBudget& budget) : db_(db), deadline_(budget.deadline), cancel_(budget.cancel) {
+    if (deadline_ || cancel_) sqlite3_progress_handler(db_, progress_steps, &Watch::check, this);
+  }
+  ~Watch() { sqlite3_progress_handler(db_, 0, nullptr, nullptr); }
+  Watch(const Watch&) = delete;
+  Watch& operator=(const Watch&) = delete;
+
+  void drop_deadline() noexcept { deadline_.reset(); }
+  bool expired() const noexcept { return expired_; }
+  // After a SqliteError: Cancelled if the run was cancelled, nothing if the
+  // deadline passed (the caller marks the result partial), else the error.
+  void interrupted() const {
+    if (cancelled_) throw Cancelled{};
+    if (!expired_) throw;
+  }
+
+ private:
+  static int check(void* self) noexcept {
+    auto* w = static_cast<Watch*>(self);
+    if (w->cancel_ && w->cancel_->cancelled()) {
+      w->cancelled_ = true;
+      return 1;
+    }
+    if (w->deadline_ && std::chrono::steady_clock::now() >= *w->deadline_) {
+      w->expired_ = true;
+      return 1;
+    }
+    return 0;
+  }
+
+  sqlite3* db_;
+  std::optional<std::chrono::steady_clock::time_point> deadline_;
+  const CancelToken* cancel_;
+  bool expired_ = false;
+  bool cancelled_ = false;
+};
+
+struct Match {
+  double relevance;
+  std::int64_t id;
+};
+
+// Heap order for keeping the best: the least relevant (and, among equals,
+// the oldest) on top, so it is the one replaced.
+bool worse(const Match& a, const Match& b) {
+  return a.relevance != b.relevance ? a.relevance > b.relevance : a.id > b.id;
+}
+
+}  // namespace
+
+Recall MemoryStore::recall(std::size_t conn, const Caller& caller, std::string_view text, std::size_t limit,
+                           const RecallBudget& budget) {
+  Recall out;
+  SearchTerms st_terms = search_terms(text, budget.max_terms);
+  out.terms = std::move(st_terms.terms);
+  out.dropped_terms = st_terms.dropped;
+  const std::string match = fts_expression(out.terms);
+  if (limit == 0) return out;
   Slot& s = slot(conn);
   std::lock_guard lock(s.mu);
+  Watch watch(s.db->handle(), budget);
   if (!match.empty()) {
-    store::Statement st(*s.db, std::string("SELECT ") + columns +
-                                   ", bm25(memories_fts) FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid "
-                                   "WHERE memories_fts MATCH ?3 AND " + visible +
-                                   " ORDER BY bm25(memories_fts) LIMIT ?4");
-    st.bind(1, caller.tenant).bind(2, caller.agent_id).bind(3, match).bind(4, static_cast<std::int64_t>(limit));
-    while (st.step()) out.push_back(Candidate{read_record(st), -st.real(8), false});
-    if (!out.empty()) return out;
+    std::vector<Match> best;  // a heap by worse()
+    best.reserve(limit);
+    try {
+      store::Statement st(*s.db, std::string("SELECT m.id, bm25(memories_fts) FROM memories_fts JOIN memories m "
+                                             "ON m.id = memories_fts.rowid WHERE memories_fts MATCH ?3 AND ") +
+                                     visible + " ORDER BY memories_fts.rowid DESC");
+      st.bind(1, caller.tenant).bind(2, caller.agent_id).bind(3, match);
+      while (st.step()) {
+        const Match m{-st.real(1), st.int64(0)};
+        if (best.size() < limit) {
+          best.push_back(m);
+          std::push_heap(best.begin(), best.end(), worse);
+        } else if (m.relevance > best.front().relevance) {
+          std::pop_heap(best.begin(), best.end(), worse);
+          best.back() = m;
+          std::push_heap(best.begin(), best.end(), worse);
+        }
+      }
+    } catch (const store::SqliteError&) {
+      watch.interrupted();
+      out.partial = true;
+    }
+    if (!best.empty()) {
+      std::sort_heap(best.begin(), best.end(), worse);  // most relevant first, newer first among equals
+      // At most `limit` primary-key reads: not worth interrupting, and an
+      // interruption here would lose results already paid for.
+      watch.drop_deadline();
+      store::Statement rec(*s.db, std::string("SELECT ") + columns + " FROM memories m WHERE m.id = ?1");
+      for (const Match& m : best) {
+        rec.reset();
+        rec.bind(1, m.id);
+        if (rec.step()) out.candidates.push_back(Candidate{read_record(rec), m.relevance, false});
+      }
+      return out;
+    }
+    if (out.partial) return out;
   }
   // No search terms (only punctuation, say), or terms the FTS tokenizer does
   // not index (emoji and other symbols): a literal substring scan, with the
   // text bound as a parameter, never parsed.
   if (text.empty()) return out;
-  store::Statement st(*s.db, std::string("SELECT ") + columns + " FROM memories m WHERE " + visible +
-                                 " AND instr(m.content, ?3) > 0 ORDER BY m.created_at DESC LIMIT ?4");
-  st.bind(1, caller.tenant).bind(2, caller.agent_id).bind(3, text).bind(4, static_cast<std::int64_t>(limit));
-  while (st.step()) out.push_back(Candidate{read_record(st), 1.0, true});
+  try {
+    store::Statement st(*s.db, std::string("SELECT ") + columns + " FROM memories m WHERE " + visible +
+                                   " AND instr(m.content, ?3) > 0 ORDER BY m.created_at DESC LIMIT ?4");
+    st.bind(1, caller.tenant).bind(2, caller.agent_id).bind(3, text).bind(4, static_cast<std::int64_t>(limit));
+    while (st.step()) out.candidates.push_back(Candidate{read_record(st), 1.0, true});
+  } catch (const store::SqliteError&) {
+    watch.interrupted();
+    out.partial = true;
+  }
   return out;
 }
 

@@ -7,10 +7,12 @@
 // thread may use any index safely.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -65,6 +67,41 @@ struct RankingOptions {
   std::size_t candidates = 100;
 };
 
+// What one recall may cost (docs/cortex.md, "Query cost").
+struct RecallBudget {
+  std::size_t max_terms = 16;  // distinct search terms used; the rest are dropped
+  // When SQLite must give up; no deadline when unset.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  // Checked by SQLite as it runs: a cancelled run stops within microseconds
+  // instead of finishing its statement (throws Cancelled).
+  const CancelToken* cancel = nullptr;
+};
+
+// The configured budget of every query and memory.search
+// (cortex.query_max_terms, cortex.query_budget_ms).
+struct QueryBudget {
+  std::size_t max_terms = 16;
+  std::chrono::milliseconds time{200};  // zero: no time budget
+
+  // The budget of one recall starting now.
+  RecallBudget start(const CancelToken& cancel) const {
+    RecallBudget b;
+    b.max_terms = max_terms;
+    if (time.count() > 0) b.deadline = std::chrono::steady_clock::now() + time;
+    b.cancel = &cancel;
+    return b;
+  }
+};
+
+struct Recall {
+  std::vector<Candidate> candidates;  // most relevant first
+  std::vector<std::string> terms;     // the terms searched
+  std::size_t dropped_terms = 0;      // distinct terms past the budget
+  // The deadline passed before every match was examined: `candidates` are the
+  // best among the matches examined so far (newest memories first).
+  bool partial = false;
+};
+
 struct Ranked {
   MemoryRecord rec;
   double score = 0;
@@ -80,6 +117,16 @@ class MemoryStore {
   // search terms, or only terms the tokenizer skips, such as emoji) it falls
   // back to a literal substring scan, newest first.
   std::vector<Candidate> recall(std::size_t conn, const Caller& caller, std::string_view text, std::size_t limit);
+  // The same under a budget. Contract: full-text matches are read newest
+  // first (FTS5 rowid order, no sort) and the `limit` most relevant kept; the
+  // records of those are then read by id. A progress handler on the worker's
+  // connection checks the deadline and the cancel token every 1,000 SQLite
+  // VM steps: past the deadline the statement is interrupted and the result
+  // is marked partial (the literal scan is then skipped, its budget being
+  // spent); on cancellation Cancelled is thrown. Reading the kept records is
+  // bounded by `limit` and runs without the deadline.
+  Recall recall(std::size_t conn, const Caller& caller, std::string_view text, std::size_t limit,
+                const RecallBudget& budget);
   bool forget(std::size_t conn, const Caller& caller, std::int64_t id);
   MemoryStats stats(std::size_t conn, const Caller& caller);
   bool integrity_ok(std::size_t conn);

@@ -21,19 +21,27 @@ boost::json::object result_json(const Ranked& r) {
                       {"store", r.rec.store}};
 }
 
-json::object run_query(MemoryStore& memory, const RankingOptions& ranking, const Caller& caller,
-                       const QueryRequest& req, const CancelToken& cancel, std::size_t worker,
+json::object run_query(MemoryStore& memory, const RankingOptions& ranking, const QueryBudget& budget,
+                       const Caller& caller, const QueryRequest& req, const CancelToken& cancel, std::size_t worker,
                        const ThoughtSink& thought) {
   auto checkpoint = [&] {
     if (cancel.cancelled()) throw Cancelled{};
   };
 
-  const auto terms = query_terms(req.q);
+  // The same term rule the recall applies (it computes them again: a few
+  // microseconds, against keeping the thought and the search in step).
+  const SearchTerms terms = search_terms(req.q, budget.max_terms);
   json::array term_list;
-  for (const auto& t : terms) term_list.emplace_back(t);
-  thought({{"type", "processing"},
-           {"content", fmt::format("Parsing the query: {} characters, {} search terms", req.q.size(), terms.size())},
-           {"terms", std::move(term_list)}});
+  for (const auto& t : terms.terms) term_list.emplace_back(t);
+  json::object processing{
+      {"type", "processing"},
+      {"content", terms.dropped == 0
+                      ? fmt::format("Parsing the query: {} characters, {} search terms", req.q.size(), terms.terms.size())
+                      : fmt::format("Parsing the query: {} characters, {} search terms ({} more dropped: at most {})",
+                                    req.q.size(), terms.terms.size(), terms.dropped, budget.max_terms)},
+      {"terms", std::move(term_list)}};
+  if (terms.dropped > 0) processing["dropped_terms"] = terms.dropped;
+  thought(std::move(processing));
   checkpoint();
 
   const Route route = classify(req.q);
@@ -46,13 +54,22 @@ json::object run_query(MemoryStore& memory, const RankingOptions& ranking, const
            {"cues", std::move(cue_list)}});
   checkpoint();
 
-  auto candidates = memory.recall(worker, caller, req.q, ranking.candidates);
+  Recall recall = memory.recall(worker, caller, req.q, ranking.candidates, budget.start(cancel));
+  auto candidates = std::move(recall.candidates);
   const bool literal = !candidates.empty() && candidates.front().literal;
-  thought({{"type", "memory_recall"},
-           {"content", fmt::format("Recalled {} candidate memories{}", candidates.size(),
-                                   literal ? " by literal match" : " by full-text match")},
-           {"candidates", candidates.size()},
-           {"method", literal ? "literal" : "fts5_bm25"}});
+  json::object recalled{{"type", "memory_recall"},
+                        {"content", fmt::format("Recalled {} candidate memories{}{}", candidates.size(),
+                                                literal ? " by literal match" : " by full-text match",
+                                                recall.partial ? fmt::format(" (partial: the {} ms search budget ran out)",
+                                                                             budget.time.count())
+                                                               : std::string())},
+                        {"candidates", candidates.size()},
+                        {"method", literal ? "literal" : "fts5_bm25"}};
+  if (recall.partial) {
+    recalled["partial"] = true;
+    recalled["budget_ms"] = budget.time.count();
+  }
+  thought(std::move(recalled));
   checkpoint();
 
   const std::size_t n = candidates.size();
@@ -69,7 +86,8 @@ json::object run_query(MemoryStore& memory, const RankingOptions& ranking, const
 
   json::array results;
   for (const auto& r : ranked) results.push_back(result_json(r));
-  return json::object{{"store", route.store}, {"query", req.q}, {"results", std::move(results)}};
+  return json::object{
+      {"store", route.store}, {"query", req.q}, {"results", std::move(results)}, {"partial", recall.partial}};
 }
 
 }  // namespace synapse::cortex

@@ -4,21 +4,23 @@
 
 namespace synapse::cortex {
 
-WorkerPool::WorkerPool(std::size_t threads, std::size_t queue_limit) : limit_(queue_limit) {
+WorkerPool::WorkerPool(std::size_t threads, std::size_t queue_limit, std::size_t tenant_limit)
+    : tenant_limit_(tenant_limit), jobs_(queue_limit, tenant_limit) {
   threads_.reserve(threads);
   for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this, i] { loop(i); });
 }
 
 WorkerPool::~WorkerPool() { stop(); }
 
-bool WorkerPool::try_submit(Job job) {
+Admit WorkerPool::try_submit(const Lane& lane, Job job) {
   {
     std::lock_guard lock(mu_);
-    if (stopping_ || jobs_.size() >= limit_) return false;
-    jobs_.push_back(std::move(job));
+    if (stopping_) return Admit::queue_full;
+    const Admit a = jobs_.push(lane, std::move(job));
+    if (a != Admit::accepted) return a;
   }
   cv_.notify_one();
-  return true;
+  return Admit::accepted;
 }
 
 std::size_t WorkerPool::queued() {
@@ -47,8 +49,9 @@ void WorkerPool::loop(std::size_t index) {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
       if (stopping_) return;
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
+      // The order is decided when a worker is free, not at submission: the
+      // tenant at the front of the rotation gets this worker.
+      job = std::move(*jobs_.pop());
     }
     try {
       job(index);
