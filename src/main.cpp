@@ -165,6 +165,9 @@ int serve(const config::Config& cfg) {
     pubsub::BrokerOptions bo;
     bo.history_size = static_cast<std::size_t>(cfg.history_size);
     bo.history_ttl_ms = cfg.history_ttl_s * 1000;
+    bo.history_max_bytes_per_topic = static_cast<std::size_t>(cfg.history_max_bytes_per_topic);
+    bo.history_max_bytes = static_cast<std::size_t>(cfg.history_max_bytes);
+    bo.max_presence_bytes_per_topic = static_cast<std::size_t>(cfg.max_presence_bytes_per_topic);
     local_broker = std::make_unique<pubsub::LocalBroker>(bo, threads.posters(), metrics);
     broker = local_broker.get();
   } else {
@@ -200,7 +203,8 @@ int serve(const config::Config& cfg) {
                           l->command({"SMEMBERS", revoked}, [&keys](redis::Reply r) {
                             for (const auto& id : r.elements) revoke_locally(keys, id.str);
                           });
-                        }});
+                        },
+                        [rb] { rb->on_down(); }});
     shared_counts = std::make_unique<cluster::RedisConnectionCounts>(*link, ro.prefix, ro.node_id,
                                                                     std::chrono::milliseconds(1000));
     rb->set_reregister_hook([&limiter, counts = shared_counts.get()] { counts->replace(limiter.shared_snapshot()); });
@@ -263,6 +267,8 @@ int serve(const config::Config& cfg) {
           {"synapse_redis_reconnects", "Reconnections to Redis since start", static_cast<double>(l->reconnects())}};
     };
   }
+  limits::AcceptGate accept_gate(accept_limits(cfg));
+  http.accept_gate = &accept_gate;
   net::Server server(threads, http, draining);
   try {
     server.listen(cfg.bind, static_cast<std::uint16_t>(cfg.port));
@@ -270,8 +276,6 @@ int serve(const config::Config& cfg) {
     spdlog::critical("cannot listen on {}:{}: {}", cfg.bind, cfg.port, e.what());
     return 1;
   }
-  limits::AcceptGate accept_gate(accept_limits(cfg));
-  http.accept_gate = &accept_gate;
   spdlog::info("synapse listening on {}:{} (threads={}, workers={}, data={})", cfg.bind, server.port(), n_threads,
                cfg.workers, cfg.data_dir);
   // Scripts and tests wait for this line.

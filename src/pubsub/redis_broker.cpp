@@ -133,6 +133,11 @@ void RedisBroker::adopt_epoch(Topic& t, std::string_view epoch) {
   if (t.epoch == epoch) return;
   if (!t.epoch.empty() && t.members > 0) {
     spdlog::warn("topic {}: epoch changed from {} to {} (its history in Redis was lost)", t.name, t.epoch, epoch);
+    // Whatever the old epoch numbered after the last offset this node
+    // delivered went with Redis's data, if there was any: an open-ended gap,
+    // before the reset. Not before this membership's first message, whose
+    // last_offset is stale (the joiners start where their join read).
+    if (t.synced) notify_gap(t, t.last_offset + 1, std::nullopt, epoch);
     fanout_.queue(t.members_per_thread, Delivery{t.id, 0, 0, {}, DeliveryKind::reset});
   }
   t.epoch = std::string(epoch);
@@ -143,38 +148,110 @@ void RedisBroker::deliver(Topic& t, std::string_view epoch, std::uint64_t offset
                           wire::Message msg) {
   adopt_epoch(t, epoch);
   if (offset <= t.last_offset) return;  // already delivered (a backfill overlaps the live stream)
+  // Within an epoch every offset is published once, in order: a jump means
+  // this node never received the ones in between and nobody can supply them.
+  if (t.synced && offset > t.last_offset + 1) notify_gap(t, t.last_offset + 1, offset - 1, {});
+  t.synced = true;
   t.last_offset = offset;
   fanout_.queue(t.members_per_thread, Delivery{t.id, offset, exclude, std::move(msg), DeliveryKind::message});
 }
 
-void RedisBroker::finish_backfill(Topic& t, const redis::Reply& r) {
-  if (r.type == redis::Reply::Type::array && r.elements.size() == 1 && !r.elements[0].str.empty()) {
-    // The history is gone or went back: numbering starts again under a new
-    // epoch, which resets the members' filters now.
-    adopt_epoch(t, r.elements[0].str);
-  } else if (r.type == redis::Reply::Type::array && r.elements.size() > 1 && r.elements[0].str == t.epoch) {
-    std::uint64_t first = 0, count = 0;
-    const std::uint64_t missed_from = t.last_offset + 1;
-    for (std::size_t i = 1; i + 3 < r.elements.size(); i += 4) {
-      const std::string& id = r.elements[i].str;
-      std::uint64_t offset = 0, conn = 0;
-      if (!parse_u64(std::string_view(id).substr(0, id.find('-')), offset)) continue;
-      parse_u64(r.elements[i + 3].str, conn);
-      if (first == 0) first = offset;
-      const std::uint64_t exclude = r.elements[i + 2].str == options_.node_id ? conn : 0;
-      const std::uint64_t before = t.last_offset;
-      deliver(t, t.epoch, offset, exclude, wire::Message::text(r.elements[i + 1].str));
-      count += t.last_offset != before;
-    }
-    if (first > missed_from) {
-      spdlog::warn("topic {}: offsets {}..{} were missed while the link was down and are no longer in the history",
-                   t.name, missed_from, first - 1);
-    }
-    if (count) spdlog::info("topic {}: delivered {} messages missed while the link was down", t.name, count);
+void RedisBroker::notify_gap(Topic& t, std::uint64_t from, std::optional<std::uint64_t> to,
+                             std::string_view next_epoch) {
+  spdlog::warn("topic {}: offsets {}..{} of epoch {} never reached this node and are not in the history; "
+               "its members are told (phx_gap)",
+               t.name, from, to ? std::to_string(*to) : std::string("end"), t.epoch);
+  std::string body = "{\"recovered\":false,\"epoch\":";
+  protocol::append_json_string(body, t.epoch);
+  body += ",\"from\":" + std::to_string(from) + ",\"to\":" + (to ? std::to_string(*to) : std::string("null"));
+  if (!next_epoch.empty()) {
+    body += ",\"next_epoch\":";
+    protocol::append_json_string(body, next_epoch);
   }
-  for (auto& live : t.held) deliver(t, live.epoch, live.offset, live.exclude, std::move(live.msg));
-  t.held.clear();
+  body += '}';
+  // Numbered `to`: a member whose start is at or past the gap (it joined
+  // after it) does not get the push; the others get it in order, before what
+  // follows. Open-ended (the epoch ended): every member gets it.
+  fanout_.queue(t.members_per_thread,
+                Delivery{t.id, to ? *to : unnumbered, 0,
+                         wire::Message::text(protocol::encode_raw(std::nullopt, std::nullopt, t.name, "phx_gap", body)),
+                         DeliveryKind::message});
+}
+
+void RedisBroker::start_backfill(Topic& t) {
+  t.backfilling = true;
+  const std::uint64_t seq = ++t.backfill_seq;
+  redis::eval(link_, backfill_script_, {key("e", t.name), key("h", t.name), key("o", t.name)},
+              {t.epoch, std::to_string(t.last_offset + 1), new_epoch(), std::to_string(keep_ms)},
+              [this, topic = t.name, id = t.id, seq](redis::Reply r) {
+                // Lost with its connection: on_down follows and the next on_up
+                // reads again; the held messages stay held meanwhile.
+                if (r.type == redis::Reply::Type::lost || r.type == redis::Reply::Type::not_connected) return;
+                std::lock_guard lock(mu_);
+                auto it = topics_.find(topic);
+                if (it == topics_.end() || it->second->id != id) return;
+                Topic& topic_now = *it->second;
+                if (topic_now.backfilling && topic_now.backfill_seq == seq) finish_backfill(topic_now, r);
+              });
+}
+
+// Contract: called once per backfill, under mu_, with the backfill script's
+// reply. Delivers, in offset order and once each, the union of what the
+// stream still holds from the node's last delivered offset on (or, under a
+// new epoch, from offset 1) and the live messages held since the link was
+// lost; a hole in that union is reported to the members (deliver ->
+// notify_gap) before the messages after it. Afterwards live messages are
+// delivered directly again. Messages still in flight on the subscriber
+// connection that the stream also held are dropped as duplicates by
+// deliver(); the stream keeps its newest entries, so anything it no longer
+// holds is older than what it does.
+void RedisBroker::finish_backfill(Topic& t, const redis::Reply& r) {
   t.backfilling = false;
+  std::vector<Live> held = std::move(t.held);
+  t.held.clear();
+  if (r.type != redis::Reply::Type::array || r.elements.empty()) {
+    spdlog::error("topic {}: reading what the node missed failed: {}", t.name, r.str);
+    for (auto& live : held) deliver(t, live.epoch, live.offset, live.exclude, std::move(live.msg));
+    return;
+  }
+  const std::string epoch = r.elements[0].str;
+  if (epoch.empty()) {
+    // No epoch in Redis (it lost its data, nothing published since): the
+    // next epoch's messages all arrive live.
+    for (auto& live : held) deliver(t, live.epoch, live.offset, live.exclude, std::move(live.msg));
+    return;
+  }
+  std::map<std::uint64_t, Live> merged;
+  for (auto& live : held) {
+    if (live.epoch == epoch) {
+      merged.emplace(live.offset, std::move(live));
+    } else {
+      // Received under the epoch that preceded the stream's (a restored
+      // Redis renumbered the topic meanwhile): they come first.
+      deliver(t, live.epoch, live.offset, live.exclude, std::move(live.msg));
+    }
+  }
+  const std::uint64_t held_count = merged.size();
+  // A new epoch resets the members' filters now, so its offset 1 is owed.
+  adopt_epoch(t, epoch);
+  for (std::size_t i = 1; i + 3 < r.elements.size(); i += 4) {
+    const std::string& id = r.elements[i].str;
+    std::uint64_t offset = 0, conn = 0;
+    if (!parse_u64(std::string_view(id).substr(0, id.find('-')), offset)) continue;
+    parse_u64(r.elements[i + 3].str, conn);
+    const std::uint64_t exclude = r.elements[i + 2].str == options_.node_id ? conn : 0;
+    merged.emplace(offset, Live{epoch, offset, exclude, wire::Message::text(r.elements[i + 1].str)});
+  }
+  std::uint64_t count = 0;
+  for (auto& [offset, live] : merged) {
+    const std::uint64_t before = t.last_offset;
+    deliver(t, epoch, offset, live.exclude, std::move(live.msg));
+    count += t.last_offset != before;
+  }
+  if (count) {
+    spdlog::info("topic {}: delivered {} messages missed while the link was down ({} were held live), epoch {}",
+                 t.name, count, held_count, epoch);
+  }
 }
 
 bool RedisBroker::register_node() {
@@ -195,7 +272,7 @@ void RedisBroker::heartbeat(bool resync_if_forgotten) {
                   // stall and our entries are gone. Register everything again.
                   spdlog::warn("Redis had forgotten node {}; registering its presence and connections again",
                                options_.node_id);
-                  resync();
+                  resync(false);
                 }
               });
 }
@@ -304,10 +381,22 @@ void RedisBroker::on_message(const std::string& channel, const std::string& payl
 }
 
 void RedisBroker::on_up() {
-  if (registered_.load(std::memory_order_acquire)) resync();
+  if (registered_.load(std::memory_order_acquire)) resync(true);
 }
 
-void RedisBroker::resync() {
+void RedisBroker::on_down() {
+  std::lock_guard lock(mu_);
+  for (auto& [name, t] : topics_) {
+    if (t->members == 0 || t->epoch.empty()) continue;
+    // Whatever arrives after the reconnect waits for the backfill, so it is
+    // delivered after what was missed, in order. A backfill in flight on
+    // the lost connection no longer counts.
+    t->backfilling = true;
+    ++t->backfill_seq;
+  }
+}
+
+void RedisBroker::resync(bool after_link_loss) {
   heartbeat(false);
   std::vector<std::string> names;
   {
@@ -319,18 +408,9 @@ void RedisBroker::resync() {
       t->buffered.clear();
       for (const auto& [ref, e] : t->local) send_track(*t, ref, e);
       // The channel is subscribed again (on_up comes after that): read what
-      // was published meanwhile. A changed epoch (Redis lost its data) is
-      // noticed with the first live message, which resets the filters.
-      if (!t->epoch.empty() && !t->backfilling) {
-        t->backfilling = true;
-        redis::eval(link_, backfill_script_, {key("e", name), key("h", name), key("o", name)},
-                    {t->epoch, std::to_string(t->last_offset + 1), new_epoch(), std::to_string(keep_ms)},
-                    [this, topic = name](redis::Reply r) {
-                      std::lock_guard later(mu_);
-                      auto it = topics_.find(topic);
-                      if (it != topics_.end() && it->second->backfilling) finish_backfill(*it->second, r);
-                    });
-      }
+      // was published meanwhile. Without a link loss (Redis had only
+      // forgotten the node) nothing was missed: the subscription stayed.
+      if (after_link_loss && !t->epoch.empty()) start_backfill(*t);
     }
   }
   for (const auto& name : names) {
@@ -370,6 +450,7 @@ JoinResult RedisBroker::join(Subscriber& sub, const JoinRequest& req) {
       t.snapshot_pending = true;
       t.buffered.clear();
       t.gate = std::make_shared<Gate>();
+      t.synced = false;
       first = true;
     }
     gate = t.gate;
@@ -459,6 +540,7 @@ void RedisBroker::leave(Subscriber& sub, std::string_view topic) {
       t.snapshot_pending = false;
       t.held.clear();
       t.backfilling = false;
+      ++t.backfill_seq;
       // Posted under the lock, so a join that follows subscribes after it.
       if (unsubscribe) link_.unsubscribe(t.channel);
     }

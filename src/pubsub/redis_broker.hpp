@@ -24,10 +24,20 @@
 //
 // Redis down: local members keep receiving local publishes (unnumbered,
 // `_meta.local`), /health/ready reports not ready, and the link reconnects.
-// On reconnect every topic is subscribed again, the messages the node missed
-// meanwhile are read from the history and delivered before the live ones
-// (as far as the history reaches), presence is reloaded and the node's own
-// entries are published again.
+// From the moment the link is lost (on_down) every topic holds the live
+// messages it receives; on reconnect every topic is subscribed again, the
+// messages the node missed meanwhile are read from the topic's stream
+// (those of a new epoch from offset 1, when Redis lost its data) and
+// delivered, merged with the held live ones, in offset order before newer
+// messages. Presence is reloaded and the node's own entries are published
+// again.
+//
+// Gaps are never silent: whenever a topic's next message is not the one
+// after the last delivered (the stream was trimmed past what the node
+// missed, or expired), its members are sent a `phx_gap` push naming the
+// epoch and the missing offsets (docs/protocol.md §9), before the messages
+// that follow the gap. The push carries the gap's last offset as its
+// offset, so a member that joined after the gap does not get it.
 //
 // Locking: one mutex guards every topic; member lists are the Fanout's.
 #pragma once
@@ -37,6 +47,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -70,6 +82,7 @@ class RedisBroker final : public Broker {
   // The link's handlers (on the link's thread).
   void on_message(const std::string& channel, const std::string& payload);
   void on_up();
+  void on_down();
   // Called with the node's registration, and again whenever Redis had
   // forgotten the node (restart, or reaped after a stall): counters outside
   // the broker register their state again.
@@ -122,7 +135,12 @@ class RedisBroker final : public Broker {
     // After a reconnect, what the node missed is read from the history
     // first; live messages wait here meanwhile, so order is kept.
     bool backfilling = false;
+    std::uint64_t backfill_seq = 0;  // the backfill whose reply counts
     std::vector<Live> held;
+    // Whether last_offset is a position the members have: false from a first
+    // join until its first message (the joiners start at the join's offset,
+    // not at a stale last_offset), so that first message is not a gap.
+    bool synced = false;
     std::vector<std::uint32_t> members_per_thread;
     std::vector<std::uint32_t> presence_per_thread;
     std::size_t members = 0;
@@ -144,6 +162,11 @@ class RedisBroker final : public Broker {
   // Queues a numbered message for the topic's members, once and in order.
   void deliver(Topic& t, std::string_view epoch, std::uint64_t offset, std::uint64_t exclude, wire::Message msg);
   void finish_backfill(Topic& t, const redis::Reply& r);
+  // Tells the members that offsets from..to of the current epoch will not
+  // be delivered (a `phx_gap` push, queued in order with the messages); no
+  // `to`: nothing after `from` will, the epoch ended (`next_epoch` began).
+  void notify_gap(Topic& t, std::uint64_t from, std::optional<std::uint64_t> to, std::string_view next_epoch);
+  void start_backfill(Topic& t);
   std::vector<std::string> publish_args(std::string_view topic, const std::string& head,
                                         std::uint64_t exclude_connection);
   PublishResult published(const redis::Reply& r);
@@ -152,7 +175,9 @@ class RedisBroker final : public Broker {
   void apply_presence(Topic& t, const PresenceEvent& ev);
   void apply_snapshot(Topic& t, const redis::Reply& r);
   void send_track(const Topic& t, const std::string& ref, const LocalEntry& e);
-  void resync();
+  // Registers the node's presence and counts again; `after_link_loss` also
+  // reads what each topic missed from its stream.
+  void resync(bool after_link_loss);
   void heartbeat(bool resync_if_forgotten);
 
   RedisBrokerOptions options_;

@@ -87,22 +87,29 @@ return out
 )";
 
 // KEYS e h o; ARGV epoch first_offset candidate_epoch keep_ms. What a node
-// missed while its link was down: {epoch, id, frame, node, connection, ...}
-// for every entry from first_offset on, or {epoch} alone when the epoch
-// changed. A topic whose offset went back within its epoch (Redis restarted
-// from older data) gets a new epoch here, so that no offset is reused
-// under an epoch clients have seen.
+// missed while its link was down, read after it subscribed again:
+// {epoch, id, frame, node, connection, ...} for every stored entry of the
+// topic's current epoch from first_offset on, or, when the epoch is no
+// longer `epoch` (Redis lost its data and a new epoch began while the node
+// was away), every stored entry of the new epoch from offset 1: the node's
+// members missed the new epoch's start as well. {''} when the topic has no
+// epoch yet (everything of the next one arrives live). A topic whose offset
+// went back within its epoch (Redis restarted from older data) gets a new
+// epoch here, so that no offset is reused under an epoch clients have seen.
 inline constexpr const char* backfill = R"(
 local ep = redis.call('GET', KEYS[1])
-if ep ~= ARGV[1] then return {ep or ''} end
-if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[2]) - 1 then
+if not ep then return {''} end
+local from = ARGV[2]
+if ep ~= ARGV[1] then
+  from = '1'
+elseif tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[2]) - 1 then
   redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
   redis.call('SET', KEYS[3], 0, 'PX', ARGV[4])
   redis.call('DEL', KEYS[2])
   return {ARGV[3]}
 end
 local out = {ep}
-for _, e in ipairs(redis.call('XRANGE', KEYS[2], ARGV[2] .. '-1', '+')) do
+for _, e in ipairs(redis.call('XRANGE', KEYS[2], from .. '-1', '+')) do
   local f = e[2]
   out[#out + 1] = e[1]
   out[#out + 1] = f[2]

@@ -19,6 +19,10 @@ constexpr auto connect_timeout = std::chrono::milliseconds(2000);
 constexpr auto max_backoff = std::chrono::milliseconds(2000);
 constexpr auto watch_interval = std::chrono::milliseconds(1000);
 constexpr auto answer_deadline = std::chrono::milliseconds(3500);
+// A watchdog tick later than this was not run on time: the process was
+// paused. Small enough that a pause it lets through (at most ~1.5 s, with
+// the 1 s tick) cannot by itself push an answer past answer_deadline.
+constexpr auto pause_tolerance = std::chrono::milliseconds(500);
 
 // One reply handed from the link's thread to a blocked caller.
 template <class T>
@@ -49,19 +53,30 @@ Link::Link(Url url, std::string name)
     : url_(std::move(url)), name_(std::move(name)), retry_timer_(ioc_), watchdog_(ioc_) {}
 
 void Link::watch() {
-  watchdog_.expires_after(watch_interval);
-  watchdog_.async_wait([this](const boost::system::error_code& ec) {
+  const auto due = std::chrono::steady_clock::now() + watch_interval;
+  watchdog_.expires_at(due);
+  watchdog_.async_wait([this, due](const boost::system::error_code& ec) {
     if (ec || stopping_) return;
     if (up_.load(std::memory_order_acquire) && cmd_ && sub_) {
       const auto now = std::chrono::steady_clock::now();
-      if (now - cmd_answered_ > answer_deadline || now - sub_answered_ > answer_deadline) {
+      const auto late = now - due;
+      if (late > pause_tolerance) {
+        // We were not running, so neither were our pings nor our reads: a
+        // stale local clock, not an unanswered ping. Judge Redis afresh.
+        ++pauses_;
+        spdlog::warn("the Redis link's thread did not run for {} ms (process paused?); not counting that "
+                     "against Redis, pinging again",
+                     std::chrono::duration_cast<std::chrono::milliseconds>(late + watch_interval).count());
+        cmd_answered_ = sub_answered_ = now;
+      } else if (now - cmd_answered_ > answer_deadline || now - sub_answered_ > answer_deadline) {
         went_down("Redis stopped answering");
-      } else {
-        cmd_->send({"PING"}, [this, c = cmd_](Reply r) {
-          if (r.ok() && c == cmd_) cmd_answered_ = std::chrono::steady_clock::now();
-        });
-        sub_->send({"PING", "watch"}, {});
+        watch();
+        return;
       }
+      cmd_->send({"PING"}, [this, c = cmd_](Reply r) {
+        if (r.ok() && c == cmd_) cmd_answered_ = std::chrono::steady_clock::now();
+      });
+      sub_->send({"PING", "watch"}, {});
     }
     watch();
   });
@@ -193,6 +208,7 @@ void Link::went_down(const std::string& why) {
   waiters_.clear();
   if (was_up) {
     spdlog::error("lost the connection to Redis at {}: {}; local delivery continues, reconnecting", url_.text(), why);
+    if (handlers_.on_down) handlers_.on_down();
     schedule_reconnect();
   }
 }

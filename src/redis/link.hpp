@@ -32,6 +32,10 @@ struct LinkHandlers {
   std::function<void(const std::string& channel, const std::string& payload)> on_message;
   // After every (re)connection, once the wanted channels are subscribed.
   std::function<void()> on_up;
+  // When an up link is lost (before any reconnect attempt). Nothing more
+  // arrives on the subscriber connection until the next on_up, and what was
+  // in flight on it is gone: the owner reads it from its history then.
+  std::function<void()> on_down;
 };
 
 class Link {
@@ -82,6 +86,15 @@ class Link {
   void finish_waiters(const std::string& channel, bool ok);
   // Pings both connections every second; one that has not answered for a
   // while is dead even if TCP has not noticed (a hung or partitioned Redis).
+  //
+  // Contract: the link is declared down only for a ping that Redis had a
+  // fair chance to answer, i.e. one whose deadline passed while this
+  // process was running. A tick that fires much later than it was armed for
+  // means this process (or its thread) did not run meanwhile (SIGSTOP, a
+  // VM or container freeze, a debugger): the replies may be sitting unread
+  // in the sockets, so the clocks start again from now and the ping is
+  // sent again; Redis is judged on that one. The messages already queued
+  // in the subscriber socket are then read, not dropped with a reconnect.
   void watch();
 
   Url url_;
@@ -91,6 +104,7 @@ class Link {
   boost::asio::steady_timer retry_timer_;
   boost::asio::steady_timer watchdog_;
   std::chrono::steady_clock::time_point cmd_answered_, sub_answered_;
+  std::uint64_t pauses_ = 0;  // ticks that came late (the process was paused); link thread
   std::thread thread_;
   std::shared_ptr<Connection> cmd_;
   std::shared_ptr<Connection> sub_;

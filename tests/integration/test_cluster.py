@@ -561,6 +561,40 @@ async def test_messages_published_while_a_nodes_link_was_down_reach_its_members_
 
 
 @pytest.mark.asyncio
+async def test_what_a_node_missed_beyond_the_history_is_reported_as_a_gap_before_what_follows(new_cluster):
+    """b loses its link while 30 messages are published; the history keeps 5.
+    b's subscriber gets a phx_gap push (recovered: false, the epoch, the
+    missing offsets), then the 5 the stream still holds, then newer ones:
+    nothing missing goes unreported."""
+    cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS), "--history-size": "5"}, names="ab")
+    a, b = cl.nodes
+    topic = "room:gap"
+    pub, _ = await member(a, topic)
+    sub, joined = await member(b, topic)
+    first = await publish_many(pub, topic, "m", [{"k": -1}])
+    assert [f[4]["_meta"]["offset"] for f in await events(sub, topic, "m", 1)] == first
+    admin = RedisSession(cl.redis)
+    try:
+        admin.command("ACL", "SETUSER", "default", "off")
+        assert admin.kill_node("b") == 2
+        await until(lambda: ready(b) == 503, 5, "node b to notice it lost Redis")
+        missed = await publish_many(pub, topic, "m", [{"k": k} for k in range(30)])
+        admin.command("ACL", "SETUSER", "default", "on")
+    finally:
+        admin.close()
+    await until(lambda: ready(b) == 200, 10, "node b to reconnect")
+    later = await publish_many(pub, topic, "m", [{"k": "later"}])
+    frames = []
+    while not any(f[3] == "m" and f[4]["_meta"]["offset"] == later[0] for f in frames):
+        frames.append(await sub.expect(lambda f: f[2] == topic and f[1] is None, 10, "pushes after the reconnect"))
+    seq = [(f[3], f[4]) for f in frames if f[3] in ("m", "phx_gap")]
+    assert seq[0] == ("phx_gap", {"recovered": False, "epoch": joined["epoch"], "from": missed[0], "to": missed[-6]})
+    assert [p["_meta"]["offset"] for e, p in seq[1:]] == missed[-5:] + later
+    assert await no_more(sub, topic, "m", quiet=0.3) == []
+    await close_all(pub, sub)
+
+
+@pytest.mark.asyncio
 async def test_an_offset_that_went_back_in_redis_gets_a_new_epoch_instead_of_reusing_offsets(new_cluster):
     """Redis restored from older data: the topic's offset is behind what
     node b delivered, under the same epoch. When b reconnects it starts a new
@@ -670,3 +704,221 @@ def test_malformed_redis_url_exits_2_naming_the_key():
         r = subprocess.run([binary(), "serve", "--data-dir", d, "--redis", "http://127.0.0.1:6379"],
                            capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "cluster.redis" in r.stderr, (r.returncode, r.stdout, r.stderr)
+
+
+# -- no silent loss: a paused node, an empty Redis (issue 20) -------------------------
+#
+# Each case runs ROUNDS times under a steady publish through node a and
+# counts, per subscriber, every offset a acknowledged: it must arrive exactly
+# once, in order, or lie in a `phx_gap` push (recovered: false) the subscriber
+# got. A single silent loss fails the test.
+
+ROUNDS = 10
+
+
+async def steady_publish(pub, topic, rate, stop):
+    """Publishes {"i": n} at `rate` per second until `stop` is set, without
+    waiting for replies; returns every reply payload, in send order."""
+    loop = asyncio.get_running_loop()
+    refs, due = [], loop.time()
+    while not stop.is_set():
+        refs.append(await pub.send(topic, "m", {"i": len(refs)}))
+        due += 1 / rate
+        await asyncio.sleep(max(0.0, due - loop.time()))
+    return [await pub.reply(ref, timeout=15) for ref in refs]
+
+
+def acknowledged(replies):
+    """Offsets a Redis confirmed, in send order (not local, not unavailable)."""
+    return [r["response"]["offset"] for r in replies
+            if r["status"] == "ok" and r["response"].get("offset", 0) > 0 and not r["response"].get("local")]
+
+
+def split_epochs(offsets, epochs):
+    """{epoch: offsets}: `offsets` in send order, a new epoch wherever they go back."""
+    out, i = {}, 0
+    for k, o in enumerate(offsets):
+        if k and o <= offsets[k - 1]:
+            i += 1
+        assert i < len(epochs), f"more epochs acknowledged than {epochs}: {offsets}"
+        out.setdefault(epochs[i], []).append(o)
+    return out
+
+
+def account(frames, topic):
+    """(offsets received per epoch, in order; gaps reported as (epoch, from, to))."""
+    got, gaps = {}, []
+    for f in frames:
+        if f[2] != topic or f[1] is not None:
+            continue
+        if f[3] == "phx_gap":
+            p = f[4]
+            assert p["recovered"] is False and isinstance(p["from"], int), p
+            gaps.append((p["epoch"], p["from"], float("inf") if p["to"] is None else p["to"]))
+        elif f[3] == "m" and not f[4]["_meta"].get("local"):
+            got.setdefault(f[4]["_meta"]["epoch"], []).append(f[4]["_meta"]["offset"])
+    return got, gaps
+
+
+def silent_losses(frames, topic, acked):
+    """Problems with one subscriber's deliveries: duplicates, disorder, and
+    acknowledged offsets neither delivered nor inside a reported gap."""
+    got, gaps = account(frames, topic)
+    problems = []
+    for ep, offs in got.items():
+        if len(set(offs)) != len(offs):
+            problems.append(f"epoch {ep}: duplicates {sorted(o for o in set(offs) if offs.count(o) > 1)[:10]}")
+        if offs != sorted(offs):
+            problems.append(f"epoch {ep}: out of order")
+    for ep, offs in acked.items():
+        seen = set(got.get(ep, []))
+        lost = [o for o in offs if o not in seen and not any(g[0] == ep and g[1] <= o <= g[2] for g in gaps)]
+        if lost:
+            problems.append(f"epoch {ep}: {len(lost)} acknowledged offsets silently lost, e.g. {lost[:10]}")
+    return problems
+
+
+def covered(frames, topic, acked):
+    """Whether every acknowledged offset has arrived or was reported as a gap."""
+    got, gaps = account(frames, topic)
+    return all(o in set(got.get(ep, [])) or any(g[0] == ep and g[1] <= o <= g[2] for g in gaps)
+               for ep, offs in acked.items() for o in offs)
+
+
+async def collect(sub, topic, acked, timeout=20.0):
+    """The subscriber's frames once everything acknowledged is accounted for
+    (or `timeout` passed), plus whatever comes in a short quiet period after
+    (duplicates would)."""
+    frames, sub.buffer = sub.buffer, []
+    deadline = time.monotonic() + timeout
+    while not covered(frames, topic, acked) and time.monotonic() < deadline:
+        try:
+            frames.append(await sub._next(max(0.05, deadline - time.monotonic())))
+        except asyncio.TimeoutError:
+            break
+    return frames + await sub.drain(0.3)
+
+
+def count_lines(node, text):
+    return sum(text in line for line in node.log_lines)
+
+
+async def paused_node_rounds(cl, pause_s, rate):
+    import os
+    import signal as _signal
+    a, b = cl.nodes
+    totals = {"acked": 0, "gaps": 0}
+    for rnd in range(ROUNDS):
+        topic = f"room:pause-{pause_s}-{rnd}"
+        pub, _ = await member(a, topic)
+        subs = [await member(b, topic), await member(b, topic), await member(a, topic)]
+        epoch = subs[0][1]["epoch"]
+        downs = count_lines(b, "lost the connection to Redis")
+        pauses = count_lines(b, "did not run for")
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(steady_publish(pub, topic, rate, stop))
+        await asyncio.sleep(0.5)
+        os.kill(b.pid, _signal.SIGSTOP)
+        try:
+            await asyncio.sleep(pause_s)
+        finally:
+            os.kill(b.pid, _signal.SIGCONT)
+        await asyncio.sleep(1.0)
+        stop.set()
+        acked = {epoch: acknowledged(await task)}
+        assert len(acked[epoch]) >= rate * pause_s * 0.8, "the publisher fell behind its rate"
+        for i, (sub, _) in enumerate(subs):
+            frames = await collect(sub, topic, acked)
+            problems = silent_losses(frames, topic, acked)
+            assert not problems, f"round {rnd}, subscriber {i} on {'bba'[i]}: {problems}"
+            totals["gaps"] += len(account(frames, topic)[1])
+        assert count_lines(b, "lost the connection to Redis") == downs, \
+            f"round {rnd}: b declared Redis down because it was paused:\n" + "\n".join(b.log_lines[-10:])
+        assert count_lines(b, "did not run for") > pauses, "b did not notice its own pause"
+        totals["acked"] += len(acked[epoch])
+        await close_all(pub, *(s for s, _ in subs))
+    return totals
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_node_paused_5s_under_50_msgs_loses_no_acknowledged_message_10_rounds(new_cluster):
+    """SIGSTOP node b for 5 s while a publishes at 50 msg/s (250 messages,
+    more than the 100 kept in the history): on SIGCONT b does not declare
+    Redis down (its own pause is not an unanswered ping) and reads what
+    waited in its subscriber socket, so its subscribers get every offset."""
+    cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS), "--idle-timeout-ms": "0"}, names="ab")
+    totals = await paused_node_rounds(cl, 5, 50)
+    assert totals["gaps"] == 0, totals  # nothing was lost, so nothing is reported lost
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_node_paused_13s_under_20_msgs_loses_no_acknowledged_message_10_rounds(new_cluster):
+    """As above, 13 s at 20 msg/s: longer than b's node TTL, so b is also
+    reaped meanwhile and registers itself again when it resumes."""
+    cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS), "--idle-timeout-ms": "0"}, names="ab")
+    totals = await paused_node_rounds(cl, 13, 20)
+    assert totals["gaps"] == 0, totals
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_redis_restarted_empty_under_steady_publish_every_node_gets_the_new_epoch_from_1_10_rounds(
+        new_cluster):
+    """SIGKILL Redis and start it empty while a publishes at 50 msg/s. The new
+    epoch starts at offset 1; whichever node subscribes again later reads
+    the new epoch's start from the stream: every subscriber on a and b gets
+    every acknowledged offset of both epochs once, in order; only the old
+    epoch's tail that went with Redis (if any) may be reported as a gap. In
+    odd rounds b is also frozen for 2 s as Redis comes back, so it certainly
+    subscribes again ~100 messages into the new epoch."""
+    import os
+    import signal as _signal
+    cl = new_cluster({"--node-ttl-ms": str(SMALL_TTL_MS), "--idle-timeout-ms": "0",
+                      "--history-size": "2000"}, names="ab")
+    a, b = cl.nodes
+    for rnd in range(ROUNDS):
+        topic = f"room:empty-redis-{rnd}"
+        pub, _ = await member(a, topic)
+        subs = [await member(b, topic), await member(b, topic), await member(a, topic)]
+        old = subs[0][1]["epoch"]
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(steady_publish(pub, topic, 50, stop))
+        await asyncio.sleep(0.7)
+        backfills = count_lines(b, "missed while the link was down")
+        late = rnd % 2 == 1
+        cl.redis.kill()
+        if late:
+            await until(lambda: ready(b) == 503, 5, "b to notice Redis is gone")
+            os.kill(b.pid, _signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.3)
+            cl.redis.restart()
+            if late:
+                await until(lambda: ready(a) == 200, 10, "a ready after the restart")
+                await asyncio.sleep(2.0)
+        finally:
+            if late:
+                os.kill(b.pid, _signal.SIGCONT)
+        await until(lambda: ready(a) == 200 and ready(b) == 200, 10, "both nodes ready after the restart")
+        await asyncio.sleep(1.5)
+        stop.set()
+        offsets = acknowledged(await task)
+        new = cl.redis.command("GET", f"synapse:0:e:{topic}").decode()
+        assert new != old
+        acked = split_epochs(offsets, [old, new])
+        assert len(acked.get(new, [])) >= 50, ("too few publishes in the new epoch", offsets)
+        assert acked[new][0] == 1, acked[new][:5]
+        for i, (sub, _) in enumerate(subs):
+            frames = await collect(sub, topic, acked)
+            problems = silent_losses(frames, topic, acked)
+            assert not problems, f"round {rnd}, subscriber {i} on {'bba'[i]}: {problems}"
+            got, gaps = account(frames, topic)
+            # The stream holds the whole new epoch: none of it may be skipped.
+            assert got.get(new, []) == acked[new], f"round {rnd}, subscriber {i}: {got.get(new, [])[:5]}"
+            assert all(g[0] == old and g[2] == float("inf") for g in gaps), gaps
+        if late:
+            assert count_lines(b, "missed while the link was down") > backfills, \
+                f"round {rnd}: b did not read the new epoch's start from the stream"
+        await close_all(pub, *(s for s, _ in subs))
