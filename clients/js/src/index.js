@@ -820,6 +820,8 @@ export class MimoSynapse {
       if (isUserEvent(event) && payload && payload._meta &&
           (typeof payload._meta.offset === 'number' || payload._meta.local === true)) {
         this._deliver(st, event, payload);
+      } else if (event === 'phx_gap' && payload) {
+        this._onGap(st, payload);
       }
       return out;
     };
@@ -867,6 +869,17 @@ export class MimoSynapse {
     }
     st.epoch = resp.epoch ?? null;
     st.lastOffset = latest;
+  }
+
+  // A cluster node could not deliver offsets `from`..`to` of `epoch`
+  // (docs/protocol.md §9, `phx_gap`); `to: null`: the epoch ended there and
+  // the next message starts a new one. Reported like a failed recovery, and
+  // the recovery position moves past the gap (a rejoin cannot fill it).
+  _onGap(st, p) {
+    if (st.closed || p.epoch !== st.epoch || typeof p.from !== 'number') return;
+    const to = typeof p.to === 'number' ? p.to : null;
+    this._events.emit('gap', { topic: st.topic, lostFrom: p.from - 1, lostTo: to, epochChanged: to === null });
+    if (to !== null && (st.lastOffset == null || st.lastOffset < to)) st.lastOffset = to;
   }
 
   _deliver(st, event, payload) {

@@ -780,6 +780,18 @@ class MimoSynapse:
             if sub.presence_listeners:
                 sub.queue.put_nowait(_PresenceChange(copy.deepcopy(sub.presence_state)))
             return
+        if event == "phx_gap":
+            # A cluster node could not deliver offsets from..to of `epoch`
+            # (docs/protocol.md section 9); "to": null: the epoch ended there.
+            lo, hi = payload.get("from"), payload.get("to")
+            if payload.get("epoch") == sub.epoch and isinstance(lo, int) and not isinstance(lo, bool):
+                log.warning("%s: the server reports offsets %d..%s of epoch %s lost", sub.topic, lo,
+                            "end" if hi is None else hi, sub.epoch)
+                if isinstance(hi, int) and not isinstance(hi, bool) and hi > sub.last_offset:
+                    sub.stats["missed"] += sum(1 for o in range(max(lo, sub.last_offset + 1), hi + 1)
+                                               if o not in sub.own)
+                    sub.advance(hi)
+            return
         if sub.resyncing:
             return  # the resync join recovers it, in order
         meta = payload.get("_meta")

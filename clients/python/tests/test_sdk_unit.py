@@ -154,3 +154,31 @@ async def test_own_publishes_replayed_by_a_recover_are_skipped():
         assert sub.own == set() and sub.last_offset == 1
     finally:
         await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_phx_gap_push_counts_as_missed_moves_past_the_gap_and_never_reaches_callbacks():
+    """A cluster node reports offsets it cannot deliver (docs/protocol.md section 9)."""
+    client = MimoSynapse("ws://127.0.0.1:1", api_key="k")
+    try:
+        sub = _Sub("room:gap", None, False)
+        client._subs[sub.topic] = sub
+        got = []
+        sub.listeners[1] = got.append
+        sub.worker = client._spawn(client._dispatch(sub))
+        sub.epoch, sub.last_offset = "e1", 4
+        gap = {"recovered": False, "epoch": "e1", "from": 5, "to": 9}
+        client._on_text(json.dumps([None, None, "room:gap", "phx_gap", gap]))
+        assert sub.last_offset == 9 and sub.stats["missed"] == 5
+        client._on_text(push("room:gap", 10))
+        for _ in range(50):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        assert [m.offset for m in got] == [10] and sub.stats["missed"] == 5
+        # another epoch's gap, or an open-ended one, moves nothing
+        client._on_text(json.dumps([None, None, "room:gap", "phx_gap", dict(gap, epoch="e0", to=20)]))
+        client._on_text(json.dumps([None, None, "room:gap", "phx_gap", dict(gap, to=None)]))
+        assert sub.last_offset == 10 and sub.stats["missed"] == 5
+    finally:
+        await client.close()
