@@ -7,6 +7,8 @@
 //     event and an equal payload (keys in the same order; doubles within 2
 //     ULP, see same_json);
 //   - anything nested deeper than the limit is refused;
+//   - oversized_fields names exactly the fields over their bounds, and after
+//     drop_oversized none is left (what a reply echoes is small);
 //   - the input used as raw strings: encode_raw(s, null, s, s, {}) of any
 //     valid UTF-8 s (control characters, quotes, backslashes, DEL, NUL
 //     included) decodes to s exactly: append_json_string escapes what it must.
@@ -91,6 +93,19 @@ void check_round_trip(std::string_view text) {
     return;
   }
   FUZZ_CHECK(env.payload != nullptr, "decoded without a payload");
+  {
+    const auto too_long = oversized_fields(env);
+    const bool over = (env.join_ref && env.join_ref->size() > max_ref_bytes) ||
+                      (env.ref && env.ref->size() > max_ref_bytes) ||
+                      env.topic.size() > max_envelope_topic_bytes || env.event.size() > max_envelope_event_bytes;
+    FUZZ_CHECK(over == !too_long.empty(), "oversized_fields disagrees with the field sizes");
+    Envelope dropped = env;
+    drop_oversized(dropped);
+    FUZZ_CHECK((!dropped.join_ref || dropped.join_ref->size() <= max_ref_bytes) &&
+                   (!dropped.ref || dropped.ref->size() <= max_ref_bytes) &&
+                   dropped.topic.size() <= max_envelope_topic_bytes,
+               "drop_oversized left an oversized field to echo");
+  }
   FUZZ_CHECK(nesting(text) <= max_json_depth, "accepted JSON nested deeper than the limit");
   FUZZ_CHECK(synapse::wire::is_valid_utf8(env.topic) && synapse::wire::is_valid_utf8(env.event),
              "decoded a topic or event that is not UTF-8");

@@ -165,6 +165,9 @@ int serve(const config::Config& cfg) {
     pubsub::BrokerOptions bo;
     bo.history_size = static_cast<std::size_t>(cfg.history_size);
     bo.history_ttl_ms = cfg.history_ttl_s * 1000;
+    bo.history_max_bytes_per_topic = static_cast<std::size_t>(cfg.history_max_bytes_per_topic);
+    bo.history_max_bytes = static_cast<std::size_t>(cfg.history_max_bytes);
+    bo.max_presence_bytes_per_topic = static_cast<std::size_t>(cfg.max_presence_bytes_per_topic);
     local_broker = std::make_unique<pubsub::LocalBroker>(bo, threads.posters(), metrics);
     broker = local_broker.get();
   } else {

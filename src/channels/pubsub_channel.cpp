@@ -186,15 +186,33 @@ std::unique_ptr<Channel> join_pubsub(Session& session, const protocol::Envelope&
 
   auto channel = std::make_unique<PubSubChannel>(session, env.topic);
   pubsub::JoinResult r = session.services().broker.join(*channel, req);
+  if (r.presence_full) {
+    session.reply_error(env, reason::presence_full,
+                        "this topic tracks the most presence it may (max_presence_bytes_per_topic)");
+    return nullptr;
+  }
   channel->joined_ = true;
 
   json::object response{{"offset", r.offset}, {"epoch", r.epoch}};
   if (req.recover) response["recovered"] = r.recovered;
   session.reply_ok(env, response);
-  for (auto& msg : r.backlog) session.socket().send(std::move(msg));
+  // The join's own output may exceed the slow-consumer bound by itself (a
+  // full history, a large presence): send_initial keeps it apart from the
+  // bound while it waits (protocol.md section 7).
+  for (auto& msg : r.backlog) session.socket().send_initial(std::move(msg));
   if (req.presence) {
-    session.socket().send(wire::Message::text(
-        protocol::encode_raw(env.join_ref, std::nullopt, env.topic, "presence_state", r.presence_state_json)));
+    // Framed straight from the state text: one copy of a state that may be
+    // megabytes, not two.
+    std::string head = "[";
+    if (env.join_ref) {
+      protocol::append_json_string(head, *env.join_ref);
+    } else {
+      head += "null";
+    }
+    head += ",null,";
+    protocol::append_json_string(head, env.topic);
+    head += ",\"presence_state\",";
+    session.socket().send_initial(wire::Message::text_parts({head, r.presence_state_json, "]"}));
   }
   return channel;
 }

@@ -86,7 +86,12 @@ void Session::on_text(std::string_view text) {
     on_malformed(error);
     return;
   }
-  const bool heartbeat = env.topic == "phoenix" && env.event == "heartbeat";
+  // Oversized envelope fields are refused before anything is stored or
+  // echoed (protocol.md section 9): the reply carries null (or "phoenix")
+  // in their place. Such a frame is never a heartbeat, so it is rate limited.
+  const std::vector<protocol::FieldError> too_long = protocol::oversized_fields(env);
+  if (!too_long.empty()) protocol::drop_oversized(env);
+  const bool heartbeat = too_long.empty() && env.topic == "phoenix" && env.event == "heartbeat";
   if (heartbeat) {
     reply_ok(env, {});
     return;
@@ -96,6 +101,14 @@ void Session::on_text(std::string_view text) {
     json::object r = protocol::error_response(reason::rate_limited, "message rate limit exceeded");
     r["retry_after_ms"] = take.retry_after_ms;
     reply_error(env, r);
+    return;
+  }
+  if (!too_long.empty()) {
+    // A topic too long is an invalid topic name (section 5), whatever else.
+    bool topic = false;
+    for (const auto& e : too_long) topic |= e.field == "topic";
+    reply_error(env, topic ? reason::invalid_topic : reason::invalid_payload,
+                "join_ref and ref are at most 64 bytes, topics 255, events 64", too_long);
     return;
   }
   if (env.topic == "phoenix") {

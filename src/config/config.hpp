@@ -59,6 +59,9 @@ struct Config {
   std::int64_t history_ttl_s = 300;
   std::int64_t presence_interval_ms = 100;
   std::int64_t max_presence_meta_bytes = 1024;
+  std::int64_t history_max_bytes_per_topic = 4 << 20;
+  std::int64_t history_max_bytes = 256 << 20;
+  std::int64_t max_presence_bytes_per_topic = 8 << 20;
 
   // [cortex]
   std::int64_t workers = 4;

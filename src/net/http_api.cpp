@@ -72,6 +72,7 @@ HttpResponse metrics_page(const HttpRequest& req, HttpContext& ctx) {
   const auto b = ctx.services.broker.stats();
   extra.push_back({"synapse_topic_members", "Pub/sub memberships", static_cast<double>(b.members)});
   extra.push_back({"synapse_history_messages", "Messages held for recovery", static_cast<double>(b.history_messages)});
+  extra.push_back({"synapse_history_bytes", "Bytes of messages held for recovery", static_cast<double>(b.history_bytes)});
   HttpResponse r;
   r.content_type = "text/plain; version=0.0.4; charset=utf-8";
   r.body = metrics::render_prometheus(ctx.services.metrics, extra);

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "wire/message.hpp"
@@ -18,10 +19,16 @@ namespace synapse::net {
 
 class OutboundQueue {
  public:
-  void push(wire::Message msg);
+  // `exempt`: the message's bytes are left out of counted_bytes() while
+  // they wait (a join's initial output, see channels::Socket::send_initial).
+  void push(wire::Message msg, bool exempt = false);
   bool empty() const noexcept { return count_ == 0; }
   std::size_t bytes() const noexcept { return bytes_; }
   std::size_t size() const noexcept { return count_; }
+  // Unsent bytes of exempt messages, and the rest: what the slow-consumer
+  // bound is checked against.
+  std::size_t exempt_bytes() const noexcept;
+  std::size_t counted_bytes() const noexcept { return bytes_ - exempt_bytes(); }
 
   // Fills up to `max` iovecs with the waiting bytes, oldest first.
   std::size_t gather(iovec* iov, std::size_t max) const noexcept;
@@ -42,6 +49,11 @@ class OutboundQueue {
   std::size_t count_ = 0;
   std::size_t bytes_ = 0;
   std::size_t head_sent_ = 0;  // bytes of the head message already written
+  // Exempt messages as [begin, end) positions in the byte stream (bytes
+  // ever pushed); usually none, so the write path only tests empty().
+  std::uint64_t pushed_ = 0;
+  std::uint64_t consumed_ = 0;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> exempt_;
 };
 
 }  // namespace synapse::net

@@ -34,7 +34,13 @@ Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, Connectio
       info_(std::move(info)),
       services_(services),
       reader_(static_cast<std::size_t>(services.config.max_message_bytes), wire::Role::server),
-      queue_limit_(static_cast<std::size_t>(services.config.outbound_queue_bytes)) {}
+      queue_limit_(static_cast<std::size_t>(services.config.outbound_queue_bytes)),
+      // The most one join can produce: a full history and a full presence,
+      // plus framing. A client joining several such topics at once counts
+      // the rest against the bound as usual.
+      initial_allowance_(static_cast<std::size_t>(services.config.history_max_bytes_per_topic +
+                                                  services.config.max_presence_bytes_per_topic) +
+                         (64u << 10)) {}
 
 Connection::~Connection() = default;
 
@@ -63,7 +69,7 @@ std::string_view Connection::key_id() const {
 
 // False (and the connection closing with 4008) when the queue is over its bound.
 bool Connection::enqueue(wire::Message msg) {
-  if (queue_limit_ > 0 && out_.bytes() + msg.size() > queue_limit_) {
+  if (queue_limit_ > 0 && out_.counted_bytes() + msg.size() > queue_limit_) {
     begin_close(wire::close_code::slow_consumer, "slow consumer: outbound queue over limit");
     return false;
   }
@@ -82,6 +88,16 @@ void Connection::send_batch(const wire::Message* const* msgs, std::size_t n) {
     if (!enqueue(*msgs[i])) return;
   }
   if (!write_armed_) write_out();
+}
+
+void Connection::send_initial(wire::Message msg) {
+  if (state_ != State::open) return;
+  if (queue_limit_ == 0 || out_.exempt_bytes() + msg.size() > initial_allowance_) {
+    send(std::move(msg));
+    return;
+  }
+  out_.push(std::move(msg), true);
+  schedule_flush();
 }
 
 void Connection::schedule_flush() {

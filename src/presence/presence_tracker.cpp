@@ -11,14 +11,18 @@ std::string meta_json(boost::json::object meta, const std::string& ref, std::int
 }
 
 void PresenceTracker::track(const std::string& agent, const std::string& ref, std::string meta_json) {
-  pending_joins_[ref] = Change{agent, std::move(meta_json)};
-  ++metas_;
+  bytes_ += entry_bytes(agent, meta_json);
+  Change& c = pending_joins_[ref];
+  if (!c.meta.empty()) bytes_ -= entry_bytes(c.agent, c.meta);  // the same ref again replaces it
+  else ++metas_;
+  c = Change{agent, std::move(meta_json)};
 }
 
 void PresenceTracker::untrack(const std::string& agent, const std::string& ref) {
   if (auto it = pending_joins_.find(ref); it != pending_joins_.end()) {
     // Joined and left within one interval: nobody saw the join, so neither
     // needs to be published.
+    bytes_ -= entry_bytes(agent, it->second.meta);
     pending_joins_.erase(it);
     --metas_;
     return;
@@ -27,7 +31,9 @@ void PresenceTracker::untrack(const std::string& agent, const std::string& ref) 
   if (a == published_.end()) return;
   auto m = a->second.find(ref);
   if (m == a->second.end()) return;
+  if (pending_leaves_.contains(ref)) return;  // already leaving
   pending_leaves_[ref] = Change{agent, m->second};
+  bytes_ -= entry_bytes(agent, m->second);
   --metas_;
 }
 

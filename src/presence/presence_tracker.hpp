@@ -21,12 +21,19 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 namespace synapse::presence {
 
 // A member's meta as tracked: the client's meta plus phx_ref and online_at.
 std::string meta_json(boost::json::object meta, const std::string& ref, std::int64_t online_at_ms);
+
+// The bytes one meta adds to a serialized state, at most: the agent key,
+// the meta, and the JSON around them. What the per-topic cap counts.
+inline std::size_t entry_bytes(std::string_view agent, std::string_view meta_json) noexcept {
+  return agent.size() + meta_json.size() + 16;
+}
 
 class PresenceTracker {
  public:
@@ -48,6 +55,9 @@ class PresenceTracker {
   std::string current_json() const;
 
   std::size_t size() const noexcept { return metas_; }
+  // entry_bytes() of every meta tracked now (pending joins included,
+  // pending leaves not): a bound on the size of state_for_joiner().
+  std::size_t bytes() const noexcept { return bytes_; }
   bool empty() const noexcept { return metas_ == 0 && !has_pending(); }
 
  private:
@@ -67,6 +77,7 @@ class PresenceTracker {
   std::map<std::string, Change> pending_joins_;   // phx_ref -> change
   std::map<std::string, Change> pending_leaves_;  // phx_ref -> change
   std::size_t metas_ = 0;                         // tracked now, pending included
+  std::size_t bytes_ = 0;                         // entry_bytes of those metas
   std::string cache_;
   std::unordered_map<std::string, std::size_t> cache_ends_;
   bool cache_valid_ = false;

@@ -83,6 +83,24 @@ bool decode(std::string_view text, Envelope& out, std::string& error) {
   return true;
 }
 
+std::vector<FieldError> oversized_fields(const Envelope& env) {
+  std::vector<FieldError> errors;
+  auto bound = [&](std::size_t size, std::size_t max, const char* field) {
+    if (size > max) errors.push_back({field, "must be at most " + std::to_string(max) + " bytes"});
+  };
+  if (env.join_ref) bound(env.join_ref->size(), max_ref_bytes, "join_ref");
+  if (env.ref) bound(env.ref->size(), max_ref_bytes, "ref");
+  bound(env.topic.size(), max_envelope_topic_bytes, "topic");
+  bound(env.event.size(), max_envelope_event_bytes, "event");
+  return errors;
+}
+
+void drop_oversized(Envelope& env) {
+  if (env.join_ref && env.join_ref->size() > max_ref_bytes) env.join_ref.reset();
+  if (env.ref && env.ref->size() > max_ref_bytes) env.ref.reset();
+  if (env.topic.size() > max_envelope_topic_bytes) env.topic = "phoenix";
+}
+
 std::string_view raw_payload(std::string_view text) noexcept {
   // The first four elements are strings or null (decode checked that), so a
   // scan that skips strings and counts top-level commas finds the fifth.

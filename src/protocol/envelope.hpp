@@ -5,11 +5,23 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#include "protocol/errors.hpp"
 
 namespace synapse::protocol {
 
 // Nesting allowed in a client frame; the frame's own array is depth 1.
 inline constexpr int max_json_depth = 64;
+
+// Bounds of the envelope fields a reply or a stored join echoes (protocol.md
+// section 9, "Envelope field sizes"). Without them a client could make the
+// server hold a 1 MiB join_ref per joined topic and echo it in every push.
+// The topic bound is the topic name rule's (topic.hpp, max_topic_bytes) and
+// the event bound the event name rule's (max_event_bytes).
+inline constexpr std::size_t max_ref_bytes = 64;  // join_ref and ref
+inline constexpr std::size_t max_envelope_topic_bytes = 255;
+inline constexpr std::size_t max_envelope_event_bytes = 64;
 
 // A decoded client frame. The views point into `root`, which owns the JSON.
 struct Envelope {
@@ -29,6 +41,17 @@ struct Envelope {
 // human-readable sentence for the malformed_frame push. On success the views
 // in `out` point into `root` and, for payload_raw, into `text`.
 bool decode(std::string_view text, Envelope& out, std::string& error);
+
+// The envelope fields of a decoded frame that exceed their bound, in frame
+// order (join_ref, ref, topic, event); empty when every field fits. decode()
+// does not refuse such frames: the session answers them with an error reply
+// (see drop_oversized), which a malformed frame cannot get.
+std::vector<FieldError> oversized_fields(const Envelope& env);
+
+// Replaces the oversized fields of `env` so that a reply to it echoes nothing
+// large: an oversized join_ref or ref becomes null, an oversized topic
+// becomes "phoenix" (the connection's own topic). The event is never echoed.
+void drop_oversized(Envelope& env);
 
 // The text of the fifth element of a frame already known to be a valid
 // envelope (decode() succeeded on it).

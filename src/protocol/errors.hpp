@@ -16,6 +16,8 @@ inline constexpr std::string_view forbidden = "forbidden";
 inline constexpr std::string_view reserved_event = "reserved_event";
 inline constexpr std::string_view rate_limited = "rate_limited";
 inline constexpr std::string_view too_many_topics = "too_many_topics";
+// A join past the topic's presence bound (pubsub.max_presence_bytes_per_topic).
+inline constexpr std::string_view presence_full = "presence_full";
 inline constexpr std::string_view too_many_running = "too_many_running";
 inline constexpr std::string_view duplicate_ref = "duplicate_ref";
 inline constexpr std::string_view not_found = "not_found";

@@ -64,6 +64,9 @@ struct JoinResult {
   bool recovered = false;
   std::vector<wire::Message> backlog;  // missed messages, in order
   std::string presence_state_json;     // when presence was asked for
+  // Refused: the topic's presence is at its byte bound. Nothing was
+  // recorded and no other field is set; the channel answers presence_full.
+  bool presence_full = false;
 };
 
 struct PublishResult {

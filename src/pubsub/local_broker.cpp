@@ -1,5 +1,7 @@
 #include "pubsub/local_broker.hpp"
 
+#include <algorithm>
+
 #include "auth/crypto.hpp"
 #include "core/clock.hpp"
 #include "metrics/metrics.hpp"
@@ -40,12 +42,52 @@ LocalBroker::Topic& LocalBroker::get_or_create(Shard& shard, std::string_view na
   return *shard.topics.emplace(t->name, std::move(t)).first->second;
 }
 
+void LocalBroker::drop_oldest(Topic& t) {
+  const std::size_t n = t.history.front().msg.size();
+  t.history_bytes -= n;
+  history_bytes_.fetch_sub(n, std::memory_order_relaxed);
+  t.history.pop_front();
+}
+
 void LocalBroker::expire_history(Topic& t, std::int64_t now_ms) {
   if (options_.history_ttl_ms <= 0) return;
-  while (!t.history.empty() && now_ms - t.history.front().at_ms > options_.history_ttl_ms) {
-    t.history.pop_front();
-  }
+  while (!t.history.empty() && now_ms - t.history.front().at_ms > options_.history_ttl_ms) drop_oldest(t);
   if (t.history.empty()) t.history.shrink_to_fit();
+}
+
+void LocalBroker::enforce_total_history() {
+  const std::size_t max = options_.history_max_bytes;
+  // Evict down to 7/8 of the bound, so that a broker at its bound runs this
+  // (which stops every shard for a moment) once per max/8 bytes published,
+  // not at every publish. Another thread already evicting will do it.
+  std::unique_lock evicting(evict_mu_, std::try_to_lock);
+  if (!evicting || history_bytes_.load(std::memory_order_relaxed) <= max) return;
+  const std::size_t target = max - max / 8;
+  std::array<std::unique_lock<std::mutex>, 16> locks;
+  for (std::size_t i = 0; i < shards_.size(); ++i) locks[i] = std::unique_lock(shards_[i].mu);
+  // A min-heap of topics by the age of their oldest message: each pop drops
+  // the oldest message held anywhere.
+  using Item = std::pair<std::uint64_t, Topic*>;
+  std::vector<Item> heap;
+  for (Shard& shard : shards_) {
+    for (auto& [name, t] : shard.topics) {
+      if (!t->history.empty()) heap.emplace_back(t->history.front().seq, t.get());
+    }
+  }
+  auto later = [](const Item& a, const Item& b) { return a.first > b.first; };
+  std::make_heap(heap.begin(), heap.end(), later);
+  while (!heap.empty() && history_bytes_.load(std::memory_order_relaxed) > target) {
+    std::pop_heap(heap.begin(), heap.end(), later);
+    Topic* t = heap.back().second;
+    drop_oldest(*t);
+    if (t->history.empty()) {
+      t->history.shrink_to_fit();
+      heap.pop_back();
+    } else {
+      heap.back().first = t->history.front().seq;
+      std::push_heap(heap.begin(), heap.end(), later);
+    }
+  }
 }
 
 void LocalBroker::mark_if_empty(Topic& t, std::int64_t now_ms) {
@@ -59,6 +101,17 @@ JoinResult LocalBroker::join(Subscriber& sub, const JoinRequest& req) {
   std::lock_guard lock(shard.mu);
   Topic& t = get_or_create(shard, req.topic);
   expire_history(t, now);
+
+  // Every member is tracked, so every join counts toward the topic's
+  // presence bound; one past it is refused before anything is recorded.
+  const std::string ref =
+      ref_prefix_ + "-" + std::to_string(next_presence_ref_.fetch_add(1, std::memory_order_relaxed));
+  std::string meta = presence::meta_json(req.meta, ref, unix_ms());
+  const std::size_t cap = options_.max_presence_bytes_per_topic;
+  if (cap > 0 && t.presence.bytes() + presence::entry_bytes(req.agent_id, meta) > cap) {
+    r.presence_full = true;
+    return r;
+  }
 
   fanout_.add(sub, req, t.id, t.last_offset, t.presence_seq);
   ++t.members_per_thread[req.thread];
@@ -79,8 +132,8 @@ JoinResult LocalBroker::join(Subscriber& sub, const JoinRequest& req) {
   }
 
   // Every member is tracked; only presence members receive presence traffic.
-  sub.presence_ref = ref_prefix_ + "-" + std::to_string(next_presence_ref_.fetch_add(1, std::memory_order_relaxed));
-  t.presence.track(sub.agent_id, sub.presence_ref, presence::meta_json(req.meta, sub.presence_ref, unix_ms()));
+  sub.presence_ref = ref;
+  t.presence.track(sub.agent_id, sub.presence_ref, std::move(meta));
   t.presence_dirty = true;
   if (req.presence) r.presence_state_json = t.presence.state_for_joiner();
   return r;
@@ -111,20 +164,34 @@ PublishResult LocalBroker::publish(std::string_view topic, std::string_view even
   PublishResult r;
   const std::int64_t now = mono_ms();
   Shard& shard = shard_for(topic);
-  std::lock_guard lock(shard.mu);
-  Topic& t = get_or_create(shard, topic);
-  const std::uint64_t offset = ++t.last_offset;
-  wire::Message msg = wire::Message::text_parts({head, numbered_tail(t.epoch, offset)});
-  if (options_.history_size > 0) {
-    t.history.push_back(HistoryEntry{offset, now, msg});
-    while (t.history.size() > options_.history_size) t.history.pop_front();
+  {
+    std::lock_guard lock(shard.mu);
+    Topic& t = get_or_create(shard, topic);
+    const std::uint64_t offset = ++t.last_offset;
+    wire::Message msg = wire::Message::text_parts({head, numbered_tail(t.epoch, offset)});
+    if (options_.history_size > 0) {
+      t.history.push_back(HistoryEntry{offset, now, history_seq_.fetch_add(1, std::memory_order_relaxed), msg});
+      t.history_bytes += msg.size();
+      history_bytes_.fetch_add(msg.size(), std::memory_order_relaxed);
+      const std::size_t max_bytes = options_.history_max_bytes_per_topic;
+      while (!t.history.empty() && (t.history.size() > options_.history_size ||
+                                    (max_bytes > 0 && t.history_bytes > max_bytes))) {
+        drop_oldest(t);
+      }
+    }
+    if (t.members > 0) {
+      fanout_.queue(t.members_per_thread,
+                    Delivery{t.id, offset, exclude_connection, std::move(msg), DeliveryKind::message});
+    }
+    metrics::bump(metrics_.publishes);
+    r.offset = offset;
+    r.epoch = t.epoch;
   }
-  if (t.members > 0) {
-    fanout_.queue(t.members_per_thread, Delivery{t.id, offset, exclude_connection, std::move(msg), DeliveryKind::message});
+  // Outside the shard lock: enforcing the total takes every shard's lock.
+  if (options_.history_max_bytes > 0 &&
+      history_bytes_.load(std::memory_order_relaxed) > options_.history_max_bytes) {
+    enforce_total_history();
   }
-  metrics::bump(metrics_.publishes);
-  r.offset = offset;
-  r.epoch = t.epoch;
   return r;
 }
 
@@ -166,9 +233,9 @@ BrokerStats LocalBroker::stats() {
     for (const auto& [name, t] : shard.topics) {
       s.members += t->members;
       s.history_messages += t->history.size();
-      for (const auto& h : t->history) s.history_bytes += h.msg.size();
     }
   }
+  s.history_bytes = history_bytes_.load(std::memory_order_relaxed);
   return s;
 }
 

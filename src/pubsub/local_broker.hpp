@@ -37,6 +37,13 @@ namespace synapse::pubsub {
 struct BrokerOptions {
   std::size_t history_size = 100;
   std::int64_t history_ttl_ms = 300'000;  // 0 = forever
+  // Byte bounds of the history (frame bytes, as sent), oldest dropped first:
+  // a count alone let one key park 100 x 1 MiB per topic. 0 = no bound.
+  std::size_t history_max_bytes_per_topic = 4u << 20;
+  std::size_t history_max_bytes = 256u << 20;  // all topics together
+  // Bytes of presence metas one topic may track; a join past it is refused
+  // (presence_full). 0 = no bound.
+  std::size_t max_presence_bytes_per_topic = 8u << 20;
   // An empty topic (no members, no history) keeps its epoch and offset this
   // long, so a member that left and comes back can still recover.
   std::int64_t empty_topic_grace_ms = 30'000;
@@ -59,6 +66,7 @@ class LocalBroker final : public Broker {
   struct HistoryEntry {
     std::uint64_t offset;
     std::int64_t at_ms;  // monotonic
+    std::uint64_t seq;   // across all topics: which message is older (ms ties in a burst)
     wire::Message msg;
   };
 
@@ -68,6 +76,7 @@ class LocalBroker final : public Broker {
     std::string epoch;
     std::uint64_t last_offset = 0;
     std::deque<HistoryEntry> history;
+    std::size_t history_bytes = 0;  // sum of history[i].msg.size()
     std::vector<std::uint32_t> members_per_thread;
     std::vector<std::uint32_t> presence_per_thread;
     std::size_t members = 0;
@@ -85,12 +94,19 @@ class LocalBroker final : public Broker {
   Shard& shard_for(std::string_view topic);
   Topic& get_or_create(Shard& shard, std::string_view name);
   void expire_history(Topic& t, std::int64_t now_ms);
+  void drop_oldest(Topic& t);
+  // Brings the history of all topics under history_max_bytes, oldest first
+  // across topics (takes every shard's lock, in index order).
+  void enforce_total_history();
   void mark_if_empty(Topic& t, std::int64_t now_ms);
 
   BrokerOptions options_;
   metrics::Metrics& metrics_;
   Fanout fanout_;
   std::array<Shard, 16> shards_;
+  std::atomic<std::uint64_t> history_seq_{0};
+  std::atomic<std::size_t> history_bytes_{0};  // every topic's history_bytes
+  std::mutex evict_mu_;                        // one enforce_total_history at a time
   std::atomic<std::uint64_t> next_topic_id_{1};
   std::atomic<std::uint64_t> next_presence_ref_{1};
   std::string ref_prefix_;  // differs per process so refs never repeat across restarts

@@ -397,7 +397,9 @@ async def test_oversized_inputs(vserver, world):
     r = await a.request("room:hostile", "longref", {})
     ref = "r" * 1000
     await a.send("room:hostile", "e", {}, ref=ref)
-    assert (await a.reply(ref))["status"] == "ok"
+    # Refs are at most 64 bytes (protocol.md section 9): refused, not echoed.
+    f = await a.expect(lambda f: f[3] == "phx_reply" and f[1] is None and f[2] == "room:hostile")
+    error(f[4], "invalid_payload")
     end = await world.run(a, "tool", {"tool": "memory.store", "args": {"content": "x" * 10_000}})
     assert end[3] == "result"
     end = await world.run(a, "tool", {"tool": "memory.store", "args": {"content": "t", "tags": ["t"] * 10_000}})
