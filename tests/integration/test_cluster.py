@@ -823,7 +823,7 @@ async def paused_node_rounds(cl, pause_s, rate):
             await asyncio.sleep(pause_s)
         finally:
             os.kill(b.pid, _signal.SIGCONT)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.6)  # live publishes after the resume, behind what waited
         stop.set()
         acked = {epoch: acknowledged(await task)}
         assert len(acked[epoch]) >= rate * pause_s * 0.8, "the publisher fell behind its rate"
