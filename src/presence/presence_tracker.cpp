@@ -20,9 +20,12 @@ void PresenceTracker::track(const std::string& agent, const std::string& ref, st
 
 void PresenceTracker::untrack(const std::string& agent, const std::string& ref) {
   if (auto it = pending_joins_.find(ref); it != pending_joins_.end()) {
-    // Joined and left within one interval: nobody saw the join, so neither
-    // needs to be published.
+    // Joined and left within one interval: the join was never published.
+    // But a member that joined meanwhile got it in its presence_state, so
+    // then the leave is published (others ignore a leave of what they
+    // never had, as phoenix.js does); otherwise neither is.
     bytes_ -= entry_bytes(agent, it->second.meta);
+    if (pending_shown_) pending_leaves_[ref] = std::move(it->second);
     pending_joins_.erase(it);
     --metas_;
     return;
@@ -74,6 +77,7 @@ std::optional<std::string> PresenceTracker::flush() {
   for (auto& [ref, change] : pending_joins_) published_[change.agent][ref] = std::move(change.meta);
   pending_joins_.clear();
   pending_leaves_.clear();
+  pending_shown_ = false;
   cache_valid_ = false;
   return diff;
 }
@@ -115,6 +119,7 @@ const std::string& PresenceTracker::published_json() {
 std::string PresenceTracker::state_for_joiner() {
   const std::string& base = published_json();
   if (pending_joins_.empty()) return base;
+  pending_shown_ = true;
   // Pending metas by agent: those of agents already in the cached text go
   // in at the end of their lists (in text order, so offsets stay valid);
   // new agents' entries go first.

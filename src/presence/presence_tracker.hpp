@@ -78,6 +78,7 @@ class PresenceTracker {
   std::map<std::string, Change> pending_leaves_;  // phx_ref -> change
   std::size_t metas_ = 0;                         // tracked now, pending included
   std::size_t bytes_ = 0;                         // entry_bytes of those metas
+  bool pending_shown_ = false;  // a joiner's state included pending joins since the last flush
   std::string cache_;
   std::unordered_map<std::string, std::size_t> cache_ends_;
   bool cache_valid_ = false;

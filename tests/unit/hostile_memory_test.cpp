@@ -154,6 +154,28 @@ TEST(PresenceBytes, CountsTrackedMetasAndBoundsTheJoinerState) {
   EXPECT_EQ(t.bytes(), 0u);
 }
 
+TEST(PresenceBytes, ALeaveOfAJoinShownToAJoinerIsPublished) {
+  // Found by the 5,000-member test: a member that joins and leaves within
+  // one interval used to cancel out, though a presence joiner had already
+  // got it in its state; that joiner then kept it forever.
+  presence::PresenceTracker t;
+  t.track("a", "r1", R"({"phx_ref":"r1"})");
+  t.flush();
+  t.track("b", "r2", R"({"phx_ref":"r2"})");
+  EXPECT_NE(t.state_for_joiner().find("r2"), std::string::npos);
+  t.untrack("b", "r2");
+  auto diff = t.flush();
+  ASSERT_TRUE(diff);
+  auto d = boost::json::parse(*diff).as_object();
+  EXPECT_TRUE(d["joins"].as_object().empty());
+  EXPECT_TRUE(d["leaves"].as_object().contains("b"));
+  EXPECT_EQ(t.bytes(), presence::entry_bytes("a", R"({"phx_ref":"r1"})"));
+  // Nobody saw it: still cancelled out.
+  t.track("c", "r3", R"({"phx_ref":"r3"})");
+  t.untrack("c", "r3");
+  EXPECT_FALSE(t.flush());
+}
+
 // --- LocalBroker: history byte bounds and the presence bound --------------
 
 namespace {
