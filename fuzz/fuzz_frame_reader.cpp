@@ -15,7 +15,7 @@
 //   - the events are the same however the stream is split (one feed, or the
 //     fuzzer's chunks) and the same as a simple whole-buffer reference reader
 //     written from RFC 6455 below;
-//   - no reported message exceeds the limit, a text message's utf8_ok is
+//   - no reported message exceeds the limit, a text message is valid UTF-8 (an invalid one fails with 1007); utf8 is
 //     exactly "is valid UTF-8", control payloads are <= 125 bytes, a close
 //     code is 1005 or one a peer may send, nothing follows a close or a
 //     violation, and the reader holds no more than about twice the limit;
@@ -44,11 +44,10 @@ struct Event {
   enum Kind { message, ping, pong, close, violation } kind;
   Opcode op = Opcode::text;
   std::string payload;
-  bool utf8_ok = true;
   std::uint16_t code = 0;
 
   bool operator==(const Event& o) const {
-    return kind == o.kind && op == o.op && payload == o.payload && utf8_ok == o.utf8_ok && code == o.code;
+    return kind == o.kind && op == o.op && payload == o.payload && code == o.code;
   }
 };
 
@@ -58,7 +57,7 @@ std::string describe(const std::vector<Event>& ev) {
   for (const auto& e : ev) {
     out += names[e.kind];
     out += "(op=" + std::to_string(static_cast<int>(e.op)) + ",len=" + std::to_string(e.payload.size()) +
-           ",utf8=" + std::to_string(e.utf8_ok) + ",code=" + std::to_string(e.code) + ") ";
+           ",code=" + std::to_string(e.code) + ") ";
   }
   return out;
 }
@@ -75,32 +74,28 @@ struct Recorder final : FrameSink {
     FUZZ_CHECK(!ended, "an event was reported after a close or a violation");
     events.push_back(std::move(e));
   }
-  void on_message(Opcode op, std::string_view p, bool ok) override {
+  void on_message(Opcode op, std::string_view p) override {
     FUZZ_CHECK(op == Opcode::text || op == Opcode::binary, "message with a non-data opcode");
     FUZZ_CHECK(limit == 0 || p.size() <= limit,
                "message of " + std::to_string(p.size()) + " bytes over the limit " + std::to_string(limit));
-    if (op == Opcode::text) {
-      FUZZ_CHECK(ok == is_valid_utf8(p), "utf8_ok disagrees with is_valid_utf8: " + escaped(p));
-    } else {
-      FUZZ_CHECK(ok, "binary message reported as invalid UTF-8");
-    }
-    note({Event::message, op, std::string(p), ok, 0});
+    if (op == Opcode::text) FUZZ_CHECK(is_valid_utf8(p), "a text message that is not UTF-8: " + escaped(p));
+    note({Event::message, op, std::string(p), 0});
   }
   void on_ping(std::string_view p) override {
     FUZZ_CHECK(p.size() <= 125, "ping payload over 125 bytes");
-    note({Event::ping, Opcode::ping, std::string(p), true, 0});
+    note({Event::ping, Opcode::ping, std::string(p), 0});
   }
   void on_pong(std::string_view p) override {
     FUZZ_CHECK(p.size() <= 125, "pong payload over 125 bytes");
-    note({Event::pong, Opcode::pong, std::string(p), true, 0});
+    note({Event::pong, Opcode::pong, std::string(p), 0});
   }
   void on_close(std::uint16_t code, std::string_view reason) override {
-    const bool sendable = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) ||
+    const bool sendable = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
                           (code >= 3000 && code <= 4999);
     FUZZ_CHECK(code == close_code::no_status ? reason.empty() : sendable, "bad close code reported");
     FUZZ_CHECK(reason.size() <= 123, "close reason over 123 bytes");
     FUZZ_CHECK(is_valid_utf8(reason), "close reason is not UTF-8");
-    note({Event::close, Opcode::close, std::string(reason), true, code});
+    note({Event::close, Opcode::close, std::string(reason), code});
     ended = true;
   }
   void on_violation(std::uint16_t code, std::string_view why) override {
@@ -108,14 +103,16 @@ struct Recorder final : FrameSink {
                    code == close_code::too_big,
                "violation with an unexpected close code " + std::to_string(code));
     FUZZ_CHECK(!why.empty(), "violation without a reason");
-    note({Event::violation, Opcode::continuation, std::string(), true, code});
+    note({Event::violation, Opcode::continuation, std::string(), code});
     ended = true;
   }
 };
 
 // RFC 6455 read straight from a whole buffer, with the checks in the order
 // the streaming reader makes them (a violation is reported as soon as the
-// header that causes it is complete; an incomplete frame reports nothing).
+// header that causes it is complete; an incomplete frame reports nothing,
+// except invalid UTF-8, which fails as soon as the bytes that make a text
+// message's prefix invalid are there, complete frame or not).
 std::vector<Event> reference(std::string bytes, std::size_t limit, Role role) {
   std::vector<Event> out;
   const auto* p = reinterpret_cast<const std::uint8_t*>(bytes.data());
@@ -124,7 +121,31 @@ std::vector<Event> reference(std::string bytes, std::size_t limit, Role role) {
   bool fragmented = false;
   Opcode message_op = Opcode::text;
   std::string assembly;
-  auto violation = [&](std::uint16_t code) { out.push_back({Event::violation, Opcode::continuation, {}, true, code}); };
+  auto violation = [&](std::uint16_t code) { out.push_back({Event::violation, Opcode::continuation, {}, code}); };
+  // Whether `text` can begin a valid UTF-8 string (a truncated character at
+  // its end is fine): its longest prefix ending on a character boundary is
+  // valid, and the rest is the start of some valid character.
+  auto valid_prefix = [](std::string_view text) {
+    for (std::size_t cut = 0; cut <= 3 && cut <= text.size(); ++cut) {
+      if (!is_valid_utf8(text.substr(0, text.size() - cut))) continue;
+      const std::string_view tail = text.substr(text.size() - cut);
+      if (tail.empty()) return true;
+      // Some completion of the tail must be valid: try every continuation.
+      for (int a = 0x80; a <= 0xBF; ++a) {
+        std::string t(tail);
+        t.push_back(static_cast<char>(a));
+        if (is_valid_utf8(t)) return true;
+        for (int b = 0x80; b <= 0xBF && t.size() < 4; ++b) {
+          std::string u = t;
+          u.push_back(static_cast<char>(b));
+          if (is_valid_utf8(u)) return true;
+          std::string v = u + static_cast<char>(0x80);
+          if (v.size() <= 4 && is_valid_utf8(v)) return true;
+        }
+      }
+    }
+    return false;
+  };
   while (true) {
     if (n - pos < 2) break;
     const bool fin = (p[pos] & 0x80) != 0;
@@ -156,14 +177,22 @@ std::vector<Event> reference(std::string bytes, std::size_t limit, Role role) {
       if (!continuation) message_op = static_cast<Opcode>(opbits);
     }
     pos += hdr;
+    if (!control && message_op == Opcode::text) {
+      // What of this frame is there already, unmasked, after the message so far.
+      std::string seen = assembly + bytes.substr(pos, static_cast<std::size_t>(std::min<std::uint64_t>(len, n - pos)));
+      for (std::size_t i = assembly.size(); i < seen.size(); ++i) {
+        seen[i] = static_cast<char>(seen[i] ^ mask[(i - assembly.size()) & 3]);
+      }
+      if (!valid_prefix(seen)) return violation(close_code::invalid_payload), out;
+    }
     if (n - pos < len) break;
     std::string payload = bytes.substr(pos, static_cast<std::size_t>(len));
     pos += static_cast<std::size_t>(len);
     for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>(payload[i] ^ mask[i & 3]);
     if (opbits == 0x9) {
-      out.push_back({Event::ping, Opcode::ping, payload, true, 0});
+      out.push_back({Event::ping, Opcode::ping, payload, 0});
     } else if (opbits == 0xA) {
-      out.push_back({Event::pong, Opcode::pong, payload, true, 0});
+      out.push_back({Event::pong, Opcode::pong, payload, 0});
     } else if (opbits == 0x8) {
       if (payload.size() == 1) return violation(close_code::protocol_error), out;
       std::uint16_t code = close_code::no_status;
@@ -172,12 +201,12 @@ std::vector<Event> reference(std::string bytes, std::size_t limit, Role role) {
         code = static_cast<std::uint16_t>((static_cast<std::uint8_t>(payload[0]) << 8) |
                                           static_cast<std::uint8_t>(payload[1]));
         reason = payload.substr(2);
-        const bool sendable = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) ||
+        const bool sendable = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
                               (code >= 3000 && code <= 4999);
         if (!sendable) return violation(close_code::protocol_error), out;
         if (!is_valid_utf8(reason)) return violation(close_code::invalid_payload), out;
       }
-      out.push_back({Event::close, Opcode::close, reason, true, code});
+      out.push_back({Event::close, Opcode::close, reason, code});
       return out;
     } else {
       assembly += payload;
@@ -185,8 +214,8 @@ std::vector<Event> reference(std::string bytes, std::size_t limit, Role role) {
         fragmented = true;
       } else {
         fragmented = false;
-        const bool ok = message_op != Opcode::text || is_valid_utf8(assembly);
-        out.push_back({Event::message, message_op, assembly, ok, 0});
+        if (message_op == Opcode::text && !is_valid_utf8(assembly)) return violation(close_code::invalid_payload), out;
+        out.push_back({Event::message, message_op, assembly, 0});
         assembly.clear();
       }
     }

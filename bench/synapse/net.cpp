@@ -412,8 +412,8 @@ void WsClient::read_frames() {
   }
 }
 
-void WsClient::on_message(wire::Opcode op, std::string_view payload, bool utf8_ok) {
-  if (op != wire::Opcode::text || !utf8_ok) {
+void WsClient::on_message(wire::Opcode op, std::string_view payload) {
+  if (op != wire::Opcode::text) {
     ev_.on_text(*this, std::string_view(), now_);  // reported as unparseable
     return;
   }

@@ -105,7 +105,7 @@ class WsClient final : public Loop::Handler, public synapse::wire::FrameSink {
   void on_event(std::uint32_t events) override;
 
   // FrameSink
-  void on_message(synapse::wire::Opcode op, std::string_view payload, bool utf8_ok) override;
+  void on_message(synapse::wire::Opcode op, std::string_view payload) override;
   void on_ping(std::string_view payload) override;
   void on_pong(std::string_view payload) override;
   void on_close(std::uint16_t code, std::string_view reason) override;

@@ -225,13 +225,11 @@ void Connection::process(char* data, std::size_t n) {
   reader_.feed(data, n, *this);
 }
 
-void Connection::on_message(wire::Opcode op, std::string_view payload, bool utf8_ok) {
+void Connection::on_message(wire::Opcode op, std::string_view payload) {
   if (state_ != State::open) return;
   metrics::bump(services_.metrics.frames_in);
   if (op == wire::Opcode::binary) {
     session_->on_malformed("binary frames are not part of the protocol; send JSON text frames");
-  } else if (!utf8_ok) {
-    session_->on_malformed("text frame is not valid UTF-8");
   } else {
     session_->on_text(payload);
   }
@@ -253,9 +251,10 @@ void Connection::on_close(std::uint16_t code, std::string_view reason) {
     close_code_ = code;
     close_reason_ = std::string(reason);
     teardown_session();
-    // The client will read nothing more after its close: what is still
-    // queued for it would only delay the handshake.
-    out_.drop_unsent();
+    // Replies to the frames that came before the close are already queued
+    // and leave ahead of our close frame (RFC 6455 section 5.5.1: the
+    // endpoint may send data until it sends its close). Nothing is queued
+    // after it: the session is gone.
     out_.push(wire::Message::close(code == wire::close_code::no_status ? wire::close_code::normal : code, ""));
     close_queued_ = true;
     schedule_flush();

@@ -69,7 +69,7 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   enum class State : std::uint8_t { open, closing, closed };
 
   // wire::FrameSink
-  void on_message(wire::Opcode op, std::string_view payload, bool utf8_ok) override;
+  void on_message(wire::Opcode op, std::string_view payload) override;
   void on_ping(std::string_view payload) override;
   void on_pong(std::string_view payload) override;
   void on_close(std::uint16_t code, std::string_view reason) override;

@@ -12,9 +12,11 @@ bool is_known(std::uint8_t op) noexcept {
   return op == 0x0 || op == 0x1 || op == 0x2 || op == 0x8 || op == 0x9 || op == 0xA;
 }
 
-// Close codes a peer may send (RFC 6455 section 7.4).
+// Close codes a peer may send: RFC 6455 section 7.4 and the IANA registry
+// (1012-1014 were registered later); 1004-1006 and 1015 are never sent, and
+// anything else below 3000 is unassigned. Others answer 1002.
 bool is_sendable_close_code(std::uint16_t c) noexcept {
-  return (c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1011) || (c >= 3000 && c <= 4999);
+  return (c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1014) || (c >= 3000 && c <= 4999);
 }
 
 // Assembled messages above this are released after delivery rather than kept.
@@ -161,7 +163,6 @@ bool FrameReader::check_header(FrameSink& sink) {
   if (op_ != Opcode::continuation) {
     message_op_ = op_;
     utf8_.reset();
-    text_invalid_ = false;
   }
   return true;
 }
@@ -208,9 +209,12 @@ void FrameReader::finish_frame(std::string_view payload, FrameSink& sink) {
     return;
   }
   fragmented_ = false;
-  bool ok = true;
-  if (message_op_ == Opcode::text) ok = !text_invalid_ && utf8_.complete();
-  sink.on_message(message_op_, payload, ok);
+  if (message_op_ == Opcode::text && !utf8_.complete()) {
+    // The message ends inside a character (RFC 6455 section 8.1).
+    fail(sink, close_code::invalid_payload, "text message is not valid UTF-8");
+    return;
+  }
+  sink.on_message(message_op_, payload);
   assembly_.clear();
   if (assembly_.capacity() > keep_assembly_bytes) std::string().swap(assembly_);
 }
@@ -270,11 +274,11 @@ void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
       continue;
     }
 
-    // Invalid text is reported with the message (the protocol answers it as a
-    // malformed frame); reading goes on so framing stays in step.
-    if (message_op_ == Opcode::text && !text_invalid_ &&
-        !utf8_.feed(reinterpret_cast<const unsigned char*>(chunk), take)) {
-      text_invalid_ = true;
+    // Invalid text fails the connection at the offending fragment, as soon
+    // as the bytes that make it invalid arrive (RFC 6455 section 8.1: 1007).
+    if (message_op_ == Opcode::text && !utf8_.feed(reinterpret_cast<const unsigned char*>(chunk), take)) {
+      fail(sink, close_code::invalid_payload, "text message is not valid UTF-8");
+      return;
     }
 
     const bool whole_in_place = received_ == 0 && take == length_ && fin_ && !fragmented_;

@@ -48,8 +48,9 @@ std::string encode_client_frame(Opcode op, std::string_view payload, const std::
 // What a FrameReader reports. Views are valid only during the call.
 class FrameSink {
  public:
-  // A complete text or binary message. For text, `utf8_ok` says whether it is valid UTF-8.
-  virtual void on_message(Opcode op, std::string_view payload, bool utf8_ok) = 0;
+  // A complete text or binary message. A text message is valid UTF-8: one
+  // that is not ends the stream with on_violation(1007) instead.
+  virtual void on_message(Opcode op, std::string_view payload) = 0;
   virtual void on_ping(std::string_view payload) = 0;
   virtual void on_pong(std::string_view payload) = 0;
   // A well-formed close frame; `code` is 1005 when the frame carried none.
@@ -120,7 +121,6 @@ class FrameReader {
   Opcode message_op_ = Opcode::text;
   std::string assembly_;
   Utf8Validator utf8_;
-  bool text_invalid_ = false;
 };
 
 }  // namespace synapse::wire

@@ -48,15 +48,41 @@ async def test_binary_frame_is_malformed(server):
     await c.close()
 
 
-def test_invalid_utf8_text_is_malformed(server):
+def test_invalid_utf8_text_closes_1007_after_answering_what_came_before(server):
+    """RFC 6455 section 8.1: invalid UTF-8 in a text message fails the
+    connection with 1007. The frame before it is still answered, ahead of
+    the close frame, and nothing after it is."""
     status, _, rest, sock = http_upgrade(server.port, f"/cortex/websocket?api_key={server.admin_key}")
-    sock.sendall(client_frame(1, b'["1","1","room:x","e",{"s":"\xc3\x28"}]'))
-    sock.sendall(client_frame(1, b'["2","2","phoenix","heartbeat",{}]'))
-    frames, _ = read_frames(sock, rest, timeout=2, until_close=True)
+    sock.sendall(client_frame(1, b'["1","1","phoenix","heartbeat",{}]') +
+                 client_frame(1, b'["1","2","room:x","e",{"s":"\xc3\x28"}]') +
+                 client_frame(1, b'["3","3","phoenix","heartbeat",{}]'))
+    frames, code = read_frames(sock, rest, timeout=5, until_close=True)
     texts = [json.loads(p) for op, p in frames if op == 1]
-    assert texts[0][3] == "phx_error" and texts[0][4]["reason"] == "malformed_frame"
-    assert texts[1][1] == "2" and texts[1][4]["status"] == "ok"
+    assert code == 1007
+    assert [t[1] for t in texts] == ["1"] and texts[0][4]["status"] == "ok"
     sock.close()
+
+
+def test_frames_before_a_client_close_are_answered_before_the_close_completes(server):
+    status, _, rest, sock = http_upgrade(server.port, f"/cortex/websocket?api_key={server.admin_key}")
+    sock.sendall(client_frame(1, b'["1","1","room:beforeclose","phx_join",{}]') +
+                 client_frame(1, b'["1","2","room:beforeclose","e",{"n":1}]') +
+                 client_frame(1, b'[null,"3","phoenix","heartbeat",{}]') +
+                 client_frame(8, b"\x03\xe8bye"))
+    frames, code = read_frames(sock, rest, timeout=5, until_close=True)
+    refs = [json.loads(p)[1] for op, p in frames if op == 1]
+    assert refs == ["1", "2", "3"], frames
+    assert code == 1000
+    sock.close()
+
+
+def test_a_close_code_outside_the_registered_ranges_answers_1002(server):
+    for bad in (1004, 1005, 1006, 1015, 2000, 999, 5000):
+        status, _, rest, sock = http_upgrade(server.port, f"/cortex/websocket?api_key={server.admin_key}")
+        sock.sendall(client_frame(8, bad.to_bytes(2, "big")))
+        _, code = read_frames(sock, rest, timeout=5, until_close=True)
+        assert code == 1002, bad
+        sock.close()
 
 
 @pytest.mark.asyncio

@@ -14,13 +14,12 @@ struct Event {
   std::string kind;
   std::string payload;
   std::uint16_t code = 0;
-  bool utf8_ok = true;
 };
 
 struct Recorder final : FrameSink {
   std::vector<Event> events;
-  void on_message(Opcode op, std::string_view p, bool ok) override {
-    events.push_back({op == Opcode::text ? "text" : "binary", std::string(p), 0, ok});
+  void on_message(Opcode op, std::string_view p) override {
+    events.push_back({op == Opcode::text ? "text" : "binary", std::string(p), 0});
   }
   void on_ping(std::string_view p) override { events.push_back({"ping", std::string(p)}); }
   void on_pong(std::string_view p) override { events.push_back({"pong", std::string(p)}); }
@@ -92,7 +91,6 @@ TEST(WsFrame, ReadsMaskedTextInOnePiece) {
   ASSERT_EQ(ev.size(), 1u);
   EXPECT_EQ(ev[0].kind, "text");
   EXPECT_EQ(ev[0].payload, R"(["1","1","phoenix","heartbeat",{}])");
-  EXPECT_TRUE(ev[0].utf8_ok);
 }
 
 TEST(WsFrame, ReadsFramesSplitAtEveryByte) {
@@ -150,18 +148,56 @@ TEST(WsFrame, MessageAtExactlyTheLimitIsAccepted) {
   EXPECT_EQ(ev[0].kind, "text");
 }
 
-TEST(WsFrame, ReportsInvalidUtf8WithoutFailingTheStream) {
+TEST(WsFrame, InvalidUtf8FailsTheStreamWith1007) {
   auto ev = feed_all(frame(Opcode::text, "\xC3\x28") + frame(Opcode::text, "ok"));
-  ASSERT_EQ(ev.size(), 2u);
-  EXPECT_FALSE(ev[0].utf8_ok);
-  EXPECT_TRUE(ev[1].utf8_ok);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, "violation");
+  EXPECT_EQ(ev[0].code, close_code::invalid_payload);
+}
+
+TEST(WsFrame, InvalidUtf8FailsAtTheOffendingFragmentBeforeTheMessageEnds) {
+  // The first fragment is already invalid; the message's end never comes.
+  auto ev = feed_all(frame(Opcode::text, "ok \xFF", false));
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, "violation");
+  EXPECT_EQ(ev[0].code, close_code::invalid_payload);
+}
+
+TEST(WsFrame, ATextMessageEndingInsideACharacterFailsWith1007) {
+  const std::string bytes = frame(Opcode::text, "a", false) + encode_client_frame(Opcode::continuation, "\xE2\x82", mask, true);
+  auto ev = feed_all(bytes);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].code, close_code::invalid_payload);
+}
+
+TEST(WsFrame, BinaryMessagesAreNotCheckedForUtf8) {
+  auto ev = feed_all(frame(Opcode::binary, "\xFF\xFE"));
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, "binary");
+}
+
+TEST(WsFrame, CloseCodesOutsideTheRegisteredRangesAnswer1002) {
+  for (std::uint16_t c : {0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535}) {
+    const std::string body{static_cast<char>(c >> 8), static_cast<char>(c & 0xFF)};
+    auto ev = feed_all(frame(Opcode::close, body));
+    ASSERT_EQ(ev.size(), 1u) << c;
+    EXPECT_EQ(ev[0].kind, "violation") << c;
+    EXPECT_EQ(ev[0].code, close_code::protocol_error) << c;
+  }
+  for (std::uint16_t c : {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999}) {
+    const std::string body{static_cast<char>(c >> 8), static_cast<char>(c & 0xFF)};
+    auto ev = feed_all(frame(Opcode::close, body));
+    ASSERT_EQ(ev.size(), 1u) << c;
+    EXPECT_EQ(ev[0].kind, "close") << c;
+    EXPECT_EQ(ev[0].code, c);
+  }
 }
 
 TEST(WsFrame, Utf8SplitAcrossFragmentsIsValid) {
   const std::string bytes = frame(Opcode::text, "\xE2\x82", false) + encode_client_frame(Opcode::continuation, "\xAC", mask, true);
   auto ev = feed_all(bytes);
   ASSERT_EQ(ev.size(), 1u);
-  EXPECT_TRUE(ev[0].utf8_ok);
+  EXPECT_EQ(ev[0].kind, "text");
   EXPECT_EQ(ev[0].payload, "\xE2\x82\xAC");
 }
 
