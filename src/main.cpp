@@ -18,8 +18,10 @@
 
 #include "auth/crypto.hpp"
 #include "cluster/redis_connection_counts.hpp"
+#include "auth/jwks.hpp"
 #include "auth/key_store.hpp"
 #include "channels/services.hpp"
+#include "hooks/hooks.hpp"
 #include "config/config.hpp"
 #include "cortex/cortex.hpp"
 #include "limits/accept_gate.hpp"
@@ -102,6 +104,74 @@ std::string load_jwt_secret(const config::Config& cfg) {
 // Where revocations are announced to every node of a cluster (a channel,
 // and a set of the same name for nodes that were away).
 std::string revocation_channel(const redis::Url& url) { return pubsub::redis_prefix(url.db) + "revoked"; }
+
+// Where key rows are announced (`keys create --redis`): a channel, and a hash
+// of the same name (id -> row) for nodes that were away. Rows hold the
+// key's hash, never its secret.
+std::string key_channel(const redis::Url& url) { return pubsub::redis_prefix(url.db) + "keys"; }
+
+void import_key(auth::KeyStore& keys, const std::string& row) {
+  try {
+    auto parsed = auth::KeyStore::parse_row(row);
+    if (!parsed) {
+      spdlog::warn("ignored a malformed key row from Redis");
+      return;
+    }
+    if (keys.import(parsed->first, parsed->second)) spdlog::info("key {} learned through Redis", parsed->first.id);
+  } catch (const std::exception& e) {
+    spdlog::warn("could not record a key row from Redis: {}", e.what());
+  }
+}
+
+// The identity provider's JWKS: fetched over HTTP on the client's thread,
+// or read from a file (small and local, so read where the refresh runs).
+std::unique_ptr<auth::JwksCache> make_jwks(const config::Config& cfg, hooks::HttpClient& client) {
+  if (cfg.jwks_url.empty() && cfg.jwks_file.empty()) return nullptr;
+  auth::JwksCache::Options o;
+  o.source = cfg.jwks_url.empty() ? cfg.jwks_file : cfg.jwks_url;
+  o.refresh_every = std::chrono::seconds(cfg.jwks_refresh_s);
+  o.min_refresh = std::chrono::milliseconds(cfg.jwks_min_refresh_ms);
+  auth::JwksCache::Fetch fetch;
+  if (!cfg.jwks_url.empty()) {
+    hooks::ClientRequest req;
+    req.url = *hooks::parse_http_url(cfg.jwks_url);  // validated with the config
+    req.timeout = std::chrono::seconds(5);
+    fetch = [&client, req](auth::JwksCache::FetchDone done) {
+      client.request(req, [done = std::move(done)](hooks::ClientResponse r) {
+        if (!r.ok) return done(false, r.error);
+        if (r.status != 200) return done(false, "HTTP " + std::to_string(r.status));
+        done(true, std::move(r.body));
+      });
+    };
+  } else {
+    fetch = [path = cfg.jwks_file](auth::JwksCache::FetchDone done) {
+      std::ifstream in(path, std::ios::binary);
+      if (!in) return done(false, "cannot read " + path);
+      std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      done(true, std::move(s));
+    };
+  }
+  return std::make_unique<auth::JwksCache>(std::move(o), std::move(fetch));
+}
+
+std::unique_ptr<hooks::Hooks> make_hooks(const config::Config& cfg, hooks::HttpClient& client) {
+  hooks::HooksOptions o;
+  o.timeout = std::chrono::milliseconds(cfg.hook_timeout_ms);
+  o.secret = cfg.hook_secret;
+  const std::pair<const std::string*, const std::string*> per_hook[] = {
+      {&cfg.hook_connect_url, &cfg.hook_connect_failure},
+      {&cfg.hook_join_url, &cfg.hook_join_failure},
+      {&cfg.hook_publish_url, &cfg.hook_publish_failure}};
+  bool any = false;
+  for (std::size_t i = 0; i < 3; ++i) {
+    if (per_hook[i].first->empty()) continue;
+    o.targets[i].url = hooks::parse_http_url(*per_hook[i].first);
+    o.targets[i].allow_on_failure = *per_hook[i].second == "allow";
+    any = true;
+  }
+  if (!any) return nullptr;  // no hook, no cost
+  return std::make_unique<hooks::Hooks>(std::move(o), client);
+}
 
 void revoke_locally(auth::KeyStore& keys, const std::string& id) {
   try {
@@ -190,18 +260,26 @@ int serve(const config::Config& cfg) {
     // this node's own key database; its revocation poll then closes the
     // key's connections. The set catches up a node that was away.
     const std::string revoked = revocation_channel(url);
+    const std::string created = key_channel(url);
     auto* l = link.get();
-    link->set_handlers({[rb, &keys, revoked](const std::string& channel, const std::string& payload) {
+    link->set_handlers({[rb, &keys, revoked, created](const std::string& channel, const std::string& payload) {
                           if (channel == revoked) {
                             revoke_locally(keys, payload);
+                          } else if (channel == created) {
+                            import_key(keys, payload);
                           } else {
                             rb->on_message(channel, payload);
                           }
                         },
-                        [rb, l, &keys, revoked] {
+                        [rb, l, &keys, revoked, created] {
                           rb->on_up();
-                          l->command({"SMEMBERS", revoked}, [&keys](redis::Reply r) {
-                            for (const auto& id : r.elements) revoke_locally(keys, id.str);
+                          // Keys first, then revocations: a key created and
+                          // revoked while this node was away ends up revoked.
+                          l->command({"HVALS", created}, [l, &keys, revoked](redis::Reply r) {
+                            for (const auto& row : r.elements) import_key(keys, row.str);
+                            l->command({"SMEMBERS", revoked}, [&keys](redis::Reply r2) {
+                              for (const auto& id : r2.elements) revoke_locally(keys, id.str);
+                            });
                           });
                         },
                         [rb] { rb->on_down(); }});
@@ -216,6 +294,7 @@ int serve(const config::Config& cfg) {
       return 1;
     }
     if (!link->subscribe(revoked, std::chrono::seconds(2))) spdlog::warn("could not subscribe to {}", revoked);
+    if (!link->subscribe(created, std::chrono::seconds(2))) spdlog::warn("could not subscribe to {}", created);
     limiter.share(shared_counts.get());
     spdlog::info("cluster node {} on Redis {}", ro.node_id, url.text());
     broker = rb;
@@ -249,7 +328,25 @@ int serve(const config::Config& cfg) {
               << plain << std::endl;
   }
   init_lock.release();
+  // JWKS fetches and hooks share one HTTP client thread. The cache is
+  // destroyed before the client (it waits for a fetch still running).
+  hooks::HttpClient http_client;
+  std::unique_ptr<auth::JwksCache> jwks = make_jwks(cfg, http_client);
+  std::optional<auth::IdentityProvider> idp;
+  if (jwks) {
+    if (!jwks->start(std::chrono::seconds(5))) {
+      spdlog::warn("no usable JWKS from {} yet: identity-provider tokens are refused until a refresh loads one",
+                   cfg.jwks_url.empty() ? cfg.jwks_file : cfg.jwks_url);
+    }
+    if (cfg.issuer.empty() || cfg.audience.empty()) {
+      spdlog::warn("auth.issuer or auth.audience is empty: identity-provider tokens are not checked for it");
+    }
+    idp.emplace(auth::IdentityProvider{*jwks, auth::IdpOptions{cfg.issuer, cfg.audience, cfg.leeway_s}});
+  }
+  std::unique_ptr<hooks::Hooks> hooks = make_hooks(cfg, http_client);
   channels::Services services{cfg, metrics, keys, secret, *broker, cortex};
+  services.idp = idp ? &*idp : nullptr;
+  services.hooks = hooks.get();
   std::atomic<bool> draining{false};
   net::HttpContext http{cfg, services, limiter, draining, [&] {
                           return std::vector<metrics::Sample>{
@@ -329,6 +426,19 @@ int main(int argc, char** argv) {
   create->add_option("--queries-per-min", spec.rates.queries_per_min, "Override: queries per minute")
       ->check(CLI::NonNegativeNumber);
   create->add_option("--burst", spec.rates.burst, "Override: message burst")->check(CLI::NonNegativeNumber);
+  // Channel capabilities: giving any of them restricts the key to what is given.
+  std::array<std::vector<std::string>, 4> cap_patterns;
+  for (std::size_t i = 0; i < auth::capability_names.size(); ++i) {
+    const std::string name(auth::capability_names[i]);
+    create->add_option("--can-" + name, cap_patterns[i],
+                       "Topic pattern the key may " + name + " (repeatable; e.g. room:*). With any --can-* option, "
+                       "what is not listed is refused")
+        ->take_all();
+  }
+  std::string create_redis;
+  create->add_option("--redis", create_redis,
+                     "Also announce the key on this Redis (redis://HOST:PORT[/DB]): every cluster node learns it "
+                     "within a second (its hash, never the secret)");
   add_data_dir(create);
   bool as_json = false;
   auto* list = keys_cmd->add_subcommand("list", "List keys (never their secrets)");
@@ -377,7 +487,39 @@ int main(int argc, char** argv) {
         std::cerr << "synapse: --name must not be empty\n";
         return exit_usage;
       }
+      bool restricted = false;
+      for (const auto& p : cap_patterns) restricted |= !p.empty();
+      if (restricted) {
+        auth::Capabilities caps;
+        caps.patterns = cap_patterns;
+        spec.caps = caps;
+      }
+      std::optional<redis::Url> url;
+      if (!create_redis.empty()) {
+        std::string why;
+        url = redis::parse_url(create_redis, &why);
+        if (!url) {
+          std::cerr << "synapse: --redis '" << create_redis << "': " << why << "\n";
+          return exit_usage;
+        }
+      }
       auto [key, plain] = keys.create(spec);
+      if (url) {
+        // The hash first (for nodes that were away), then the message.
+        const std::string row = auth::KeyStore::row_json(key, keys.hash_of(key.id));
+        redis::Link link(*url, "synapse:cli");
+        const std::string err = link.start(std::chrono::seconds(3));
+        const std::string channel = key_channel(*url);
+        redis::Reply r;
+        if (err.empty()) r = link.call({"HSET", channel, key.id, row}, std::chrono::seconds(3));
+        if (err.empty() && r.ok()) r = link.call({"PUBLISH", channel, row}, std::chrono::seconds(3));
+        link.stop();
+        if (!err.empty() || !r.ok()) {
+          std::cerr << "synapse: the key was created here but could not be announced on " << url->text() << ": "
+                    << (err.empty() ? r.str : err) << "\n";
+          return 1;
+        }
+      }
       std::cout << "created key " << key.id << " name=" << key.name << " agent=" << key.agent_id
                 << " tenant=" << key.tenant << " flags=" << flags_of(key) << "\n"
                 << "the key is shown once, on the next line:\n"
@@ -393,6 +535,7 @@ int main(int argc, char** argv) {
                                 {"tenant", k.tenant}, {"admin", k.admin},     {"publish", k.publish},
                                 {"unlimited", k.unlimited}, {"created_at", k.created_at}};
           o["revoked_at"] = k.revoked_at ? boost::json::value(*k.revoked_at) : boost::json::value(nullptr);
+          if (k.caps) o["caps"] = boost::json::parse(auth::capabilities_json(*k.caps));
           std::cout << boost::json::serialize(o) << "\n";
         } else {
           std::printf("%-14s %-16s %-16s %-10s %-22s %-10lld %s\n", k.id.c_str(), k.name.c_str(), k.agent_id.c_str(),

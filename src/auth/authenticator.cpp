@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "auth/jwks.hpp"
 #include "auth/jwt.hpp"
 #include "auth/key_store.hpp"
 
@@ -49,9 +50,20 @@ AuthResult authenticate_key(std::string_view credential, KeyStore& keys) {
 
 AuthResult authenticate(std::string_view credential, KeyStore& keys, std::string_view jwt_secret,
                         std::int64_t now_s) {
+  return authenticate(credential, keys, jwt_secret, nullptr, now_s);
+}
+
+AuthResult authenticate(std::string_view credential, KeyStore& keys, std::string_view jwt_secret,
+                        const IdentityProvider* idp, std::int64_t now_s) {
   if (!looks_like_jwt(credential)) return authenticate_key(credential, keys);
   AuthResult r;
-  auto v = verify_jwt(credential, jwt_secret, now_s);
+  std::shared_ptr<const KeySet> set = idp ? idp->keys.current() : nullptr;
+  // With an identity provider configured but no keys loaded yet, an empty
+  // set still routes RS/ES/EdDSA tokens to unknown_kid (and a refresh).
+  const KeySet empty_set;
+  const KeySet* jwks = idp ? (set ? set.get() : &empty_set) : nullptr;
+  auto v = verify_token(credential, jwt_secret, jwks, idp ? idp->options : IdpOptions{}, now_s);
+  if (v.status == JwtStatus::unknown_key) r.unknown_kid = true;
   if (v.status == JwtStatus::expired) {
     r.failure = AuthFailure::token_expired;
     r.message = "token has expired";
@@ -63,7 +75,7 @@ AuthResult authenticate(std::string_view credential, KeyStore& keys, std::string
     return r;
   }
   Principal p;
-  if (!v.claims.key_id.empty()) {
+  if (!v.claims.from_idp && !v.claims.key_id.empty()) {
     // A token dies with the key that minted it.
     auto key = keys.find(v.claims.key_id);
     if (!key || key->revoked_at) {
@@ -73,7 +85,11 @@ AuthResult authenticate(std::string_view credential, KeyStore& keys, std::string
     }
     p.rates = key->rates;
     p.unlimited = key->unlimited;
+    // A token never exceeds the key that minted it.
+    p.key_caps = key->caps;
   }
+  p.token_caps = v.claims.caps;
+  p.via_idp = v.claims.from_idp;
   p.agent_id = v.claims.sub;
   p.tenant = v.claims.tenant.empty() ? "default" : v.claims.tenant;
   p.key_id = v.claims.key_id;

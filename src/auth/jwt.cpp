@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 
 #include "auth/crypto.hpp"
+#include "auth/jwk.hpp"
 
 namespace synapse::auth {
 namespace json = boost::json;
@@ -42,9 +43,60 @@ bool read_seconds(const json::value& v, std::int64_t& out) {
   return false;
 }
 
+// The claims every token shares; `r.status` is left at bad_claims on any
+// missing or mistyped one. `nbf` is 0 when absent.
+bool read_claims(const json::object& payload, TokenClaims& c, std::int64_t& nbf) {
+  const json::value* sub = payload.if_contains("sub");
+  if (!sub || !sub->is_string() || sub->as_string().empty()) return false;
+  c.sub = std::string(sub->as_string());
+  const json::value* exp = payload.if_contains("exp");
+  if (!exp || !read_seconds(*exp, c.exp)) return false;
+  if (const json::value* iat = payload.if_contains("iat")) {
+    if (!read_seconds(*iat, c.iat)) return false;
+  }
+  nbf = 0;
+  if (const json::value* v = payload.if_contains("nbf")) {
+    if (!read_seconds(*v, nbf)) return false;
+  }
+  if (const json::value* topics = payload.if_contains("topics")) {
+    const json::array* arr = topics->if_array();
+    if (!arr) return false;
+    c.has_topics = true;
+    for (const auto& t : *arr) {
+      if (!t.is_string()) return false;
+      c.topics.emplace_back(t.as_string());
+    }
+  }
+  if (const json::value* t = payload.if_contains("tnt")) {
+    if (!t->is_string()) return false;
+    c.tenant = std::string(t->as_string());
+  }
+  if (const json::value* k = payload.if_contains("kid")) {
+    if (!k->is_string()) return false;
+    c.key_id = std::string(k->as_string());
+  }
+  if (const json::value* caps = payload.if_contains("caps")) {
+    c.caps = parse_capabilities(*caps);
+    if (!c.caps) return false;
+  }
+  return true;
+}
+
+bool audience_matches(const json::value* aud, std::string_view want) {
+  if (!aud) return false;
+  if (aud->is_string()) return aud->as_string() == want;
+  if (const json::array* arr = aud->if_array()) {
+    for (const auto& a : *arr) {
+      if (a.is_string() && a.as_string() == want) return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
-JwtResult verify_jwt(std::string_view token, std::string_view secret, std::int64_t now_s) {
+JwtResult verify_token(std::string_view token, std::string_view secret, const KeySet* jwks, const IdpOptions& idp,
+                       std::int64_t now_s) {
   JwtResult r;
   const auto dot1 = token.find('.');
   if (dot1 == std::string_view::npos) return r;
@@ -53,70 +105,89 @@ JwtResult verify_jwt(std::string_view token, std::string_view secret, std::int64
 
   auto header = decode_part(token.substr(0, dot1));
   if (!header) return r;
-  // Only HS256. `none`, RS*, HS384/512 and anything unknown are refused before
-  // the signature is looked at, so the header never picks the verification.
+  // The header names an algorithm; it never supplies a key. `none`, HS384/512
+  // and anything unknown are refused before the signature is looked at.
   const json::value* alg = header->if_contains("alg");
-  if (!alg || !alg->is_string() || alg->as_string() != "HS256") {
+  if (!alg || !alg->is_string() || header->contains("crit")) {
     r.status = JwtStatus::bad_algorithm;
     return r;
   }
-  if (header->contains("crit")) {
-    r.status = JwtStatus::bad_algorithm;
-    return r;
-  }
-  if (secret.empty()) {
-    r.status = JwtStatus::bad_signature;
-    return r;
-  }
+  const std::string_view alg_name(alg->as_string().data(), alg->as_string().size());
+  const std::string_view signing_input = token.substr(0, dot2);
   auto sig = base64url_decode(token.substr(dot2 + 1));
-  const Digest expected = hmac_sha256(secret, token.substr(0, dot2));
-  if (!sig || !constant_time_equal(*sig, as_view(expected))) {
-    r.status = JwtStatus::bad_signature;
+  const bool hs256 = alg_name == "HS256";
+  const std::optional<JwsAlg> asym = hs256 ? std::nullopt : jws_alg_from_name(alg_name);
+  if (hs256) {
+    if (secret.empty()) {
+      r.status = JwtStatus::bad_signature;
+      return r;
+    }
+    const Digest expected = hmac_sha256(secret, signing_input);
+    if (!sig || !constant_time_equal(*sig, as_view(expected))) {
+      r.status = JwtStatus::bad_signature;
+      return r;
+    }
+  } else if (asym && jwks) {
+    const json::value* kid = header->if_contains("kid");
+    if (!kid || !kid->is_string() || kid->as_string().empty() || kid->as_string().size() > 256) {
+      r.status = JwtStatus::unknown_key;
+      return r;
+    }
+    r.claims.header_kid = std::string(kid->as_string());
+    const Jwk* key = jwks->find(r.claims.header_kid);
+    if (!key) {
+      r.status = JwtStatus::unknown_key;
+      return r;
+    }
+    if (key->alg != *asym) {
+      r.status = JwtStatus::bad_algorithm;
+      return r;
+    }
+    if (!sig || !verify_jws(*key, signing_input, *sig)) {
+      r.status = JwtStatus::bad_signature;
+      return r;
+    }
+  } else {
+    r.status = JwtStatus::bad_algorithm;
     return r;
   }
 
   auto payload = decode_part(token.substr(dot1 + 1, dot2 - dot1 - 1));
   if (!payload) return r;
   r.status = JwtStatus::bad_claims;
-  const json::value* sub = payload->if_contains("sub");
-  if (!sub || !sub->is_string() || sub->as_string().empty()) return r;
-  r.claims.sub = std::string(sub->as_string());
-  const json::value* exp = payload->if_contains("exp");
-  if (!exp || !read_seconds(*exp, r.claims.exp)) return r;
-  if (const json::value* iat = payload->if_contains("iat")) {
-    if (!read_seconds(*iat, r.claims.iat)) return r;
-  }
   std::int64_t nbf = 0;
-  if (const json::value* v = payload->if_contains("nbf")) {
-    if (!read_seconds(*v, nbf)) return r;
-  }
-  if (const json::value* topics = payload->if_contains("topics")) {
-    const json::array* arr = topics->if_array();
-    if (!arr) return r;
-    r.claims.has_topics = true;
-    for (const auto& t : *arr) {
-      if (!t.is_string()) return r;
-      r.claims.topics.emplace_back(t.as_string());
+  if (!read_claims(*payload, r.claims, nbf)) return r;
+  std::int64_t leeway = 0;
+  if (!hs256) {
+    r.claims.from_idp = true;
+    r.claims.key_id.clear();
+    if (!idp.issuer.empty()) {
+      const json::value* iss = payload->if_contains("iss");
+      if (!iss || !iss->is_string() || iss->as_string() != idp.issuer) {
+        r.status = JwtStatus::bad_issuer;
+        return r;
+      }
     }
+    if (!idp.audience.empty() && !audience_matches(payload->if_contains("aud"), idp.audience)) {
+      r.status = JwtStatus::bad_audience;
+      return r;
+    }
+    leeway = std::max<std::int64_t>(0, idp.leeway_s);
   }
-  if (const json::value* t = payload->if_contains("tnt")) {
-    if (!t->is_string()) return r;
-    r.claims.tenant = std::string(t->as_string());
-  }
-  if (const json::value* k = payload->if_contains("kid")) {
-    if (!k->is_string()) return r;
-    r.claims.key_id = std::string(k->as_string());
-  }
-  if (r.claims.exp <= now_s) {
+  if (r.claims.exp + leeway <= now_s) {
     r.status = JwtStatus::expired;
     return r;
   }
-  if (nbf > now_s) {
+  if (nbf - leeway > now_s) {
     r.status = JwtStatus::not_yet_valid;
     return r;
   }
   r.status = JwtStatus::ok;
   return r;
+}
+
+JwtResult verify_jwt(std::string_view token, std::string_view secret, std::int64_t now_s) {
+  return verify_token(token, secret, nullptr, IdpOptions{}, now_s);
 }
 
 std::string sign_jwt(const TokenClaims& c, std::string_view secret) {
@@ -131,6 +202,7 @@ std::string sign_jwt(const TokenClaims& c, std::string_view secret) {
   }
   if (!c.tenant.empty()) payload["tnt"] = c.tenant;
   if (!c.key_id.empty()) payload["kid"] = c.key_id;
+  if (c.caps) payload["caps"] = json::parse(capabilities_json(*c.caps));
   std::string signing_input = base64url_encode(R"({"alg":"HS256","typ":"JWT"})");
   signing_input.push_back('.');
   signing_input += base64url_encode(json::serialize(payload));
@@ -144,11 +216,15 @@ std::string_view describe(JwtStatus s) noexcept {
   switch (s) {
     case JwtStatus::ok: return "ok";
     case JwtStatus::malformed: return "token is not a well-formed JWT";
-    case JwtStatus::bad_algorithm: return "token algorithm must be HS256";
+    case JwtStatus::bad_algorithm:
+      return "token algorithm is not accepted (HS256, or RS256/ES256/EdDSA from the configured JWKS)";
     case JwtStatus::bad_signature: return "token signature does not verify";
     case JwtStatus::bad_claims: return "token claims are missing or of the wrong type";
     case JwtStatus::expired: return "token has expired";
     case JwtStatus::not_yet_valid: return "token is not valid yet";
+    case JwtStatus::unknown_key: return "token kid names no key of the configured JWKS";
+    case JwtStatus::bad_issuer: return "token iss is not the configured issuer (auth.issuer)";
+    case JwtStatus::bad_audience: return "token aud does not name the configured audience (auth.audience)";
   }
   return "unknown";
 }

@@ -1,5 +1,6 @@
 #include "auth/key_store.hpp"
 
+#include <boost/json.hpp>
 #include <chrono>
 #include <type_traits>
 
@@ -31,12 +32,15 @@ ApiKey read_row(const store::Statement& st) {
   k.rates.burst = st.is_null(9) ? -1 : st.int64(9);
   k.created_at = st.int64(10);
   if (!st.is_null(11)) k.revoked_at = st.int64(11);
+  // A stored caps text that no longer parses restricts to nothing rather
+  // than to everything: a damaged row must not widen a key.
+  if (!st.is_null(12)) k.caps = parse_capabilities(st.text(12)).value_or(Capabilities{});
   return k;
 }
 
 constexpr const char* select_columns =
     "SELECT id, name, agent_id, tenant, admin, publish, unlimited, msgs_per_min, "
-    "queries_per_min, burst, created_at, revoked_at FROM api_keys";
+    "queries_per_min, burst, created_at, revoked_at, caps FROM api_keys";
 
 void bind_rate(store::Statement& st, int idx, std::int64_t v) {
   if (v < 0) {
@@ -65,6 +69,13 @@ KeyStore::KeyStore(const std::string& db_path) : db_(std::make_unique<store::Dat
       created_at INTEGER NOT NULL,
       revoked_at INTEGER
     ))sql");
+  // Databases made before channel capabilities have no caps column.
+  bool has_caps = false;
+  {
+    store::Statement st(*db_, "PRAGMA table_info(api_keys)");
+    while (st.step()) has_caps |= st.text(1) == "caps";
+  }
+  if (!has_caps) db_->exec("ALTER TABLE api_keys ADD COLUMN caps TEXT");
 }
 
 KeyStore::~KeyStore() = default;
@@ -126,6 +137,7 @@ std::pair<ApiKey, std::string> KeyStore::create(const NewKey& spec) {
   k.publish = spec.publish;
   k.unlimited = spec.unlimited;
   k.rates = spec.rates;
+  k.caps = spec.caps;
   k.created_at = unix_now();
   std::string secret = std::string(key_prefix) + k.id + "_" + base64url_encode(random_bytes(32));
   const Digest h = sha256(secret);
@@ -133,8 +145,8 @@ std::pair<ApiKey, std::string> KeyStore::create(const NewKey& spec) {
   std::lock_guard lock(mu_);
   store::Statement st(*db_,
                       "INSERT INTO api_keys (id, name, agent_id, tenant, hash, admin, publish, "
-                      "unlimited, msgs_per_min, queries_per_min, burst, created_at) "
-                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
+                      "unlimited, msgs_per_min, queries_per_min, burst, created_at, caps) "
+                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
   st.bind(1, k.id).bind(2, k.name).bind(3, k.agent_id).bind(4, k.tenant);
   st.bind_blob(5, h.data(), h.size());
   st.bind(6, std::int64_t{k.admin}).bind(7, std::int64_t{k.publish}).bind(8, std::int64_t{k.unlimited});
@@ -142,8 +154,133 @@ std::pair<ApiKey, std::string> KeyStore::create(const NewKey& spec) {
   bind_rate(st, 10, k.rates.queries_per_min);
   bind_rate(st, 11, k.rates.burst);
   st.bind(12, k.created_at);
+  if (k.caps) {
+    st.bind(13, capabilities_json(*k.caps));
+  } else {
+    st.bind_null(13);
+  }
   st.run();
   return {std::move(k), std::move(secret)};
+}
+
+std::string KeyStore::hash_of(std::string_view id) {
+  return guarded([&] {
+    store::Statement q(*db_, "SELECT hash FROM api_keys WHERE id = ?1");
+    q.bind(1, id);
+    return q.step() ? q.blob(0) : std::string();
+  });
+}
+
+bool KeyStore::import(const ApiKey& k, std::string_view hash) {
+  return guarded([&] {
+    store::Statement st(*db_,
+                        "INSERT OR IGNORE INTO api_keys (id, name, agent_id, tenant, hash, admin, publish, "
+                        "unlimited, msgs_per_min, queries_per_min, burst, created_at, caps, revoked_at) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
+    st.bind(1, k.id).bind(2, k.name).bind(3, k.agent_id).bind(4, k.tenant);
+    st.bind_blob(5, hash.data(), hash.size());
+    st.bind(6, std::int64_t{k.admin}).bind(7, std::int64_t{k.publish}).bind(8, std::int64_t{k.unlimited});
+    bind_rate(st, 9, k.rates.msgs_per_min);
+    bind_rate(st, 10, k.rates.queries_per_min);
+    bind_rate(st, 11, k.rates.burst);
+    st.bind(12, k.created_at);
+    if (k.caps) {
+      st.bind(13, capabilities_json(*k.caps));
+    } else {
+      st.bind_null(13);
+    }
+    if (k.revoked_at) {
+      st.bind(14, *k.revoked_at);
+    } else {
+      st.bind_null(14);
+    }
+    st.run();
+    const bool added = db_->changes() > 0;
+    // Unknown ids are never cached, so the next handshake reads the new row.
+    cache_.erase(k.id);
+    return added;
+  });
+}
+
+std::string KeyStore::row_json(const ApiKey& k, std::string_view hash) {
+  namespace json = boost::json;
+  json::object o{{"id", k.id},
+                 {"name", k.name},
+                 {"agent_id", k.agent_id},
+                 {"tenant", k.tenant},
+                 {"hash", hex_encode(hash)},
+                 {"admin", k.admin},
+                 {"publish", k.publish},
+                 {"unlimited", k.unlimited},
+                 {"msgs_per_min", k.rates.msgs_per_min},
+                 {"queries_per_min", k.rates.queries_per_min},
+                 {"burst", k.rates.burst},
+                 {"created_at", k.created_at}};
+  if (k.caps) o["caps"] = json::parse(capabilities_json(*k.caps));
+  if (k.revoked_at) o["revoked_at"] = *k.revoked_at;
+  return json::serialize(o);
+}
+
+std::optional<std::pair<ApiKey, std::string>> KeyStore::parse_row(std::string_view text) {
+  namespace json = boost::json;
+  boost::system::error_code ec;
+  json::value v = json::parse(text, ec);
+  if (ec || !v.is_object()) return std::nullopt;
+  const auto& o = v.as_object();
+  auto str = [&](const char* name, std::string& out) {
+    const json::value* f = o.if_contains(name);
+    if (!f || !f->is_string()) return false;
+    out = std::string(f->as_string());
+    return true;
+  };
+  auto flag = [&](const char* name, bool& out) {
+    const json::value* f = o.if_contains(name);
+    if (f && !f->is_bool()) return false;
+    out = f && f->as_bool();
+    return true;
+  };
+  auto num = [&](const char* name, std::int64_t& out, std::int64_t fallback) {
+    const json::value* f = o.if_contains(name);
+    if (!f) {
+      out = fallback;
+      return true;
+    }
+    if (!f->is_int64()) return false;
+    out = f->as_int64();
+    return true;
+  };
+  ApiKey k;
+  std::string hash_hex;
+  if (!str("id", k.id) || !str("name", k.name) || !str("agent_id", k.agent_id) || !str("tenant", k.tenant) ||
+      !str("hash", hash_hex)) {
+    return std::nullopt;
+  }
+  if (k.id.empty() || k.id.size() > 32 || k.agent_id.empty() || hash_hex.size() != 64) return std::nullopt;
+  if (!flag("admin", k.admin) || !flag("publish", k.publish) || !flag("unlimited", k.unlimited)) return std::nullopt;
+  if (!num("msgs_per_min", k.rates.msgs_per_min, -1) || !num("queries_per_min", k.rates.queries_per_min, -1) ||
+      !num("burst", k.rates.burst, -1) || !num("created_at", k.created_at, unix_now())) {
+    return std::nullopt;
+  }
+  if (const json::value* r = o.if_contains("revoked_at")) {
+    if (!r->is_int64()) return std::nullopt;
+    k.revoked_at = r->as_int64();
+  }
+  if (const json::value* c = o.if_contains("caps")) {
+    k.caps = parse_capabilities(*c);
+    if (!k.caps) return std::nullopt;
+  }
+  std::string hash;
+  for (std::size_t i = 0; i < hash_hex.size(); i += 2) {
+    auto nib = [](char ch) -> int {
+      if (ch >= '0' && ch <= '9') return ch - '0';
+      if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+      return -1;
+    };
+    const int hi = nib(hash_hex[i]), lo = nib(hash_hex[i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    hash.push_back(static_cast<char>(hi * 16 + lo));
+  }
+  return std::make_pair(std::move(k), std::move(hash));
 }
 
 std::vector<ApiKey> KeyStore::list() {
@@ -167,10 +304,10 @@ const KeyStore::Cached* KeyStore::load(std::string_view id) {
   if (auto it = cache_.find(std::string(id)); it != cache_.end()) return &it->second;
   store::Statement q(*db_,
                      "SELECT id, name, agent_id, tenant, admin, publish, unlimited, msgs_per_min, "
-                     "queries_per_min, burst, created_at, revoked_at, hash FROM api_keys WHERE id = ?1");
+                     "queries_per_min, burst, created_at, revoked_at, caps, hash FROM api_keys WHERE id = ?1");
   q.bind(1, id);
   if (!q.step()) return nullptr;  // unknown ids are not cached: the table stays the bound
-  Cached c{read_row(q), q.blob(12)};
+  Cached c{read_row(q), q.blob(13)};
   return &cache_.insert_or_assign(std::string(id), std::move(c)).first->second;
 }
 
@@ -225,6 +362,7 @@ Principal KeyStore::principal_of(const ApiKey& key) {
   p.publish = key.publish;
   p.unlimited = key.unlimited;
   p.rates = key.rates;
+  p.key_caps = key.caps;
   return p;
 }
 

@@ -40,6 +40,7 @@ struct ApiKey {
   bool publish = false;
   bool unlimited = false;
   RateOverrides rates;
+  std::optional<Capabilities> caps;  // channel capabilities; none = unrestricted
   std::int64_t created_at = 0;  // unix seconds
   std::optional<std::int64_t> revoked_at;
 };
@@ -52,6 +53,7 @@ struct NewKey {
   bool publish = false;
   bool unlimited = false;
   RateOverrides rates;
+  std::optional<Capabilities> caps;
 };
 
 enum class KeyCheck { ok, unknown, revoked };
@@ -67,6 +69,13 @@ class KeyStore {
   // False when no such key; revoking twice is not an error.
   bool revoke(std::string_view id);
   std::optional<ApiKey> find(std::string_view id);
+  // The stored SHA-256 of a key's secret (for announcing the row to a
+  // cluster: the hash, never the secret), empty if no such key.
+  std::string hash_of(std::string_view id);
+  // Records a key created elsewhere (another host, through Redis). A row
+  // already present is left as it is, except that a revocation is kept.
+  // Returns true when the row was new.
+  bool import(const ApiKey& key, std::string_view hash);
   KeyCheck authenticate(std::string_view presented, ApiKey& out);
   // Ids of every revoked key (the server polls this to close live connections).
   std::vector<std::string> revoked_ids();
@@ -83,6 +92,10 @@ class KeyStore {
   // `syn_<id>_<secret>` -> id, or empty when `presented` is not of that form.
   static std::string_view key_id_of(std::string_view presented) noexcept;
   static Principal principal_of(const ApiKey& key);
+  // A key row as JSON for other hosts: every field of ApiKey and the hash
+  // (hex), never the secret. parse_row() refuses anything malformed.
+  static std::string row_json(const ApiKey& key, std::string_view hash);
+  static std::optional<std::pair<ApiKey, std::string>> parse_row(std::string_view json_text);
 
  private:
   struct Cached {

@@ -2,8 +2,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "auth/capabilities.hpp"
 
 namespace synapse::auth {
 
@@ -26,6 +29,15 @@ struct Principal {
   bool has_topics = false;     // token `topics` claim present
   std::vector<std::string> topics;
   RateOverrides rates;
+  // Channel capabilities (auth/capabilities.hpp): the API key's, and the
+  // token's `caps` claim. Absent = unrestricted; check with permitted().
+  std::optional<Capabilities> key_caps;
+  std::optional<Capabilities> token_caps;
+  // A token verified against the JWKS (an identity provider's), not minted here.
+  bool via_idp = false;
+  // The connect hook's `data`, as JSON object text (empty without one);
+  // sent along to the join and publish hooks.
+  std::string hook_data;
 };
 
 }  // namespace synapse::auth

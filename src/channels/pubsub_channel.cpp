@@ -1,9 +1,13 @@
 #include "channels/pubsub_channel.hpp"
 
+#include <deque>
+#include <memory>
 #include <string>
 
+#include "auth/capabilities.hpp"
 #include "channels/session.hpp"
 #include "config/config.hpp"
+#include "hooks/hooks.hpp"
 #include "protocol/topic.hpp"
 #include "pubsub/broker.hpp"
 
@@ -35,9 +39,89 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
                            {{"payload._meta", "must not be set by the publisher"}});
       return;
     }
+    if (!auth::permitted(session_.principal(), auth::Capability::publish, topic_)) {
+      session_.reply_error(env, reason::forbidden, "this credential's publish capability does not cover this topic");
+      return;
+    }
+    hooks::Hooks* hooks = session_.services().hooks;
+    if (hooks && hooks->enabled(hooks::Hook::publish)) {
+      // One hook call at a time per channel, in arrival order, so the
+      // publishes of one client keep their order whatever the backend does.
+      waiting_.push_back(protocol::encode_raw(env.join_ref, env.ref, env.topic, env.event, env.payload_raw));
+      if (waiting_.size() == 1) ask_publish_hook();
+      return;
+    }
+    publish(env, env.payload_raw, env.payload->empty());
+  }
+
+  // Asks the publish hook about the oldest waiting publish; its answer comes
+  // back on this connection's thread (on_publish_verdict).
+  void ask_publish_hook() {
+    protocol::Envelope env;
+    std::string error;
+    protocol::decode(waiting_.front(), env, error);
+    const auto& p = session_.principal();
+    std::string body = R"({"hook":"publish","agent_id":)";
+    protocol::append_json_string(body, p.agent_id);
+    body += R"(,"tenant":)";
+    protocol::append_json_string(body, p.tenant);
+    body += R"(,"key_id":)";
+    protocol::append_json_string(body, p.key_id);
+    body += R"(,"topic":)";
+    protocol::append_json_string(body, topic_);
+    body += R"(,"event":)";
+    protocol::append_json_string(body, env.event);
+    body += R"(,"payload":)";
+    body += env.payload_raw;
+    body += R"(,"data":)";
+    body += p.hook_data.empty() ? std::string("null") : p.hook_data;
+    body += "}";
+    session_.services().hooks->call(
+        hooks::Hook::publish, std::move(body),
+        [poster = session_.socket().poster(), alive = std::weak_ptr<int>(alive_), this](hooks::Verdict v) {
+          poster([alive, this, v = std::move(v)]() mutable {
+            if (alive.lock()) on_publish_verdict(std::move(v));
+          });
+        });
+  }
+
+  void on_publish_verdict(hooks::Verdict v) {
+    const std::string frame = std::move(waiting_.front());
+    waiting_.pop_front();
+    protocol::Envelope env;
+    std::string error;
+    if (joined_ && protocol::decode(frame, env, error)) {
+      if (!v.allow) {
+        session_.reply_error(env, reason::forbidden,
+                             v.failed ? "the application's publish hook did not answer (" + v.reason +
+                                            "); hooks.publish_failure is deny"
+                                      : (v.reason.empty() ? "refused by the application" : v.reason));
+      } else if (v.payload_json) {
+        publish_rewritten(env, *v.payload_json);
+      } else {
+        publish(env, env.payload_raw, env.payload->empty());
+      }
+    }
+    if (!waiting_.empty()) ask_publish_hook();
+  }
+
+  // The backend's replacement payload obeys the client's rules (section 5).
+  void publish_rewritten(const protocol::Envelope& env, const std::string& payload) {
+    boost::system::error_code ec;
+    json::parse_options opts;
+    opts.max_depth = protocol::max_json_depth;
+    json::value v = json::parse(payload, ec, {}, opts);
+    if (ec || !v.is_object() || v.as_object().contains("_meta") || contains_nul(v) || !protocol::numbers_finite(v)) {
+      session_.reply_error(env, reason::internal, "the application's publish hook returned an unusable payload");
+      return;
+    }
+    publish(env, payload, v.as_object().empty());
+  }
+
+  void publish(const protocol::Envelope& env, std::string_view payload_raw, bool payload_empty) {
     auto& broker = session_.services().broker;
     if (!broker.publishes_async()) {
-      const auto r = broker.publish(topic_, env.event, env.payload_raw, env.payload->empty(),
+      const auto r = broker.publish(topic_, env.event, payload_raw, payload_empty,
                                     session_.principal().agent_id, session_.socket().id());
       session_.socket().send(wire::Message::text(encode_publish_reply(env.join_ref, env.ref, env.topic, r)));
       return;
@@ -46,7 +130,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
     // connection's thread, if the connection is still open by then.
     Socket* socket = &session_.socket();
     broker.publish_async(
-        topic_, env.event, env.payload_raw, env.payload->empty(), session_.principal().agent_id, socket->id(),
+        topic_, env.event, payload_raw, payload_empty, session_.principal().agent_id, socket->id(),
         [poster = socket->poster(), socket, join_ref = copy(env.join_ref), ref = copy(env.ref),
          topic = topic_](pubsub::PublishResult r) {
           wire::Message msg = wire::Message::text(encode_publish_reply(view(join_ref), view(ref), topic, r));
@@ -94,6 +178,11 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
  private:
   Session& session_;
   std::string topic_;
+  // Publishes waiting for the publish hook, as frames (the oldest is asked).
+  std::deque<std::string> waiting_;
+  // Hook answers find this channel through a weak handle: one that left
+  // and was destroyed is simply not found.
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
 bool nul_in(std::string_view s) { return s.find('\0') != std::string_view::npos; }
@@ -119,17 +208,42 @@ bool contains_nul(const json::value& v) {
   }
 }
 
-std::unique_ptr<Channel> join_pubsub(Session& session, const protocol::Envelope& env) {
-  const auto& cfg = session.services().config;
+bool pubsub_join_permitted(Session& session, const protocol::Envelope& env) {
   const auto& principal = session.principal();
   if (principal.has_topics) {
     bool allowed = false;
     for (const auto& pattern : principal.topics) allowed |= protocol::topic_matches(pattern, env.topic);
     if (!allowed) {
       session.reply_error(env, reason::forbidden, "the token's topics claim does not cover this topic");
-      return nullptr;
+      return false;
     }
   }
+  using auth::Capability;
+  if (!auth::permitted(principal, Capability::subscribe, env.topic)) {
+    session.reply_error(env, reason::forbidden, "this credential's subscribe capability does not cover this topic");
+    return false;
+  }
+  const json::object& p = *env.payload;
+  const json::value* presence = p.if_contains("presence");
+  const bool wants_presence = p.contains("meta") || (presence && presence->is_bool() && presence->get_bool());
+  if (wants_presence && !auth::permitted(principal, Capability::presence, env.topic)) {
+    session.reply_error(env, reason::forbidden,
+                        "this credential's presence capability does not cover this topic (join without meta and "
+                        "presence)");
+    return false;
+  }
+  if (p.contains("recover") && !auth::permitted(principal, Capability::history, env.topic)) {
+    session.reply_error(env, reason::forbidden,
+                        "this credential's history capability does not cover this topic (join without recover)");
+    return false;
+  }
+  return true;
+}
+
+std::unique_ptr<Channel> join_pubsub(Session& session, const protocol::Envelope& env) {
+  const auto& cfg = session.services().config;
+  const auto& principal = session.principal();
+  if (!pubsub_join_permitted(session, env)) return nullptr;
 
   pubsub::JoinRequest req;
   req.topic = env.topic;

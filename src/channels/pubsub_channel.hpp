@@ -15,6 +15,11 @@ class Session;
 // presence state have been queued, in that order.
 std::unique_ptr<Channel> join_pubsub(Session& session, const protocol::Envelope& env);
 
+// The token's topics claim and the credential's capabilities (subscribe;
+// presence for a join with meta or presence: true; history for recover).
+// Replies forbidden and returns false when they refuse the join.
+bool pubsub_join_permitted(Session& session, const protocol::Envelope& env);
+
 // True when `v` holds a NUL character in any string or key.
 bool contains_nul(const boost::json::value& v);
 

@@ -12,6 +12,10 @@ struct Metrics;
 }
 namespace synapse::auth {
 class KeyStore;
+struct IdentityProvider;
+}
+namespace synapse::hooks {
+class Hooks;
 }
 namespace synapse::pubsub {
 class Broker;
@@ -29,6 +33,10 @@ struct Services {
   const std::string& jwt_secret;
   pubsub::Broker& broker;
   cortex::Cortex& cortex;
+  // Identity-provider tokens (auth.jwks_url / auth.jwks_file); null: HS256 only.
+  const auth::IdentityProvider* idp = nullptr;
+  // Backend hooks (hooks.*); null: none configured.
+  hooks::Hooks* hooks = nullptr;
 };
 
 }  // namespace synapse::channels

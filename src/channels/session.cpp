@@ -2,8 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include "auth/jwks.hpp"
 #include "auth/jwt.hpp"
 #include "auth/key_store.hpp"
+#include "hooks/hooks.hpp"
 #include "channels/cortex_channel.hpp"
 #include "channels/pubsub_channel.hpp"
 #include "config/config.hpp"
@@ -165,7 +167,14 @@ void Session::handle_refresh(const protocol::Envelope& env) {
       return;
     }
     const std::string_view text(token->as_string().data(), token->as_string().size());
-    auto r = auth::verify_jwt(text, services_.jwt_secret, now);
+    // Identity-provider tokens refresh too; an unknown kid is refused here
+    // (the next upgrade's refresh of the key set may find it).
+    const auth::IdentityProvider* idp = services_.idp;
+    std::shared_ptr<const auth::KeySet> set = idp ? idp->keys.current() : nullptr;
+    const auth::KeySet no_keys;
+    auto r = auth::verify_token(text, services_.jwt_secret, idp ? (set ? set.get() : &no_keys) : nullptr,
+                                idp ? idp->options : auth::IdpOptions{}, now);
+    if (r.status == auth::JwtStatus::unknown_key && idp) idp->keys.refresh_for_unknown([] {});
     if (r.status != auth::JwtStatus::ok) {
       reply_error(env, r.status == auth::JwtStatus::expired ? reason::token_expired : reason::unauthorized,
                   auth::describe(r.status));
@@ -185,6 +194,8 @@ void Session::handle_refresh(const protocol::Envelope& env) {
     principal_.token_exp = r.claims.exp;
     principal_.has_topics = r.claims.has_topics;
     principal_.topics = std::move(r.claims.topics);
+    principal_.token_caps = std::move(r.claims.caps);
+    principal_.via_idp = r.claims.from_idp;
     token_warned_ = false;
     reply_ok(env, json::object{{"expires_at", principal_.token_exp}});
     return;
@@ -197,12 +208,18 @@ void Session::handle_refresh(const protocol::Envelope& env) {
     reply_error(env, reason::refresh_not_allowed, "self refresh is disabled on this server");
     return;
   }
+  if (principal_.via_idp) {
+    // The identity provider decides how long its sessions last.
+    reply_error(env, reason::refresh_not_allowed, "identity-provider tokens are refreshed with a new token from it");
+    return;
+  }
   auth::TokenClaims c;
   c.sub = principal_.agent_id;
   c.iat = now;
   c.exp = now + cfg.token_default_ttl_s;
   c.has_topics = principal_.has_topics;
   c.topics = principal_.topics;
+  c.caps = principal_.token_caps;
   c.tenant = principal_.tenant;
   c.key_id = principal_.key_id;
   principal_.token_exp = c.exp;
@@ -221,11 +238,17 @@ void Session::remove(std::size_t index) {
   joined_.erase(joined_.begin() + static_cast<std::ptrdiff_t>(index));
 }
 
-void Session::handle_join(const protocol::Envelope& env) {
+void Session::handle_join(const protocol::Envelope& env, bool hook_passed) {
   const auto kind = protocol::classify_topic(env.topic);
   if (kind == protocol::TopicKind::invalid) {
     reply_error(env, reason::invalid_topic,
                 "topics are namespace:name, at most 255 bytes of letters, digits and _-.:@");
+    return;
+  }
+  if (kind == protocol::TopicKind::pubsub && !hook_passed && services_.hooks &&
+      services_.hooks->enabled(hooks::Hook::join)) {
+    // Our own rules first: the application is not asked about a join they refuse.
+    if (channels::pubsub_join_permitted(*this, env)) ask_join_hook(env);
     return;
   }
   if (auto existing = find(env.topic)) {
@@ -261,6 +284,43 @@ void Session::handle_join(const protocol::Envelope& env) {
   if (env.join_ref) j.join_ref = std::string(*env.join_ref);
   j.channel = std::move(channel);
   joined_.push_back(std::move(j));
+}
+
+void Session::ask_join_hook(const protocol::Envelope& env) {
+  // The frame is kept as text and decoded again when the answer comes: the
+  // envelope's views point into a buffer that is gone by then.
+  std::string frame = protocol::encode_raw(env.join_ref, env.ref, env.topic, env.event, env.payload_raw);
+  std::string body = R"({"hook":"join","agent_id":)";
+  protocol::append_json_string(body, principal_.agent_id);
+  body += R"(,"tenant":)";
+  protocol::append_json_string(body, principal_.tenant);
+  body += R"(,"key_id":)";
+  protocol::append_json_string(body, principal_.key_id);
+  body += R"(,"topic":)";
+  protocol::append_json_string(body, env.topic);
+  body += R"(,"payload":)";
+  body += env.payload_raw;
+  body += R"(,"data":)";
+  body += principal_.hook_data.empty() ? std::string("null") : principal_.hook_data;
+  body += "}";
+  services_.hooks->call(hooks::Hook::join, std::move(body),
+                        [poster = socket_.poster(), alive = std::weak_ptr<int>(alive_), this,
+                         frame = std::move(frame)](hooks::Verdict v) {
+                          poster([alive, this, frame, v = std::move(v)] {
+                            if (!alive.lock() || closed_) return;
+                            protocol::Envelope again;
+                            std::string error;
+                            if (!protocol::decode(frame, again, error)) return;
+                            if (!v.allow) {
+                              reply_error(again, reason::forbidden,
+                                          v.failed ? "the application's join hook did not answer (" + v.reason +
+                                                         "); hooks.join_failure is deny"
+                                                   : (v.reason.empty() ? "refused by the application" : v.reason));
+                              return;
+                            }
+                            handle_join(again, true);
+                          });
+                        });
 }
 
 void Session::handle_leave(const protocol::Envelope& env, std::size_t index) {

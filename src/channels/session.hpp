@@ -62,7 +62,10 @@ class Session {
 
   void handle_phoenix(const protocol::Envelope& env);
   void handle_refresh(const protocol::Envelope& env);
-  void handle_join(const protocol::Envelope& env);
+  // `hook_passed`: the join hook already allowed it (handle_join asks it
+  // first when one is configured, and comes back here with its answer).
+  void handle_join(const protocol::Envelope& env, bool hook_passed = false);
+  void ask_join_hook(const protocol::Envelope& env);
   void handle_leave(const protocol::Envelope& env, std::size_t index);
   void crash(std::size_t index, const protocol::Envelope* env, std::string_view what);
   std::optional<std::size_t> find(std::string_view topic) const;
@@ -76,6 +79,8 @@ class Session {
   std::vector<Joined> joined_;
   bool token_warned_ = false;
   bool closed_ = false;
+  // Hook answers find this session through a weak handle (it dies with it).
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
 }  // namespace synapse::channels

@@ -73,6 +73,41 @@ const std::vector<Option>& options() {
       {"auth.revocation_poll_ms", "--revocation-poll-ms",
        "How often revoked keys are looked up to close their connections", &Config::revocation_poll_ms, 50,
        60'000},
+      {"auth.jwks_url", "--jwks-url",
+       "http:// URL of the identity provider's JWKS; RS256, ES256 and EdDSA tokens are verified against it",
+       &Config::jwks_url},
+      {"auth.jwks_file", "--jwks-file", "A JWKS file, instead of jwks_url (re-read at every refresh)",
+       &Config::jwks_file},
+      {"auth.jwks_refresh_s", "--jwks-refresh-s", "How often the JWKS is fetched again in the background",
+       &Config::jwks_refresh_s, 1, kMaxInt},
+      {"auth.jwks_min_refresh_ms", "--jwks-min-refresh-ms",
+       "A token with an unknown kid refreshes the JWKS at most this often", &Config::jwks_min_refresh_ms, 0,
+       kMaxInt},
+      {"auth.issuer", "--issuer", "The iss identity-provider tokens must carry (empty = not checked)",
+       &Config::issuer},
+      {"auth.audience", "--audience", "The aud identity-provider tokens must name (empty = not checked)",
+       &Config::audience},
+      {"auth.leeway_s", "--leeway-s", "Clock skew allowed on identity-provider tokens' exp and nbf",
+       &Config::leeway_s, 0, 3600},
+
+      {"hooks.connect_url", "--hook-connect-url",
+       "http:// URL the application decides connections at (empty = no connect hook)", &Config::hook_connect_url},
+      {"hooks.join_url", "--hook-join-url", "http:// URL the application decides pub/sub joins at (empty = none)",
+       &Config::hook_join_url},
+      {"hooks.publish_url", "--hook-publish-url",
+       "http:// URL the application decides (and may rewrite) publishes at (empty = none)",
+       &Config::hook_publish_url},
+      {"hooks.timeout_ms", "--hook-timeout-ms", "How long a hook may take before its failure policy applies",
+       &Config::hook_timeout_ms, 1, 60'000},
+      {"hooks.connect_failure", "--hook-connect-failure", "deny or allow when the connect hook gives no answer",
+       &Config::hook_connect_failure},
+      {"hooks.join_failure", "--hook-join-failure", "deny or allow when the join hook gives no answer",
+       &Config::hook_join_failure},
+      {"hooks.publish_failure", "--hook-publish-failure", "deny or allow when the publish hook gives no answer",
+       &Config::hook_publish_failure},
+      {"hooks.secret", "--hook-secret",
+       "When set, each hook request carries X-Synapse-Signature: sha256=<hex HMAC-SHA256 of the body>",
+       &Config::hook_secret},
 
       {"limits.messages_per_min", "--messages-per-min", "Client messages per minute per connection (0 = unlimited)",
        &Config::messages_per_min, 0, kMaxInt},
@@ -331,6 +366,19 @@ void validate(const Config& cfg) {
             c == '-';
     }
     if (!ok) bad(*find_option("cluster.node_id"), "must be 1..64 letters, digits, '.', '_' or '-'");
+  }
+  for (const char* key : {"auth.jwks_url", "hooks.connect_url", "hooks.join_url", "hooks.publish_url"}) {
+    const Option& o = *find_option(key);
+    const std::string& url = cfg.*std::get<std::string Config::*>(o.member);
+    if (!url.empty() && !url.starts_with("http://")) bad(o, "'" + url + "' is not an http:// URL");
+  }
+  if (!cfg.jwks_url.empty() && !cfg.jwks_file.empty()) {
+    bad(*find_option("auth.jwks_file"), "give auth.jwks_url or auth.jwks_file, not both");
+  }
+  for (const char* key : {"hooks.connect_failure", "hooks.join_failure", "hooks.publish_failure"}) {
+    const Option& o = *find_option(key);
+    const std::string& v = cfg.*std::get<std::string Config::*>(o.member);
+    if (v != "deny" && v != "allow") bad(o, "'" + v + "' is not deny or allow");
   }
   if (!cfg.jwt_secret.empty() && cfg.jwt_secret.size() < 32) {
     bad(*find_option("auth.jwt_secret"), "must be at least 32 bytes");

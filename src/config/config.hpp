@@ -40,6 +40,24 @@ struct Config {
   std::int64_t token_max_ttl_s = 86'400;
   std::int64_t token_warning_s = 60;
   std::int64_t revocation_poll_ms = 1000;
+  // Identity-provider tokens (RS256, ES256, EdDSA) verified against a JWKS.
+  std::string jwks_url;   // http:// only; empty: not fetched
+  std::string jwks_file;  // a JWKS document on disk, re-read with every refresh
+  std::int64_t jwks_refresh_s = 300;
+  std::int64_t jwks_min_refresh_ms = 10'000;  // unknown-kid refreshes at most this often
+  std::string issuer;    // required `iss` of IdP tokens (empty: not checked)
+  std::string audience;  // `aud` IdP tokens must name (empty: not checked)
+  std::int64_t leeway_s = 30;  // clock skew allowed on IdP tokens' exp and nbf
+
+  // [hooks] backend hooks; an empty URL turns the hook off
+  std::string hook_connect_url;
+  std::string hook_join_url;
+  std::string hook_publish_url;
+  std::int64_t hook_timeout_ms = 2000;
+  std::string hook_connect_failure = "deny";  // deny or allow, when the backend gives no answer
+  std::string hook_join_failure = "deny";
+  std::string hook_publish_failure = "deny";
+  std::string hook_secret;  // signs each hook body (X-Synapse-Signature)
 
   // [limits]
   std::int64_t messages_per_min = 60;

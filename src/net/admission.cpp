@@ -3,8 +3,12 @@
 #include <algorithm>
 #include <spdlog/spdlog.h>
 
+#include <boost/json.hpp>
+
 #include "auth/authenticator.hpp"
+#include "auth/jwks.hpp"
 #include "auth/key_store.hpp"
+#include "hooks/hooks.hpp"
 #include "channels/services.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
@@ -57,15 +61,83 @@ bool origin_allowed(std::string_view origin, std::string_view host, const std::v
     return !host.empty() && iequals(authority, host);
   }
   for (const auto& a : allowed) {
-    if (a == "*" || iequals(a, origin)) return true;
+    if (a == "*" || iequals(a, origin) || origin_pattern_matches(a, origin)) return true;
   }
   return false;
 }
 
-AdmissionOutcome admit_upgrade(const UpgradeRequest& req, HttpContext& ctx) {
+namespace {
+
+struct OriginParts {
+  std::string_view scheme, host, port;
+  bool has_port = false;
+};
+
+bool host_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
+}
+
+// scheme://host[:port], nothing else. `pattern` lets the host start with
+// "*." and the port be "*".
+std::optional<OriginParts> split_origin(std::string_view s, bool pattern) {
+  const auto sep = s.find("://");
+  if (sep == std::string_view::npos || sep == 0) return std::nullopt;
+  OriginParts p;
+  p.scheme = s.substr(0, sep);
+  std::string_view authority = s.substr(sep + 3);
+  if (const auto colon = authority.rfind(':'); colon != std::string_view::npos) {
+    p.port = authority.substr(colon + 1);
+    p.has_port = true;
+    authority = authority.substr(0, colon);
+    const bool star = pattern && p.port == "*";
+    if (!star && (p.port.empty() || p.port.size() > 5 || p.port.find_first_not_of("0123456789") != std::string_view::npos)) {
+      return std::nullopt;
+    }
+  }
+  p.host = authority;
+  std::string_view check = p.host;
+  if (pattern && check.starts_with("*.")) check.remove_prefix(2);
+  if (check.empty() || check.front() == '.' || check.back() == '.') return std::nullopt;
+  for (char c : check) {
+    if (!host_char(c)) return std::nullopt;
+  }
+  return p;
+}
+
+}  // namespace
+
+bool origin_pattern_matches(std::string_view pattern, std::string_view origin) {
+  if (pattern.find('*') == std::string_view::npos) return iequals(pattern, origin);
+  const auto pat = split_origin(pattern, true);
+  const auto org = split_origin(origin, false);
+  if (!pat || !org || !iequals(pat->scheme, org->scheme)) return false;
+  if (pat->host.starts_with("*.")) {
+    const std::string_view domain = pat->host.substr(1);  // ".example.com"
+    if (org->host.size() <= domain.size() || !iequals(org->host.substr(org->host.size() - domain.size()), domain)) {
+      return false;
+    }
+  } else if (!iequals(pat->host, org->host)) {
+    return false;
+  }
+  if (pat->has_port && pat->port == "*") return true;
+  return pat->has_port == org->has_port && pat->port == org->port;
+}
+
+std::string origin_refusal(std::string_view origin, bool list_empty) {
+  std::string text = "Origin '" + std::string(origin) + "' is not allowed to connect";
+  text += list_empty ? " (with no allow list, only this server's own host is)" : "";
+  text += "; add it, or a pattern such as 'https://*.example.com' or 'http://localhost:*', to "
+          "websocket.allowed_origins (--allowed-origins)";
+  return text;
+}
+
+namespace {
+
+// The checks that need nothing but the request: target, version, draining,
+// Origin. Returns the refusal, or nullopt to go on.
+std::optional<AdmissionOutcome> check_request(const UpgradeRequest& req, HttpContext& ctx, RequestTarget& target) {
   using metrics::Refusal;
   const auto& cfg = ctx.config;
-  RequestTarget target;
   if (!parse_target(req.target, target)) {
     return refuse(400, Refusal::bad_request, "bad_request", "malformed request target");
   }
@@ -78,24 +150,26 @@ AdmissionOutcome admit_upgrade(const UpgradeRequest& req, HttpContext& ctx) {
     return o;
   }
   if (req.origin && !origin_allowed(*req.origin, req.host, cfg.allowed_origins)) {
-    return refuse(403, Refusal::forbidden_origin, "forbidden_origin", "this Origin is not allowed to connect");
+    const std::string why = origin_refusal(*req.origin, cfg.allowed_origins.empty());
+    spdlog::warn("refused peer={}: {}", req.peer_ip, why);
+    return refuse(403, Refusal::forbidden_origin, "forbidden_origin", why);
   }
+  return std::nullopt;
+}
 
-  std::string credential;
-  if (auto t = query_param(target, "token")) {
-    credential = std::string(*t);
-  } else if (auto k = query_param(target, "api_key")) {
-    credential = std::string(*k);
-  } else {
-    credential = std::string(auth::bearer(req.authorization));
-  }
+// Credential and limits. Sets `unknown_kid` when a refresh of the JWKS
+// might change the answer.
+AdmissionOutcome check_credential(const UpgradeRequest& req, HttpContext& ctx, const std::string& credential,
+                                  bool& unknown_kid) {
+  using metrics::Refusal;
+  unknown_kid = false;
   if (credential.empty()) {
     return refuse(401, Refusal::unauthorized, "unauthorized",
                   "send a token or api_key query parameter or an Authorization: Bearer header");
   }
   auth::AuthResult auth;
   try {
-    auth = auth::authenticate(credential, ctx.services.keys, ctx.services.jwt_secret, unix_s());
+    auth = auth::authenticate(credential, ctx.services.keys, ctx.services.jwt_secret, ctx.services.idp, unix_s());
   } catch (const std::exception& e) {
     // The key store failed (a SQLite error): this upgrade cannot be judged.
     // Refused as unavailable, never thrown into the I/O thread.
@@ -104,6 +178,7 @@ AdmissionOutcome admit_upgrade(const UpgradeRequest& req, HttpContext& ctx) {
     o.refusal.headers.emplace_back("Retry-After", "1");
     return o;
   }
+  unknown_kid = auth.unknown_kid;
   if (auth.failure == auth::AuthFailure::token_expired) {
     return refuse(401, Refusal::token_expired, "token_expired", auth.message);
   }
@@ -124,6 +199,77 @@ AdmissionOutcome admit_upgrade(const UpgradeRequest& req, HttpContext& ctx) {
   o.ok = true;
   o.principal = std::move(auth.principal);
   return o;
+}
+
+std::string connect_hook_body(const UpgradeRequest& req, const auth::Principal& p) {
+  boost::json::object o{{"hook", "connect"},  {"agent_id", p.agent_id}, {"tenant", p.tenant},
+                        {"key_id", p.key_id}, {"via_token", p.via_token}, {"via_idp", p.via_idp},
+                        {"peer_ip", req.peer_ip}};
+  if (req.origin) o["origin"] = *req.origin;
+  return boost::json::serialize(o);
+}
+
+// The last step: the connect hook, when configured.
+void finish_admission(const UpgradeRequest& req, HttpContext& ctx, AdmissionOutcome o, Poster post,
+                      AdmissionDone done) {
+  hooks::Hooks* hooks = ctx.services.hooks;
+  if (!o.ok || !hooks || !hooks->enabled(hooks::Hook::connect)) {
+    done(std::move(o));
+    return;
+  }
+  auto pending = std::make_shared<AdmissionOutcome>(std::move(o));
+  hooks->call(hooks::Hook::connect, connect_hook_body(req, pending->principal),
+              [pending, post = std::move(post), done = std::move(done)](hooks::Verdict v) mutable {
+                post([pending, v = std::move(v), done = std::move(done)]() mutable {
+                  if (!v.allow) {
+                    // The permit goes with the outcome that is dropped here.
+                    const std::string why = v.failed ? "the application's connect hook did not answer (" + v.reason +
+                                                           "); hooks.connect_failure is deny"
+                                                     : (v.reason.empty() ? "refused by the application" : v.reason);
+                    done(refuse(403, metrics::Refusal::unauthorized, "forbidden", why));
+                    return;
+                  }
+                  pending->principal.hook_data = std::move(v.data_json);
+                  done(std::move(*pending));
+                });
+              });
+}
+
+}  // namespace
+
+void admit_upgrade(const UpgradeRequest& req, HttpContext& ctx, Poster post, AdmissionDone done) {
+  RequestTarget target;
+  if (auto refused = check_request(req, ctx, target)) {
+    done(std::move(*refused));
+    return;
+  }
+  std::string credential;
+  if (auto t = query_param(target, "token")) {
+    credential = std::string(*t);
+  } else if (auto k = query_param(target, "api_key")) {
+    credential = std::string(*k);
+  } else {
+    credential = std::string(auth::bearer(req.authorization));
+  }
+  bool unknown_kid = false;
+  AdmissionOutcome o = check_credential(req, ctx, credential, unknown_kid);
+  if (!unknown_kid || !ctx.services.idp) {
+    finish_admission(req, ctx, std::move(o), std::move(post), std::move(done));
+    return;
+  }
+  // The identity provider may have rotated its keys: one refresh (shared
+  // with every other token waiting for it, and rate-limited), then judged
+  // again on this thread. A second unknown kid is final.
+  ctx.services.idp->keys.refresh_for_unknown(
+      [req, &ctx, credential = std::move(credential), post, done = std::move(done)]() mutable {
+        auto again = [req = std::move(req), &ctx, credential = std::move(credential), post,
+                      done = std::move(done)]() mutable {
+          bool still_unknown = false;
+          AdmissionOutcome o2 = check_credential(req, ctx, credential, still_unknown);
+          finish_admission(req, ctx, std::move(o2), post, std::move(done));
+        };
+        post(std::move(again));
+      });
 }
 
 }  // namespace synapse::net

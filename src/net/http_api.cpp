@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 
 #include "auth/authenticator.hpp"
+#include "auth/capabilities.hpp"
 #include "auth/jwt.hpp"
 #include "auth/key_store.hpp"
 #include "channels/pubsub_channel.hpp"
@@ -11,6 +12,7 @@
 #include "core/clock.hpp"
 #include "limits/connection_limiter.hpp"
 #include "pubsub/broker.hpp"
+#include "net/admission.hpp"
 #include "net/request_target.hpp"
 #include "protocol/envelope.hpp"
 #include "protocol/topic.hpp"
@@ -142,6 +144,11 @@ HttpResponse mint_token(const HttpRequest& req, HttpContext& ctx) {
       c.topics.emplace_back(t.as_string());
     }
   }
+  if (const json::value* caps = body->if_contains("caps")) {
+    std::string why;
+    c.caps = auth::parse_capabilities(*caps, &why);
+    if (!c.caps) return json_error(400, "invalid_payload", why);
+  }
   const std::int64_t now = unix_s();
   c.sub = agent;
   c.iat = now;
@@ -165,6 +172,9 @@ HttpResponse broadcast(const HttpRequest& req, HttpContext& ctx) {
   const std::string_view t(topic->as_string().data(), topic->as_string().size());
   if (protocol::classify_topic(t) != protocol::TopicKind::pubsub) {
     return json_error(400, "invalid_topic", "topic must be a pub/sub topic name (namespace:name)");
+  }
+  if (!auth::permitted(key, auth::Capability::publish, t)) {
+    return json_error(403, "forbidden", "this API key's publish capability does not cover this topic");
   }
   if (!event || !event->is_string()) return json_error(400, "invalid_payload", "event must be a string");
   const std::string_view e(event->as_string().data(), event->as_string().size());
@@ -191,10 +201,40 @@ HttpResponse presence(const HttpRequest& req, HttpContext& ctx, std::string_view
   if (protocol::classify_topic(topic) != protocol::TopicKind::pubsub) {
     return json_error(400, "invalid_topic", "not a pub/sub topic name");
   }
+  // Reading who is on a topic is what a subscriber of it may do.
+  if (!auth::permitted(key, auth::Capability::subscribe, topic)) {
+    return json_error(403, "forbidden", "this API key's subscribe capability does not cover this topic");
+  }
   HttpResponse r;
   r.body = "{\"topic\":";
   protocol::append_json_string(r.body, topic);
   r.body += ",\"presence\":" + ctx.services.broker.presence_state(topic) + "}";
+  return r;
+}
+
+// CORS for POST /api/token (protocol.md section 9): an allowed Origin gets
+// its preflight answered and Access-Control-Allow-Origin on the answer;
+// any other Origin gets the refusal that names the option to change.
+std::optional<HttpResponse> cors_refusal(const HttpRequest& req, HttpContext& ctx) {
+  if (!req.origin || origin_allowed(*req.origin, req.host, ctx.config.allowed_origins)) return std::nullopt;
+  return json_error(403, "forbidden_origin", origin_refusal(*req.origin, ctx.config.allowed_origins.empty()));
+}
+
+void add_cors(const HttpRequest& req, HttpResponse& r) {
+  if (!req.origin) return;
+  r.headers.emplace_back("Access-Control-Allow-Origin", *req.origin);
+  r.headers.emplace_back("Vary", "Origin");
+}
+
+HttpResponse token_preflight(const HttpRequest& req, HttpContext& ctx) {
+  if (auto e = cors_refusal(req, ctx)) return *e;
+  HttpResponse r;
+  r.status = 204;
+  add_cors(req, r);
+  r.headers.emplace_back("Access-Control-Allow-Methods", "POST, OPTIONS");
+  r.headers.emplace_back("Access-Control-Allow-Headers", "Authorization, Content-Type");
+  r.headers.emplace_back("Access-Control-Max-Age", "600");
+  r.headers.emplace_back("Allow", "POST, OPTIONS");
   return r;
 }
 
@@ -220,8 +260,12 @@ HttpResponse handle_http(const HttpRequest& req, HttpContext& ctx) {
     return metrics_page(req, ctx);
   }
   if (path == "/api/token") {
+    if (req.method == "OPTIONS") return token_preflight(req, ctx);
     if (auto e = only("POST")) return *e;
-    return mint_token(req, ctx);
+    if (auto e = cors_refusal(req, ctx)) return *e;
+    HttpResponse r = mint_token(req, ctx);
+    add_cors(req, r);
+    return r;
   }
   if (path == "/api/broadcast") {
     if (auto e = only("POST")) return *e;

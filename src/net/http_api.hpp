@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +42,8 @@ struct HttpRequest {
   std::string target;
   std::string authorization;
   std::string body;
+  std::optional<std::string> origin;  // for CORS on /api/token
+  std::string host;
 };
 
 struct HttpResponse {

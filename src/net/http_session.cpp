@@ -156,6 +156,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     r.method = req.method_string();
     r.target = req.target();
     r.authorization = std::string(req.header(http::field::authorization));
+    if (req.has_header(http::field::origin)) r.origin = std::string(req.header(http::field::origin));
+    r.host = std::string(req.header(http::field::host));
     r.body = std::move(req.body());
     HttpResponse resp;
     try {
@@ -197,7 +199,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (req.has_header(http::field::origin)) u.origin = std::string(req.header(http::field::origin));
     u.host = std::string(req.header(http::field::host));
     u.peer_ip = peer_ip_;
-    AdmissionOutcome outcome = admit_upgrade(u, ctx_);
+    // Admission may wait on the JWKS or the connect hook (never on this
+    // thread): it continues in on_admitted, posted back here.
+    admit_upgrade(
+        u, ctx_, [self = shared_from_this()](Task t) { asio::post(self->thread_.ioc, std::move(t)); },
+        [self = shared_from_this(), key](AdmissionOutcome outcome) { self->on_admitted(key, std::move(outcome)); });
+  }
+
+  void on_admitted(const std::string& key, AdmissionOutcome outcome) {
+    auto& m = ctx_.services.metrics;
     if (!outcome.ok) {
       m.count_refusal(outcome.refusal_reason);
       spdlog::info("refused peer={} status={} {}", peer_, outcome.refusal.status, outcome.refusal.body);
