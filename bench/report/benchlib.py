@@ -1,5 +1,5 @@
 """Reads bench/results/latest.json and turns it into the load table
-`Metric | Target | Actual | vs ws` with a verdict per row.
+`Metric | Target | Actual | vs ws | vs uWS` with a verdict per row.
 
 Shared by scripts/run-bench (summary at the end of a run) and
 bench/report/generate.py (the validation report). Standard library only.
@@ -8,11 +8,13 @@ gives "not measured", never a number.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 PASS, FAIL, NOT_MEASURED, INFO = "pass", "FAIL", "not measured", "info"
 ONE_CORE = "synapse-1t"
 BASELINE = "ws"
+UWS = "uws"
 ALL_CORES = "synapse-mt"
 
 
@@ -51,16 +53,17 @@ def _conn_entry(r: dict, label: str, n: Optional[int] = None) -> Optional[dict]:
     return None
 
 
-def _phases(r: dict, label: str, kind: str) -> list:
-    res = r.get((label, "message_throughput"))
+def _phases(r: dict, label: str, kind: str, scenario: str = "message_throughput") -> list:
+    res = r.get((label, scenario))
     if not res:
         return []
     return sorted([p for p in res.get("phases", []) if p.get("kind") == kind],
                   key=lambda p: p.get("subscribers", 0))
 
 
-def _phase(r: dict, label: str, kind: str, which: str = "min", subs: Optional[int] = None) -> Optional[dict]:
-    ps = _phases(r, label, kind)
+def _phase(r: dict, label: str, kind: str, which: str = "min", subs: Optional[int] = None,
+           scenario: str = "message_throughput") -> Optional[dict]:
+    ps = _phases(r, label, kind, scenario)
     if subs is not None:
         ps = [p for p in ps if p.get("subscribers") == subs]
     if not ps:
@@ -117,7 +120,77 @@ def _saturated(phase: Optional[dict]) -> bool:
 
 def load_rows(latest: dict) -> list[dict]:
     """Every load metric with its target, the one-core Synapse value, the
-    ratio to ws from the same run and a verdict."""
+    ratios to ws and to uWS from the same run and a verdict; then the
+    targets set against uWS (issue 16)."""
+    rows = _rows_against(latest, BASELINE)
+    r = results(latest)
+    if any(k[0] == UWS for k in r):
+        against_uws = _rows_against(latest, UWS)
+        if len(against_uws) == len(rows):
+            for x, u in zip(rows, against_uws):
+                x["vs_uws"] = re.sub(r"\bws\b", "uWS", u["vs_ws"])
+    for x in rows:
+        x.setdefault("vs_uws", "not measured")
+    rows += uws_rows(latest)
+    return rows
+
+
+def uws_rows(latest: dict) -> list[dict]:
+    """The targets of issue 16, each a ratio to uWS measured in the same run."""
+    r = results(latest)
+    rows: list[dict] = []
+    g = "vs uWS (one core)"
+
+    def row(metric: str, target: str, actual: str, vs: str, ok: Optional[bool], note: str = "") -> None:
+        rows.append({"group": g, "metric": metric, "target": target, "actual": actual, "vs_ws": "-",
+                     "vs_uws": vs, "status": NOT_MEASURED if ok is None else (PASS if ok else FAIL), "note": note})
+
+    sc, uc = _conn_entry(r, ONE_CORE), _conn_entry(r, UWS)
+    srss, urss = _get(sc, "rss_per_conn_bytes"), _get(uc, "rss_per_conn_bytes")
+    n = (sc or uc or {}).get("connections", "?")
+    row(f"Server RSS per idle joined connection ({n} connections)", "≤ 512 B", fnum(srss, " B"),
+        fnum(urss, " B (uWS)"), None if srss is None else srss <= 512)
+    sw = _get(sc, "wall_s") if sc and sc.get("failed") == 0 else None
+    uw = _get(uc, "wall_s") if uc and uc.get("failed") == 0 else None
+    speed = _div(uw, sw)
+    row(f"{n} connections upgraded and joined: wall time", "≥ 1.2× faster than uWS", fnum(sw, " s", 3),
+        ratio_str(speed, "× faster than uWS"), None if speed is None else speed >= 1.2)
+    s, u = _latency(r, ONE_CORE, "heartbeat", "max"), _latency(r, UWS, "heartbeat", "max")
+    sp, up = _get(s, "rtt", "p99_ms"), _get(u, "rtt", "p99_ms")
+    rt = _div(sp, up)
+    row(f"Heartbeat round trip p99, {(s or u or {}).get('idle_connections', '?')} idle connections alongside",
+        "≤ uWS", fnum(sp, " ms", 3), ratio_str(rt, "× uWS"), None if rt is None else rt <= 1.0,
+        f"uWS {fnum(up, ' ms', 3)}")
+    s, u = _phase(r, ONE_CORE, "sustained"), _phase(r, UWS, "sustained")
+    sp, up = _get(s, "latency", "p99_ms"), _get(u, "latency", "p99_ms")
+    rt = _div(sp, up)
+    row(f"Delivery p99 at {(s or {}).get('subscribers', 100)} subscribers, {(s or {}).get('rate_per_s', 100):g} msg/s",
+        "≤ uWS", fnum(sp, " ms", 3), ratio_str(rt, "× uWS"), None if rt is None else rt <= 1.0,
+        f"uWS {fnum(up, ' ms', 3)}")
+    s = _phase(r, ONE_CORE, "fanout", "max", scenario="fanout_10k_100")
+    u = _phase(r, UWS, "fanout", "max", scenario="fanout_10k_100")
+    full = None if s is None else (s.get("lost") == 0 and s.get("duplicated") == 0 and bool(s.get("complete")))
+    sp, up = _get(s, "latency", "p99_ms"), _get(u, "latency", "p99_ms")
+    ok = None if s is None else bool(full) and sp is not None and sp < 150
+    actual = "not measured" if s is None else (
+        f"{s.get('deliveries'):,} of {s.get('expected_deliveries'):,} delivered, p99 {fnum(sp, ' ms', 1)}")
+    uv = "not measured" if u is None else (f"uWS: {u.get('deliveries'):,} delivered, lost {u.get('lost'):,}, "
+                                            f"p99 {fnum(up, ' ms', 1)}")
+    row(f"Fan-out to {(s or u or {}).get('subscribers', 10000)} subscribers at "
+        f"{(s or u or {}).get('rate_per_s', 100):g} msg/s: in full, p99", "in full, p99 < 150 ms", actual, uv, ok)
+    s, u = _phase(r, ONE_CORE, "burst", "max"), _phase(r, UWS, "burst", "max")
+    sv, uv2 = _get(s, "deliveries_per_s"), _get(u, "deliveries_per_s")
+    rt = _div(sv, uv2)
+    clean = s is not None and s.get("complete") and s.get("lost") == 0 and s.get("duplicated", 0) == 0 \
+        and s.get("reordered", 0) == 0
+    row(f"Burst fan-out to {(s or u or {}).get('subscribers', '?')} subscribers: deliveries/s", "≥ 10× uWS, none lost",
+        fnum(sv, "/s"), ratio_str(rt, "× uWS"), None if rt is None else (rt >= 10 and bool(clean)))
+    return rows
+
+
+def _rows_against(latest: dict, baseline: str) -> list[dict]:
+    """load_rows' table with `baseline` in the ws column."""
+    BASELINE = baseline  # noqa: N806 - the rows below read it by this name
     r = results(latest)
     rows: list[dict] = []
 
@@ -359,8 +432,8 @@ def all_cores_rows(latest: dict) -> list[dict]:
 
 
 def render_text_table(rows: list[dict]) -> str:
-    head = ["Metric", "Target", "Actual", "vs ws", "Verdict"]
-    data = [[x["metric"], x["target"], x["actual"], x["vs_ws"], x["status"]] for x in rows]
+    head = ["Metric", "Target", "Actual", "vs ws", "vs uWS", "Verdict"]
+    data = [[x["metric"], x["target"], x["actual"], x["vs_ws"], x.get("vs_uws", "-"), x["status"]] for x in rows]
     widths = [max(len(str(c[i])) for c in [head] + data) for i in range(len(head))]
     widths[0] = min(widths[0], 80)
     lines = ["  ".join(str(h).ljust(widths[i]) for i, h in enumerate(head)),

@@ -337,8 +337,11 @@ def write_load(w, latest: dict | None, rows: list[dict], mt_rows: list[dict], ok
     w("")
     w("Synapse runs with `--threads 1` on one core (core 0); the baseline is a minimal server on the npm `ws` "
       "package (`bench/peers/node-ws`) on the same core, measured in the same run; the load generator "
-      "`synapse-bench` runs on core 1. \"vs ws\" is Synapse's figure divided by the baseline's (for wall "
-      "times: how many times faster). Targets come from issue 7 (ratios) and the seed (absolute).")
+      "`synapse-bench` runs on core 1. A second baseline is the uWebSockets Phoenix V2 peer "
+      "(`../shared/peers/uws`, built into `build/peers/uws`), pinned and measured the same way. "
+      "\"vs ws\" and \"vs uWS\" are Synapse's figure divided by the baseline's (for wall "
+      "times: how many times faster). Targets come from issue 7 (ratios to ws), issue 16 (ratios to uWS) "
+      "and the seed (absolute).")
     w("")
     if latest.get("small"):
         w("**These results come from a `--small` smoke run at reduced sizes; they cannot show the targets.**")
@@ -352,8 +355,8 @@ def write_load(w, latest: dict | None, rows: list[dict], mt_rows: list[dict], ok
           f"average during {len(noisy)} of {len(latest.get('runs', []))} benchmark runs "
           "(per run in the table under *Machine and commands*), so these figures are noisy.")
         w("")
-    w(table(["Metric", "Target", "Actual", "vs ws", "Result"],
-            [[x["metric"], x["target"], x["actual"], x["vs_ws"],
+    w(table(["Metric", "Target", "Actual", "vs ws", "vs uWS", "Result"],
+            [[x["metric"], x["target"], x["actual"], x["vs_ws"], x.get("vs_uws", "-"),
               ("**FAIL**" if x["status"] == benchlib.FAIL else x["status"]) +
               (f" ({x['note']})" if x.get("note") else "")] for x in rows]))
     w("")
