@@ -276,8 +276,9 @@ void Connection::begin_close(std::uint16_t code, std::string_view reason) {
   close_code_ = code;
   close_reason_ = std::string(reason);
   // A slow consumer's backlog is dropped at once: that is the memory the
-  // limit protects.
-  if (code == wire::close_code::slow_consumer) out_.clear();
+  // limit protects. A partly written head stays, so the close frame never
+  // follows half a frame.
+  if (code == wire::close_code::slow_consumer) out_.drop_unsent();
   out_.push(wire::Message::close(code, reason));
   close_queued_ = true;
   // The caller may be a channel handler: tear channels down from a fresh stack.
