@@ -189,5 +189,6 @@ int run_latency(Context& ctx);
 int run_query_load(Context& ctx);
 int run_presence(Context& ctx);
 int run_cross_node(Context& ctx);
+int run_fairness(Context& ctx);
 
 }  // namespace bench
