@@ -10,9 +10,13 @@ PORT ?= 4000
 DATA ?= ./data
 FUZZ_SECONDS ?= 30
 JOBS ?= 2
+PREFIX ?= /usr/local
+DESTDIR ?=
+SDK_OUT := build/sdk
 
 .PHONY: all deps build build-asan build-fuzz run test test-unit test-integration test-asan \
-        test-js test-sdk-js test-sdk-py fuzz bench bench-cluster report clean help
+        test-js test-sdk-js test-sdk-py fuzz bench bench-cluster report clean help \
+        install sdk test-operations test-browser test-sdk-packages
 
 all: build
 
@@ -23,6 +27,8 @@ help:
 	@echo "make bench-cluster  cross-node fan-out latency, two nodes sharing a Redis (bench/results/)"
 	@echo "make report  tests + benchmarks -> docs/verification/websocket-synapse-validation-report.md"
 	@echo "make fuzz    each libFuzzer target for FUZZ_SECONDS (default 30)"
+	@echo "make sdk     the npm tarball and the Python wheel of the SDKs, in $(SDK_OUT)/"
+	@echo "make install binary, systemd unit and example config under DESTDIR/PREFIX (default /usr/local)"
 
 deps:
 	@./scripts/install-deps
@@ -82,6 +88,35 @@ bench-cluster: build
 
 report: build build-asan
 	@./scripts/make-report
+
+# The SDKs as files a fresh project installs (README of each SDK):
+# build/sdk/mimo-synapse-<v>.tgz and build/sdk/mimo_synapse-<v>-py3-none-any.whl.
+sdk:
+	@mkdir -p $(SDK_OUT)
+	cd clients/js && npm pack --silent --pack-destination ../../$(SDK_OUT) >/dev/null
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir $(SDK_OUT) ./clients/python
+	@rm -rf clients/python/build clients/python/*.egg-info
+	@ls -1 $(SDK_OUT)
+
+# Files go under $(DESTDIR)$(PREFIX); the unit and defaults under $(DESTDIR)/etc
+# only when PREFIX is /usr (a packaged install), else under $(PREFIX)/share.
+install: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j$(JOBS) --target synapse
+	install -D -m 0755 $(BUILD)/synapse $(DESTDIR)$(PREFIX)/bin/synapse
+	install -D -m 0644 packaging/synapse.service $(DESTDIR)$(PREFIX)/lib/systemd/system/synapse.service
+	sed -i 's|^ExecStart=/usr/bin/synapse|ExecStart=$(PREFIX)/bin/synapse|' $(DESTDIR)$(PREFIX)/lib/systemd/system/synapse.service
+	install -D -m 0644 config/synapse.example.toml $(DESTDIR)$(PREFIX)/share/synapse/synapse.example.toml
+	install -D -m 0644 packaging/synapse.default $(DESTDIR)$(PREFIX)/share/synapse/synapse.default
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/synapse/README.md
+
+test-operations: build
+	$(PY) -m pytest tests/integration/test_operations.py -q
+
+test-sdk-packages: build
+	$(PY) -m pytest tests/integration/test_sdk_packages.py -q
+
+test-browser: build
+	node --test tests/browser/
 
 clean:
 	rm -rf build

@@ -23,10 +23,12 @@
 #include "channels/services.hpp"
 #include "hooks/hooks.hpp"
 #include "config/config.hpp"
+#include "core/json_log.hpp"
 #include "cortex/cortex.hpp"
 #include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
 #include "metrics/metrics.hpp"
+#include "net/admin_backend.hpp"
 #include "net/http_api.hpp"
 #include "net/server.hpp"
 #include "pubsub/local_broker.hpp"
@@ -204,6 +206,7 @@ class DataDirLock {
 
 int serve(const config::Config& cfg) {
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  if (cfg.log_format == "json") logging::use_json_format();
   std::signal(SIGPIPE, SIG_IGN);
   ensure_dir(cfg.data_dir);
   DataDirLock init_lock(cfg.data_dir);
@@ -366,6 +369,8 @@ int serve(const config::Config& cfg) {
   }
   limits::AcceptGate accept_gate(accept_limits(cfg));
   http.accept_gate = &accept_gate;
+  const auto admin_backend = net::make_admin_backend(threads);
+  http.admin = admin_backend.get();
   net::Server server(threads, http, draining);
   try {
     server.listen(cfg.bind, static_cast<std::uint16_t>(cfg.port));
@@ -399,12 +404,25 @@ std::string flags_of(const auth::ApiKey& k) {
 
 int main(int argc, char** argv) {
   CLI::App app{"Synapse: a real-time WebSocket gateway for AI agents (Phoenix Channels V2)"};
-  app.require_subcommand(1);
+  app.require_subcommand(0, 1);
+  bool show_version = false;
+  app.add_flag("--version", show_version, "Print the version and exit");
 
   // serve
   auto* serve_cmd = app.add_subcommand("serve", "Run the gateway");
   std::string config_file;
-  serve_cmd->add_option("--config", config_file, "TOML configuration file (flags override it)")->check(CLI::ExistingFile);
+  serve_cmd->add_option("--config", config_file, "TOML configuration file (flags override it)")
+      ->check(CLI::ExistingFile)
+      ->envname("SYNAPSE_CONFIG");
+  // `--dev`, `--dev true|false` or SYNAPSE_DEV=1, like the boolean options.
+  std::string dev_text;
+  serve_cmd
+      ->add_option("--dev", dev_text,
+                   "Local development defaults: localhost browser origins, no new-connection rate limit, debug logs "
+                   "(a file, SYNAPSE_* variables and flags still override them) [default: false]")
+      ->expected(0, 1)
+      ->type_name("BOOL")
+      ->envname("SYNAPSE_DEV");
   config::Binder binder(*serve_cmd);
 
   // keys
@@ -465,11 +483,21 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : exit_usage;
   }
 
+  if (show_version) {
+    std::cout << "synapse " << SYNAPSE_VERSION << "\n";
+    return 0;
+  }
+  if (app.get_subcommands().empty()) {
+    std::cerr << app.help() << "synapse: a subcommand is required (serve, keys, config)\n";
+    return exit_usage;
+  }
   try {
     if (*serve_cmd) {
       config::Config cfg;
       try {
-        cfg = binder.finish(config_file);
+        const bool dev_profile = (serve_cmd->count("--dev") > 0 || !dev_text.empty()) && dev_text != "false" &&
+                                 dev_text != "0" && dev_text != "no" && dev_text != "off";
+        cfg = binder.finish(config_file, dev_profile);
       } catch (const config::ConfigError& e) {
         std::cerr << "synapse: " << e.what() << "\n";
         return exit_usage;

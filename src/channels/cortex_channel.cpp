@@ -1,6 +1,7 @@
 #include "channels/cortex_channel.hpp"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "auth/crypto.hpp"
 #include "channels/session.hpp"
@@ -87,7 +88,7 @@ class CortexChannel final : public Channel {
     board_->channel = nullptr;
     for (auto& r : runs_) {
       r.cancel->cancel();
-      count_end(Outcome::cancelled);
+      count_end(Outcome::cancelled, r);
     }
     runs_.clear();
   }
@@ -120,7 +121,7 @@ class CortexChannel final : public Channel {
     Run run = std::move(*it);
     runs_.erase(it);
     run.cancel->cancel();
-    count_end(outcome);
+    count_end(outcome, run);
     json::object p{{"ref", run.ref}};
     std::string_view event;
     switch (outcome) {
@@ -151,8 +152,12 @@ class CortexChannel final : public Channel {
     session_.push(topic_, join_ref_ ? std::optional<std::string_view>(*join_ref_) : std::nullopt, event, payload);
   }
 
-  void count_end(Outcome o) {
+  // The admin API's name for a run: unique in the process.
+  std::string run_key(const Run& r) const { return fmt::format("{}.{}", session_.socket().id(), r.id); }
+
+  void count_end(Outcome o, const Run& run) {
     auto& m = session_.services().metrics;
+    m.run_duration.observe_us((mono_ms() - run.started_ms) * 1000);
     m.runs_active.fetch_sub(1, std::memory_order_relaxed);
     metrics::RunEnd e = metrics::RunEnd::cancelled;
     switch (o) {
@@ -163,6 +168,9 @@ class CortexChannel final : public Channel {
       case Outcome::cancelled: e = metrics::RunEnd::cancelled; break;
     }
     metrics::bump(m.runs_ended[static_cast<std::size_t>(e)]);
+    m.runs.ended(run_key(run), metrics::run_end_name(e), unix_ms());
+    spdlog::debug("conn={} topic={} run={} ref={} ended: {}", session_.socket().id(), topic_, run_key(run), run.ref,
+                  metrics::run_end_name(e));
   }
 
   Run* find_run(std::uint64_t id) {
@@ -219,6 +227,18 @@ class CortexChannel final : public Channel {
     r.started_ms = mono_ms();
     runs_.push_back(std::move(r));
     session_.services().metrics.runs_active.fetch_add(1, std::memory_order_relaxed);
+    {
+      const Run& added = runs_.back();
+      metrics::RunRecord rec;
+      rec.id = run_key(added);
+      rec.connection_id = session_.socket().id();
+      rec.topic = topic_;
+      rec.ref = added.ref;
+      rec.agent_id = session_.principal().agent_id;
+      rec.started_at_ms = unix_ms();
+      spdlog::debug("conn={} topic={} run={} ref={} started", rec.connection_id, topic_, rec.id, rec.ref);
+      session_.services().metrics.runs.started(std::move(rec));
+    }
     const std::uint64_t id = runs_.back().id;
     session_.socket().after(timeout_ms, [board = std::weak_ptr<Board>(board_), id, timeout_ms] {
       auto b = board.lock();
@@ -252,8 +272,8 @@ class CortexChannel final : public Channel {
     if (admit == cortex::Admit::accepted) return true;
     const std::string ref = run.ref;
     auto it = std::find_if(runs_.begin(), runs_.end(), [&](const Run& r) { return r.id == run.id; });
+    count_end(Outcome::cancelled, *it);  // before erase: `run` refers to the element
     runs_.erase(it);
-    count_end(Outcome::cancelled);
     json::object r = protocol::error_response(
         "overloaded", admit == cortex::Admit::tenant_full
                           ? fmt::format("this tenant already has {} runs waiting for a worker (its share of the "

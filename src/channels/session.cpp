@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
+
 #include "auth/jwks.hpp"
 #include "auth/jwt.hpp"
 #include "auth/key_store.hpp"
@@ -51,10 +53,17 @@ void Session::push(std::string_view topic, std::optional<std::string_view> join_
 }
 
 void Session::reply_ok(const protocol::Envelope& env, const json::object& response) {
+  spdlog::debug("conn={} topic={} event={} ref={} handled: ok", socket_.id(), env.topic, env.event,
+                env.ref.value_or(""));
   socket_.send(wire::Message::text(protocol::encode_reply(env.join_ref, env.ref, env.topic, true, response)));
 }
 
 void Session::reply_error(const protocol::Envelope& env, const json::object& response) {
+  if (spdlog::should_log(spdlog::level::debug)) {
+    const json::value* why = response.if_contains("reason");
+    spdlog::debug("conn={} topic={} event={} ref={} handled: error {}", socket_.id(), env.topic, env.event,
+                  env.ref.value_or(""), why && why->is_string() ? std::string_view(why->get_string()) : "");
+  }
   socket_.send(wire::Message::text(protocol::encode_reply(env.join_ref, env.ref, env.topic, false, response)));
 }
 
@@ -85,9 +94,12 @@ void Session::on_text(std::string_view text) {
   protocol::Envelope env;
   std::string error;
   if (!protocol::decode(text, env, error)) {
+    spdlog::debug("conn={} frame of {} bytes malformed: {}", socket_.id(), text.size(), error);
     on_malformed(error);
     return;
   }
+  spdlog::debug("conn={} frame topic={} event={} ref={} join_ref={} ({} bytes)", socket_.id(), env.topic, env.event,
+                env.ref.value_or(""), env.join_ref.value_or(""), text.size());
   // Oversized envelope fields are refused before anything is stored or
   // echoed (protocol.md section 9): the reply carries null (or "phoenix")
   // in their place. Such a frame is never a heartbeat, so it is rate limited.
@@ -124,7 +136,10 @@ void Session::on_text(std::string_view text) {
     return;
   }
   if (env.event == "phx_join") {
+    const auto started = std::chrono::steady_clock::now();
     handle_join(env);
+    services_.metrics.join_latency.observe_us(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count());
     return;
   }
   const auto index = find(env.topic);
@@ -375,6 +390,32 @@ void Session::on_tick(std::int64_t now_ms) {
     token_warned_ = true;
     push("phoenix", std::nullopt, "token_expiring", json::object{{"expires_in_ms", exp_ms - now_ms}});
   }
+}
+
+std::vector<std::string> Session::topics() const {
+  std::vector<std::string> out;
+  out.reserve(joined_.size());
+  for (const auto& j : joined_) out.push_back(j.topic);
+  return out;
+}
+
+bool Session::unsubscribe(std::string_view topic) {
+  const auto index = find(topic);
+  if (!index) return false;
+  Joined j = std::move(joined_[*index]);
+  remove(*index);
+  try {
+    j.channel->leave();
+  } catch (const std::exception& e) {
+    spdlog::warn("conn {} server-side leave of {} threw: {}", socket_.id(), j.topic, e.what());
+  }
+  // The client hears it as Phoenix's phx_close on the topic (join_ref as ref),
+  // which the official client takes as the channel closed by the server.
+  const std::optional<std::string_view> ref =
+      j.join_ref ? std::optional<std::string_view>(*j.join_ref) : std::nullopt;
+  socket_.send(wire::Message::text(protocol::encode_raw(ref, ref, j.topic, "phx_close", "{}")));
+  spdlog::info("conn={} topic={} unsubscribed by an admin", socket_.id(), j.topic);
+  return true;
 }
 
 void Session::shutdown() {

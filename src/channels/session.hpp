@@ -38,6 +38,11 @@ class Session {
   void shutdown();
   // Every close path ends here; leaves every topic. Idempotent.
   void close_channels();
+  // The topics joined, for the admin API.
+  std::vector<std::string> topics() const;
+  // Server-side unsubscribe (admin API): leaves `topic` and tells the client
+  // with phx_close. False when the topic is not joined.
+  bool unsubscribe(std::string_view topic);
 
   const auth::Principal& principal() const noexcept { return principal_; }
   Socket& socket() noexcept { return socket_; }

@@ -6,7 +6,9 @@
 #include <toml.hpp>
 
 #include <charconv>
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <fmt/format.h>
 #include <limits>
 #include <variant>
@@ -37,6 +39,7 @@ const std::vector<Option>& options() {
       {"server.data_dir", "--data-dir", "Directory for synapse.db and jwt.secret", &Config::data_dir},
       {"server.threads", "--threads", "I/O threads; 0 = one per core", &Config::threads, 0, 256},
       {"server.log_level", "--log-level", "trace, debug, info, warn, error or off", &Config::log_level},
+      {"server.log_format", "--log-format", "text, or json: one JSON object per line", &Config::log_format},
       {"server.drain_timeout_ms", "--drain-timeout-ms",
        "On SIGTERM/SIGINT, how long to wait for clients to close", &Config::drain_timeout_ms, 0, kMaxInt},
 
@@ -347,6 +350,9 @@ void validate(const Config& cfg) {
   bool level_ok = false;
   for (const char* l : levels) level_ok |= cfg.log_level == l;
   if (!level_ok) bad(*find_option("server.log_level"), "'" + cfg.log_level + "' is not a log level");
+  if (cfg.log_format != "text" && cfg.log_format != "json") {
+    bad(*find_option("server.log_format"), "'" + cfg.log_format + "' is not text or json");
+  }
   if (cfg.bind.empty()) bad(*find_option("server.bind"), "must not be empty");
   if (cfg.data_dir.empty()) bad(*find_option("server.data_dir"), "must not be empty");
   if (cfg.default_timeout_ms > cfg.max_timeout_ms) {
@@ -417,10 +423,40 @@ Binder::Binder(CLI::App& app) : app_(app) {
   }
 }
 
-Config Binder::finish(const std::string& config_file) const {
+std::string env_name(std::string_view flag) {
+  while (!flag.empty() && flag.front() == '-') flag.remove_prefix(1);
+  std::string out = "SYNAPSE_";
+  for (char c : flag) out += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
+
+void apply_dev_profile(Config& cfg) {
+  // The usual local dev-server ports; admission matches origins exactly.
+  cfg.allowed_origins.clear();
+  for (const char* host : {"localhost", "127.0.0.1"}) {
+    for (int port : {3000, 4000, 5173, 8000, 8080}) cfg.allowed_origins.push_back(fmt::format("http://{}:{}", host, port));
+  }
+  cfg.ip_new_per_min = 0;      // reconnect loops while editing code are not an attack
+  cfg.log_level = "debug";
+}
+
+Config Binder::finish(const std::string& config_file, bool dev,
+                      const std::function<const char*(const char*)>& env) const {
   Config cfg;
+  if (dev) apply_dev_profile(cfg);
   if (!config_file.empty()) apply_toml(cfg, config_file);
   const auto& table = options();
+  // flags > environment > file > defaults
+  for (const auto& o : table) {
+    const std::string name = env_name(o.flag);
+    const char* value = env ? env(name.c_str()) : std::getenv(name.c_str());
+    if (!value) continue;
+    try {
+      apply_text(cfg, o, value);
+    } catch (const ConfigError& e) {
+      throw ConfigError(fmt::format("{} (from the environment variable {})", e.what(), name));
+    }
+  }
   for (const auto& [index, raw] : given_) {
     const Option& o = table[index];
     if (app_.count(o.flag) > 0) apply_text(cfg, o, *raw);

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string_view>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -22,6 +24,7 @@ struct Config {
   std::string data_dir = "./data";
   std::int64_t threads = 0;  // 0 = one per core
   std::string log_level = "info";
+  std::string log_format = "text";  // text or json (one object per line)
   std::int64_t drain_timeout_ms = 10'000;
 
   // [websocket]
@@ -117,9 +120,12 @@ class ConfigError : public std::runtime_error {
 class Binder {
  public:
   explicit Binder(CLI::App& app);
-  // Applies `config_file` (if any), then the flags that were given, then
-  // checks every value. Throws ConfigError.
-  Config finish(const std::string& config_file) const;
+  // Starts from the defaults (the --dev profile's when `dev`), applies
+  // `config_file` (if any), then SYNAPSE_* environment variables, then the
+  // flags that were given, then checks every value. Throws ConfigError.
+  // `env` looks a variable up (std::getenv by default; tests pass their own).
+  Config finish(const std::string& config_file, bool dev = false,
+                const std::function<const char*(const char*)>& env = {}) const;
 
  private:
   struct Flag;
@@ -134,5 +140,12 @@ void apply_toml(Config& cfg, const std::string& path);
 void validate(const Config& cfg);
 // The example file, generated from the option table (docs and tests use it).
 std::string example_toml();
+// The environment variable of a flag: --port -> SYNAPSE_PORT,
+// --metrics-token -> SYNAPSE_METRICS_TOKEN.
+std::string env_name(std::string_view flag);
+// The --dev profile: defaults for local development (browser origins on
+// localhost, no new-connection rate limit, debug logs). Production defaults
+// are Config{}'s and are not changed by it.
+void apply_dev_profile(Config& cfg);
 
 }  // namespace synapse::config

@@ -1,6 +1,12 @@
 #include "metrics/metrics.hpp"
 
 #include <fmt/format.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
 namespace synapse::metrics {
 
@@ -106,8 +112,72 @@ std::string render_prometheus(const Metrics& m, const std::vector<Sample>& extra
   }
   counter(out, "synapse_channel_crashes_total", "Channel handlers that threw and were closed",
           v(m.channel_crashes));
+  m.fanout_latency.render(out, "synapse_fanout_latency_seconds",
+                          "From a publish being accepted to its delivery being queued on a subscriber's connection");
+  m.run_duration.render(out, "synapse_run_duration_seconds", "Cortex run duration, start to terminal event");
+  m.join_latency.render(out, "synapse_join_latency_seconds", "phx_join handling time, request to reply");
+
+  const ProcessStats p = read_process_stats();
+  fmt::format_to(std::back_inserter(out),
+                 "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+                 "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n",
+                 p.cpu_seconds);
+  gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.", static_cast<double>(p.rss_bytes));
+  gauge(out, "process_virtual_memory_bytes", "Virtual memory size in bytes.", static_cast<double>(p.virtual_bytes));
+  gauge(out, "process_open_fds", "Number of open file descriptors.", static_cast<double>(p.open_fds));
+  gauge(out, "process_max_fds", "Maximum number of open file descriptors.", static_cast<double>(p.max_fds));
+  gauge(out, "process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
+        p.start_time_seconds);
+  gauge(out, "process_threads", "Number of OS threads in the process.", static_cast<double>(p.threads));
   for (const auto& s : extra) gauge(out, s.name, s.help, s.value);
   return out;
+}
+
+ProcessStats read_process_stats() {
+  ProcessStats p;
+  const long ticks = ::sysconf(_SC_CLK_TCK);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  {
+    // /proc/self/stat: the command may hold spaces and parentheses, so the
+    // fields are counted from the last ')'. utime and stime are fields 14
+    // and 15, num_threads 20, starttime 22, vsize 23, rss 24.
+    std::ifstream in("/proc/self/stat");
+    std::string line;
+    std::getline(in, line);
+    const auto close = line.rfind(')');
+    if (close != std::string::npos) {
+      std::istringstream fields(line.substr(close + 2));
+      std::vector<std::string> f;
+      for (std::string x; fields >> x;) f.push_back(x);
+      auto num = [&](std::size_t field) -> double {  // field numbers as in proc(5)
+        const std::size_t i = field - 3;
+        return i < f.size() ? std::strtod(f[i].c_str(), nullptr) : 0.0;
+      };
+      if (ticks > 0) {
+        p.cpu_seconds = (num(14) + num(15)) / static_cast<double>(ticks);
+        double boot = 0;
+        std::ifstream st("/proc/stat");
+        for (std::string key; st >> key;) {
+          if (key == "btime") {
+            st >> boot;
+            break;
+          }
+        }
+        p.start_time_seconds = boot + num(22) / static_cast<double>(ticks);
+      }
+      p.threads = static_cast<std::int64_t>(num(20));
+      p.virtual_bytes = static_cast<std::int64_t>(num(23));
+      p.rss_bytes = static_cast<std::int64_t>(num(24)) * page;
+    }
+  }
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++p.open_fds;
+  }
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0) p.max_fds = static_cast<std::int64_t>(rl.rlim_cur);
+  return p;
 }
 
 }  // namespace synapse::metrics

@@ -11,6 +11,9 @@
 #include <string_view>
 #include <vector>
 
+#include "metrics/histogram.hpp"
+#include "metrics/run_log.hpp"
+
 namespace synapse::metrics {
 
 using Counter = std::atomic<std::uint64_t>;
@@ -70,6 +73,12 @@ struct Metrics {
   Gauge runs_active{0};
   std::array<Counter, static_cast<std::size_t>(RunEnd::count_)> runs_ended{};
   Counter channel_crashes{0};
+  RunLog runs;  // running and recent runs, for the admin API
+
+  // Latency histograms (microseconds in, seconds out):
+  Histogram fanout_latency;  // publish accepted -> handed to a subscriber's connection
+  Histogram run_duration;    // cortex run started -> its terminal event
+  Histogram join_latency;    // phx_join received -> its reply queued
 
   void count_close(std::uint16_t code) noexcept;
   void count_refusal(Refusal r) noexcept {
@@ -85,6 +94,19 @@ struct Sample {
 };
 
 std::string render_prometheus(const Metrics& m, const std::vector<Sample>& extra);
+
+// The process as the kernel sees it (/proc/self), for /metrics and the
+// dashboard. Fields stay 0 where /proc cannot be read.
+struct ProcessStats {
+  double cpu_seconds = 0;  // user + system
+  std::int64_t rss_bytes = 0;
+  std::int64_t virtual_bytes = 0;
+  std::int64_t open_fds = 0;
+  std::int64_t max_fds = 0;
+  double start_time_seconds = 0;  // unix time
+  std::int64_t threads = 0;
+};
+ProcessStats read_process_stats();
 
 inline void bump(Counter& c, std::uint64_t n = 1) noexcept { c.fetch_add(n, std::memory_order_relaxed); }
 

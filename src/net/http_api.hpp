@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <boost/json/object.hpp>
 #include <functional>
 #include <optional>
 #include <string>
@@ -24,6 +25,8 @@ class AcceptGate;
 
 namespace synapse::net {
 
+class AdminBackend;
+
 struct HttpContext {
   const config::Config& config;
   channels::Services& services;
@@ -35,6 +38,8 @@ struct HttpContext {
   std::function<bool()> backplane_up;
   // Open sockets counted from accept (set by main; null in unit tests).
   limits::AcceptGate* accept_gate = nullptr;
+  // The I/O threads' connections, for the admin API (set by main; null in unit tests).
+  AdminBackend* admin = nullptr;
 };
 
 struct HttpRequest {
@@ -57,5 +62,13 @@ struct HttpResponse {
 HttpResponse json_error(int status, std::string_view code, std::string_view reason);
 
 HttpResponse handle_http(const HttpRequest& req, HttpContext& ctx);
+
+// Every request goes through here (admin_api.cpp): the admin API and the
+// dashboard's files, else handle_http. `done` is called exactly once, maybe
+// later and on another thread (admin answers gathered from the I/O threads).
+using HttpDone = std::function<void(HttpResponse)>;
+void handle_http_async(const HttpRequest& req, HttpContext& ctx, HttpDone done);
+// The dashboard's live numbers (GET /api/admin/stats).
+boost::json::object admin_stats(HttpContext& ctx);
 
 }  // namespace synapse::net

@@ -1,5 +1,6 @@
 #include "net/http_session.hpp"
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -159,15 +160,14 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (req.has_header(http::field::origin)) r.origin = std::string(req.header(http::field::origin));
     r.host = std::string(req.header(http::field::host));
     r.body = std::move(req.body());
-    HttpResponse resp;
-    try {
-      resp = handle_http(r, ctx_);
-    } catch (const std::exception& e) {
-      // A store error (SQLite) or any other failure ends this request only.
-      spdlog::error("http {} {} failed: {}", r.method, peer_, e.what());
-      resp = json_error(503, "unavailable", "the server could not complete this request; retry later");
-    }
-    respond(std::move(resp), req.keep_alive());
+    // The answer may come later from another thread (admin answers are
+    // gathered from every I/O thread): it is posted back to this one.
+    // handle_http_async catches a handler's exception itself.
+    handle_http_async(r, ctx_, [self = shared_from_this(), keep_alive = req.keep_alive()](HttpResponse resp) {
+      asio::post(self->thread_.ioc, [self, keep_alive, resp = std::move(resp)]() mutable {
+        self->respond(std::move(resp), keep_alive);
+      });
+    });
   }
 
   // Only the WebSocket path upgrades; an upgrade header on any other target

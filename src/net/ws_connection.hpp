@@ -21,6 +21,7 @@
 #include "channels/socket.hpp"
 #include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
+#include "net/admin_backend.hpp"
 #include "net/io_thread.hpp"
 #include "net/outbound_queue.hpp"
 #include "wire/ws_frame.hpp"
@@ -62,6 +63,9 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   void server_shutdown();
   // The credential's key id (for revocation); empty once the connection ended.
   std::string_view key_id() const;
+  // For the admin API (defined in admin_backend.cpp).
+  ConnectionView view() const;
+  bool admin_unsubscribe(std::string_view topic);
 
   std::list<std::shared_ptr<Connection>>::iterator self_in_thread;
 

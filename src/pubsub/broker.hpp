@@ -87,6 +87,20 @@ struct BrokerStats {
   std::size_t history_bytes = 0;
 };
 
+// For the admin API (protocol section 6): what a broker holds of a topic.
+struct TopicSummary {
+  std::string name;
+  std::size_t members = 0;
+  std::size_t presences = 0;  // members that asked for presence
+  std::uint64_t last_offset = 0;
+  std::size_t history = 0;  // messages held for recovery
+};
+struct TopicHistory {
+  TopicSummary summary;
+  std::string epoch;
+  std::vector<std::pair<std::uint64_t, wire::Message>> messages;  // offset > since, oldest first
+};
+
 class Broker {
  public:
   virtual ~Broker() = default;
@@ -115,6 +129,13 @@ class Broker {
   // empty topics. Called every presence interval from one thread.
   virtual void tick() = 0;
   virtual BrokerStats stats() = 0;
+  // Admin introspection, any thread. A broker that cannot answer from this
+  // node alone (the Redis broker) returns nullopt and the API says so.
+  virtual std::optional<std::vector<TopicSummary>> list_topics() { return std::nullopt; }
+  virtual std::optional<TopicHistory> inspect_topic(std::string_view /*topic*/, std::uint64_t /*since*/,
+                                                    std::size_t /*limit*/) {
+    return std::nullopt;
+  }
 };
 
 }  // namespace synapse::pubsub

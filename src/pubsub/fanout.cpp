@@ -1,4 +1,5 @@
 #include "pubsub/fanout.hpp"
+#include <chrono>
 
 #include "metrics/metrics.hpp"
 #include "protocol/envelope.hpp"
@@ -57,7 +58,15 @@ void Fanout::remove(Subscriber& sub) {
   if (lt->second.members.empty()) table.topics.erase(lt);
 }
 
+namespace {
+std::int64_t steady_us() noexcept {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
 void Fanout::queue(const std::vector<std::uint32_t>& counts, const Delivery& d) {
+  const std::int64_t now_us = steady_us();
   for (std::size_t i = 0; i < counts.size(); ++i) {
     if (counts[i] == 0) continue;
     Inbox& inbox = *inboxes_[i];
@@ -65,6 +74,7 @@ void Fanout::queue(const std::vector<std::uint32_t>& counts, const Delivery& d) 
     {
       std::lock_guard lock(inbox.mu);
       inbox.items.push_back(d);
+      inbox.items.back().queued_us = now_us;
       if (!inbox.scheduled) {
         inbox.scheduled = true;
         post = true;
@@ -123,6 +133,12 @@ void Fanout::drain(std::size_t thread) {
         if (table.batch.empty()) continue;
         m.sink->send_batch(table.batch.data(), table.batch.size());
         if (message) delivered += table.batch.size();
+      }
+      // One observation per message per thread, once every local member has
+      // it: three relaxed adds per message, not per delivery.
+      if (message && !it->second.members.empty()) {
+        const std::int64_t now_us = steady_us();
+        for (std::size_t k = i; k < j; ++k) metrics_.fanout_latency.observe_us(now_us - items[k].queued_us);
       }
     }
     i = j;

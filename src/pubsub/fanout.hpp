@@ -47,6 +47,7 @@ struct Delivery {
   std::uint64_t exclude_connection = 0;
   wire::Message msg;
   DeliveryKind kind = DeliveryKind::message;
+  std::int64_t queued_us = 0;  // steady clock, set by queue(): the fan-out latency histogram's start
 };
 
 class Fanout {

@@ -61,6 +61,9 @@ class LocalBroker final : public Broker {
   std::string presence_state(std::string_view topic) override;
   void tick() override;
   BrokerStats stats() override;
+  // Defined in local_broker_admin.cpp (the admin API's reads).
+  std::optional<std::vector<TopicSummary>> list_topics() override;
+  std::optional<TopicHistory> inspect_topic(std::string_view topic, std::uint64_t since, std::size_t limit) override;
 
  private:
   struct HistoryEntry {
