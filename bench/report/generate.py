@@ -47,11 +47,12 @@ RULES = [
     ("load", ["load", "bench", "benchmark", "throughput", "stress"]),
 ]
 # When neither the group nor the test name matches, by result file.
-FILE_DEFAULT = {"compat-js": "protocol", "sdk-js": "protocol", "sdk-python": "protocol", "unit": "protocol"}
+FILE_DEFAULT = {"compat-js": "protocol", "sdk-js": "protocol", "sdk-python": "protocol", "unit": "protocol",
+                "browser": "security"}
 # Result files scripts/run-tests writes; these three always run.
 REQUIRED_FILES = ["unit", "integration", "integration-asan"]
 OPTIONAL_FILES = {"compat-js": REPO / "tests" / "js", "sdk-js": REPO / "clients" / "js" / "test",
-                  "sdk-python": REPO / "clients" / "python" / "tests"}
+                  "sdk-python": REPO / "clients" / "python" / "tests", "browser": REPO / "tests" / "browser"}
 
 
 def tokens(name: str) -> str:

@@ -192,6 +192,10 @@ export class SynapseError extends Error {
   /** The server's whole response, when there was one. */
   details?: Record<string, any>;
   retryAfterMs?: number;
+  /** HTTP status of a refused upgrade (401, 403, 429...), when the transport exposes it (Node's ws). */
+  status?: number;
+  /** The refusal's Retry-After header, in seconds. */
+  retryAfterS?: number;
   errors?: Array<{ field: string; message: string }>;
   /** The run's ref, for run errors. */
   ref?: string;

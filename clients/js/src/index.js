@@ -82,6 +82,57 @@ function httpBase(endpoint) {
  * channel, pub/sub topics with recovery, presence, token refresh and
  * automatic reconnection.
  */
+// Wraps a `ws`-style transport (an EventEmitter with 'unexpected-response')
+// so that a refused upgrade's answer is read: status, Retry-After and the
+// server's {"error", "reason"} body. Other transports are returned as they are.
+function captureRefusals(Transport, sink) {
+  if (typeof Transport !== 'function' || !Transport.prototype || typeof Transport.prototype.on !== 'function') {
+    return Transport;
+  }
+  return class extends Transport {
+    constructor(...args) {
+      super(...args);
+      this.on('unexpected-response', (req, res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk) => { if (body.length < 65536) body += chunk; });
+        const done = () => {
+          let parsed = null;
+          try { parsed = JSON.parse(body); } catch { parsed = null; }
+          sink({ status: res.statusCode, retryAfter: res.headers['retry-after'], body: parsed });
+          // Aborts the handshake as ws does on its own: 'error', then 'close'.
+          this.terminate();
+        };
+        res.on('end', done);
+        res.on('error', done);
+      });
+    }
+  };
+}
+
+// A refused upgrade as the error connect() rejects with: the server's own
+// reason code and text, its status, and Retry-After (seconds and ms).
+function refusalError({ status, retryAfter, body }) {
+  const code = body && typeof body.error === 'string' ? body.error
+    : status === 401 ? 'unauthorized' : status === 403 ? 'forbidden' : status === 429 ? 'too_many_connections' : `http_${status}`;
+  const text = body && typeof body.reason === 'string' ? body.reason : `the server refused the upgrade (HTTP ${status})`;
+  const details = { ...(body || {}), status };
+  const seconds = Number(retryAfter);
+  if (retryAfter != null && Number.isFinite(seconds)) {
+    details.retry_after_s = seconds;
+    details.retry_after_ms = Math.round(seconds * 1000);
+  }
+  const err = new SynapseError(code, text, details);
+  err.status = status;
+  if (details.retry_after_s != null) err.retryAfterS = details.retry_after_s;
+  return err;
+}
+
+function isFatalRefusal(status, hasTokenProvider) {
+  if (status === 400 || status === 403) return true;
+  return status === 401 && !hasTokenProvider;
+}
+
 export class MimoSynapse {
   /**
    * @param {string} url `ws://host:4000/cortex` (`/cortex/websocket` and a bare `ws://host:4000` work too)
@@ -103,7 +154,10 @@ export class MimoSynapse {
     }
 
     this.url = normalizeEndpoint(url);
-    this._transport = transport;
+    // The refused upgrade's status, body and Retry-After, when the transport
+    // can tell (the `ws` package can; browsers never expose them).
+    this._refusal = null;
+    this._transport = captureRefusals(transport, (r) => { this._refusal = r; });
     this._apiKey = o.apiKey ?? null;
     this._getToken = o.getToken ?? null;
     this._token = null;
@@ -233,7 +287,9 @@ export class MimoSynapse {
     }
     // A reconnect must carry a live token: fetch a new one now if needed.
     if (this._getToken && this._tokenNearlyExpired(5000)) this._refreshToken('reconnect');
-    const delayMs = backoffDelay(tries, this._reconnect);
+    // A refusal that said when to come back (429 with Retry-After) is honoured.
+    const retryAfterMs = this._lastError && this._lastError.retryAfterMs;
+    const delayMs = Math.max(backoffDelay(tries, this._reconnect), Math.min(retryAfterMs || 0, this._reconnect.maxMs));
     this._events.emit('reconnecting', { attempt: tries, delayMs });
     return delayMs;
   }
@@ -285,6 +341,21 @@ export class MimoSynapse {
   _onError(err) {
     const message = (err && (err.message || (err.error && err.error.message))) || 'transport error';
     const e = new SynapseError('transport_error', message, { cause: err });
+    const refusal = this._refusal;
+    this._refusal = null;
+    if (refusal && (this._state === STATES.connecting || this._state === STATES.reconnecting)) {
+      const r = refusalError(refusal);
+      this._lastError = r;
+      if (this._state === STATES.reconnecting && isFatalRefusal(refusal.status, !!this._getToken)) {
+        // Bad credentials or origin never come back by retrying: stop and say why.
+        this._events.emit('error', r);
+        this.disconnect();
+        return;
+      }
+      if (this._state === STATES.reconnecting && refusal.status === 401 && this._getToken) this._refreshToken('unauthorized');
+      this._events.emit('error', r);
+      return;
+    }
     if (this._state === STATES.connecting) {
       // ws reports a refused upgrade as "Unexpected server response: 401";
       // browsers say nothing about the status.
