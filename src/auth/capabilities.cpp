@@ -44,7 +44,7 @@ std::optional<Capabilities> parse_capabilities(const json::value& v, std::string
   return caps;
 }
 
-std::optional<Capabilities> parse_capabilities(std::string_view text, std::string* why) {
+std::optional<Capabilities> parse_capabilities_text(std::string_view text, std::string* why) {
   boost::system::error_code ec;
   json::parse_options opts;
   opts.max_depth = 8;

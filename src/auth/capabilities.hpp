@@ -40,7 +40,7 @@ struct Capabilities {
 // keys and non-string patterns refused (nullopt with `why` set). Patterns
 // are 1..255 bytes.
 std::optional<Capabilities> parse_capabilities(const boost::json::value& v, std::string* why = nullptr);
-std::optional<Capabilities> parse_capabilities(std::string_view json_text, std::string* why = nullptr);
+std::optional<Capabilities> parse_capabilities_text(std::string_view json_text, std::string* why = nullptr);
 std::string capabilities_json(const Capabilities& c);
 
 // Whether `p` may do `c` on `topic`: admin always; otherwise every present

@@ -34,7 +34,7 @@ ApiKey read_row(const store::Statement& st) {
   if (!st.is_null(11)) k.revoked_at = st.int64(11);
   // A stored caps text that no longer parses restricts to nothing rather
   // than to everything: a damaged row must not widen a key.
-  if (!st.is_null(12)) k.caps = parse_capabilities(st.text(12)).value_or(Capabilities{});
+  if (!st.is_null(12)) k.caps = parse_capabilities_text(st.text(12)).value_or(Capabilities{});
   return k;
 }
 

@@ -198,3 +198,59 @@ def test_jwks_file_and_untrusted_key_types():
             assert any("skipped" in l for l in server.log_lines)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# -- browsers: Origin patterns, actionable refusals, CORS for /api/token ------
+
+@pytest.fixture(scope="module")
+def browser_server():
+    with SynapseServer(flags={"--allowed-origins": "http://localhost:*,https://*.example.com,https://app.test"}) as s:
+        yield s
+
+
+def origin_status(server, origin):
+    status, _, body, sock = http_upgrade(server.port, f"{WS}?vsn=2.0.0&api_key={server.admin_key}",
+                                         headers={"Origin": origin})
+    if sock:
+        sock.close()
+    return status, body
+
+
+def test_origin_patterns(browser_server):
+    s = browser_server
+    for origin in ("http://localhost:3000", "http://localhost", "https://a.example.com", "https://a.b.example.com",
+                   "https://APP.test", "HTTPS://x.Example.COM"):
+        assert origin_status(s, origin)[0] == 101, origin
+    for origin in ("https://localhost:3000", "https://example.com", "https://evilexample.com",
+                   "https://example.com.evil.test", "https://a.example.com:8443", "https://app.test:443",
+                   "http://a.example.com", "null", "https://a.example.com/path", "https://x@a.example.com",
+                   "http://localhost.evil.test:3000"):
+        status, body = origin_status(s, origin)
+        assert (status, body["error"]) == (403, "forbidden_origin"), origin
+    status, body = origin_status(s, "https://evil.test")
+    assert "https://evil.test" in body["reason"] and "allowed_origins" in body["reason"]
+    assert any("refused" in l and "https://evil.test" in l and "--allowed-origins" in l for l in s.log_lines)
+
+
+def test_token_endpoint_cors(browser_server):
+    s = browser_server
+    status, hdrs, _ = s.http("OPTIONS", "/api/token", headers={"Origin": "http://localhost:5173",
+                                                                "Access-Control-Request-Method": "POST"})
+    assert status == 204
+    assert hdrs["Access-Control-Allow-Origin"] == "http://localhost:5173"
+    assert "POST" in hdrs["Access-Control-Allow-Methods"] and "Authorization" in hdrs["Access-Control-Allow-Headers"]
+    status, _, body = s.http("OPTIONS", "/api/token", headers={"Origin": "https://evil.test"})
+    assert (status, body["error"]) == (403, "forbidden_origin") and "allowed_origins" in body["reason"]
+    status, hdrs, body = s.http("POST", "/api/token", {"ttl_s": 60}, key=s.admin_key,
+                                headers={"Origin": "https://a.example.com"})
+    assert status == 200 and hdrs["Access-Control-Allow-Origin"] == "https://a.example.com"
+    status, _, body = s.http("POST", "/api/token", {"ttl_s": 60}, key=s.admin_key, headers={"Origin": "https://evil.test"})
+    assert status == 403
+    # Without an Origin (a backend, curl) nothing changes.
+    assert s.http("POST", "/api/token", {"ttl_s": 60}, key=s.admin_key)[0] == 200
+
+
+def test_default_same_host_refusal_names_the_option(browser_server):
+    with SynapseServer() as s:
+        status, body = origin_status(s, "http://localhost:3000")
+        assert status == 403 and "--allowed-origins" in body["reason"] and "own host" in body["reason"]
