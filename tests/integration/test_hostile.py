@@ -4,6 +4,7 @@ a real server over real sockets. Memory bounds (items 6-8) are in
 test_hostile_memory.py and tenant fairness (item 10) in test_fairness.py."""
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sqlite3
@@ -273,6 +274,14 @@ def test_an_idle_socket_flood_leaves_descriptors_for_other_clients(fresh_server)
     threads = [threading.Thread(target=flood, args=(ip,), daemon=True) for ip in flooders]
     for t in threads:
         t.start()
+    fds_max = [0]
+
+    def server_fds():
+        try:
+            return len(os.listdir(f"/proc/{s.pid}/fd"))
+        except OSError:
+            return 0
+
     try:
         time.sleep(2.0)
         ok = 0
@@ -288,10 +297,13 @@ def test_an_idle_socket_flood_leaves_descriptors_for_other_clients(fresh_server)
             health = raw_http(s.port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                               source_ip="127.0.0.2")
             assert statuses(health) == [200], health[:200]
+            fds_max[0] = max(fds_max[0], server_fds())
             time.sleep(0.1)
-        print(f"legitimate client: {ok}/20 upgrades during the flood; flood holds {sum(held.values())} sockets")
+        print(f"legitimate client: {ok}/20 upgrades during the flood; the flood holds {sum(held.values())} "
+              f"sockets on its side; the server used at most {fds_max[0]} of its 1024 descriptors")
         assert ok == 20
-        assert all(n <= 200 for n in held.values()), held
+        # The reserve held: the server never ran out of descriptors.
+        assert 0 < fds_max[0] < 1024 - 64, fds_max[0]
         assert refused_at_accept[0] > 0  # the flood was really refused, with an answer
     finally:
         stop.set()
