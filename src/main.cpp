@@ -31,6 +31,7 @@
 #include "net/admin_backend.hpp"
 #include "net/http_api.hpp"
 #include "net/server.hpp"
+#include "pubsub/history_log.hpp"
 #include "pubsub/local_broker.hpp"
 #include "pubsub/redis_broker.hpp"
 #include "redis/link.hpp"
@@ -223,6 +224,7 @@ int serve(const config::Config& cfg) {
 
   // One broker: in process, or shared with the other nodes through Redis.
   // The link is stopped before the broker it calls goes away.
+  std::unique_ptr<pubsub::HistoryLog> history_log;  // outlives the broker that writes it
   std::unique_ptr<pubsub::LocalBroker> local_broker;
   std::unique_ptr<redis::Link> link;
   std::unique_ptr<pubsub::RedisBroker> redis_broker;
@@ -241,6 +243,17 @@ int serve(const config::Config& cfg) {
     bo.history_max_bytes_per_topic = static_cast<std::size_t>(cfg.history_max_bytes_per_topic);
     bo.history_max_bytes = static_cast<std::size_t>(cfg.history_max_bytes);
     bo.max_presence_bytes_per_topic = static_cast<std::size_t>(cfg.max_presence_bytes_per_topic);
+    if (cfg.history_store == "disk") {
+      const std::string path = (fs::path(cfg.data_dir) / "history.db").string();
+      try {
+        history_log = std::make_unique<pubsub::HistoryLog>(path);
+      } catch (const std::exception& e) {
+        spdlog::critical("cannot open the history store {}: {}", path, e.what());
+        std::cerr << "synapse: cannot open the history store " << path << ": " << e.what() << std::endl;
+        return 1;
+      }
+      bo.log = history_log.get();
+    }
     local_broker = std::make_unique<pubsub::LocalBroker>(bo, threads.posters(), metrics);
     broker = local_broker.get();
   } else {

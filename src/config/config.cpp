@@ -140,6 +140,9 @@ const std::vector<Option>& options() {
        &Config::history_size, 0, 1'000'000},
       {"pubsub.history_ttl_s", "--history-ttl-s", "How long a message stays recoverable (0 = forever)",
        &Config::history_ttl_s, 0, kMaxInt},
+      {"pubsub.history_store", "--history-store",
+       "memory, or disk: history kept in <data_dir>/history.db survives a crash (single node)",
+       &Config::history_store},
       {"pubsub.presence_interval_ms", "--presence-interval-ms", "Presence changes are coalesced per this interval",
        &Config::presence_interval_ms, 1, 60'000},
       {"pubsub.max_presence_meta_bytes", "--max-presence-meta-bytes", "Largest presence meta (serialized JSON)",
@@ -350,6 +353,9 @@ void validate(const Config& cfg) {
   bool level_ok = false;
   for (const char* l : levels) level_ok |= cfg.log_level == l;
   if (!level_ok) bad(*find_option("server.log_level"), "'" + cfg.log_level + "' is not a log level");
+  if (cfg.history_store != "memory" && cfg.history_store != "disk") {
+    bad(*find_option("pubsub.history_store"), "'" + cfg.history_store + "' is not memory or disk");
+  }
   if (cfg.log_format != "text" && cfg.log_format != "json") {
     bad(*find_option("server.log_format"), "'" + cfg.log_format + "' is not text or json");
   }

@@ -82,6 +82,7 @@ struct Config {
   std::int64_t max_presence_meta_bytes = 1024;
   std::int64_t history_max_bytes_per_topic = 4 << 20;
   std::int64_t history_max_bytes = 256 << 20;
+  std::string history_store = "memory";  // or "disk" (single node)
   std::int64_t max_presence_bytes_per_topic = 8 << 20;
 
   // [cortex]

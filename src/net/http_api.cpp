@@ -188,6 +188,7 @@ HttpResponse broadcast(const HttpRequest& req, HttpContext& ctx) {
   }
   if (p->contains("_meta")) return json_error(400, "invalid_payload", "_meta is added by the server");
   const auto r = ctx.services.broker.publish(t, e, json::serialize(*p), p->empty(), key.agent_id, 0);
+  ctx.services.broker.make_durable();  // before the 200 says it was published
   if (r.reach == pubsub::PublishResult::Reach::unknown) {
     return json_error(503, "unavailable", "Redis did not confirm the publish; it may or may not have been delivered");
   }

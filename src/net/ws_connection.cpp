@@ -13,6 +13,7 @@
 #include "config/config.hpp"
 #include "core/clock.hpp"
 #include "metrics/metrics.hpp"
+#include "pubsub/broker.hpp"
 
 namespace synapse::net {
 namespace asio = boost::asio;
@@ -117,6 +118,9 @@ void Connection::end_later(std::string why) {
 
 void Connection::write_out() {
   if (state_ == State::closed || write_armed_) return;
+  // What this connection is about to read must survive a crash first (a
+  // no-op unless history is kept on disk; see Broker::make_durable).
+  services_.broker.make_durable();
   const int fd = socket_.native_handle();
   iovec iov[max_iov];
   while (!out_.empty()) {

@@ -129,6 +129,11 @@ class Broker {
   // empty topics. Called every presence interval from one thread.
   virtual void tick() = 0;
   virtual BrokerStats stats() = 0;
+  // Makes every message published so far durable, if this broker keeps
+  // history on disk. Every socket write calls it first, so no client (the
+  // publisher's ack or a subscriber's delivery) sees a message a crash could
+  // take back. Any thread; cheap when nothing is pending.
+  virtual void make_durable() noexcept {}
   // Admin introspection, any thread. A broker that cannot answer from this
   // node alone (the Redis broker) returns nullopt and the API says so.
   virtual std::optional<std::vector<TopicSummary>> list_topics() { return std::nullopt; }

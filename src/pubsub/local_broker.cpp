@@ -6,7 +6,10 @@
 #include "core/clock.hpp"
 #include "metrics/metrics.hpp"
 #include "protocol/envelope.hpp"
+#include "pubsub/history_log.hpp"
 #include "pubsub/publish_frame.hpp"
+
+#include <spdlog/spdlog.h>
 
 namespace synapse::pubsub {
 namespace json = boost::json;
@@ -20,6 +23,42 @@ std::string new_epoch() { return auth::hex_encode(auth::random_bytes(8)); }
 LocalBroker::LocalBroker(BrokerOptions options, std::vector<Poster> threads, metrics::Metrics& metrics)
     : options_(options), metrics_(metrics), fanout_(std::move(threads), metrics) {
   ref_prefix_ = auth::hex_encode(auth::random_bytes(3));
+  if (options_.log) restore();
+}
+
+void LocalBroker::restore() {
+  const std::int64_t now_unix = unix_ms();
+  const std::int64_t now_mono = mono_ms();
+  std::size_t topics = 0, messages = 0;
+  for (auto& w : options_.log->load(options_.history_size, options_.history_ttl_ms, now_unix)) {
+    Shard& shard = shard_for(w.topic);
+    std::lock_guard lock(shard.mu);
+    Topic& t = get_or_create(shard, w.topic);
+    t.epoch = std::move(w.epoch);
+    t.last_offset = w.last_offset;
+    for (auto& e : w.entries) {
+      // Ages carry over: a message 200 s old before the restart has 100 s
+      // left of a 300 s ttl after it.
+      keep_in_history(t, e.offset, now_mono - std::max<std::int64_t>(0, now_unix - e.unix_ms),
+                      wire::Message::text(e.frame));
+      ++messages;
+    }
+    ++topics;
+  }
+  if (options_.history_max_bytes > 0) enforce_total_history();
+  if (topics) spdlog::info("history: restored {} topics, {} messages from disk", topics, messages);
+}
+
+void LocalBroker::keep_in_history(Topic& t, std::uint64_t offset, std::int64_t at_ms, const wire::Message& msg) {
+  if (options_.history_size == 0) return;
+  t.history.push_back(HistoryEntry{offset, at_ms, history_seq_.fetch_add(1, std::memory_order_relaxed), msg});
+  t.history_bytes += msg.size();
+  history_bytes_.fetch_add(msg.size(), std::memory_order_relaxed);
+  const std::size_t max_bytes = options_.history_max_bytes_per_topic;
+  while (!t.history.empty() && (t.history.size() > options_.history_size ||
+                                (max_bytes > 0 && t.history_bytes > max_bytes))) {
+    drop_oldest(t);
+  }
 }
 
 LocalBroker::~LocalBroker() = default;
@@ -169,16 +208,21 @@ PublishResult LocalBroker::publish(std::string_view topic, std::string_view even
     Topic& t = get_or_create(shard, topic);
     const std::uint64_t offset = ++t.last_offset;
     wire::Message msg = wire::Message::text_parts({head, numbered_tail(t.epoch, offset)});
-    if (options_.history_size > 0) {
-      t.history.push_back(HistoryEntry{offset, now, history_seq_.fetch_add(1, std::memory_order_relaxed), msg});
-      t.history_bytes += msg.size();
-      history_bytes_.fetch_add(msg.size(), std::memory_order_relaxed);
-      const std::size_t max_bytes = options_.history_max_bytes_per_topic;
-      while (!t.history.empty() && (t.history.size() > options_.history_size ||
-                                    (max_bytes > 0 && t.history_bytes > max_bytes))) {
-        drop_oldest(t);
+    if (options_.log && options_.history_size > 0) {
+      // Durable before it is acknowledged: appended under the shard lock,
+      // so a topic's rows go in offset order.
+      try {
+        options_.log->append(topic, t.epoch, offset, unix_ms(), msg.payload(), options_.history_size);
+      } catch (const std::exception& e) {
+        // The message is still delivered and kept in memory; only its
+        // survival of a restart is lost. Logged at most once a second.
+        std::int64_t last = log_error_ms_.load(std::memory_order_relaxed);
+        if (now - last >= 1000 && log_error_ms_.compare_exchange_strong(last, now)) {
+          spdlog::error("history: cannot write topic {} to disk: {}", t.name, e.what());
+        }
       }
     }
+    keep_in_history(t, offset, now, msg);
     if (t.members > 0) {
       fanout_.queue(t.members_per_thread,
                     Delivery{t.id, offset, exclude_connection, std::move(msg), DeliveryKind::message});
@@ -205,6 +249,14 @@ std::string LocalBroker::presence_state(std::string_view topic) {
 
 void LocalBroker::tick() {
   const std::int64_t now = mono_ms();
+  if (options_.log && options_.history_ttl_ms > 0 && now - log_expired_ms_ >= 10'000) {
+    log_expired_ms_ = now;
+    try {
+      options_.log->expire(options_.history_ttl_ms, unix_ms());
+    } catch (const std::exception& e) {
+      spdlog::error("history: cannot expire old messages on disk: {}", e.what());
+    }
+  }
   for (Shard& shard : shards_) {
     std::lock_guard lock(shard.mu);
     for (auto it = shard.topics.begin(); it != shard.topics.end();) {
@@ -221,6 +273,19 @@ void LocalBroker::tick() {
       } else {
         ++it;
       }
+    }
+  }
+}
+
+void LocalBroker::make_durable() noexcept {
+  if (!options_.log || !options_.log->pending()) return;
+  try {
+    options_.log->commit();
+  } catch (const std::exception& e) {
+    const std::int64_t now = mono_ms();
+    std::int64_t last = log_error_ms_.load(std::memory_order_relaxed);
+    if (now - last >= 1000 && log_error_ms_.compare_exchange_strong(last, now)) {
+      spdlog::error("history: cannot commit to disk: {}", e.what());
     }
   }
 }

@@ -34,6 +34,8 @@ struct Metrics;
 
 namespace synapse::pubsub {
 
+class HistoryLog;
+
 struct BrokerOptions {
   std::size_t history_size = 100;
   std::int64_t history_ttl_ms = 300'000;  // 0 = forever
@@ -47,6 +49,10 @@ struct BrokerOptions {
   // An empty topic (no members, no history) keeps its epoch and offset this
   // long, so a member that left and comes back can still recover.
   std::int64_t empty_topic_grace_ms = 30'000;
+  // `history_store = "disk"`: every publish is appended here before it is
+  // acknowledged, and the constructor restores every topic's window from it
+  // (same epochs, same offsets). Not owned; null = history in memory only.
+  HistoryLog* log = nullptr;
 };
 
 class LocalBroker final : public Broker {
@@ -61,6 +67,7 @@ class LocalBroker final : public Broker {
   std::string presence_state(std::string_view topic) override;
   void tick() override;
   BrokerStats stats() override;
+  void make_durable() noexcept override;
   // Defined in local_broker_admin.cpp (the admin API's reads).
   std::optional<std::vector<TopicSummary>> list_topics() override;
   std::optional<TopicHistory> inspect_topic(std::string_view topic, std::uint64_t since, std::size_t limit) override;
@@ -102,6 +109,11 @@ class LocalBroker final : public Broker {
   // across topics (takes every shard's lock, in index order).
   void enforce_total_history();
   void mark_if_empty(Topic& t, std::int64_t now_ms);
+  // Under the topic's shard lock: appends to the history, dropping the
+  // oldest past the per-topic count and byte bounds.
+  void keep_in_history(Topic& t, std::uint64_t offset, std::int64_t at_ms, const wire::Message& msg);
+  // Loads options_.log's windows into topics (constructor only).
+  void restore();
 
   BrokerOptions options_;
   metrics::Metrics& metrics_;
@@ -113,6 +125,8 @@ class LocalBroker final : public Broker {
   std::atomic<std::uint64_t> next_topic_id_{1};
   std::atomic<std::uint64_t> next_presence_ref_{1};
   std::string ref_prefix_;  // differs per process so refs never repeat across restarts
+  std::int64_t log_expired_ms_ = 0;          // last HistoryLog::expire, monotonic; tick() only
+  std::atomic<std::int64_t> log_error_ms_{0};  // last logged append failure (rate limit)
 };
 
 }  // namespace synapse::pubsub
