@@ -219,6 +219,18 @@ class SynapseServer:
                 out[name] = float(value)
         return out
 
+    def saw_log(self, pred, timeout: float = 5.0) -> bool:
+        """Whether a log line matching `pred` arrives within `timeout`: the
+        server logs before it answers, but its output is read by a thread of
+        ours, so a line can come in after the answer it went with."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if any(pred(l) for l in list(self.log_lines)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
     def rss_kib(self) -> int:
         with open(f"/proc/{self.pid}/status") as f:
             for line in f:

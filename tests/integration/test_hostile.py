@@ -213,7 +213,7 @@ def test_store_errors_answer_503_and_ready_reports_the_store(fresh_server):
         status, _, body = s.http("GET", "/health/ready")
         assert status == 503 and body["status"] == "store_unavailable"
         assert alive(s)
-        assert any("key store failed" in line for line in s.log_lines)
+        assert s.saw_log(lambda line: "key store failed" in line)
 
         db.execute("ALTER TABLE api_keys_gone RENAME TO api_keys")
         db.commit()

@@ -14,6 +14,7 @@ Every test here failed before the fix (see the assertions' comments).
 """
 import asyncio
 import json
+import os
 import time
 
 import pytest
@@ -27,6 +28,17 @@ MiB = 1 << 20
 
 def rss_mib(s) -> float:
     return s.rss_kib() / 1024
+
+
+# AddressSanitizer keeps freed memory in quarantine and adds shadow memory,
+# so the server's RSS says nothing about its own allocations there: the RSS
+# bounds are checked in the release pass; the ASan pass checks the rest.
+UNDER_ASAN = "build/debug" in os.environ.get("SYNAPSE_BIN", "")
+
+
+def rss_bound(grown: float, limit: float, detail) -> None:
+    if not UNDER_ASAN:
+        assert grown < limit, detail
 
 
 # --- 6. envelope field bounds ------------------------------------------------
@@ -76,7 +88,7 @@ async def test_oversized_envelope_fields_are_refused_unechoed_and_memory_returns
         assert ok(await c.heartbeat()) == {}
     assert s.metrics()["synapse_topic_members"] == 0
     # Before: RSS grew by about 100 MiB per connection.
-    assert peak - base < 40, (base, peak)
+    rss_bound(peak - base, 40, (base, peak))
 
     for c in clients:
         await c.close()
@@ -84,7 +96,7 @@ async def test_oversized_envelope_fields_are_refused_unechoed_and_memory_returns
     time.sleep(0.5)
     after = rss_mib(s)
     # Before: 208 MiB were still held after the three connections closed.
-    assert after - base < 25, (base, peak, after)
+    rss_bound(after - base, 25, (base, peak, after))
 
 
 @pytest.mark.asyncio
@@ -126,7 +138,7 @@ async def test_history_per_topic_byte_bound_and_recovery_past_it(fresh_server):
     # Before: no such gauge, and all 40 messages (36 MB) were kept.
     assert 3 * MiB < m["synapse_history_bytes"] <= 4 * MiB, m.get("synapse_history_bytes")
     assert m["synapse_history_messages"] == 4
-    assert rss_mib(s) - base < 20, (base, rss_mib(s))
+    rss_bound(rss_mib(s) - base, 20, (base, rss_mib(s)))
 
     c = await PhxClient.connect(s.ws())
     epoch = ok(await c.join("room:hist"))["epoch"]

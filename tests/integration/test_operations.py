@@ -189,7 +189,7 @@ async def test_dev_profile_allows_localhost_origins_and_production_does_not(fres
         async with websockets.connect(prod.ws(), origin=origin):
             pass
     assert e.value.status_code == 403
-    assert any("debug" in l or "[debug]" in l for l in dev.log_lines)
+    assert dev.saw_log(lambda l: "debug" in l or "[debug]" in l)
 
 
 # -- logs --------------------------------------------------------------------------
