@@ -10,12 +10,52 @@
 namespace synapse::logging {
 namespace {
 
+// Length of the well-formed UTF-8 sequence starting at s[i] (Unicode table
+// 3-7: no overlongs, no surrogates, nothing past U+10FFFF), or 0.
+std::size_t utf8_sequence(std::string_view s, std::size_t i) {
+  const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = b(i);
+  std::size_t n = 0;
+  unsigned char lo = 0x80, hi = 0xbf;
+  if (c >= 0xc2 && c <= 0xdf) {
+    n = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    if (c == 0xe0) lo = 0xa0;
+    if (c == 0xed) hi = 0x9f;
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    if (c == 0xf0) lo = 0x90;
+    if (c == 0xf4) hi = 0x8f;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size() || b(i + 1) < lo || b(i + 1) > hi) return 0;
+  for (std::size_t k = 2; k < n; ++k) {
+    if (b(i + k) < 0x80 || b(i + k) > 0xbf) return 0;
+  }
+  return n;
+}
+
 // RFC 8259 string escaping. Log text may hold anything a client sent
-// (topics, reasons), including quotes, control bytes and invalid UTF-8;
-// bytes >= 0x80 pass through as they are, everything below 0x20 is escaped.
+// (topics, reasons, headers), including quotes, control bytes and invalid
+// UTF-8: well-formed UTF-8 passes through as it is, each byte of an
+// ill-formed sequence becomes U+FFFD (so every line stays valid JSON), and
+// everything below 0x20 is escaped.
 void append_escaped(std::string& out, std::string_view s) {
   out += '"';
-  for (unsigned char c : s) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      const std::size_t n = utf8_sequence(s, i);
+      if (n == 0) {
+        out += "\xef\xbf\xbd";
+      } else {
+        out.append(s.substr(i, n));
+        i += n - 1;
+      }
+      continue;
+    }
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;

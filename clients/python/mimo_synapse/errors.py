@@ -60,7 +60,9 @@ class ConnectError(SynapseError):
         self.status = status
         self.close_code = close_code
         self.retry_after_s = retry_after_s
-        super().__init__(reason, message)
+        # Retry-After also as retry_after_ms, like every other SynapseError.
+        super().__init__(reason, message,
+                         retry_after_ms=None if retry_after_s is None else round(retry_after_s * 1000))
 
     def _describe(self) -> str:
         text = super()._describe()
