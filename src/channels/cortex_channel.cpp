@@ -270,6 +270,12 @@ class CortexChannel final : public Channel {
     const auto& principal = session_.principal();
     const cortex::Admit admit = cortex_.submit(cortex::Lane{principal.tenant, principal.key_id}, std::move(job));
     if (admit == cortex::Admit::accepted) return true;
+    refuse_overloaded(env, run, admit);
+    return false;
+  }
+
+  // Drops a run its queue refused and answers the client `overloaded`.
+  void refuse_overloaded(const protocol::Envelope& env, Run& run, cortex::Admit admit) {
     const std::string ref = run.ref;
     auto it = std::find_if(runs_.begin(), runs_.end(), [&](const Run& r) { return r.id == run.id; });
     count_end(Outcome::cancelled, *it);  // before erase: `run` refers to the element
@@ -283,7 +289,6 @@ class CortexChannel final : public Channel {
     r["ref"] = ref;
     r["retry_after_ms"] = 1000;
     session_.reply_error(env, r);
-    return false;
   }
 
   void on_query(const protocol::Envelope& env) {
@@ -370,7 +375,8 @@ class CortexChannel final : public Channel {
       session_.reply_error(env, reason::invalid_payload, "the tool payload is invalid", errors);
       return;
     }
-    const cortex::Tool* tool = cortex_.find_tool(name);
+    // A shared_ptr: the run keeps its tool even if its provider replaces it.
+    const std::shared_ptr<const cortex::Tool> tool = cortex_.find_tool(name);
     if (!tool) {
       json::object r = protocol::error_response(reason::unknown_tool, "no tool named " + name + "; see the tools event");
       if (ref) r["ref"] = *ref;
@@ -390,37 +396,46 @@ class CortexChannel final : public Channel {
     if (!admit(env, ref)) return;
 
     Run& run = start(std::move(ref), timeout_ms);
+    const std::string ref_copy = run.ref;
+    if (!start_tool(env, run, *tool, std::move(args))) return;
+    session_.reply_ok(env, json::object{{"ref", ref_copy}, {"status", "running"}});
+  }
+
+  // Starts `tool` through the asynchronous seam (cortex/tool.hpp). Its
+  // progress and outcome are posted back to this connection's thread; an
+  // outcome after the run ended (interrupt, timeout) finds no run and is
+  // dropped. Interrupt cancels the run's token, whose hook reaches the
+  // provider (an MCP call sends notifications/cancelled). A refused start
+  // (the worker queue is full) is answered like a refused submit.
+  bool start_tool(const protocol::Envelope& env, Run& run, const cortex::Tool& tool, json::object args) {
     const std::uint64_t id = run.id;
     auto relay_fn = relay();
-    cortex::Caller caller{session_.principal().tenant, agent_};
-    auto job = [tool, relay_fn, caller, args = std::move(args), id,
-                cancel = run.cancel](std::size_t worker) {
-      if (cancel->cancelled()) return;
-      cortex::ToolContext ctx{caller, *cancel,
-                              [&](double progress, double total, std::string message) {
-                                json::object update{{"progress", progress}};
-                                if (total >= 0) update["total"] = total;
-                                if (!message.empty()) update["message"] = std::move(message);
-                                relay_fn([id, u = std::move(update)](CortexChannel& c) mutable {
-                                  c.emit(id, "progress", std::move(u));
-                                });
-                              },
-                              worker};
-      try {
-        json::value data = tool->run(args, ctx);
-        relay_fn([id, d = std::move(data)](CortexChannel& c) mutable {
-          c.finish(id, Outcome::result, json::object{{"data", std::move(d)}});
-        });
-      } catch (const cortex::Cancelled&) {
-      } catch (const std::exception& e) {
-        relay_fn([id, msg = std::string(e.what())](CortexChannel& c) {
-          c.finish(id, Outcome::error, json::object{{"reason", "tool_error"}, {"message", msg}});
-        });
-      }
+    const auto& principal = session_.principal();
+    cortex::ToolCall call;
+    call.args = std::move(args);
+    call.caller = cortex::Caller{principal.tenant, agent_, principal.key_id};
+    call.cancel = run.cancel;
+    call.callbacks.progress = [relay_fn, id](double progress, double total, std::string message) {
+      json::object update{{"progress", progress}};
+      if (total >= 0) update["total"] = total;
+      if (!message.empty()) update["message"] = std::move(message);
+      relay_fn([id, u = std::move(update)](CortexChannel& c) mutable { c.emit(id, "progress", std::move(u)); });
     };
-    const std::string ref_copy = run.ref;
-    if (!submit(env, run, std::move(job))) return;
-    session_.reply_ok(env, json::object{{"ref", ref_copy}, {"status", "running"}});
+    call.callbacks.done = [relay_fn, id](cortex::ToolOutcome out) {
+      relay_fn([id, out = std::move(out)](CortexChannel& c) mutable {
+        using K = cortex::ToolOutcome::Kind;
+        if (out.kind == K::result) {
+          c.finish(id, Outcome::result, json::object{{"data", std::move(out.data)}});
+          return;
+        }
+        const char* why = out.kind == K::tool_error ? "tool_error" : out.kind == K::unavailable ? "tool_unavailable" : "internal";
+        c.finish(id, Outcome::error, json::object{{"reason", why}, {"message", std::move(out.message)}});
+      });
+    };
+    const cortex::Admit admit = tool.start(std::move(call)).admit;
+    if (admit == cortex::Admit::accepted) return true;
+    refuse_overloaded(env, run, admit);
+    return false;
   }
 
   void on_interrupt(const protocol::Envelope& env) {

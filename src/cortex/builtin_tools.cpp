@@ -23,7 +23,7 @@ std::int64_t int_arg(const json::object& args, std::string_view key, std::int64_
   return fallback;
 }
 
-class MemoryStoreTool final : public Tool {
+class MemoryStoreTool final : public BlockingTool {
  public:
   explicit MemoryStoreTool(MemoryStore& m) : memory_(m) {}
   const ToolSpec& spec() const override { return spec_; }
@@ -49,7 +49,7 @@ class MemoryStoreTool final : public Tool {
                     "scope":{"type":"string","enum":["agent","shared"]}}})");
 };
 
-class MemorySearchTool final : public Tool {
+class MemorySearchTool final : public BlockingTool {
  public:
   MemorySearchTool(MemoryStore& m, const RankingOptions& r, const QueryBudget& b) : memory_(m), ranking_(r), budget_(b) {}
   const ToolSpec& spec() const override { return spec_; }
@@ -79,7 +79,7 @@ class MemorySearchTool final : public Tool {
                     "limit":{"type":"integer","minimum":1,"maximum":100}}})");
 };
 
-class MemoryForgetTool final : public Tool {
+class MemoryForgetTool final : public BlockingTool {
  public:
   explicit MemoryForgetTool(MemoryStore& m) : memory_(m) {}
   const ToolSpec& spec() const override { return spec_; }
@@ -98,7 +98,7 @@ class MemoryForgetTool final : public Tool {
       "properties":{"id":{"type":"integer","minimum":1}}})");
 };
 
-class MemoryStatsTool final : public Tool {
+class MemoryStatsTool final : public BlockingTool {
  public:
   explicit MemoryStatsTool(MemoryStore& m) : memory_(m) {}
   const ToolSpec& spec() const override { return spec_; }
@@ -117,7 +117,7 @@ class MemoryStatsTool final : public Tool {
                              R"({"type":"object","additionalProperties":false,"properties":{}})");
 };
 
-class CountdownTool final : public Tool {
+class CountdownTool final : public BlockingTool {
  public:
   const ToolSpec& spec() const override { return spec_; }
   json::value run(const json::object& args, ToolContext& ctx) const override {
@@ -139,7 +139,7 @@ class CountdownTool final : public Tool {
 
 // Listed only when enabled; the cortex channel throws inside its handler
 // when it is called, so tests can watch a channel crash and recover.
-class DebugCrashTool final : public Tool {
+class DebugCrashTool final : public BlockingTool {
  public:
   const ToolSpec& spec() const override { return spec_; }
   json::value run(const json::object&, ToolContext&) const override { throw ToolError("debug.crash runs in the channel"); }

@@ -10,6 +10,7 @@
 
 #include "cortex/memory_store.hpp"
 #include "cortex/tool.hpp"
+#include "cortex/tool_registry.hpp"
 #include "cortex/worker_pool.hpp"
 
 namespace synapse::cortex {
@@ -30,10 +31,14 @@ class Cortex {
   Cortex(const CortexOptions& options, const std::string& db_path);
   ~Cortex();
 
-  void add_tool(std::unique_ptr<Tool> tool);
-  const Tool* find_tool(std::string_view name) const;
-  // [{"name", "description", "input_schema"}] for the `tools` event.
-  boost::json::array describe_tools() const;
+  // A built-in (blocking) tool, registered under provider "builtin" behind
+  // the asynchronous seam: its calls run on this cortex's worker pool.
+  void add_tool(std::unique_ptr<BlockingTool> tool);
+  // Every provider's tools (built-in, MCP, ...); changes at run time.
+  ToolRegistry& tools() { return tools_; }
+  std::shared_ptr<const Tool> find_tool(std::string_view name) const { return tools_.find(name); }
+  // [{"name", "description", "input_schema", "provider", "available"}] for the `tools` event.
+  boost::json::array describe_tools() const { return tools_.describe(); }
 
   // Never waits for a worker (I/O threads call it).
   Admit submit(const Lane& lane, WorkerPool::Job job) { return pool_.try_submit(lane, std::move(job)); }
@@ -48,7 +53,7 @@ class Cortex {
  private:
   CortexOptions options_;
   MemoryStore memory_;
-  std::vector<std::unique_ptr<Tool>> tools_;
+  ToolRegistry tools_;
   WorkerPool pool_;  // last: its threads stop first
 };
 
