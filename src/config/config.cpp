@@ -60,7 +60,8 @@ const std::vector<Option>& options() {
        "Bytes queued to one client before it is closed with 4008 (0 = unlimited)",
        &Config::outbound_queue_bytes, 0, kMaxInt},
       {"websocket.allowed_origins", "--allowed-origins",
-       "Browser Origins allowed to connect (comma-separated; \"*\" = any; empty = same host only)",
+       "Browser Origins allowed to connect (comma-separated; patterns like http://localhost:* and "
+       "https://*.example.com; \"*\" = any; empty = same host only)",
        &Config::allowed_origins},
 
       {"auth.jwt_secret", "--jwt-secret",
