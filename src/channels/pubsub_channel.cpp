@@ -250,6 +250,8 @@ std::unique_ptr<Channel> join_pubsub(Session& session, const protocol::Envelope&
   req.thread = session.socket().thread_index();
   req.connection_id = session.socket().id();
   req.agent_id = principal.agent_id;
+  // A credential that may not track itself here joins unlisted.
+  req.tracked = auth::permitted(principal, auth::Capability::presence, env.topic);
   std::vector<protocol::FieldError> errors;
   const json::object& p = *env.payload;
   if (const json::value* meta = p.if_contains("meta")) {

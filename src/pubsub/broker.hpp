@@ -54,6 +54,10 @@ struct JoinRequest {
   std::uint64_t connection_id = 0;
   std::string_view agent_id;
   bool presence = false;         // receives presence traffic
+  // Appears in the topic's presence. False for a credential whose
+  // `presence` capability does not cover the topic: it receives, but is
+  // listed nowhere (protocol §9, channel capabilities).
+  bool tracked = true;
   boost::json::object meta;      // presence meta
   std::optional<Recover> recover;
 };

@@ -147,7 +147,7 @@ JoinResult LocalBroker::join(Subscriber& sub, const JoinRequest& req) {
       ref_prefix_ + "-" + std::to_string(next_presence_ref_.fetch_add(1, std::memory_order_relaxed));
   std::string meta = presence::meta_json(req.meta, ref, unix_ms());
   const std::size_t cap = options_.max_presence_bytes_per_topic;
-  if (cap > 0 && t.presence.bytes() + presence::entry_bytes(req.agent_id, meta) > cap) {
+  if (req.tracked && cap > 0 && t.presence.bytes() + presence::entry_bytes(req.agent_id, meta) > cap) {
     r.presence_full = true;
     return r;
   }
@@ -170,10 +170,14 @@ JoinResult LocalBroker::join(Subscriber& sub, const JoinRequest& req) {
     }
   }
 
-  // Every member is tracked; only presence members receive presence traffic.
-  sub.presence_ref = ref;
-  t.presence.track(sub.agent_id, sub.presence_ref, std::move(meta));
-  t.presence_dirty = true;
+  // Every member is tracked unless its credential may not appear (an empty
+  // presence_ref then makes its leave untrack nothing); only presence
+  // members receive presence traffic.
+  if (req.tracked) {
+    sub.presence_ref = ref;
+    t.presence.track(sub.agent_id, sub.presence_ref, std::move(meta));
+    t.presence_dirty = true;
+  }
   if (req.presence) r.presence_state_json = t.presence.state_for_joiner();
   return r;
 }

@@ -502,13 +502,15 @@ JoinResult RedisBroker::join(Subscriber& sub, const JoinRequest& req) {
 
   fanout_.add(sub, req, t.id, r.offset, t.presence_seq);
 
-  sub.presence_ref =
-      options_.node_id + "-" + std::to_string(next_presence_ref_.fetch_add(1, std::memory_order_relaxed));
-  LocalEntry entry{sub.agent_id, presence::meta_json(req.meta, sub.presence_ref, unix_ms())};
-  t.presence.track(sub.agent_id, sub.presence_ref, entry.meta);
-  t.presence_dirty = true;
-  send_track(t, sub.presence_ref, entry);
-  t.local.emplace(sub.presence_ref, std::move(entry));
+  if (req.tracked) {
+    sub.presence_ref =
+        options_.node_id + "-" + std::to_string(next_presence_ref_.fetch_add(1, std::memory_order_relaxed));
+    LocalEntry entry{sub.agent_id, presence::meta_json(req.meta, sub.presence_ref, unix_ms())};
+    t.presence.track(sub.agent_id, sub.presence_ref, entry.meta);
+    t.presence_dirty = true;
+    send_track(t, sub.presence_ref, entry);
+    t.local.emplace(sub.presence_ref, std::move(entry));
+  }
   if (req.presence) r.presence_state_json = t.presence.state_for_joiner();
   return r;
 }
@@ -523,11 +525,13 @@ void RedisBroker::leave(Subscriber& sub, std::string_view topic) {
     --t.members_per_thread[sub.thread];
     if (sub.receives_presence) --t.presence_per_thread[sub.thread];
     --t.members;
-    t.presence.untrack(sub.agent_id, sub.presence_ref);
-    t.local.erase(sub.presence_ref);
-    t.presence_dirty = true;
-    redis::eval(link_, untrack_script_, {key("p", t.name), key("pv", t.name)},
-                {sub.presence_ref, options_.node_id, json_string(sub.agent_id), t.channel}, {});
+    if (!sub.presence_ref.empty()) {  // empty: never tracked (see join)
+      t.presence.untrack(sub.agent_id, sub.presence_ref);
+      t.local.erase(sub.presence_ref);
+      t.presence_dirty = true;
+      redis::eval(link_, untrack_script_, {key("p", t.name), key("pv", t.name)},
+                  {sub.presence_ref, options_.node_id, json_string(sub.agent_id), t.channel}, {});
+    }
     if (t.members == 0) {
       // The last local member: stop listening, and forget the other nodes'
       // presence, which nobody here watches any more.

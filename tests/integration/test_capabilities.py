@@ -40,6 +40,10 @@ async def test_subscribe_only_key_receives_but_cannot_publish(server):
     assert (status, body["error"]) == (403, "forbidden")
     status, _, _ = server.http("GET", "/api/presence/room:a", key=reader)
     assert status == 200
+    # It may not track itself: a member of room:a, yet listed nowhere, while
+    # the publisher (no caps) is listed.
+    assert "reader" not in body["presence"], body
+    assert "admin" in body["presence"], body
     status, _, _ = server.http("GET", "/api/presence/other:a", key=reader)
     assert status == 403
     await pub.close()
