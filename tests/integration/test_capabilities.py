@@ -38,7 +38,7 @@ async def test_subscribe_only_key_receives_but_cannot_publish(server):
     # The HTTP API follows the key's capabilities (it has --publish, but no publish capability).
     status, _, body = server.http("POST", "/api/broadcast", {"topic": "room:a", "event": "e", "payload": {}}, key=reader)
     assert (status, body["error"]) == (403, "forbidden")
-    status, _, _ = server.http("GET", "/api/presence/room:a", key=reader)
+    status, _, body = server.http("GET", "/api/presence/room:a", key=reader)
     assert status == 200
     # It may not track itself: a member of room:a, yet listed nowhere, while
     # the publisher (no caps) is listed.
