@@ -25,6 +25,7 @@
 #include "config/config.hpp"
 #include "core/json_log.hpp"
 #include "cortex/cortex.hpp"
+#include "cortex/runs.hpp"
 #include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
 #include "metrics/metrics.hpp"
@@ -330,6 +331,13 @@ int serve(const config::Config& cfg) {
   co.ranking.candidates = static_cast<std::size_t>(cfg.rank_candidates);
   cortex::Cortex cortex(co, db_path(cfg.data_dir));
   cortex::register_builtin_tools(cortex);
+  cortex.tools().add("builtin", cortex::make_demo_tokens_tool(cortex));
+  cortex::RunOptions run_options;
+  run_options.retention_ms = cfg.run_retention_s * 1000;
+  run_options.detach_grace_ms = cfg.detach_grace_s * 1000;
+  run_options.max_bytes_per_run = static_cast<std::size_t>(cfg.run_log_max_bytes_per_run);
+  run_options.max_bytes_total = static_cast<std::size_t>(cfg.run_log_max_bytes);
+  cortex::RunRegistry runs(run_options);
 
   // The first admin key is created only once nothing else can fail before
   // listening (a missing Redis, say), so that it is not printed and lost.
@@ -363,6 +371,7 @@ int serve(const config::Config& cfg) {
   channels::Services services{cfg, metrics, keys, secret, *broker, cortex};
   services.idp = idp ? &*idp : nullptr;
   services.hooks = hooks.get();
+  services.runs = &runs;
   std::atomic<bool> draining{false};
   net::HttpContext http{cfg, services, limiter, draining, [&] {
                           return std::vector<metrics::Sample>{

@@ -10,8 +10,11 @@
 #include "cortex/arg_schema.hpp"
 #include "cortex/cortex.hpp"
 #include "cortex/query_engine.hpp"
+#include "cortex/runs.hpp"
 #include "metrics/metrics.hpp"
+#include "protocol/envelope.hpp"
 #include "protocol/topic.hpp"
+#include "wire/message.hpp"
 
 namespace synapse::channels {
 namespace json = boost::json;
@@ -30,15 +33,18 @@ struct Board {
   CortexChannel* channel = nullptr;
 };
 
-enum class Outcome { result, error, interrupted, timeout, cancelled };
+using cortex::RunEnd;
 
-struct Run {
-  std::uint64_t id;
-  std::string ref;
-  std::shared_ptr<cortex::CancelToken> cancel;
-  std::int64_t started_ms;
-  std::uint64_t seq = 0;
+// A run this connection follows: one it started, or one it attached to.
+struct Follow {
+  cortex::RunPtr run;
+  std::uint64_t sub = 0;       // the run's subscriber id; 0 once the run ended
+  std::uint64_t last_seq = 0;  // the newest event this connection was sent
+  bool mine = false;           // started here: counts toward limits.max_running
 };
+
+// At most this many runs followed per connection (own and attached).
+constexpr std::size_t max_follows = 256;
 
 // An optional integer field in [lo, hi].
 bool int_field(const json::object& p, std::string_view key, std::int64_t lo, std::int64_t hi, std::int64_t& out,
@@ -58,6 +64,7 @@ class CortexChannel final : public Channel {
   CortexChannel(Session& session, const protocol::Envelope& env, std::string agent)
       : session_(session),
         cortex_(session.services().cortex),
+        registry_(*session.services().runs),
         topic_(env.topic),
         agent_(std::move(agent)),
         board_(std::make_shared<Board>()) {
@@ -74,117 +81,143 @@ class CortexChannel final : public Channel {
       on_tool(env);
     } else if (env.event == "interrupt") {
       on_interrupt(env);
+    } else if (env.event == "attach") {
+      on_attach(env);
+    } else if (env.event == "runs") {
+      on_runs(env);
     } else if (env.event == "tools") {
       session_.reply_ok(env, json::object{{"tools", cortex_.describe_tools()}});
     } else if (env.event == "ping") {
       session_.reply_ok(env, json::object{{"pong", unix_ms()}});
     } else {
-      session_.reply_error(env, reason::unknown_event, "cortex topics take query, tool, interrupt, tools and ping");
+      session_.reply_error(env, reason::unknown_event,
+                           "cortex topics take query, tool, interrupt, attach, runs, tools and ping");
     }
   }
 
+  // Leaving (phx_leave, disconnect, crash) no longer ends runs: the channel
+  // stops following them, and a run nobody follows any more goes on for
+  // cortex.detach_grace_s (docs/cortex.md "Runs outlive their connection").
   void leave() override {
     if (!board_->channel) return;
     board_->channel = nullptr;
-    for (auto& r : runs_) {
-      r.cancel->cancel();
-      count_end(Outcome::cancelled, r);
+    auto follows = std::move(follows_);
+    follows_.clear();
+    for (auto& f : follows) {
+      if (f.sub) f.run->detach(f.sub);
     }
-    runs_.clear();
   }
 
+  // Server shutdown: every run this connection follows ends now with
+  // interrupted / server_shutdown, sent here before the close (not posted:
+  // the connection may not run posted work any more).
   void shutdown() override {
-    while (!runs_.empty()) {
-      runs_.front().cancel->cancel();
-      finish(runs_.front().id, Outcome::interrupted, json::object{{"reason", "server_shutdown"}});
+    std::vector<cortex::RunPtr> runs;
+    for (const auto& f : follows_) runs.push_back(f.run);
+    for (const auto& r : runs) {
+      if (auto ev = r->finish(RunEnd::interrupted, json::object{{"reason", "server_shutdown"}})) deliver(r->id(), ev);
     }
   }
 
   // --- called on the connection's thread by posted work ---------------------
 
-  void emit(std::uint64_t run_id, std::string_view event, json::object payload) {
-    Run* r = find_run(run_id);
-    if (!r) return;  // the run already ended: nothing follows its terminal event
-    if (event == "thought") {
-      push(event, json::object{{"ref", r->ref}, {"seq", ++r->seq}, {"thought", std::move(payload)}, {"ts", unix_ms()}});
-    } else {
-      payload["ref"] = r->ref;
-      push(event, payload);
-    }
-  }
-
-  // The one place a run's terminal event is sent; whichever of result, error,
-  // interrupt, timeout or disconnect comes first wins, the rest find no run.
-  void finish(std::uint64_t run_id, Outcome outcome, json::object payload) {
-    auto it = std::find_if(runs_.begin(), runs_.end(), [&](const Run& r) { return r.id == run_id; });
-    if (it == runs_.end()) return;
-    Run run = std::move(*it);
-    runs_.erase(it);
-    run.cancel->cancel();
-    count_end(outcome, run);
-    json::object p{{"ref", run.ref}};
-    std::string_view event;
-    switch (outcome) {
-      case Outcome::result:
-        event = "result";
-        p["status"] = "success";
-        p["data"] = std::move(payload["data"]);
-        p["latency_ms"] = mono_ms() - run.started_ms;
-        break;
-      case Outcome::timeout:
-      case Outcome::error:
-        event = "error";
-        p["reason"] = std::move(payload["reason"]);
-        p["message"] = std::move(payload["message"]);
-        break;
-      case Outcome::interrupted:
-        event = "interrupted";
-        p["reason"] = std::move(payload["reason"]);
-        break;
-      case Outcome::cancelled:
-        return;
-    }
-    push(event, p);
+  // One event of a followed run. Events reach the channel both from the
+  // backlog of an attach and live from the run's fan-out; the seq check
+  // makes every event go out once, in order.
+  void deliver(const std::string& run_id, const cortex::RunEventPtr& ev) {
+    Follow* f = find_follow(run_id);
+    if (!f || ev->seq <= f->last_seq) return;
+    send_event(*ev);
+    f->last_seq = ev->seq;
+    if (ev->terminal) erase_follow(run_id);
   }
 
  private:
+  void send_event(const cortex::RunEvent& ev) {
+    session_.socket().send(wire::Message::text(protocol::encode_raw(
+        join_ref_ ? std::optional<std::string_view>(*join_ref_) : std::nullopt, std::nullopt, topic_, ev.event,
+        ev.payload)));
+  }
+
   void push(std::string_view event, const json::object& payload) {
     session_.push(topic_, join_ref_ ? std::optional<std::string_view>(*join_ref_) : std::nullopt, event, payload);
   }
 
-  // The admin API's name for a run: unique in the process.
-  std::string run_key(const Run& r) const { return fmt::format("{}.{}", session_.socket().id(), r.id); }
+  Follow* find_follow(std::string_view run_id) {
+    for (auto& f : follows_) {
+      if (f.run->id() == run_id) return &f;
+    }
+    return nullptr;
+  }
 
-  void count_end(Outcome o, const Run& run) {
+  void erase_follow(std::string_view run_id) {
+    std::erase_if(follows_, [&](const Follow& f) { return f.run->id() == run_id; });
+  }
+
+  // A running run under `ref` that this connection follows (its own first).
+  Follow* find_ref(std::string_view ref) {
+    Follow* other = nullptr;
+    for (auto& f : follows_) {
+      if (f.run->ref() != ref || !f.run->running()) continue;
+      if (f.mine) return &f;
+      if (!other) other = &f;
+    }
+    return other;
+  }
+
+  std::size_t running_here() const {
+    std::size_t n = 0;
+    for (const auto& f : follows_) n += f.mine && f.run->running();
+    return n;
+  }
+
+  // Subscribes this connection to `run`: the run's fan-out posts each event
+  // to this connection's thread, where deliver() sends it unless it was
+  // already sent.
+  cortex::Run::Attached subscribe(const cortex::RunPtr& run, std::optional<std::uint64_t> after_seq) {
+    return run->attach(after_seq, [poster = session_.socket().poster(), board = std::weak_ptr<Board>(board_),
+                                   id = run->id()](const cortex::RunEventPtr& ev) {
+      poster([board, id, ev] {
+        if (auto b = board.lock(); b && b->channel) b->channel->deliver(id, ev);
+      });
+    });
+  }
+
+  // Metrics of a run's start and end; the end is counted by the run itself,
+  // on whichever thread decides it, so a run ending after its connection
+  // left is counted too.
+  cortex::Run::OnEnd count_start() {
     auto& m = session_.services().metrics;
-    m.run_duration.observe_us((mono_ms() - run.started_ms) * 1000);
-    m.runs_active.fetch_sub(1, std::memory_order_relaxed);
-    metrics::RunEnd e = metrics::RunEnd::cancelled;
-    switch (o) {
-      case Outcome::result: e = metrics::RunEnd::result; break;
-      case Outcome::error: e = metrics::RunEnd::error; break;
-      case Outcome::interrupted: e = metrics::RunEnd::interrupted; break;
-      case Outcome::timeout: e = metrics::RunEnd::timeout; break;
-      case Outcome::cancelled: e = metrics::RunEnd::cancelled; break;
-    }
-    metrics::bump(m.runs_ended[static_cast<std::size_t>(e)]);
-    m.runs.ended(run_key(run), metrics::run_end_name(e), unix_ms());
-    spdlog::debug("conn={} topic={} run={} ref={} ended: {}", session_.socket().id(), topic_, run_key(run), run.ref,
-                  metrics::run_end_name(e));
+    m.runs_active.fetch_add(1, std::memory_order_relaxed);
+    const std::uint64_t conn = session_.socket().id();
+    return [&m, conn, topic = topic_](const cortex::Run& run, RunEnd o) {
+      m.run_duration.observe_us((mono_ms() - run.started_mono_ms()) * 1000);
+      m.runs_active.fetch_sub(1, std::memory_order_relaxed);
+      metrics::RunEnd e = metrics::RunEnd::cancelled;
+      switch (o) {
+        case RunEnd::result: e = metrics::RunEnd::result; break;
+        case RunEnd::error: e = metrics::RunEnd::error; break;
+        case RunEnd::interrupted: e = metrics::RunEnd::interrupted; break;
+        case RunEnd::timeout: e = metrics::RunEnd::timeout; break;
+        case RunEnd::cancelled: e = metrics::RunEnd::cancelled; break;
+      }
+      metrics::bump(m.runs_ended[static_cast<std::size_t>(e)]);
+      m.runs.ended(run.id(), metrics::run_end_name(e), unix_ms());
+      spdlog::debug("conn={} topic={} run={} ref={} ended: {}", conn, topic, run.id(), run.ref(),
+                    metrics::run_end_name(e));
+    };
   }
 
-  Run* find_run(std::uint64_t id) {
-    for (auto& r : runs_) {
-      if (r.id == id) return &r;
-    }
-    return nullptr;
-  }
-
-  Run* find_ref(std::string_view ref) {
-    for (auto& r : runs_) {
-      if (r.ref == ref) return &r;
-    }
-    return nullptr;
+  void record_start(const cortex::Run& run) {
+    metrics::RunRecord rec;
+    rec.id = run.id();
+    rec.connection_id = session_.socket().id();
+    rec.topic = topic_;
+    rec.ref = run.ref();
+    rec.agent_id = session_.principal().agent_id;
+    rec.started_at_ms = unix_ms();
+    spdlog::debug("conn={} topic={} run={} ref={} started", rec.connection_id, topic_, rec.id, rec.ref);
+    session_.services().metrics.runs.started(std::move(rec));
   }
 
   // Reads ref and timeout_ms; false (with errors) when either is malformed.
@@ -209,56 +242,39 @@ class CortexChannel final : public Channel {
       return false;
     }
     const auto max_running = session_.services().config.max_running;
-    if (max_running > 0 && static_cast<std::int64_t>(runs_.size()) >= max_running) {
+    if (max_running > 0 && static_cast<std::int64_t>(running_here()) >= max_running) {
       json::object r = protocol::error_response(
           reason::too_many_running, fmt::format("at most {} queries or tools run at once per connection", max_running));
       if (ref) r["ref"] = *ref;
       session_.reply_error(env, r);
       return false;
     }
+    if (follows_.size() >= max_follows) drop_ended_follows();
+    if (follows_.size() >= max_follows) {
+      session_.reply_error(env, protocol::error_response(
+                                    reason::too_many_running,
+                                    fmt::format("a connection follows at most {} runs at once", max_follows)));
+      return false;
+    }
     return session_.take_query_token(env);
   }
 
-  Run& start(std::optional<std::string> ref, std::int64_t timeout_ms) {
-    Run r;
-    r.id = next_run_++;
-    r.ref = ref ? std::move(*ref) : fmt::format("r{}", next_ref_++);
-    r.cancel = std::make_shared<cortex::CancelToken>();
-    r.started_ms = mono_ms();
-    runs_.push_back(std::move(r));
-    session_.services().metrics.runs_active.fetch_add(1, std::memory_order_relaxed);
-    {
-      const Run& added = runs_.back();
-      metrics::RunRecord rec;
-      rec.id = run_key(added);
-      rec.connection_id = session_.socket().id();
-      rec.topic = topic_;
-      rec.ref = added.ref;
-      rec.agent_id = session_.principal().agent_id;
-      rec.started_at_ms = unix_ms();
-      spdlog::debug("conn={} topic={} run={} ref={} started", rec.connection_id, topic_, rec.id, rec.ref);
-      session_.services().metrics.runs.started(std::move(rec));
-    }
-    const std::uint64_t id = runs_.back().id;
-    session_.socket().after(timeout_ms, [board = std::weak_ptr<Board>(board_), id, timeout_ms] {
-      auto b = board.lock();
-      if (!b || !b->channel) return;
-      b->channel->finish(id, Outcome::timeout,
-                         json::object{{"reason", "timeout"},
-                                      {"message", fmt::format("the run did not finish within {} ms", timeout_ms)}});
-    });
-    return runs_.back();
+  void drop_ended_follows() {
+    std::erase_if(follows_, [](const Follow& f) { return !f.run->running(); });
   }
 
-  // A function that runs `f(channel)` on the connection's thread, if the
-  // channel is still there.
-  auto relay() {
-    return [poster = session_.socket().poster(), board = std::weak_ptr<Board>(board_)](
-               std::function<void(CortexChannel&)> f) {
-      poster([board, f = std::move(f)] {
-        if (auto b = board.lock(); b && b->channel) f(*b->channel);
-      });
-    };
+  // A new run in the node's registry, followed by this connection from its
+  // first event. Its timeout is the registry's: it applies after the
+  // connection is gone too.
+  cortex::RunPtr start(std::optional<std::string> ref, std::int64_t timeout_ms, std::string kind, std::string tool) {
+    std::string r = ref ? std::move(*ref) : fmt::format("r{}", next_ref_++);
+    auto on_end = count_start();
+    auto run = registry_.start(std::move(r), std::move(kind), std::move(tool), session_.principal().tenant, agent_,
+                               timeout_ms, std::move(on_end));
+    record_start(*run);
+    auto a = subscribe(run, std::uint64_t{0});
+    follows_.push_back(Follow{run, a.sub, 0, true});
+    return run;
   }
 
   // Hands the job to the worker pool, in the lane of this connection's
@@ -266,7 +282,7 @@ class CortexChannel final : public Channel {
   // "Scheduling"). Queueing never waits for a worker. If the whole queue, or
   // this tenant's share of it, is full, the run is dropped and the client
   // told, before the ok reply.
-  bool submit(const protocol::Envelope& env, Run& run, cortex::WorkerPool::Job job) {
+  bool submit(const protocol::Envelope& env, const cortex::RunPtr& run, cortex::WorkerPool::Job job) {
     const auto& principal = session_.principal();
     const cortex::Admit admit = cortex_.submit(cortex::Lane{principal.tenant, principal.key_id}, std::move(job));
     if (admit == cortex::Admit::accepted) return true;
@@ -274,12 +290,13 @@ class CortexChannel final : public Channel {
     return false;
   }
 
-  // Drops a run its queue refused and answers the client `overloaded`.
-  void refuse_overloaded(const protocol::Envelope& env, Run& run, cortex::Admit admit) {
-    const std::string ref = run.ref;
-    auto it = std::find_if(runs_.begin(), runs_.end(), [&](const Run& r) { return r.id == run.id; });
-    count_end(Outcome::cancelled, *it);  // before erase: `run` refers to the element
-    runs_.erase(it);
+  // Drops a run its queue refused and answers the client `overloaded`: no
+  // run exists for the client (it leaves the registry at once).
+  void refuse_overloaded(const protocol::Envelope& env, const cortex::RunPtr& run, cortex::Admit admit) {
+    const std::string ref = run->ref();
+    erase_follow(run->id());
+    run->finish(RunEnd::cancelled, json::object{{"reason", "overloaded"}});
+    registry_.discard(run->id());
     json::object r = protocol::error_response(
         "overloaded", admit == cortex::Admit::tenant_full
                           ? fmt::format("this tenant already has {} runs waiting for a worker (its share of the "
@@ -319,33 +336,28 @@ class CortexChannel final : public Channel {
     }
     if (!admit(env, ref)) return;
 
-    Run& run = start(std::move(ref), timeout_ms);
-    const std::uint64_t id = run.id;
-    auto relay_fn = relay();
+    cortex::RunPtr run = start(std::move(ref), timeout_ms, "query", "");
     cortex::Caller caller{session_.principal().tenant, agent_};
     cortex::QueryRequest req{std::move(q), static_cast<std::size_t>(limit)};
-    auto job = [&cx = cortex_, relay_fn, caller, req, id, cancel = run.cancel](std::size_t worker) {
+    // The job holds the run, not the channel: it goes on when the
+    // connection is gone, and its events go to the run's log.
+    auto job = [&cx = cortex_, caller, req, run](std::size_t worker) {
+      const auto& cancel = run->cancel();
       if (cancel->cancelled()) return;
       try {
         auto data = cortex::run_query(cx.memory(), cx.ranking(), cx.budget(), caller, req, *cancel, worker,
                                       [&](json::object thought) {
-                                        relay_fn([id, t = std::move(thought)](CortexChannel& c) mutable {
-                                          c.emit(id, "thought", std::move(t));
-                                        });
+                                        run->emit("thought", json::object{{"thought", std::move(thought)},
+                                                                          {"ts", unix_ms()}});
                                       });
-        relay_fn([id, d = std::move(data)](CortexChannel& c) mutable {
-          c.finish(id, Outcome::result, json::object{{"data", std::move(d)}});
-        });
+        run->finish(RunEnd::result, json::object{{"data", std::move(data)}});
       } catch (const cortex::Cancelled&) {
       } catch (const std::exception& e) {
-        relay_fn([id, msg = std::string(e.what())](CortexChannel& c) {
-          c.finish(id, Outcome::error, json::object{{"reason", "internal"}, {"message", msg}});
-        });
+        run->finish(RunEnd::error, json::object{{"reason", "internal"}, {"message", e.what()}});
       }
     };
-    const std::string ref_copy = run.ref;
     if (!submit(env, run, std::move(job))) return;
-    session_.reply_ok(env, json::object{{"ref", ref_copy}, {"status", "processing"}});
+    session_.reply_ok(env, json::object{{"ref", run->ref()}, {"status", "processing"}, {"run_id", run->id()}});
   }
 
   void on_tool(const protocol::Envelope& env) {
@@ -395,54 +407,59 @@ class CortexChannel final : public Channel {
     }
     if (!admit(env, ref)) return;
 
-    Run& run = start(std::move(ref), timeout_ms);
-    const std::string ref_copy = run.ref;
+    cortex::RunPtr run = start(std::move(ref), timeout_ms, "tool", name);
     if (!start_tool(env, run, *tool, std::move(args))) return;
-    session_.reply_ok(env, json::object{{"ref", ref_copy}, {"status", "running"}});
+    session_.reply_ok(env, json::object{{"ref", run->ref()}, {"status", "running"}, {"run_id", run->id()}});
   }
 
   // Starts `tool` through the asynchronous seam (cortex/tool.hpp). Its
-  // progress and outcome are posted back to this connection's thread; an
-  // outcome after the run ended (interrupt, timeout) finds no run and is
-  // dropped. Interrupt cancels the run's token, whose hook reaches the
-  // provider (an MCP call sends notifications/cancelled). A refused start
-  // (the worker queue is full) is answered like a refused submit.
-  bool start_tool(const protocol::Envelope& env, Run& run, const cortex::Tool& tool, json::object args) {
-    const std::uint64_t id = run.id;
-    auto relay_fn = relay();
+  // progress and outcome go to the run (its log and whoever follows it),
+  // from whatever thread the provider reports on; an outcome after the run
+  // ended (interrupt, timeout) is ignored by Run::finish. Interrupt cancels
+  // the run's token, whose hook reaches the provider (an MCP call sends
+  // notifications/cancelled). A refused start (the worker queue is full) is
+  // answered like a refused submit. A tool that streams text takes the
+  // token sink in start() (cortex/runs.hpp, TokenScope).
+  bool start_tool(const protocol::Envelope& env, const cortex::RunPtr& run, const cortex::Tool& tool,
+                  json::object args) {
     const auto& principal = session_.principal();
     cortex::ToolCall call;
     call.args = std::move(args);
     call.caller = cortex::Caller{principal.tenant, agent_, principal.key_id};
-    call.cancel = run.cancel;
-    call.callbacks.progress = [relay_fn, id](double progress, double total, std::string message) {
+    call.cancel = run->cancel();
+    call.callbacks.progress = [run](double progress, double total, std::string message) {
       json::object update{{"progress", progress}};
       if (total >= 0) update["total"] = total;
       if (!message.empty()) update["message"] = std::move(message);
-      relay_fn([id, u = std::move(update)](CortexChannel& c) mutable { c.emit(id, "progress", std::move(u)); });
+      run->emit("progress", std::move(update));
     };
-    call.callbacks.done = [relay_fn, id](cortex::ToolOutcome out) {
-      relay_fn([id, out = std::move(out)](CortexChannel& c) mutable {
-        using K = cortex::ToolOutcome::Kind;
-        if (out.kind == K::result) {
-          c.finish(id, Outcome::result, json::object{{"data", std::move(out.data)}});
-          return;
-        }
-        const char* why = out.kind == K::tool_error ? "tool_error" : out.kind == K::unavailable ? "tool_unavailable" : "internal";
-        c.finish(id, Outcome::error, json::object{{"reason", why}, {"message", std::move(out.message)}});
-      });
+    call.callbacks.done = [run](cortex::ToolOutcome out) {
+      using K = cortex::ToolOutcome::Kind;
+      if (out.kind == K::result) {
+        run->finish(RunEnd::result, json::object{{"data", std::move(out.data)}});
+        return;
+      }
+      const char* why = out.kind == K::tool_error ? "tool_error" : out.kind == K::unavailable ? "tool_unavailable" : "internal";
+      run->finish(RunEnd::error, json::object{{"reason", why}, {"message", std::move(out.message)}});
     };
+    cortex::TokenScope tokens([run](std::string_view delta) { run->emit("token", json::object{{"delta", delta}}); });
     const cortex::Admit admit = tool.start(std::move(call)).admit;
     if (admit == cortex::Admit::accepted) return true;
     refuse_overloaded(env, run, admit);
     return false;
   }
 
+  // interrupt {ref | run_id, reason?}: any connection following the run, or
+  // of the run's agent and tenant, may end it; the terminal event reaches
+  // every connection that follows it.
   void on_interrupt(const protocol::Envelope& env) {
     const json::object& p = *env.payload;
     std::vector<protocol::FieldError> errors;
     const json::value* rv = p.if_contains("ref");
-    if (!rv || !rv->is_string()) errors.push_back({"ref", "is required and must be a string"});
+    const json::value* iv = p.if_contains("run_id");
+    if (rv && !rv->is_string()) errors.push_back({"ref", "must be a string"});
+    if (iv && !iv->is_string()) errors.push_back({"run_id", "must be a string"});
+    if (!rv && !iv) errors.push_back({"ref", "is required (or run_id)"});
     std::string why = "client";
     if (const json::value* w = p.if_contains("reason")) {
       if (!w->is_string() || w->get_string().size() > 256) {
@@ -455,27 +472,119 @@ class CortexChannel final : public Channel {
       session_.reply_error(env, reason::invalid_payload, "the interrupt payload is invalid", errors);
       return;
     }
-    const std::string ref(rv->get_string());
-    Run* run = find_ref(ref);
-    if (!run) {
+    cortex::RunPtr run;
+    if (iv && iv->is_string()) {
+      run = registry_.find(iv->get_string());
+      if (run && !visible(*run)) {
+        session_.reply_error(env, reason::forbidden, "that run belongs to another agent or tenant");
+        return;
+      }
+    } else if (Follow* f = find_ref(rv->get_string())) {
+      run = f->run;
+    }
+    if (!run || !run->running()) {
       json::object r = protocol::error_response(reason::not_found, "nothing runs under that ref");
-      r["ref"] = ref;
+      if (rv && rv->is_string()) r["ref"] = rv->get_string();
+      if (iv && iv->is_string()) r["run_id"] = iv->get_string();
       session_.reply_error(env, r);
       return;
     }
-    const std::uint64_t id = run->id;
-    session_.reply_ok(env, json::object{{"ref", ref}});
-    finish(id, Outcome::interrupted, json::object{{"reason", why}});
+    session_.reply_ok(env, json::object{{"ref", run->ref()}, {"run_id", run->id()}});
+    if (auto ev = run->finish(RunEnd::interrupted, json::object{{"reason", why}})) deliver(run->id(), ev);
+  }
+
+  bool visible(const cortex::Run& run) const {
+    return run.tenant() == session_.principal().tenant && run.agent_id() == agent_;
+  }
+
+  // attach {run_id, after_seq?}: follow a run of this agent and tenant from
+  // this connection. With after_seq, exactly the events after it, then the
+  // live ones; without, a `snapshot` (tokens folded into one text, the
+  // thoughts, the last progress) and then the events after it. The backlog
+  // is sent here, on this thread, right after the reply; live events are
+  // posted behind it and deliver() skips what the backlog already sent.
+  void on_attach(const protocol::Envelope& env) {
+    const json::object& p = *env.payload;
+    std::vector<protocol::FieldError> errors;
+    const json::value* iv = p.if_contains("run_id");
+    if (!iv || !iv->is_string()) errors.push_back({"run_id", "is required and must be a string"});
+    std::optional<std::uint64_t> after;
+    if (const json::value* av = p.if_contains("after_seq"); av && !av->is_null()) {
+      if (av->is_int64() && av->get_int64() >= 0) {
+        after = static_cast<std::uint64_t>(av->get_int64());
+      } else if (av->is_uint64()) {
+        after = av->get_uint64();
+      } else {
+        errors.push_back({"after_seq", "must be a non-negative integer"});
+      }
+    }
+    if (!errors.empty()) {
+      session_.reply_error(env, reason::invalid_payload, "the attach payload is invalid", errors);
+      return;
+    }
+    const std::string id(iv->get_string());
+    cortex::RunPtr run = registry_.find(id);
+    if (!run) {
+      json::object r = protocol::error_response("unknown_run", "no such run on this server, or it has expired");
+      r["run_id"] = id;
+      session_.reply_error(env, r);
+      return;
+    }
+    if (!visible(*run)) {
+      session_.reply_error(env, reason::forbidden, "that run belongs to another agent or tenant");
+      return;
+    }
+    if (Follow* f = find_follow(id)) {
+      if (f->sub) run->detach(f->sub);
+      erase_follow(id);
+    }
+    if (follows_.size() >= max_follows) drop_ended_follows();
+    if (follows_.size() >= max_follows) {
+      session_.reply_error(env, protocol::error_response(
+                                    reason::too_many_running,
+                                    fmt::format("a connection follows at most {} runs at once", max_follows)));
+      return;
+    }
+    auto a = subscribe(run, after);
+    json::object r{{"run_id", id}, {"ref", run->ref()}, {"status", a.status}, {"last_seq", a.last_seq}};
+    if (a.truncated) r["truncated"] = true;
+    session_.reply_ok(env, r);
+    std::uint64_t sent = after.value_or(0);
+    if (a.snapshot) {
+      sent = static_cast<std::uint64_t>((*a.snapshot)["seq"].to_number<std::int64_t>());
+      push("snapshot", *a.snapshot);
+    }
+    bool ended = false;
+    for (const auto& ev : a.events) {
+      send_event(*ev);
+      sent = ev->seq;
+      ended = ended || ev->terminal;
+    }
+    if (a.sub && !ended) follows_.push_back(Follow{run, a.sub, sent, false});
+  }
+
+  // runs {}: this agent's active and recent runs on this node, newest first.
+  void on_runs(const protocol::Envelope& env) {
+    json::array out;
+    for (const auto& i : registry_.list(session_.principal().tenant, agent_)) {
+      json::object o{{"run_id", i.run_id}, {"ref", i.ref},         {"kind", i.kind},
+                     {"status", i.status}, {"started_at", i.started_at_ms}, {"last_seq", i.last_seq},
+                     {"attached", i.attached}};
+      if (!i.tool.empty()) o["tool"] = i.tool;
+      if (i.ended_at_ms) o["ended_at"] = *i.ended_at_ms;
+      out.push_back(std::move(o));
+    }
+    session_.reply_ok(env, json::object{{"runs", std::move(out)}});
   }
 
   Session& session_;
   cortex::Cortex& cortex_;
+  cortex::RunRegistry& registry_;
   std::string topic_;
   std::string agent_;
   std::optional<std::string> join_ref_;
   std::shared_ptr<Board> board_;
-  std::vector<Run> runs_;
-  std::uint64_t next_run_ = 1;
+  std::vector<Follow> follows_;
   std::uint64_t next_ref_ = 1;
 };
 

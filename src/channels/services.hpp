@@ -22,6 +22,7 @@ class Broker;
 }
 namespace synapse::cortex {
 class Cortex;
+class RunRegistry;
 }
 
 namespace synapse::channels {
@@ -37,6 +38,8 @@ struct Services {
   const auth::IdentityProvider* idp = nullptr;
   // Backend hooks (hooks.*); null: none configured.
   hooks::Hooks* hooks = nullptr;
+  // The node's cortex runs (cortex/runs.hpp): they outlive connections.
+  cortex::RunRegistry* runs = nullptr;
 };
 
 }  // namespace synapse::channels

@@ -101,6 +101,11 @@ struct Config {
   double rank_recency_half_life_h = 168.0;
   std::int64_t rank_candidates = 100;
   std::int64_t default_result_limit = 10;
+  // Runs outlive their connection (docs/cortex.md "Run logs and retention").
+  std::int64_t run_retention_s = 300;
+  std::int64_t detach_grace_s = 60;
+  std::int64_t run_log_max_bytes_per_run = 1 << 20;
+  std::int64_t run_log_max_bytes = 64 << 20;
 
   // [metrics]
   std::string metrics_token;  // empty: /metrics is open

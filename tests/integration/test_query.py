@@ -80,10 +80,12 @@ async def test_interrupt_stops_the_run_and_nothing_follows(server):
         ref = ok(await c.request(TOPIC, "tool", {"tool": "demo.countdown", "args": {"steps": 50, "interval_ms": 50}}))["ref"]
         await c.push_event(TOPIC, "progress", pred=lambda f: f[4]["ref"] == ref)
         started = time.monotonic()
-        assert ok(await c.request(TOPIC, "interrupt", {"ref": ref, "reason": "changed my mind"})) == {"ref": ref}
+        r = ok(await c.request(TOPIC, "interrupt", {"ref": ref, "reason": "changed my mind"}))
+        assert r["ref"] == ref and r["run_id"].startswith("run_")
         end = await c.push_event(TOPIC, "interrupted", pred=lambda f: f[4]["ref"] == ref)
         took.append(time.monotonic() - started)
-        assert end[4] == {"ref": ref, "reason": "changed my mind"}
+        # The run model adds run_id and seq (protocol section 9 "Runs").
+        assert {k: v for k, v in end[4].items() if k not in ("run_id", "seq")} == {"ref": ref, "reason": "changed my mind"}
         late = [f for f in await c.drain(0.3) if f[4].get("ref") == ref]
         assert late == []
     # Interrupt takes effect within 50 ms (median of three, round trip included).
@@ -165,7 +167,10 @@ async def test_ping_and_tools(server):
 
 
 @pytest.mark.asyncio
-async def test_disconnect_cancels_runs(server):
+async def test_disconnect_cancels_runs(fresh_server):
+    # cortex.detach_grace_s 0 keeps the old rule: a run ends with its
+    # connection (the grace itself is tested in test_runs.py).
+    server = fresh_server({"--detach-grace-s": "0"})
     c = await cortex(server)
     ok(await c.request(TOPIC, "tool", {"tool": "demo.countdown", "args": {"steps": 100, "interval_ms": 50}}))
     await c.push_event(TOPIC, "progress")

@@ -129,7 +129,9 @@ test('the cortex channel: query with thoughts then result, tools, ping, errors',
   await waitFor(() => events.some((e) => e.ev === 'result' && e.p.ref === stored.response.ref), { what: 'the store result' });
 
   const q = await push(cortex, 'query', { q: 'phoenix compat', ref: 'compat-q1' });
-  assert.deepEqual(q.response, { ref: 'compat-q1', status: 'processing' });
+  // The run model adds run_id to the reply (protocol section 9 "Runs"); the rest is unchanged.
+  assert.match(q.response.run_id, /^run_/);
+  assert.deepEqual({ ...q.response, run_id: undefined }, { ref: 'compat-q1', status: 'processing', run_id: undefined });
   await waitFor(() => events.some((e) => e.ev === 'result' && e.p.ref === 'compat-q1'), { what: 'the query result' });
   const mine = events.filter((e) => e.p.ref === 'compat-q1');
   assert.equal(mine.at(-1).ev, 'result');

@@ -1,0 +1,437 @@
+#include "cortex/runs.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "auth/crypto.hpp"
+#include "core/clock.hpp"
+#include "cortex/cortex.hpp"
+#include "cortex/tool.hpp"
+
+namespace synapse::cortex {
+namespace json = boost::json;
+
+std::string_view run_end_name(RunEnd e) {
+  switch (e) {
+    case RunEnd::result: return "result";
+    case RunEnd::error: return "error";
+    case RunEnd::interrupted: return "interrupted";
+    case RunEnd::timeout: return "timeout";
+    case RunEnd::cancelled: return "cancelled";
+  }
+  return "cancelled";
+}
+
+// --- Run ---------------------------------------------------------------------
+
+Run::Run(RunRegistry& registry, std::string id, std::string ref, std::string kind, std::string tool,
+         std::string tenant, std::string agent, OnEnd on_end)
+    : registry_(registry),
+      id_(std::move(id)),
+      ref_(std::move(ref)),
+      kind_(std::move(kind)),
+      tool_(std::move(tool)),
+      tenant_(std::move(tenant)),
+      agent_(std::move(agent)),
+      started_unix_(unix_ms()),
+      started_mono_(mono_ms()),
+      on_end_(std::move(on_end)) {}
+
+RunEventPtr Run::append_locked(std::string_view event, json::object& payload, bool terminal) {
+  auto ev = std::make_shared<RunEvent>();
+  ev->seq = next_seq_++;
+  ev->event = std::string(event);
+  ev->terminal = terminal;
+  payload["ref"] = ref_;
+  payload["run_id"] = id_;
+  payload["seq"] = ev->seq;
+  ev->payload = json::serialize(payload);
+  log_bytes_ += ev->bytes();
+  log_.push_back(ev);
+  trim_locked();
+  return ev;
+}
+
+// The per-run bound: token deltas go first (the snapshot keeps their text),
+// then the oldest events. The newest event always stays.
+void Run::trim_locked() {
+  const std::size_t cap = registry_.options().max_bytes_per_run;
+  while (log_bytes_ > cap && log_.size() > 1) {
+    auto it = std::find_if(log_.begin(), std::prev(log_.end()), [](const RunEventPtr& e) { return e->event == "token"; });
+    if (it == std::prev(log_.end())) it = log_.begin();
+    dropped_max_seq_ = std::max(dropped_max_seq_, (*it)->seq);
+    log_bytes_ -= (*it)->bytes();
+    log_.erase(it);
+  }
+}
+
+void Run::fold_locked(std::string_view event, const json::object& payload) {
+  if (event == "token") {
+    if (const json::value* d = payload.if_contains("delta"); d && d->is_string()) {
+      const std::size_t cap = registry_.options().max_bytes_per_run;
+      if (text_.size() + d->get_string().size() <= cap) {
+        text_.append(d->get_string());
+      } else {
+        text_truncated_ = true;
+      }
+    }
+  } else if (event == "thought") {
+    if (const json::value* t = payload.if_contains("thought")) thoughts_.push_back(*t);
+  } else if (event == "progress") {
+    progress_ = payload;
+  }
+}
+
+json::object Run::snapshot_locked() const {
+  json::object s{{"ref", ref_},       {"run_id", id_},          {"seq", folded_seq_},
+                 {"status", status_}, {"text", text_},          {"thoughts", thoughts_}};
+  if (text_truncated_) s["text_truncated"] = true;
+  if (progress_) {
+    json::object p;
+    for (const char* k : {"progress", "total", "message"}) {
+      if (const json::value* v = progress_->if_contains(k)) p[k] = *v;
+    }
+    s["progress"] = std::move(p);
+  }
+  return s;
+}
+
+void Run::emit(std::string_view event, json::object payload) {
+  std::ptrdiff_t delta = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (status_ != "running") return;  // nothing follows the terminal event
+    const std::size_t before = log_bytes_;
+    RunEventPtr ev = append_locked(event, payload, false);
+    fold_locked(event, payload);
+    folded_seq_ = ev->seq;
+    for (auto& s : subs_) s.deliver(ev);
+    delta = static_cast<std::ptrdiff_t>(log_bytes_) - static_cast<std::ptrdiff_t>(before);
+  }
+  registry_.account(delta);
+}
+
+RunEventPtr Run::finish(RunEnd end, json::object payload) {
+  RunEventPtr ev;
+  std::ptrdiff_t delta = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (status_ != "running") return nullptr;
+    status_ = std::string(run_end_name(end));
+    ended_unix_ = unix_ms();
+    json::object p;
+    std::string_view event;
+    switch (end) {
+      case RunEnd::result:
+        event = "result";
+        p["status"] = "success";
+        p["data"] = std::move(payload["data"]);
+        p["latency_ms"] = mono_ms() - started_mono_;
+        break;
+      case RunEnd::timeout:
+      case RunEnd::error:
+        event = "error";
+        p["reason"] = std::move(payload["reason"]);
+        p["message"] = std::move(payload["message"]);
+        break;
+      case RunEnd::interrupted:
+      case RunEnd::cancelled:  // nobody followed it: the reason is kept in its log
+        event = "interrupted";
+        p["reason"] = std::move(payload["reason"]);
+        break;
+    }
+    const std::size_t before = log_bytes_;
+    ev = append_locked(event, p, true);
+    for (auto& s : subs_) s.deliver(ev);
+    subs_.clear();  // the terminal event is the last thing a subscriber gets
+    ++detach_gen_;
+    delta = static_cast<std::ptrdiff_t>(log_bytes_) - static_cast<std::ptrdiff_t>(before);
+  }
+  cancel_->cancel();
+  registry_.account(delta);
+  registry_.ended(id_);
+  if (on_end_) on_end_(*this, end);
+  return ev;
+}
+
+Run::Attached Run::attach(std::optional<std::uint64_t> after_seq, Deliver deliver) {
+  std::lock_guard lock(mu_);
+  Attached a;
+  a.status = status_;
+  a.last_seq = next_seq_ - 1;
+  std::uint64_t from = 0;
+  if (after_seq && *after_seq >= dropped_max_seq_) {
+    from = *after_seq;
+  } else {
+    a.truncated = after_seq.has_value();
+    a.snapshot = snapshot_locked();
+    from = folded_seq_;
+  }
+  for (const auto& e : log_) {
+    if (e->seq > from) a.events.push_back(e);
+  }
+  if (status_ == "running") {
+    a.sub = next_sub_++;
+    subs_.push_back(Sub{a.sub, std::move(deliver)});
+    ++detach_gen_;
+  }
+  return a;
+}
+
+void Run::detach(std::uint64_t sub) {
+  std::unique_lock lock(mu_);
+  const auto it = std::find_if(subs_.begin(), subs_.end(), [&](const Sub& s) { return s.id == sub; });
+  if (it == subs_.end()) return;
+  subs_.erase(it);
+  if (!subs_.empty() || status_ != "running") return;
+  const std::uint64_t gen = ++detach_gen_;
+  const std::int64_t grace = registry_.options().detach_grace_ms;
+  lock.unlock();
+  if (grace <= 0) {
+    finish(RunEnd::cancelled, json::object{{"reason", "detached"}});
+    return;
+  }
+  // Nobody follows the run now: it goes on for the grace, then ends unless
+  // somebody attached meanwhile (which bumps the generation).
+  std::weak_ptr<Run> weak = shared_from_this();
+  registry_.after(grace, [weak, gen] {
+    auto run = weak.lock();
+    if (!run) return;
+    {
+      std::lock_guard l(run->mu_);
+      if (run->detach_gen_ != gen || !run->subs_.empty()) return;
+    }
+    run->finish(RunEnd::cancelled, json::object{{"reason", "detached"}});
+  });
+}
+
+RunInfo Run::info() const {
+  std::lock_guard lock(mu_);
+  RunInfo i;
+  i.run_id = id_;
+  i.ref = ref_;
+  i.kind = kind_;
+  i.tool = tool_;
+  i.tenant = tenant_;
+  i.agent_id = agent_;
+  i.status = status_;
+  i.started_at_ms = started_unix_;
+  i.ended_at_ms = ended_unix_;
+  i.last_seq = next_seq_ - 1;
+  i.attached = subs_.size();
+  i.log_bytes = log_bytes_;
+  return i;
+}
+
+bool Run::running() const {
+  std::lock_guard lock(mu_);
+  return status_ == "running";
+}
+
+// --- RunRegistry ---------------------------------------------------------------
+
+RunRegistry::RunRegistry(RunOptions options) : options_(options) {
+  timer_thread_ = std::thread([this] { timer_loop(); });
+}
+
+RunRegistry::~RunRegistry() {
+  {
+    std::lock_guard lock(timer_mu_);
+    stopping_ = true;
+  }
+  timer_cv_.notify_all();
+  timer_thread_.join();
+}
+
+RunPtr RunRegistry::start(std::string ref, std::string kind, std::string tool, std::string tenant, std::string agent,
+                          std::int64_t timeout_ms, Run::OnEnd on_end) {
+  // Unguessable, so a run id is no capability to watch somebody's run (the
+  // tenant and agent are checked anyway).
+  std::string id = "run_" + auth::hex_encode(auth::random_bytes(12));
+  auto run = std::make_shared<Run>(*this, id, std::move(ref), std::move(kind), std::move(tool), std::move(tenant),
+                                   std::move(agent), std::move(on_end));
+  {
+    std::lock_guard lock(mu_);
+    runs_.emplace(id, run);
+    ++counter_;
+  }
+  after(timeout_ms, [weak = std::weak_ptr<Run>(run), timeout_ms] {
+    if (auto r = weak.lock()) {
+      r->finish(RunEnd::timeout, json::object{{"reason", "timeout"},
+                                              {"message", fmt::format("the run did not finish within {} ms", timeout_ms)}});
+    }
+  });
+  return run;
+}
+
+RunPtr RunRegistry::find(std::string_view run_id) const {
+  std::lock_guard lock(mu_);
+  const auto it = runs_.find(run_id);
+  return it == runs_.end() ? nullptr : it->second;
+}
+
+std::vector<RunInfo> RunRegistry::list(std::string_view tenant, std::string_view agent) const {
+  std::vector<RunPtr> picked;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, r] : runs_) {
+      if (r->tenant() == tenant && r->agent_id() == agent) picked.push_back(r);
+    }
+  }
+  std::vector<RunInfo> out;
+  out.reserve(picked.size());
+  for (const auto& r : picked) out.push_back(r->info());
+  std::sort(out.begin(), out.end(), [](const RunInfo& a, const RunInfo& b) { return a.started_at_ms > b.started_at_ms; });
+  return out;
+}
+
+std::vector<RunInfo> RunRegistry::list_all() const {
+  std::vector<RunPtr> picked;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, r] : runs_) picked.push_back(r);
+  }
+  std::vector<RunInfo> out;
+  for (const auto& r : picked) out.push_back(r->info());
+  std::sort(out.begin(), out.end(), [](const RunInfo& a, const RunInfo& b) { return a.started_at_ms > b.started_at_ms; });
+  return out;
+}
+
+void RunRegistry::shutdown() {
+  std::vector<RunPtr> all;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, r] : runs_) all.push_back(r);
+  }
+  for (const auto& r : all) r->finish(RunEnd::interrupted, json::object{{"reason", "server_shutdown"}});
+}
+
+std::size_t RunRegistry::bytes() const {
+  std::lock_guard lock(mu_);
+  return total_bytes_;
+}
+
+void RunRegistry::after(std::int64_t delay_ms, std::function<void()> task) {
+  {
+    std::lock_guard lock(timer_mu_);
+    if (stopping_) return;
+    timers_.emplace(std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<std::int64_t>(0, delay_ms)),
+                    std::move(task));
+  }
+  timer_cv_.notify_all();
+}
+
+// The total bound: ended runs go whole, the oldest ended first, down to 7/8
+// of the bound (so the pass is rare). Running runs are bounded by their own
+// per-run bound only: a running run is never dropped.
+void RunRegistry::account(std::ptrdiff_t delta) {
+  std::lock_guard lock(mu_);
+  total_bytes_ = static_cast<std::size_t>(static_cast<std::ptrdiff_t>(total_bytes_) + delta);
+  if (total_bytes_ <= options_.max_bytes_total) return;
+  const std::size_t target = options_.max_bytes_total / 8 * 7;
+  while (total_bytes_ > target && !ended_order_.empty()) {
+    const std::string id = std::move(ended_order_.front());
+    ended_order_.pop_front();
+    const auto it = runs_.find(id);
+    if (it == runs_.end()) continue;
+    const RunInfo i = it->second->info();
+    total_bytes_ -= std::min(total_bytes_, i.log_bytes);
+    runs_.erase(it);
+    spdlog::debug("run {} dropped: the run logs passed run_log_max_bytes", id);
+  }
+}
+
+void RunRegistry::ended(const std::string& id) {
+  {
+    std::lock_guard lock(mu_);
+    ended_order_.push_back(id);
+  }
+  after(options_.retention_ms, [this, id] { expire(id); });
+}
+
+void RunRegistry::expire(const std::string& id) {
+  std::lock_guard lock(mu_);
+  const auto it = runs_.find(id);
+  if (it == runs_.end()) return;
+  total_bytes_ -= std::min(total_bytes_, it->second->info().log_bytes);
+  runs_.erase(it);
+  const auto o = std::find(ended_order_.begin(), ended_order_.end(), id);
+  if (o != ended_order_.end()) ended_order_.erase(o);
+}
+
+void RunRegistry::timer_loop() {
+  std::unique_lock lock(timer_mu_);
+  while (!stopping_) {
+    if (timers_.empty()) {
+      timer_cv_.wait(lock);
+      continue;
+    }
+    const auto first = timers_.begin()->first;
+    if (std::chrono::steady_clock::now() < first) {
+      timer_cv_.wait_until(lock, first);
+      continue;
+    }
+    auto task = std::move(timers_.begin()->second);
+    timers_.erase(timers_.begin());
+    lock.unlock();
+    try {
+      task();
+    } catch (const std::exception& e) {
+      spdlog::error("run registry timer task threw: {}", e.what());
+    }
+    lock.lock();
+  }
+}
+
+// --- tokens ------------------------------------------------------------------
+
+namespace {
+thread_local TokenSink current_sink;
+}
+
+TokenSink current_token_sink() { return current_sink; }
+
+TokenScope::TokenScope(TokenSink sink) : previous_(std::exchange(current_sink, std::move(sink))) {}
+TokenScope::~TokenScope() { current_sink = std::move(previous_); }
+
+namespace {
+
+class DemoTokensTool final : public Tool {
+ public:
+  explicit DemoTokensTool(Cortex& cortex) : cortex_(cortex) {}
+  const ToolSpec& spec() const override { return spec_; }
+  StartResult start(ToolCall call) const override {
+    auto arg = [&](std::string_view k, std::int64_t d) {
+      const json::value* v = call.args.if_contains(k);
+      return v && v->is_int64() ? v->get_int64() : d;
+    };
+    const std::int64_t count = arg("count", 10);
+    const std::int64_t interval = arg("interval_ms", 0);
+    const Lane lane{call.caller.tenant, call.caller.key};
+    auto job = [count, interval, sink = current_token_sink(), call = std::move(call)](std::size_t) {
+      const CancelToken& cancel = *call.cancel;
+      for (std::int64_t i = 1; i <= count; ++i) {
+        if (interval > 0 ? cancel.wait_for(std::chrono::milliseconds(interval)) : cancel.cancelled()) return;
+        if (sink) sink(fmt::format("t{} ", i));
+      }
+      call.callbacks.done(ToolOutcome{ToolOutcome::Kind::result, json::object{{"tokens", count}}, {}});
+    };
+    return StartResult{cortex_.submit(lane, std::move(job))};
+  }
+
+ private:
+  Cortex& cortex_;
+  ToolSpec spec_{"demo.tokens", "Streams `count` token deltas (\"t1 \", \"t2 \", ...), one every `interval_ms`",
+                 json::parse(R"({"type":"object","required":["count"],"additionalProperties":false,
+      "properties":{"count":{"type":"integer","minimum":1,"maximum":1000000},
+                    "interval_ms":{"type":"integer","minimum":0,"maximum":60000}}})")
+                     .as_object()};
+};
+
+}  // namespace
+
+std::shared_ptr<const Tool> make_demo_tokens_tool(Cortex& cortex) { return std::make_shared<DemoTokensTool>(cortex); }
+
+}  // namespace synapse::cortex
