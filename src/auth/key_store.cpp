@@ -50,6 +50,33 @@ void bind_rate(store::Statement& st, int idx, std::int64_t v) {
   }
 }
 
+// The INSERT of one key row, with or without OR IGNORE: `create` writes a
+// new key, `import` one learnt from another host.
+constexpr const char* insert_columns =
+    " INTO api_keys (id, name, agent_id, tenant, hash, admin, publish, unlimited, msgs_per_min, "
+    "queries_per_min, burst, created_at, caps, revoked_at) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+void bind_key_row(store::Statement& st, const ApiKey& k, std::string_view hash) {
+  st.bind(1, k.id).bind(2, k.name).bind(3, k.agent_id).bind(4, k.tenant);
+  st.bind_blob(5, hash.data(), hash.size());
+  st.bind(6, std::int64_t{k.admin}).bind(7, std::int64_t{k.publish}).bind(8, std::int64_t{k.unlimited});
+  bind_rate(st, 9, k.rates.msgs_per_min);
+  bind_rate(st, 10, k.rates.queries_per_min);
+  bind_rate(st, 11, k.rates.burst);
+  st.bind(12, k.created_at);
+  if (k.caps) {
+    st.bind(13, capabilities_json(*k.caps));
+  } else {
+    st.bind_null(13);
+  }
+  if (k.revoked_at) {
+    st.bind(14, *k.revoked_at);
+  } else {
+    st.bind_null(14);
+  }
+}
+
 }  // namespace
 
 KeyStore::KeyStore(const std::string& db_path) : db_(std::make_unique<store::Database>(db_path)) {
@@ -143,22 +170,8 @@ std::pair<ApiKey, std::string> KeyStore::create(const NewKey& spec) {
   const Digest h = sha256(secret);
 
   std::lock_guard lock(mu_);
-  store::Statement st(*db_,
-                      "INSERT INTO api_keys (id, name, agent_id, tenant, hash, admin, publish, "
-                      "unlimited, msgs_per_min, queries_per_min, burst, created_at, caps) "
-                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
-  st.bind(1, k.id).bind(2, k.name).bind(3, k.agent_id).bind(4, k.tenant);
-  st.bind_blob(5, h.data(), h.size());
-  st.bind(6, std::int64_t{k.admin}).bind(7, std::int64_t{k.publish}).bind(8, std::int64_t{k.unlimited});
-  bind_rate(st, 9, k.rates.msgs_per_min);
-  bind_rate(st, 10, k.rates.queries_per_min);
-  bind_rate(st, 11, k.rates.burst);
-  st.bind(12, k.created_at);
-  if (k.caps) {
-    st.bind(13, capabilities_json(*k.caps));
-  } else {
-    st.bind_null(13);
-  }
+  store::Statement st(*db_, std::string("INSERT") + insert_columns);
+  bind_key_row(st, k, as_view(h));
   st.run();
   return {std::move(k), std::move(secret)};
 }
@@ -173,27 +186,8 @@ std::string KeyStore::hash_of(std::string_view id) {
 
 bool KeyStore::import(const ApiKey& k, std::string_view hash) {
   return guarded([&] {
-    store::Statement st(*db_,
-                        "INSERT OR IGNORE INTO api_keys (id, name, agent_id, tenant, hash, admin, publish, "
-                        "unlimited, msgs_per_min, queries_per_min, burst, created_at, caps, revoked_at) "
-                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
-    st.bind(1, k.id).bind(2, k.name).bind(3, k.agent_id).bind(4, k.tenant);
-    st.bind_blob(5, hash.data(), hash.size());
-    st.bind(6, std::int64_t{k.admin}).bind(7, std::int64_t{k.publish}).bind(8, std::int64_t{k.unlimited});
-    bind_rate(st, 9, k.rates.msgs_per_min);
-    bind_rate(st, 10, k.rates.queries_per_min);
-    bind_rate(st, 11, k.rates.burst);
-    st.bind(12, k.created_at);
-    if (k.caps) {
-      st.bind(13, capabilities_json(*k.caps));
-    } else {
-      st.bind_null(13);
-    }
-    if (k.revoked_at) {
-      st.bind(14, *k.revoked_at);
-    } else {
-      st.bind_null(14);
-    }
+    store::Statement st(*db_, std::string("INSERT OR IGNORE") + insert_columns);
+    bind_key_row(st, k, hash);
     st.run();
     const bool added = db_->changes() > 0;
     // Unknown ids are never cached, so the next handshake reads the new row.
