@@ -8,7 +8,8 @@ the test can measure from the worker's side (e.g. when `cancel` arrived):
   {"ev": "joined", "reply": {...}}      the join reply
   {"ev": "run", "run": {...}}           a `run` push
   {"ev": "cancel", "run_id", "reason"}  a `cancel` push
-  {"ev": "reply", "ref", "event", "run_id", "reply"}  a reply to an event it sent
+  {"ev": "reply", "ref", "event", "run_id", "reply"}  a reply to an event it sent (other than ok {})
+  {"ev": "result_acked", "run_id", "reply"}  the reply to its result
   {"ev": "closed", "code"}              the server closed the connection
 
 Modes (--mode):
@@ -85,7 +86,10 @@ class Worker:
         for i in range(a.tokens):
             if rid in self.cancelled:
                 return
-            await self.send("token", {"run_id": rid, "text": f"w{i} "})
+            text = f"w{i} "
+            if a.token_bytes > len(text):
+                text += "x" * (a.token_bytes - len(text))
+            await self.send("token", {"run_id": rid, "text": text})
             if a.interval_ms:
                 await asyncio.sleep(a.interval_ms / 1000)
         await self.send("result", {"run_id": rid, "data": {"answer": run.get("q"), "worker": a.name}})
@@ -138,6 +142,8 @@ class Worker:
                 return
             if ref in self.pending:
                 ev, rid = self.pending.pop(ref)
+                if ev == "result":
+                    log(ev="result_acked", run_id=rid, reply=payload)
                 if payload.get("status") != "ok" or payload.get("response"):
                     log(ev="reply", ref=ref, event=ev, run_id=rid, reply=payload)
             return
@@ -166,6 +172,7 @@ def main():
     p.add_argument("--thoughts", type=int, default=2)
     p.add_argument("--tokens", type=int, default=5)
     p.add_argument("--interval-ms", type=float, default=0)
+    p.add_argument("--token-bytes", type=int, default=0, help="pad each token to this size")
     p.add_argument("--tools-json", default="")
     p.add_argument("--hostile-count", type=int, default=50)
     args = p.parse_args()

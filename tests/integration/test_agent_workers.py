@@ -465,3 +465,53 @@ async def test_worker_tools_are_listed_and_tool_runs_go_to_the_worker(server, wo
     assert run["kind"] == "tool" and run["name"] == "weather.lookup" and run["args"] == {"city": "Oslo"}
     error(await c.request(topic, "tool", {"tool": "weather.lookup", "args": {}}), "invalid_args")
     await c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_worker_silent_past_the_idle_timeout_ends_its_runs_agent_unavailable(fresh_server, workers):
+    s = fresh_server({"--cortex-backend": "workers", "--idle-timeout-ms": "1000"})
+    agent, ck, wk = keys_for(s)
+    w = workers(s, wk, f"agent:{agent}", mode="hold")
+    w.joined()
+    c = await client_for(s, ck, agent)
+    topic = f"cortex:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "then silence"}))
+    await c.expect(lambda f: f[3] == "token" and f[4].get("run_id") == r["run_id"], 5)
+    w.proc.send_signal(signal.SIGSTOP)  # alive, connected, and silent
+    try:
+        started = time.monotonic()
+        end = None
+        while end is None and time.monotonic() - started < 5:
+            await c.heartbeat()  # the client itself stays active
+            for f in list(c.buffer):
+                if f[1] is None and f[4].get("run_id") == r["run_id"] and f[3] in TERMINAL:
+                    end = f
+            await asyncio.sleep(0.2)
+        assert end is not None, "the run did not end"
+        assert end[3] == "error" and end[4]["reason"] == "agent_unavailable"
+        assert s.saw_log(lambda line: "code=4000" in line and f"agent={agent}" in line)
+    finally:
+        w.proc.send_signal(signal.SIGCONT)
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_slow_client_does_not_slow_the_worker(fresh_server, workers):
+    """The client stops reading; the worker streams 10 MB for it regardless,
+    every event answered at once; the client alone is closed (4008)."""
+    s = fresh_server({"--cortex-backend": "workers", "--outbound-queue-bytes": str(256 * 1024)})
+    agent, ck, wk = keys_for(s)
+    w = workers(s, wk, f"agent:{agent}", tokens=5000, token_bytes=2048, thoughts=0)
+    w.joined()
+    # max_queue=1: once one message waits unread, the client stops reading its socket.
+    c = await PhxClient.connect(s.ws(ck), max_queue=1)
+    ok(await c.join(f"cortex:{agent}"))
+    await c.send(f"cortex:{agent}", "query", {"q": "a long answer"})
+    started = time.monotonic()
+    acked = w.wait("result_acked", timeout=20)[0]
+    took = time.monotonic() - started
+    assert acked["reply"] == {"status": "ok", "response": {}}, acked
+    assert took < 10, f"the worker needed {took:.1f} s to stream 10 MB"
+    assert s.saw_log(lambda line: "code=4008" in line and f"agent={agent}" in line, timeout=10)
+    assert w.events("closed") == []  # the worker stays connected
+    c.ws.transport.abort()
