@@ -440,20 +440,29 @@ int serve(const config::Config& cfg) {
   services.hub = &hub;
   services.routes = &agent_routes;
   std::atomic<bool> draining{false};
+  // The agent hub's gauges, beside every node's other extra samples.
+  auto hub_samples = [&hub](std::vector<metrics::Sample> v) {
+    const auto st = hub.stats();
+    v.push_back({"synapse_agent_workers", "Agent workers joined to this node (one per agent-topic join)",
+                 static_cast<double>(st.workers)});
+    v.push_back({"synapse_agent_worker_runs", "Runs an agent worker of this node is serving now",
+                 static_cast<double>(st.runs)});
+    return v;
+  };
   net::HttpContext http{cfg, services, limiter, draining, [&] {
-                          return std::vector<metrics::Sample>{
+                          return hub_samples(std::vector<metrics::Sample>{
                               {"synapse_io_threads", "I/O threads", static_cast<double>(n_threads)},
-                              {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)}};
+                              {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)}});
                         },
                         {}};
   if (link) {
     http.backplane_up = [l = link.get()] { return l->up(); };
-    http.extra_samples = [n_threads, &cfg, l = link.get()] {
-      return std::vector<metrics::Sample>{
+    http.extra_samples = [n_threads, &cfg, l = link.get(), hub_samples] {
+      return hub_samples(std::vector<metrics::Sample>{
           {"synapse_io_threads", "I/O threads", static_cast<double>(n_threads)},
           {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)},
           {"synapse_redis_up", "1 while the link to Redis is up", l->up() ? 1.0 : 0.0},
-          {"synapse_redis_reconnects", "Reconnections to Redis since start", static_cast<double>(l->reconnects())}};
+          {"synapse_redis_reconnects", "Reconnections to Redis since start", static_cast<double>(l->reconnects())}});
     };
   }
   limits::AcceptGate accept_gate(accept_limits(cfg));

@@ -284,13 +284,18 @@ async def test_200_concurrent_runs_over_4_workers_each_end_exactly_once(server, 
         assert [f[4]["seq"] for f in events] == list(range(1, 7))
     per_worker = [len(w.events("run")) for w in ws]
     assert sum(per_worker) == 200 and min(per_worker) > 0, per_worker
+    m = server.metrics()
+    assert m["synapse_agent_workers"] >= 4
+    # Every ownership ended with its run.
+    wait_until(lambda: server.metrics()["synapse_agent_worker_runs"] == 0, 5, what="no run owned by a worker")
     await c.close()
 
 
 @pytest.mark.asyncio
 async def test_a_hostile_worker_gets_errors_is_closed_past_its_budget_and_the_run_ends(server, workers):
     agent, ck, wk = keys_for(server)
-    w = workers(server, wk, f"agent:{agent}", mode="hostile", hostile_count=30)
+    # Bad events only (no malformed frames): the worker error budget (20 a minute) closes it.
+    w = workers(server, wk, f"agent:{agent}", mode="hostile", hostile_count=30, hostile_malformed=0)
     w.joined()
     c = await client_for(server, ck, agent)
     topic = f"cortex:{agent}"
@@ -301,6 +306,21 @@ async def test_a_hostile_worker_gets_errors_is_closed_past_its_budget_and_the_ru
     assert closed["code"] == 1008
     reasons = {x["reply"]["response"]["reason"] for x in w.events("reply") if x["reply"]["status"] == "error"}
     assert {"unknown_run", "unknown_event", "invalid_payload"} <= reasons, reasons
+    assert server.saw_log(lambda line: "more than 20 errors in a minute" in line)
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_malformed_frames_from_a_worker_close_it_too_and_the_run_ends(server, workers):
+    agent, ck, wk = keys_for(server)
+    w = workers(server, wk, f"agent:{agent}", mode="hostile", hostile_count=30)
+    w.joined()
+    c = await client_for(server, ck, agent)
+    topic = f"cortex:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "garbage in"}))
+    ev = await collect(c, topic, r["run_id"])
+    assert ev[-1][3] == "error" and ev[-1][4]["reason"] == "agent_unavailable", ev[-1]
+    assert w.wait("closed")[0]["code"] == 1008
     await c.close()
 
 
