@@ -535,3 +535,33 @@ async def test_a_slow_client_does_not_slow_the_worker(fresh_server, workers):
     assert s.saw_log(lambda line: "code=4008" in line and f"agent={agent}" in line, timeout=10)
     assert w.events("closed") == []  # the worker stays connected
     c.ws.transport.abort()
+
+
+@pytest.mark.asyncio
+async def test_workers_have_their_own_budgets(fresh_server):
+    """With client limits of 2 connections per key and 3 messages a minute, a
+    worker key still connects 4 times and streams 50 events on each."""
+    s = fresh_server({"--cortex-backend": "workers", "--key-max-connections": "2", "--messages-per-min": "3",
+                      "--message-burst": "3"}, relaxed=False)
+    agent, ck, wk = keys_for(s)
+    ws = []
+    for _ in range(4):
+        w = await PhxClient.connect(s.ws(wk))
+        ok(await w.join(f"agent:{agent}", {"capacity": 1}))
+        ws.append(w)
+    c = await client_for(s, ck, agent)
+    r = ok(await c.request(f"cortex:{agent}", "query", {"q": "budget"}))
+    owner = None
+    for w in ws:
+        for f in await w.drain(0.2):
+            if f[3] == "run":
+                owner = w
+    assert owner is not None
+    for i in range(50):
+        ok(await owner.request(f"agent:{agent}", "token", {"run_id": r["run_id"], "text": f"{i} "}))
+    ok(await owner.request(f"agent:{agent}", "result", {"run_id": r["run_id"], "data": None}))
+    ev = await collect(c, f"cortex:{agent}", r["run_id"])
+    assert len(ev) == 51 and ev[-1][3] == "result"
+    for w in ws:
+        await w.close()
+    await c.close()
