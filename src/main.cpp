@@ -368,11 +368,12 @@ int serve(const config::Config& cfg) {
     idp.emplace(auth::IdentityProvider{*jwks, auth::IdpOptions{cfg.issuer, cfg.audience, cfg.leeway_s}});
   }
   std::unique_ptr<hooks::Hooks> hooks = make_hooks(cfg, http_client);
+  std::atomic<bool> draining{false};
   channels::Services services{cfg, metrics, keys, secret, *broker, cortex};
+  services.draining = &draining;
   services.idp = idp ? &*idp : nullptr;
   services.hooks = hooks.get();
   services.runs = &runs;
-  std::atomic<bool> draining{false};
   net::HttpContext http{cfg, services, limiter, draining, [&] {
                           return std::vector<metrics::Sample>{
                               {"synapse_io_threads", "I/O threads", static_cast<double>(n_threads)},

@@ -2,6 +2,7 @@
 // reference. Nothing here is global.
 #pragma once
 
+#include <atomic>
 #include <string>
 
 namespace synapse::config {
@@ -40,6 +41,8 @@ struct Services {
   hooks::Hooks* hooks = nullptr;
   // The node's cortex runs (cortex/runs.hpp): they outlive connections.
   cortex::RunRegistry* runs = nullptr;
+  // True from SIGTERM on (net::Server's drain): no new query or tool starts.
+  const std::atomic<bool>* draining = nullptr;
 };
 
 }  // namespace synapse::channels

@@ -41,7 +41,9 @@ const std::vector<Option>& options() {
       {"server.log_level", "--log-level", "trace, debug, info, warn, error or off", &Config::log_level},
       {"server.log_format", "--log-format", "text, or json: one JSON object per line", &Config::log_format},
       {"server.drain_timeout_ms", "--drain-timeout-ms",
-       "On SIGTERM/SIGINT, how long to wait for clients to close", &Config::drain_timeout_ms, 0, kMaxInt},
+       "On SIGTERM/SIGINT, how long running queries and tools may finish before they are interrupted and "
+       "every connection is closed with 1001 (0 = at once)",
+       &Config::drain_timeout_ms, 0, kMaxInt},
 
       {"websocket.max_message_bytes", "--max-message-bytes",
        "Largest client message; larger ones close the connection with 1009 (0 = unlimited)",

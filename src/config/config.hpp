@@ -25,7 +25,7 @@ struct Config {
   std::int64_t threads = 0;  // 0 = one per core
   std::string log_level = "info";
   std::string log_format = "text";  // text or json (one object per line)
-  std::int64_t drain_timeout_ms = 10'000;
+  std::int64_t drain_timeout_ms = 30'000;
 
   // [websocket]
   std::int64_t max_message_bytes = 1 << 20;

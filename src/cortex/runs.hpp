@@ -176,6 +176,8 @@ class RunRegistry {
   void discard(const std::string& run_id) { expire(run_id); }
   // Ends every running run with interrupted / server_shutdown.
   void shutdown();
+  // How many runs are still running (the server's drain waits for 0).
+  std::size_t running_count() const;
 
   const RunOptions& options() const { return options_; }
   std::size_t bytes() const;
