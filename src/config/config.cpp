@@ -65,6 +65,15 @@ const std::vector<Option>& options() {
        "Browser Origins allowed to connect (comma-separated; patterns like http://localhost:* and "
        "https://*.example.com; \"*\" = any; empty = same host only)",
        &Config::allowed_origins},
+      {"websocket.permessage_deflate", "--permessage-deflate",
+       "Negotiate permessage-deflate (RFC 7692) with clients that offer it; each message is compressed once for "
+       "all its subscribers",
+       &Config::permessage_deflate},
+      {"websocket.deflate_threshold_bytes", "--deflate-threshold-bytes",
+       "With permessage_deflate: payloads shorter than this go uncompressed", &Config::deflate_threshold_bytes, 0,
+       kMaxInt},
+      {"websocket.deflate_level", "--deflate-level",
+       "With permessage_deflate: zlib level, 1 (fastest) to 9 (smallest)", &Config::deflate_level, 1, 9},
 
       {"auth.jwt_secret", "--jwt-secret",
        "HS256 secret; empty = generated once into <data_dir>/jwt.secret (0600)", &Config::jwt_secret},

@@ -35,6 +35,9 @@ struct Config {
   std::int64_t malformed_window_ms = 60'000;
   std::int64_t outbound_queue_bytes = 4 << 20;
   std::vector<std::string> allowed_origins;  // empty: only same-host origins
+  bool permessage_deflate = false;           // RFC 7692, when the client offers it
+  std::int64_t deflate_threshold_bytes = 1024;  // smaller payloads go uncompressed
+  std::int64_t deflate_level = 1;            // zlib 1 (fastest) .. 9 (smallest)
 
   // [auth]
   std::string jwt_secret;  // empty: generated once into <data_dir>/jwt.secret
