@@ -454,7 +454,9 @@ int serve(const config::Config& cfg) {
     idp.emplace(auth::IdentityProvider{*jwks, auth::IdpOptions{cfg.issuer, cfg.audience, cfg.leeway_s}});
   }
   std::unique_ptr<hooks::Hooks> hooks = make_hooks(cfg, http_client);
+  std::atomic<bool> draining{false};
   channels::Services services{cfg, metrics, keys, secret, *broker, cortex};
+  services.draining = &draining;
   services.idp = idp ? &*idp : nullptr;
   services.hooks = hooks.get();
   services.runs = &runs;
@@ -466,7 +468,6 @@ int serve(const config::Config& cfg) {
   services.channels = &channel_kinds;
   services.hub = &hub;
   services.routes = &agent_routes;
-  std::atomic<bool> draining{false};
   // The agent hub's gauges, beside every node's other extra samples.
   auto hub_samples = [&hub](std::vector<metrics::Sample> v) {
     const auto st = hub.stats();

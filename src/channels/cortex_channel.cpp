@@ -121,7 +121,18 @@ class CortexChannel final : public Channel {
     std::vector<cortex::RunPtr> runs;
     for (const auto& f : follows_) runs.push_back(f.run);
     for (const auto& r : runs) {
-      if (auto ev = r->finish(RunEnd::interrupted, json::object{{"reason", "server_shutdown"}})) deliver(r->id(), ev);
+      if (auto ev = r->finish(RunEnd::interrupted, json::object{{"reason", "server_shutdown"}})) {
+        deliver(r->id(), ev);
+        continue;
+      }
+      // The run ended on its own a moment ago: its terminal event may still
+      // be in this thread's queue, which a closing connection no longer
+      // runs. Take what this channel has not sent from the log instead
+      // (deliver's seq check drops what was sent already).
+      Follow* f = find_follow(r->id());
+      if (!f) continue;
+      const auto missing = r->attach(f->last_seq, {});
+      for (const auto& ev : missing.events) deliver(r->id(), ev);
     }
   }
 
@@ -243,6 +254,14 @@ class CortexChannel final : public Channel {
 
   // The checks every run passes before it exists; replies the first failure.
   bool admit(const protocol::Envelope& env, const std::optional<std::string>& ref) {
+    // A draining server lets the runs it has finish and starts none: a new
+    // one would hold the drain open or be interrupted by it.
+    if (const auto* d = session_.services().draining; d && d->load(std::memory_order_relaxed)) {
+      json::object r = protocol::error_response(reason::draining, "the server is shutting down; retry on another node");
+      if (ref) r["ref"] = *ref;
+      session_.reply_error(env, r);
+      return false;
+    }
     if (ref && find_ref(*ref)) {
       session_.reply_error(env, protocol::error_response(reason::duplicate_ref, "a run with this ref is running"));
       return false;

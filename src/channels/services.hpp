@@ -2,6 +2,7 @@
 // reference. Nothing here is global.
 #pragma once
 
+#include <atomic>
 #include <string>
 
 namespace synapse::config {
@@ -51,6 +52,8 @@ struct Services {
   // the built-in engine answers every agent.
   cortex::AgentHub* hub = nullptr;
   const cortex::AgentRoutes* routes = nullptr;
+  // True from SIGTERM on (net::Server's drain): no new query or tool starts.
+  const std::atomic<bool>* draining = nullptr;
 };
 
 }  // namespace synapse::channels

@@ -41,7 +41,9 @@ const std::vector<Option>& options() {
       {"server.log_level", "--log-level", "trace, debug, info, warn, error or off", &Config::log_level},
       {"server.log_format", "--log-format", "text, or json: one JSON object per line", &Config::log_format},
       {"server.drain_timeout_ms", "--drain-timeout-ms",
-       "On SIGTERM/SIGINT, how long to wait for clients to close", &Config::drain_timeout_ms, 0, kMaxInt},
+       "On SIGTERM/SIGINT, how long running queries and tools may finish before they are interrupted and "
+       "every connection is closed with 1001 (0 = at once)",
+       &Config::drain_timeout_ms, 0, kMaxInt},
 
       {"websocket.max_message_bytes", "--max-message-bytes",
        "Largest client message; larger ones close the connection with 1009 (0 = unlimited)",
@@ -63,6 +65,15 @@ const std::vector<Option>& options() {
        "Browser Origins allowed to connect (comma-separated; patterns like http://localhost:* and "
        "https://*.example.com; \"*\" = any; empty = same host only)",
        &Config::allowed_origins},
+      {"websocket.permessage_deflate", "--permessage-deflate",
+       "Negotiate permessage-deflate (RFC 7692) with clients that offer it; each message is compressed once for "
+       "all its subscribers",
+       &Config::permessage_deflate},
+      {"websocket.deflate_threshold_bytes", "--deflate-threshold-bytes",
+       "With permessage_deflate: payloads shorter than this go uncompressed", &Config::deflate_threshold_bytes, 0,
+       kMaxInt},
+      {"websocket.deflate_level", "--deflate-level",
+       "With permessage_deflate: zlib level, 1 (fastest) to 9 (smallest)", &Config::deflate_level, 1, 9},
 
       {"auth.jwt_secret", "--jwt-secret",
        "HS256 secret; empty = generated once into <data_dir>/jwt.secret (0600)", &Config::jwt_secret},

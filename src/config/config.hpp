@@ -33,7 +33,7 @@ struct Config {
   std::int64_t threads = 0;  // 0 = one per core
   std::string log_level = "info";
   std::string log_format = "text";  // text or json (one object per line)
-  std::int64_t drain_timeout_ms = 10'000;
+  std::int64_t drain_timeout_ms = 30'000;
 
   // [websocket]
   std::int64_t max_message_bytes = 1 << 20;
@@ -43,6 +43,9 @@ struct Config {
   std::int64_t malformed_window_ms = 60'000;
   std::int64_t outbound_queue_bytes = 4 << 20;
   std::vector<std::string> allowed_origins;  // empty: only same-host origins
+  bool permessage_deflate = false;           // RFC 7692, when the client offers it
+  std::int64_t deflate_threshold_bytes = 1024;  // smaller payloads go uncompressed
+  std::int64_t deflate_level = 1;            // zlib 1 (fastest) .. 9 (smallest)
 
   // [auth]
   std::string jwt_secret;  // empty: generated once into <data_dir>/jwt.secret

@@ -393,6 +393,14 @@ void RunRegistry::shutdown() {
   for (const auto& r : all) r->end_locally(RunEnd::interrupted, json::object{{"reason", "server_shutdown"}});
 }
 
+std::size_t RunRegistry::running_count() const {
+  // The registry's mutex, then each run's: the documented order.
+  std::lock_guard lock(mu_);
+  std::size_t n = 0;
+  for (const auto& [id, r] : runs_) n += r->running();
+  return n;
+}
+
 std::size_t RunRegistry::bytes() const {
   std::lock_guard lock(mu_);
   return total_bytes_;

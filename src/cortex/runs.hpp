@@ -224,6 +224,8 @@ class RunRegistry {
   RunObserver* observer() const { return observer_; }
   // Ends every running run with interrupted / server_shutdown.
   void shutdown();
+  // How many runs are still running (the server's drain waits for 0).
+  std::size_t running_count() const;
 
   const RunOptions& options() const { return options_; }
   std::size_t bytes() const;

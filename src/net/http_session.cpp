@@ -19,6 +19,7 @@
 #include "net/request_parser.hpp"
 #include "net/request_target.hpp"
 #include "net/ws_connection.hpp"
+#include "wire/deflate.hpp"
 
 namespace synapse::net {
 namespace asio = boost::asio;
@@ -199,14 +200,21 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (req.has_header(http::field::origin)) u.origin = std::string(req.header(http::field::origin));
     u.host = std::string(req.header(http::field::host));
     u.peer_ip = peer_ip_;
+    // permessage-deflate, when enabled and offered (wire/deflate.hpp).
+    std::string extensions;
+    if (ctx_.config.permessage_deflate) {
+      extensions = wire::negotiate_permessage_deflate(req.header_list(http::field::sec_websocket_extensions));
+    }
     // Admission may wait on the JWKS or the connect hook (never on this
     // thread): it continues in on_admitted, posted back here.
     admit_upgrade(
         u, ctx_, [self = shared_from_this()](Task t) { asio::post(self->thread_.ioc, std::move(t)); },
-        [self = shared_from_this(), key](AdmissionOutcome outcome) { self->on_admitted(key, std::move(outcome)); });
+        [self = shared_from_this(), key, extensions = std::move(extensions)](AdmissionOutcome outcome) {
+          self->on_admitted(key, extensions, std::move(outcome));
+        });
   }
 
-  void on_admitted(const std::string& key, AdmissionOutcome outcome) {
+  void on_admitted(const std::string& key, const std::string& extensions, AdmissionOutcome outcome) {
     auto& m = ctx_.services.metrics;
     if (!outcome.ok) {
       m.count_refusal(outcome.refusal_reason);
@@ -220,7 +228,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Accept: " +
         auth::base64_encode(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size())) +
-        "\r\n\r\n");
+        (extensions.empty() ? std::string() : "\r\nSec-WebSocket-Extensions: " + extensions) + "\r\n\r\n");
     // Bytes the client sent after the request (its first frames) go along.
     std::string early(static_cast<const char*>(buffer_.data().data()), buffer_.size());
     auto info = std::make_shared<ConnectionInfo>();
@@ -229,6 +237,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     info->principal = std::move(outcome.principal);
     info->permit = std::move(outcome.permit);
     info->socket_permit = std::move(socket_permit_);
+    info->deflate = !extensions.empty();
     timer_.cancel();
     asio::async_write(socket_, asio::buffer(*response),
                       [self = shared_from_this(), response, info, early = std::move(early)](

@@ -44,6 +44,16 @@ std::string_view RequestParser::header(http::field f) const noexcept {
   return {};
 }
 
+std::string RequestParser::header_list(http::field f) const {
+  std::string out;
+  for (const auto& [name, value] : headers_) {
+    if (name != f) continue;
+    if (!out.empty()) out += ',';
+    out += value;
+  }
+  return out;
+}
+
 bool RequestParser::has_header(http::field f) const noexcept {
   for (const auto& h : headers_) {
     if (h.first == f) return true;

@@ -51,6 +51,9 @@ class RequestParser : public boost::beast::http::basic_parser<true> {
   std::string& body() noexcept { return body_; }
   // The first value of a header, or empty.
   std::string_view header(boost::beast::http::field f) const noexcept;
+  // Every value of a header that may be sent on several lines (RFC 9110
+  // section 5.3), joined with ",".
+  std::string header_list(boost::beast::http::field f) const;
   // Whether the header is present at all (an empty Origin still counts).
   bool has_header(boost::beast::http::field f) const noexcept;
 

@@ -13,6 +13,7 @@
 #include "channels/services.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
+#include "cortex/runs.hpp"
 #include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
 #include "net/http_session.hpp"
@@ -227,11 +228,45 @@ void Server::start_housekeeping() {
   });
 }
 
+// The drain, in three steps (docs/deployment.md "Draining"):
+//  1. at once: not ready (/health/ready 503), upgrades refused with 503
+//     `draining`, no new query or tool on the connections already open;
+//  2. running queries and tools finish, for up to server.drain_timeout_ms:
+//     their events (the `result` too) reach the clients following them;
+//  3. every connection still open is closed with 1001, after the runs it
+//     follows are ended with `interrupted {reason: "server_shutdown"}`
+//     (sent ahead of the close frame); the process stops once they are gone
+//     or after the close handshake's bound.
+// Everything here runs on thread 0; connections are only touched on their
+// own threads, through posts.
 void Server::begin_shutdown(int signal) {
   if (draining_.exchange(true)) return;
-  spdlog::info("signal {}: draining (up to {} ms)", signal, http_.config.drain_timeout_ms);
-  // The listener stays open while draining so that /health/ready can answer
-  // 503 to a load balancer; new upgrades are refused with 503 (admission).
+  const std::size_t running = http_.services.runs ? http_.services.runs->running_count() : 0;
+  spdlog::info("signal {}: draining; {} runs may finish within {} ms", signal, running,
+               http_.config.drain_timeout_ms);
+  drain_started_ms_ = mono_ms();
+  watch_runs();
+}
+
+void Server::watch_runs() {
+  const std::size_t running = http_.services.runs ? http_.services.runs->running_count() : 0;
+  const bool timed_out = mono_ms() - drain_started_ms_ >= http_.config.drain_timeout_ms;
+  if (running == 0 || timed_out) {
+    if (running > 0) spdlog::warn("drain timeout: interrupting {} runs still running", running);
+    close_connections();
+    return;
+  }
+  drain_timer_.expires_after(std::chrono::milliseconds(25));
+  drain_timer_.async_wait([this](const error_code& ec) {
+    if (!ec) watch_runs();
+  });
+}
+
+void Server::close_connections() {
+  // A run that ended before this point posted its terminal event to its
+  // followers' threads before running_count() saw it end (the run's status
+  // and its fan-out change under one lock), and each thread runs its posts
+  // in order: the event leaves ahead of the close frame queued here.
   for (std::size_t i = 0; i < threads_.size(); ++i) {
     IoThread& t = threads_[i];
     asio::post(t.ioc, [&t] {
@@ -241,21 +276,25 @@ void Server::begin_shutdown(int signal) {
       }
     });
   }
-  drain_started_ms_ = mono_ms();
-  watch_drain();
+  // Runs nobody follows end too, with the reason in their log.
+  if (http_.services.runs) http_.services.runs->shutdown();
+  closing_started_ms_ = mono_ms();
+  watch_close();
 }
 
-void Server::watch_drain() {
+void Server::watch_close() {
+  // A client that never answers our close frame is let go by its thread's
+  // sweep after the close wait (2 s); this bound only backs that up.
+  constexpr std::int64_t close_bound_ms = 3000;
   const auto open = http_.services.metrics.connections_open.load();
-  const bool timed_out = mono_ms() - drain_started_ms_ >= http_.config.drain_timeout_ms;
-  if (open <= 0 || timed_out) {
-    if (open > 0) spdlog::warn("drain timeout with {} connections still open", open);
+  if (open <= 0 || mono_ms() - closing_started_ms_ >= close_bound_ms) {
+    if (open > 0) spdlog::warn("{} connections still open after the close handshake's bound", open);
     stop_all();
     return;
   }
   drain_timer_.expires_after(std::chrono::milliseconds(25));
   drain_timer_.async_wait([this](const error_code& ec) {
-    if (!ec) watch_drain();
+    if (!ec) watch_close();
   });
 }
 

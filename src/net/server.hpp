@@ -39,7 +39,9 @@ class Server {
   void start_revocation_poll();
   void start_housekeeping();
   void begin_shutdown(int signal);
-  void watch_drain();
+  void watch_runs();
+  void close_connections();
+  void watch_close();
   void stop_all();
 
   IoThreads& threads_;
@@ -61,6 +63,7 @@ class Server {
   std::int64_t refused_since_log_ = 0;
   std::int64_t refusal_logged_ms_ = 0;
   std::int64_t drain_started_ms_ = 0;
+  std::int64_t closing_started_ms_ = 0;
 };
 
 }  // namespace synapse::net

@@ -41,7 +41,10 @@ Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, Connectio
       // the rest against the bound as usual.
       initial_allowance_(static_cast<std::size_t>(services.config.history_max_bytes_per_topic +
                                                   services.config.max_presence_bytes_per_topic) +
-                         (64u << 10)) {}
+                         (64u << 10)),
+      deflate_(info_.deflate) {
+  if (deflate_) reader_.enable_deflate();
+}
 
 Connection::~Connection() = default;
 
@@ -70,6 +73,12 @@ std::string_view Connection::key_id() const {
 
 // False (and the connection closing with 4008) when the queue is over its bound.
 bool Connection::enqueue(wire::Message msg) {
+  // The compressed variant is shared by every subscriber of the message:
+  // computed by the first, a reference for the rest.
+  if (deflate_) {
+    msg = msg.deflated(static_cast<std::size_t>(services_.config.deflate_threshold_bytes),
+                       static_cast<int>(services_.config.deflate_level));
+  }
   if (queue_limit_ > 0 && out_.counted_bytes() + msg.size() > queue_limit_) {
     begin_close(wire::close_code::slow_consumer, "slow consumer: outbound queue over limit");
     return false;
@@ -96,6 +105,10 @@ void Connection::send_initial(wire::Message msg) {
   if (queue_limit_ == 0 || out_.exempt_bytes() + msg.size() > initial_allowance_) {
     send(std::move(msg));
     return;
+  }
+  if (deflate_) {
+    msg = msg.deflated(static_cast<std::size_t>(services_.config.deflate_threshold_bytes),
+                       static_cast<int>(services_.config.deflate_level));
   }
   out_.push(std::move(msg), true);
   schedule_flush();

@@ -34,6 +34,7 @@ struct ConnectionInfo {
   auth::Principal principal;
   limits::Permit permit;
   limits::SocketPermit socket_permit;  // from accept; held until the socket closes
+  bool deflate = false;  // permessage-deflate was negotiated in the upgrade
 };
 
 class Connection final : public std::enable_shared_from_this<Connection>,
@@ -115,6 +116,7 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   bool close_sent_ = false;     // ... and has been written
   bool peer_closed_ = false;    // the client's close frame arrived
   bool session_closed_ = false;
+  bool deflate_ = false;  // permessage-deflate: data frames leave compressed (Message::deflated)
   std::uint16_t close_code_ = wire::close_code::abnormal;
   std::string close_reason_;
   std::int64_t opened_ms_ = 0;

@@ -29,6 +29,8 @@ inline constexpr std::string_view refresh_not_allowed = "refresh_not_allowed";
 inline constexpr std::string_view internal = "internal";
 // A cluster node could not get Redis to confirm a publish.
 inline constexpr std::string_view unavailable = "unavailable";
+// The server is draining (SIGTERM): it starts no new query or tool.
+inline constexpr std::string_view draining = "draining";
 }  // namespace synapse::protocol::reason
 
 namespace synapse::protocol {

@@ -59,6 +59,25 @@ class Message {
                 : std::string_view();
   }
   explicit operator bool() const noexcept { return rep_ != nullptr; }
+  // Whether this frame carries RSV1 (a permessage-deflate compressed message).
+  bool compressed() const noexcept {
+    return rep_ && (static_cast<unsigned char>(rep_->bytes[0]) & 0x40) != 0;
+  }
+
+  // The frame to send to a client that negotiated permessage-deflate
+  // (wire/deflate.hpp): the same message compressed (RSV1 set), or this very
+  // message when it is a control frame, its payload is shorter than
+  // `threshold` bytes, or compression would not make it smaller.
+  //
+  // Contract: the variant is computed once per message, by the first caller
+  // on any thread, and kept with the message (one pointer in the shared
+  // block); every later call, on any thread, returns a reference to the
+  // same bytes: one atomic load and one increment, nothing allocated, so
+  // fan-out to many subscribers compresses once. Two threads asking at the
+  // same moment may both compress; one result wins and the other is freed.
+  // `threshold` and `level` must be the same for every call on a message
+  // (they are the server's configuration).
+  Message deflated(std::size_t threshold, int level) const;
   void swap(Message& other) noexcept { std::swap(rep_, other.rep_); }
 
  private:
@@ -66,8 +85,15 @@ class Message {
     std::atomic<std::uint32_t> refs;
     std::uint32_t size;    // header + payload
     std::uint32_t header;  // header length
+    // The compressed variant (see deflated()): null until asked for, then a
+    // Rep holding one reference, or `plain_marker()` when this frame goes
+    // uncompressed.
+    std::atomic<Rep*> deflated;
     char bytes[1];         // really `size` bytes
   };
+  static Rep* plain_marker() noexcept;
+  static Rep* allocate(std::size_t total);
+  static void unref(Rep* rep) noexcept;
   explicit Message(Rep* rep) noexcept : rep_(rep) {}
   void retain() noexcept {
     if (rep_) rep_->refs.fetch_add(1, std::memory_order_relaxed);

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "wire/deflate.hpp"
+
 namespace synapse::wire {
 namespace {
 
@@ -120,8 +122,16 @@ void FrameReader::fail(FrameSink& sink, std::uint16_t code, std::string_view why
 
 bool FrameReader::check_header(FrameSink& sink) {
   const auto opbits = static_cast<std::uint8_t>(op_);
-  if (rsv_ != 0) {
+  // RSV1 is permessage-deflate's "compressed" bit, allowed only once it was
+  // negotiated and only on a message's first frame (RFC 7692 section 6.1);
+  // RSV2 and RSV3 belong to no extension of ours.
+  const bool rsv1 = (rsv_ & 0x40) != 0;
+  if ((rsv_ & 0x30) != 0 || (rsv1 && !deflate_)) {
     fail(sink, close_code::protocol_error, "reserved bits set without a negotiated extension");
+    return false;
+  }
+  if (rsv1 && (is_control(op_) || op_ == Opcode::continuation)) {
+    fail(sink, close_code::protocol_error, "RSV1 is allowed on the first frame of a data message only");
     return false;
   }
   if (!is_known(opbits)) {
@@ -162,6 +172,7 @@ bool FrameReader::check_header(FrameSink& sink) {
   }
   if (op_ != Opcode::continuation) {
     message_op_ = op_;
+    compressed_ = rsv1;
     utf8_.reset();
   }
   return true;
@@ -209,14 +220,45 @@ void FrameReader::finish_frame(std::string_view payload, FrameSink& sink) {
     return;
   }
   fragmented_ = false;
-  if (message_op_ == Opcode::text && !utf8_.complete()) {
+  if (compressed_) {
+    deliver_inflated(payload, sink);
+  } else if (message_op_ == Opcode::text && !utf8_.complete()) {
     // The message ends inside a character (RFC 6455 section 8.1).
     fail(sink, close_code::invalid_payload, "text message is not valid UTF-8");
     return;
+  } else {
+    sink.on_message(message_op_, payload);
   }
-  sink.on_message(message_op_, payload);
+  if (finished_) return;
   assembly_.clear();
   if (assembly_.capacity() > keep_assembly_bytes) std::string().swap(assembly_);
+}
+
+// A compressed message's whole payload: inflated into this thread's buffer
+// (no connection keeps one), bounded by max_message_bytes, validated as a
+// text message's UTF-8 only once inflated, then delivered.
+void FrameReader::deliver_inflated(std::string_view payload, FrameSink& sink) {
+  thread_local std::string buffer;
+  thread_local bool in_use = false;
+  std::string local;  // a sink that feeds another reader from on_message gets its own
+  std::string& out = in_use ? local : buffer;
+  const bool owner = !in_use;
+  in_use = true;
+  const InflateResult r = inflate_message(payload, max_message_, out);
+  if (r == InflateResult::too_big) {
+    fail(sink, close_code::too_big, "message exceeds max_message_bytes once inflated");
+  } else if (r == InflateResult::corrupt) {
+    fail(sink, close_code::protocol_error, "compressed message does not inflate");
+  } else if (message_op_ == Opcode::text && !is_valid_utf8(out)) {
+    fail(sink, close_code::invalid_payload, "text message is not valid UTF-8");
+  } else {
+    sink.on_message(message_op_, out);
+  }
+  if (owner) {
+    in_use = false;
+    out.clear();
+    if (out.capacity() > keep_assembly_bytes) std::string().swap(out);
+  }
 }
 
 void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
@@ -276,7 +318,7 @@ void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
 
     // Invalid text fails the connection at the offending fragment, as soon
     // as the bytes that make it invalid arrive (RFC 6455 section 8.1: 1007).
-    if (message_op_ == Opcode::text && !utf8_.feed(reinterpret_cast<const unsigned char*>(chunk), take)) {
+    if (message_op_ == Opcode::text && !compressed_ && !utf8_.feed(reinterpret_cast<const unsigned char*>(chunk), take)) {
       fail(sink, close_code::invalid_payload, "text message is not valid UTF-8");
       return;
     }

@@ -74,6 +74,12 @@ class FrameReader {
   // Stops early once a close or violation was reported.
   void feed(char* data, std::size_t n, FrameSink& sink);
 
+  // permessage-deflate was negotiated (wire/deflate.hpp): messages whose
+  // first frame carries RSV1 are inflated, bounded by max_message_bytes
+  // (beyond it: 1009), before they are validated and delivered. Without
+  // it, RSV1 is a protocol error (1002).
+  void enable_deflate() noexcept { deflate_ = true; }
+
   // True once a close frame or a violation ended the stream.
   bool finished() const noexcept { return finished_; }
   // Bytes held for incomplete frames or fragmented messages.
@@ -92,6 +98,7 @@ class FrameReader {
   std::size_t parse_header(const std::uint8_t* p, std::size_t n) noexcept;
   bool check_header(FrameSink& sink);
   void finish_frame(std::string_view payload, FrameSink& sink);
+  void deliver_inflated(std::string_view payload, FrameSink& sink);
   void fail(FrameSink& sink, std::uint16_t code, std::string_view why);
 
   std::size_t max_message_;
@@ -118,6 +125,8 @@ class FrameReader {
 
   // A data message being assembled from fragments or from a split frame.
   bool fragmented_ = false;  // a message with FIN unset is open
+  bool deflate_ = false;     // permessage-deflate negotiated
+  bool compressed_ = false;  // the current message is compressed (RSV1 on its first frame)
   Opcode message_op_ = Opcode::text;
   std::string assembly_;
   Utf8Validator utf8_;

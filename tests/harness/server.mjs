@@ -17,6 +17,9 @@ export const RELAXED = {
   '--ip-max-sockets': '0',
   '--ip-new-per-min': '0',
   '--key-max-connections': '0',
+  // Runs a test leaves going would hold every stop() for the 30 s default
+  // drain (tests/integration/test_graceful_drain.py passes its own).
+  '--drain-timeout-ms': '2000',
 };
 
 export function binary() {

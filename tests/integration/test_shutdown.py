@@ -27,7 +27,9 @@ async def test_clients_get_1001_and_server_exits_0(fresh_server, sig):
 
 @pytest.mark.asyncio
 async def test_running_tool_ends_with_terminal_event_before_close(fresh_server):
-    s = fresh_server()
+    # A window shorter than the tool: the drain interrupts it
+    # (test_graceful_drain.py covers runs that fit in the window).
+    s = fresh_server({"--drain-timeout-ms": "300"})
     c = await PhxClient.connect(s.ws())
     ok(await c.join("cortex:admin"))
     reply = ok(await c.request("cortex:admin", "tool", {"tool": "demo.countdown", "args": {"steps": 100, "interval_ms": 100}}))
