@@ -25,6 +25,7 @@
 #include "config/config.hpp"
 #include "core/json_log.hpp"
 #include "cortex/cortex.hpp"
+#include "cortex/mcp_client.hpp"
 #include "cortex/runs.hpp"
 #include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
@@ -339,6 +340,32 @@ int serve(const config::Config& cfg) {
   run_options.max_bytes_total = static_cast<std::size_t>(cfg.run_log_max_bytes);
   cortex::RunRegistry runs(run_options);
 
+  // One client (and thread, and child process) per [[mcp.servers]] table.
+  // Each starts its child and initializes it in the background: startup
+  // never waits for a child, and its tools appear when it is ready. Owned
+  // here, after the cortex whose registry they fill; stopped (children
+  // killed) once the server stopped serving, before the cortex stops.
+  std::vector<std::unique_ptr<cortex::McpServer>> mcp_servers;
+  for (const auto& m : cfg.mcp_servers) {
+    cortex::McpServerOptions o;
+    o.name = m.name;
+    o.command = m.command;
+    o.args = m.args;
+    o.env = m.env;
+    o.cwd = m.cwd;
+    o.timeout = std::chrono::milliseconds(m.timeout_ms);
+    o.max_concurrent = static_cast<std::size_t>(m.max_concurrent);
+    o.client_version = SYNAPSE_VERSION;
+    mcp_servers.push_back(std::make_unique<cortex::McpServer>(std::move(o), cortex.tools()));
+  }
+  struct StopMcp {
+    std::vector<std::unique_ptr<cortex::McpServer>>& servers;
+    ~StopMcp() {
+      for (auto& s : servers) s->stop();
+    }
+  } stop_mcp{mcp_servers};
+  for (auto& s : mcp_servers) s->start();
+
   // The first admin key is created only once nothing else can fail before
   // listening (a missing Redis, say), so that it is not printed and lost.
   if (keys.count() == 0) {
@@ -405,6 +432,7 @@ int serve(const config::Config& cfg) {
   // Scripts and tests wait for this line.
   std::cout << "listening on " << cfg.bind << ":" << server.port() << std::endl;
   const int rc = server.run();
+  for (auto& s : mcp_servers) s->stop();  // kills the children (by PID, process group and all)
   cortex.stop();  // workers post to I/O threads: stop them while those exist
   // Connections a drain timeout left open go now, on this thread (the I/O
   // threads have stopped), while the broker and the limiter they leave and
