@@ -416,6 +416,24 @@ int serve(const config::Config& cfg) {
           {"synapse_redis_reconnects", "Reconnections to Redis since start", static_cast<double>(l->reconnects())}};
     };
   }
+  if (!mcp_servers.empty()) {
+    // MCP servers on /metrics: how many are configured, ready, and how many
+    // child processes were started in all (1 per server when none restarted).
+    http.extra_samples = [base = http.extra_samples, &mcp_servers] {
+      auto v = base();
+      double ready = 0, starts = 0;
+      for (const auto& s : mcp_servers) {
+        ready += s->ready() ? 1 : 0;
+        starts += static_cast<double>(s->starts());
+      }
+      v.push_back({"synapse_mcp_servers", "Configured MCP servers ([[mcp.servers]])",
+                   static_cast<double>(mcp_servers.size())});
+      v.push_back({"synapse_mcp_servers_ready", "MCP servers whose tools can run now", ready});
+      v.push_back({"synapse_mcp_server_starts", "MCP server child processes started since start (restarts included)",
+                   starts});
+      return v;
+    };
+  }
   limits::AcceptGate accept_gate(accept_limits(cfg));
   http.accept_gate = &accept_gate;
   const auto admin_backend = net::make_admin_backend(threads);

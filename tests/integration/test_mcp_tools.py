@@ -119,6 +119,12 @@ async def test_everything_tools_appear_namespaced_with_their_schemas(mcp_server)
     assert ts["everything.get-sum"]["input_schema"]["required"] == ["a", "b"]
     assert ts["everything.echo"]["description"]
     assert "memory.store" in ts  # the built-in tools are still there
+    await wait_tools(c, up("bad.echo"))
+    status, _, body = mcp_server.http("GET", "/metrics")
+    assert status == 200
+    samples = dict(l.rsplit(" ", 1) for l in body.splitlines() if l.startswith("synapse_mcp_"))
+    assert float(samples["synapse_mcp_servers"]) == 2 and float(samples["synapse_mcp_servers_ready"]) == 2
+    assert float(samples["synapse_mcp_server_starts"]) >= 2
     await c.close()
 
 
