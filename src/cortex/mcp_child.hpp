@@ -27,11 +27,12 @@ struct ChildSpec {
 
 // Starts `spec`. The child runs in a process group of its own (so the
 // grandchildren a wrapper script starts are killed with it), gets SIGKILL
-// if this thread's process dies (PR_SET_PDEATHSIG; no orphans after a
-// crash), inherits no descriptor but its three pipes, and has default
-// signal dispositions and mask. Returns once exec succeeded; throws
-// std::runtime_error saying why it failed (command not found, bad cwd, exec
-// error), with no child left behind.
+// when the thread that spawned it ends (PR_SET_PDEATHSIG: the MCP client's
+// thread outlives its children, and ends with the process, so no child
+// survives a crash of Synapse), inherits no descriptor but its three pipes,
+// and has default signal dispositions and mask. Returns once exec
+// succeeded; throws std::runtime_error saying why it failed (command not
+// found, bad cwd, exec error), with no child left behind.
 ChildProcess spawn_child(const ChildSpec& spec);
 
 // Kills the child's process group with SIGKILL (unless it already exited)

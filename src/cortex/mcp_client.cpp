@@ -34,6 +34,7 @@ constexpr auto stderr_window = std::chrono::seconds(10);
 constexpr auto stable_after = std::chrono::seconds(10);  // a child up this long resets the backoff
 constexpr auto tick_every = std::chrono::milliseconds(50);
 constexpr auto max_ping_wait = std::chrono::milliseconds(5'000);
+constexpr auto keepalive_every = std::chrono::seconds(15);  // a ping while nothing else checks the child
 
 std::string clip(std::string_view s, std::size_t n = 200) {
   return s.size() <= n ? std::string(s) : std::string(s.substr(0, n)) + "...";
@@ -111,6 +112,7 @@ struct McpServer::Impl : std::enable_shared_from_this<McpServer::Impl> {
   std::vector<json::object> listed;
   std::size_t pages = 0;
   Clock::time_point up_since{};
+  Clock::time_point last_ping{};
   std::chrono::milliseconds backoff;
   Clock::time_point stderr_window_start{};
   int stderr_lines = 0, stderr_dropped = 0;
@@ -265,20 +267,39 @@ struct McpServer::Impl : std::enable_shared_from_this<McpServer::Impl> {
       auto self = w.lock();
       if (!self || gen != self->generation || ec) return;
       self->err_buf.append(self->err_chunk.data(), n);
-      std::size_t start = 0;
-      for (;;) {
-        const auto nl = self->err_buf.find('\n', start);
-        if (nl == std::string::npos) break;
-        self->log_stderr(std::string_view(self->err_buf.data() + start, nl - start));
-        start = nl + 1;
-      }
-      self->err_buf.erase(0, start);
-      if (self->err_buf.size() > max_stderr_line) {
-        self->log_stderr(self->err_buf);
-        self->err_buf.clear();
-      }
+      self->consume_stderr(false);
       self->read_err(gen);
     });
+  }
+
+  // Logs the complete lines of err_buf (and, with `all`, the rest too).
+  void consume_stderr(bool all) {
+    std::size_t start = 0;
+    for (;;) {
+      const auto nl = err_buf.find('\n', start);
+      if (nl == std::string::npos) break;
+      log_stderr(std::string_view(err_buf.data() + start, nl - start));
+      start = nl + 1;
+    }
+    err_buf.erase(0, start);
+    if (err_buf.size() > max_stderr_line || (all && !err_buf.empty())) {
+      log_stderr(err_buf);
+      err_buf.clear();
+    }
+  }
+
+  // What a dead child wrote to stderr last (a crash's reason, often) is
+  // still in the pipe: read it without waiting, before the pipe closes.
+  void drain_stderr() {
+    if (!err) return;
+    boost::system::error_code ec;
+    err->non_blocking(true, ec);
+    for (int i = 0; i < 16 && !ec; ++i) {
+      const std::size_t n = err->read_some(asio::buffer(err_chunk), ec);
+      if (n == 0) break;
+      err_buf.append(err_chunk.data(), n);
+    }
+    consume_stderr(true);
   }
 
   void log_stderr(std::string_view line) {
@@ -319,6 +340,13 @@ struct McpServer::Impl : std::enable_shared_from_this<McpServer::Impl> {
   void on_tick(std::uint64_t gen) {
     const auto now = Clock::now();
     if (ready.load() && now - up_since >= stable_after) backoff = opts.backoff_min;
+    if (ready.load() && !ping_out && now - last_ping >= keepalive_every) {
+      // A server hung while idle shows as unavailable before a call finds out.
+      ping_out = true;
+      last_ping = now;
+      request(Kind::ping, "ping", {});
+      if (gen != generation) return;
+    }
     std::vector<std::int64_t> expired;
     for (const auto& [id, p] : pending) {
       if (p.deadline <= now) expired.push_back(id);
@@ -349,7 +377,9 @@ struct McpServer::Impl : std::enable_shared_from_this<McpServer::Impl> {
       }
       if (!ping_out) {
         ping_out = true;
+        last_ping = now;
         request(Kind::ping, "ping", {});
+        if (gen != generation) return;
       }
     }
   }
@@ -403,6 +433,9 @@ struct McpServer::Impl : std::enable_shared_from_this<McpServer::Impl> {
       if (!token || !token->is_int64()) return;
       auto it = pending.find(token->get_int64());
       if (it == pending.end() || it->second.kind != Kind::call || !it->second.call) return;
+      // Progress counts as an answer: the call's timeout starts again (MCP
+      // allows this; the run's own timeout_ms stays the upper bound).
+      it->second.deadline = Clock::now() + opts.timeout;
       std::string message;
       if (const json::value* m = params.if_contains("message"); m && m->is_string()) message = m->get_string();
       it->second.call->callbacks.progress(number_or(params.if_contains("progress"), 0),
@@ -597,6 +630,7 @@ struct McpServer::Impl : std::enable_shared_from_this<McpServer::Impl> {
       if (how.empty()) how = kill_and_reap(child.pid);
       child.pid = -1;  // reaped: the number is never signalled again
     }
+    drain_stderr();
     for (auto* d : {&out, &err}) {
       if (*d) {
         boost::system::error_code ec;
@@ -659,7 +693,7 @@ void McpServer::Impl::finish_listing() {
   const std::size_t offered = tools.size();
   const std::size_t n = registry.replace(provider, std::move(tools));
   if (!ready.exchange(true)) {
-    up_since = Clock::now();
+    up_since = last_ping = Clock::now();
     spdlog::info("mcp server {}: ready with {} tools (pid {})", opts.name, n, child.pid);
   } else {
     spdlog::info("mcp server {}: tool list changed, now {} tools", opts.name, n);

@@ -29,8 +29,10 @@
 // stay listed with available() false, and it is started again after a
 // backoff (backoff_min doubling up to backoff_max; back to backoff_min once
 // a child stayed up for 10 s). A tools/call with no answer within
-// `timeout_ms` ends unavailable too, is cancelled at the server, and a ping
-// checks the server is alive (no answer: killed and restarted as above).
+// `timeout_ms` (restarted by each progress notification) ends unavailable
+// too, is cancelled at the server, and a ping checks the server is alive (no
+// answer: killed and restarted as above); a keepalive ping every 15 s finds
+// a server that hung while idle.
 #pragma once
 
 #include <atomic>

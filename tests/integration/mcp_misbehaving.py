@@ -9,7 +9,8 @@ stdout. Options:
   --state FILE        append one JSON line per event (start, cancelled) to FILE
 
 Tools: echo {text}, fail {}, hang {}, freeze {}, garbage {}, crash {},
-add_tool {}, slow {ms}, stderr_flood {lines}, cancellations {}.
+add_tool {}, slow {ms}, stderr_flood {lines}, cancellations {},
+ticker {steps, interval_ms}.
 """
 import argparse
 import json
@@ -26,6 +27,7 @@ opts = parser.parse_args()
 
 out_lock = threading.Lock()
 cancelled = []  # requestIds of notifications/cancelled received
+params_meta = {}  # request id -> the call's _meta
 extra_tools = []
 
 
@@ -64,6 +66,8 @@ TOOLS = [
     {"name": "stderr_flood", "description": "Writes lines to stderr",
      "inputSchema": schema({"lines": {"type": "integer"}}, ["lines"])},
     {"name": "cancellations", "description": "The requestIds cancelled so far", "inputSchema": schema()},
+    {"name": "ticker", "description": "Sends progress every interval_ms, answers after steps",
+     "inputSchema": schema({"steps": {"type": "integer"}, "interval_ms": {"type": "integer"}}, ["steps"])},
 ]
 
 
@@ -82,7 +86,20 @@ def call(msg_id, name: str, args: dict) -> None:
             sys.stdout.write("this is not JSON-RPC\n")
             sys.stdout.flush()
     elif name == "crash":
+        sys.stderr.write("crashing on purpose\n")
+        sys.stderr.flush()
         os._exit(3)
+    elif name == "ticker":
+        token = (params_meta.get(msg_id) or {}).get("progressToken")
+
+        def tick():
+            steps = args.get("steps", 1)
+            for i in range(1, steps + 1):
+                time.sleep(args.get("interval_ms", 100) / 1000.0)
+                send({"jsonrpc": "2.0", "method": "notifications/progress",
+                      "params": {"progressToken": token, "progress": i, "total": steps}})
+            send({"jsonrpc": "2.0", "id": msg_id, "result": text(f"ticked {steps}")})
+        threading.Thread(target=tick, daemon=True).start()
     elif name == "add_tool":
         extra_tools.append({"name": "added", "description": "Added at run time", "inputSchema": schema()})
         send({"jsonrpc": "2.0", "id": msg_id, "result": text("added")})
@@ -126,6 +143,7 @@ def main() -> None:
                 result["nextCursor"] = str(start + per)
             send({"jsonrpc": "2.0", "id": msg_id, "result": result})
         elif method == "tools/call":
+            params_meta[msg_id] = params.get("_meta")
             call(msg_id, params.get("name"), params.get("arguments") or {})
         elif method == "ping":
             send({"jsonrpc": "2.0", "id": msg_id, "result": {}})

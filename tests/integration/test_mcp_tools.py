@@ -56,6 +56,14 @@ def children(pid):
     return out
 
 
+def alive(pid):
+    """Running (not gone, not a zombie waiting for its reparented reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def child_pid(server, marker):
     for pid, cmd in children(server.pid).items():
         if marker in cmd:
@@ -211,7 +219,7 @@ async def test_tools_list_pages_are_followed(mcp_server):
     ts = await wait_tools(c, up("bad.echo"))
     bad = {n for n in ts if n.startswith("bad.")}
     assert bad == {f"bad.{t}" for t in ("echo", "fail", "hang", "freeze", "garbage", "crash", "add_tool", "slow",
-                                         "stderr_flood", "cancellations")}
+                                         "stderr_flood", "cancellations", "ticker")}
     await c.close()
 
 
@@ -291,6 +299,20 @@ async def test_broken_server_gives_tool_unavailable_and_restarts(mcp_server, too
     assert child_pid(mcp_server, "mcp_misbehaving.py") != old
     assert not Path(f"/proc/{old}").exists()  # killed and reaped
     assert (await run_to_end(c, await call(c, "bad.echo", {"text": "again"})))[-1][3] == "result"
+    if tool == "crash":  # what it wrote to stderr as it died reached the log
+        assert any("mcp server bad stderr: crashing on purpose" in l for l in mcp_server.log_lines)
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_progress_restarts_the_call_timeout(mcp_server):
+    """timeout_ms is 1500 for `bad`; a call that reports progress every 400 ms
+    for 2.4 s is not cut off."""
+    c = await cortex(mcp_server)
+    await wait_tools(c, up("bad.ticker"))
+    events = await run_to_end(c, await call(c, "bad.ticker", {"steps": 6, "interval_ms": 400}), timeout=10)
+    assert [f[4]["progress"] for f in events if f[3] == "progress"] == [1, 2, 3, 4, 5, 6]
+    assert events[-1][3] == "result" and events[-1][4]["data"]["content"][0]["text"] == "ticked 6"
     await c.close()
 
 
@@ -365,6 +387,22 @@ def test_children_are_killed_on_shutdown():
         assert s.stop() == 0
     for pid in kids:
         assert not Path(f"/proc/{pid}").exists(), f"child {pid} outlived synapse"
+    os.unlink(cfg)
+
+
+def test_children_die_with_a_killed_synapse():
+    cfg = config_file(server_table("bad", PY, [MISBEHAVING]))
+    with SynapseServer(flags={"--config": cfg}) as s:
+        deadline = time.monotonic() + 15
+        while not children(s.pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        kids = list(children(s.pid))
+        s.kill()
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in kids):
+            assert time.monotonic() < deadline, "a child outlived a SIGKILLed synapse"
+            time.sleep(0.05)
     os.unlink(cfg)
 
 
