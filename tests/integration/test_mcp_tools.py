@@ -359,6 +359,26 @@ async def test_slow_mcp_server_does_not_starve_memory_tools(fresh_server):
 
 
 @pytest.mark.asyncio
+async def test_concurrent_calls_from_many_connections_each_get_their_own_answer(fresh_server):
+    cfg = config_file(server_table("everything", EVERYTHING, ["stdio"], max_concurrent=16))
+    s = fresh_server({"--config": cfg})
+    clients = [await cortex(s) for _ in range(4)]
+    await wait_tools(clients[0], up("everything.echo"))
+
+    async def one(c, i):
+        refs = [await call(c, "everything.echo", {"message": f"c{i} m{j}"}) for j in range(4)]
+        for j, ref in enumerate(refs):
+            events = await run_to_end(c, ref)
+            assert events[-1][4]["data"]["content"][0]["text"] == f"Echo: c{i} m{j}"
+
+    for _ in range(5):  # 5 rounds of 16 calls in flight at once
+        await asyncio.gather(*(one(c, i) for i, c in enumerate(clients)))
+    for c in clients:
+        await c.close()
+    os.unlink(cfg)
+
+
+@pytest.mark.asyncio
 async def test_startup_does_not_wait_for_a_server_that_never_initializes(fresh_server):
     cfg = config_file(server_table("mute", PY, [MISBEHAVING, "--hang-initialize"], timeout_ms=1000))
     t0 = time.monotonic()
