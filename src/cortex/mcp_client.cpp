@@ -465,6 +465,11 @@ struct McpServer::Impl : std::enable_shared_from_this<McpServer::Impl> {
         if (const json::value* pv = r.if_contains("protocolVersion"); pv && pv->is_string()) version = pv->get_string();
         const json::value* caps = r.if_contains("capabilities");
         has_tools_capability = caps && caps->is_object() && caps->get_object().contains("tools");
+        if (version != "2025-06-18" && version != "2025-03-26" && version != "2024-11-05") {
+          // Tools work alike in the versions we know; an unknown one may not.
+          spdlog::warn("mcp server {}: answers with protocol version {}, which Synapse does not know; going on",
+                       opts.name, version);
+        }
         spdlog::info("mcp server {}: initialized (protocol {})", opts.name, version);
         notify("notifications/initialized", {});
         if (has_tools_capability) {
