@@ -341,6 +341,25 @@ async def test_progress_restarts_the_call_timeout(mcp_server):
     await c.close()
 
 
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_server_hung_while_idle_is_found_by_the_keepalive_ping(mcp_server):
+    """SIGSTOP: the child is there but answers nothing. With no call to time
+    out, the ping every 15 s finds it; it is killed and started again."""
+    c = await cortex(mcp_server)
+    await wait_tools(c, up("bad.echo"))
+    old = child_pid(mcp_server, "mcp_misbehaving.py")
+    os.kill(old, signal.SIGSTOP)
+    t0 = time.monotonic()
+    await wait_tools(c, lambda ts: not ts["bad.echo"]["available"], timeout=25)
+    assert time.monotonic() - t0 < 15 + 1.5 + 2  # keepalive interval + the ping's wait (timeout_ms) + slack
+    assert any("gave no answer to ping" in l for l in mcp_server.log_lines)
+    await wait_tools(c, up("bad.echo"), timeout=20)
+    assert child_pid(mcp_server, "mcp_misbehaving.py") != old
+    assert not Path(f"/proc/{old}").exists()
+    await c.close()
+
+
 @pytest.mark.asyncio
 async def test_child_stderr_is_logged_rate_limited(mcp_server):
     c = await cortex(mcp_server)
