@@ -281,6 +281,13 @@ async def test_interrupt_sends_notifications_cancelled(mcp_server):
     events = await run_to_end(c, await call(c, "bad.cancellations", {}))
     ids = events[-1][4]["data"]["structuredContent"]["ids"]
     assert len(ids) >= 1 and all(isinstance(i, int) for i in ids)
+    # A run that reaches its own timeout_ms is cancelled at the server too.
+    ref = await call(c, "bad.hang", {}, timeout_ms=300)
+    events = await run_to_end(c, ref)
+    assert events[-1][3] == "error" and events[-1][4]["reason"] == "timeout"
+    await asyncio.sleep(0.2)
+    events = await run_to_end(c, await call(c, "bad.cancellations", {}))
+    assert len(events[-1][4]["data"]["structuredContent"]["ids"]) == len(ids) + 1
     await c.close()
 
 
