@@ -377,7 +377,9 @@ std::vector<McpServerConfig> parse_mcp_servers(const toml::value& v) {
         if (!x.is_table()) bad_mcp(i, key, "expected a table of strings, like env = { NAME = \"value\" }");
         for (const auto& [name, val] : x.as_table()) {
           if (!val.is_string()) bad_mcp(i, "env." + name, "expected a string");
-          if (name.empty() || name.find('=') != std::string::npos) bad_mcp(i, "env", "'" + name + "' is not a variable name");
+          if (name.empty() || name.find('=') != std::string::npos) {
+            bad_mcp(i, "env", "'" + name + "' is not a variable name");
+          }
           m.env.emplace_back(name, val.as_string().str);
         }
         std::sort(m.env.begin(), m.env.end());

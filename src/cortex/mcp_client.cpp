@@ -178,14 +178,18 @@ struct McpServer::Impl : std::enable_shared_from_this<McpServer::Impl> {
     backoff = std::min(backoff * 2, opts.backoff_max);
   }
 
+  // How long a request may go unanswered: timeout_ms, and at most
+  // max_ping_wait for a ping (it only asks "are you alive").
+  std::chrono::milliseconds wait_for(Kind kind) const {
+    return kind == Kind::ping ? std::min(opts.timeout, std::chrono::milliseconds(max_ping_wait)) : opts.timeout;
+  }
+
   std::int64_t request(Kind kind, std::string_view method, json::object params, std::shared_ptr<ToolCall> call = {},
                        std::string tool = {}) {
     const std::int64_t id = next_id++;
     if (kind == Kind::call) params["_meta"] = json::object{{"progressToken", id}};
-    auto wait = opts.timeout;
-    if (kind == Kind::ping) wait = std::min(wait, std::chrono::milliseconds(max_ping_wait));
     // Recorded before sending: a failed send ends it with the others.
-    pending.emplace(id, Pending{kind, Clock::now() + wait, std::move(call), std::move(tool)});
+    pending.emplace(id, Pending{kind, Clock::now() + wait_for(kind), std::move(call), std::move(tool)});
     send(json::object{{"jsonrpc", "2.0"}, {"id", id}, {"method", method}, {"params", std::move(params)}});
     return id;
   }
@@ -355,20 +359,17 @@ struct McpServer::Impl : std::enable_shared_from_this<McpServer::Impl> {
       auto it = pending.find(id);
       if (it == pending.end()) continue;
       if (it->second.kind != Kind::call) {
-        const char* what = it->second.kind == Kind::initialize ? "initialize"
-                           : it->second.kind == Kind::list     ? "tools/list"
-                                                               : "ping";
-        fail(gen, fmt::format("gave no answer to {} within {} ms", what,
-                              it->second.kind == Kind::ping ? std::min(opts.timeout, std::chrono::milliseconds(max_ping_wait)).count()
-                                                            : opts.timeout.count()));
+        const Kind k = it->second.kind;
+        const char* what = k == Kind::initialize ? "initialize" : k == Kind::list ? "tools/list" : "ping";
+        fail(gen, fmt::format("gave no answer to {} within {} ms", what, wait_for(k).count()));
         return;
       }
       Pending p = std::move(it->second);
       pending.erase(it);
       release_slot();
       if (p.call) {
-        notify("notifications/cancelled",
-               json::object{{"requestId", id}, {"reason", fmt::format("no answer within {} ms", opts.timeout.count())}});
+        const std::string reason = fmt::format("no answer within {} ms", opts.timeout.count());
+        notify("notifications/cancelled", json::object{{"requestId", id}, {"reason", reason}});
         spdlog::warn("mcp server {}: tools/call {} gave no answer within {} ms", opts.name, p.tool,
                      opts.timeout.count());
         p.call->callbacks.done(ToolOutcome{
