@@ -32,6 +32,7 @@
 #include "cortex/agent_hub.hpp"
 #include "cortex/agent_routes.hpp"
 #include "cortex/cortex.hpp"
+#include "cortex/mcp_client.hpp"
 #include "cortex/runs.hpp"
 #include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
@@ -425,6 +426,32 @@ int serve(const config::Config& cfg) {
     run_mirror->start();
   }
 
+  // One client (and thread, and child process) per [[mcp.servers]] table.
+  // Each starts its child and initializes it in the background: startup
+  // never waits for a child, and its tools appear when it is ready. Owned
+  // here, after the cortex whose registry they fill; stopped (children
+  // killed) once the server stopped serving, before the cortex stops.
+  std::vector<std::unique_ptr<cortex::McpServer>> mcp_servers;
+  for (const auto& m : cfg.mcp_servers) {
+    cortex::McpServerOptions o;
+    o.name = m.name;
+    o.command = m.command;
+    o.args = m.args;
+    o.env = m.env;
+    o.cwd = m.cwd;
+    o.timeout = std::chrono::milliseconds(m.timeout_ms);
+    o.max_concurrent = static_cast<std::size_t>(m.max_concurrent);
+    o.client_version = SYNAPSE_VERSION;
+    mcp_servers.push_back(std::make_unique<cortex::McpServer>(std::move(o), cortex.tools()));
+  }
+  struct StopMcp {
+    std::vector<std::unique_ptr<cortex::McpServer>>& servers;
+    ~StopMcp() {
+      for (auto& s : servers) s->stop();
+    }
+  } stop_mcp{mcp_servers};
+  for (auto& s : mcp_servers) s->start();
+
   // The first admin key is created only once nothing else can fail before
   // listening (a missing Redis, say), so that it is not printed and lost.
   if (keys.count() == 0) {
@@ -493,6 +520,24 @@ int serve(const config::Config& cfg) {
           {"synapse_redis_reconnects", "Reconnections to Redis since start", static_cast<double>(l->reconnects())}});
     };
   }
+  if (!mcp_servers.empty()) {
+    // MCP servers on /metrics: how many are configured, ready, and how many
+    // child processes were started in all (1 per server when none restarted).
+    http.extra_samples = [base = http.extra_samples, &mcp_servers] {
+      auto v = base();
+      double ready = 0, starts = 0;
+      for (const auto& s : mcp_servers) {
+        ready += s->ready() ? 1 : 0;
+        starts += static_cast<double>(s->starts());
+      }
+      v.push_back({"synapse_mcp_servers", "Configured MCP servers ([[mcp.servers]])",
+                   static_cast<double>(mcp_servers.size())});
+      v.push_back({"synapse_mcp_servers_ready", "MCP servers whose tools can run now", ready});
+      v.push_back({"synapse_mcp_server_starts", "MCP server child processes started since start (restarts included)",
+                   starts});
+      return v;
+    };
+  }
   limits::AcceptGate accept_gate(accept_limits(cfg));
   http.accept_gate = &accept_gate;
   const auto admin_backend = net::make_admin_backend(threads);
@@ -509,6 +554,7 @@ int serve(const config::Config& cfg) {
   // Scripts and tests wait for this line.
   std::cout << "listening on " << cfg.bind << ":" << server.port() << std::endl;
   const int rc = server.run();
+  for (auto& s : mcp_servers) s->stop();  // kills the children (by PID, process group and all)
   cortex.stop();  // workers post to I/O threads: stop them while those exist
   // Connections a drain timeout left open go now, on this thread (the I/O
   // threads have stopped), while the broker and the limiter they leave and

@@ -124,6 +124,10 @@ export interface ToolInfo {
   name: string;
   description: string;
   input_schema: Record<string, any>;
+  /** `builtin`, or `mcp:<server>` for a configured MCP server's tool. */
+  provider?: string;
+  /** False while the tool's MCP server restarts (a call ends `tool_unavailable`). */
+  available?: boolean;
 }
 
 export interface MessageMeta {

@@ -322,12 +322,20 @@ class CortexChannel final : public Channel {
     erase_follow(run->id());
     run->finish(RunEnd::cancelled, json::object{{"reason", "overloaded"}});
     registry_.discard(run->id());
-    json::object r = protocol::error_response(
-        "overloaded", admit == cortex::Admit::tenant_full
-                          ? fmt::format("this tenant already has {} runs waiting for a worker (its share of the "
-                                        "queue); retry later",
-                                        cortex_.tenant_queue_limit())
-                          : std::string("the server's run queue is full; retry later"));
+    std::string why;
+    switch (admit) {
+      case cortex::Admit::tenant_full:
+        why = fmt::format("this tenant already has {} runs waiting for a worker (its share of the queue); retry later",
+                          cortex_.tenant_queue_limit());
+        break;
+      case cortex::Admit::provider_full:
+        why = "the tool's provider already runs as many calls as it allows (its max_concurrent); retry later";
+        break;
+      default:
+        why = "the server's run queue is full; retry later";
+        break;
+    }
+    json::object r = protocol::error_response("overloaded", why);
     r["ref"] = ref;
     r["retry_after_ms"] = 1000;
     session_.reply_error(env, r);
@@ -503,8 +511,9 @@ class CortexChannel final : public Channel {
   // from whatever thread the provider reports on; an outcome after the run
   // ended (interrupt, timeout) is ignored by Run::finish. Interrupt cancels
   // the run's token, whose hook reaches the provider (an MCP call sends
-  // notifications/cancelled). A refused start (the worker queue is full) is
-  // answered like a refused submit. A tool that streams text takes the
+  // notifications/cancelled). A refused start (the worker queue is full, or
+  // an MCP server's max_concurrent calls are in flight) is answered like a
+  // refused submit. A tool that streams text takes the
   // token sink in start() (cortex/runs.hpp, TokenScope).
   bool start_tool(const protocol::Envelope& env, const cortex::RunPtr& run, const cortex::Tool& tool,
                   json::object args) {

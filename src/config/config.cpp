@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <toml.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cctype>
 #include <cmath>
@@ -385,6 +386,69 @@ const Option* find_option(const std::string& key) {
   return nullptr;
 }
 
+// `[[mcp.servers]]`: an array of tables, each one server. Every key is
+// checked here (type, unknown keys); the rules across servers (names,
+// duplicates) are validate()'s. Errors name the table by its index.
+[[noreturn]] void bad_mcp(std::size_t i, std::string_view key, const std::string& why) {
+  throw ConfigError(fmt::format("invalid value for mcp.servers[{}].{}: {}", i, key, why));
+}
+
+std::vector<McpServerConfig> parse_mcp_servers(const toml::value& v) {
+  if (!v.is_array()) throw ConfigError("invalid value for mcp.servers: expected [[mcp.servers]] tables");
+  std::vector<McpServerConfig> out;
+  std::size_t i = 0;
+  for (const auto& item : v.as_array()) {
+    if (!item.is_table()) throw ConfigError(fmt::format("invalid value for mcp.servers[{}]: expected a table", i));
+    McpServerConfig m;
+    auto text = [&](const std::string& key, const toml::value& x) {
+      if (!x.is_string()) bad_mcp(i, key, "expected a string");
+      return x.as_string().str;
+    };
+    auto integer = [&](const std::string& key, const toml::value& x, std::int64_t lo, std::int64_t hi) {
+      if (!x.is_integer() || x.as_integer() < lo || x.as_integer() > hi) {
+        bad_mcp(i, key, fmt::format("expected an integer from {} to {}", lo, hi));
+      }
+      return static_cast<std::int64_t>(x.as_integer());
+    };
+    for (const auto& [key, x] : item.as_table()) {
+      if (key == "name") {
+        m.name = text(key, x);
+      } else if (key == "command") {
+        m.command = text(key, x);
+      } else if (key == "cwd") {
+        m.cwd = text(key, x);
+      } else if (key == "args") {
+        if (!x.is_array()) bad_mcp(i, key, "expected an array of strings");
+        for (const auto& a : x.as_array()) {
+          if (!a.is_string()) bad_mcp(i, key, "expected an array of strings");
+          m.args.push_back(a.as_string().str);
+        }
+      } else if (key == "env") {
+        if (!x.is_table()) bad_mcp(i, key, "expected a table of strings, like env = { NAME = \"value\" }");
+        for (const auto& [name, val] : x.as_table()) {
+          if (!val.is_string()) bad_mcp(i, "env." + name, "expected a string");
+          if (name.empty() || name.find('=') != std::string::npos) {
+            bad_mcp(i, "env", "'" + name + "' is not a variable name");
+          }
+          m.env.emplace_back(name, val.as_string().str);
+        }
+        std::sort(m.env.begin(), m.env.end());
+      } else if (key == "timeout_ms") {
+        m.timeout_ms = integer(key, x, 1, 3'600'000);
+      } else if (key == "max_concurrent") {
+        m.max_concurrent = integer(key, x, 1, 1024);
+      } else {
+        throw ConfigError(fmt::format("unknown config key mcp.servers[{}].{} (a server takes name, command, args, "
+                                      "env, cwd, timeout_ms and max_concurrent)",
+                                      i, key));
+      }
+    }
+    out.push_back(std::move(m));
+    ++i;
+  }
+  return out;
+}
+
 }  // namespace
 
 void apply_toml(Config& cfg, const std::string& path) {
@@ -403,10 +467,35 @@ void apply_toml(Config& cfg, const std::string& path) {
         apply_routes(cfg, value);
         continue;
       }
+      if (key == "mcp.servers") {
+        cfg.mcp_servers = parse_mcp_servers(value);
+        continue;
+      }
       const Option* o = find_option(key);
       if (!o) throw ConfigError("unknown config key " + key);
       apply_toml_value(cfg, *o, value);
     }
+  }
+}
+
+// A server's name is its tools' namespace: it may not hold a dot, repeat
+// another server's, or take a built-in namespace.
+static void validate_mcp_servers(const std::vector<McpServerConfig>& servers) {
+  for (std::size_t i = 0; i < servers.size(); ++i) {
+    const McpServerConfig& m = servers[i];
+    if (m.name.empty()) bad_mcp(i, "name", "is required");
+    bool ok = m.name.size() <= 64;
+    for (char c : m.name) {
+      ok &= (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    }
+    if (!ok) bad_mcp(i, "name", "'" + m.name + "' must be 1..64 letters, digits, '_' or '-'");
+    for (const char* reserved : {"memory", "demo", "debug"}) {
+      if (m.name == reserved) bad_mcp(i, "name", "'" + m.name + "' is a built-in tool namespace");
+    }
+    for (std::size_t j = 0; j < i; ++j) {
+      if (servers[j].name == m.name) bad_mcp(i, "name", fmt::format("'{}' is also mcp.servers[{}]'s name", m.name, j));
+    }
+    if (m.command.empty()) bad_mcp(i, "command", "is required");
   }
 }
 
@@ -490,6 +579,7 @@ void validate(const Config& cfg) {
   if (!cfg.jwt_secret.empty() && cfg.jwt_secret.size() < 32) {
     bad(*find_option("auth.jwt_secret"), "must be at least 32 bytes");
   }
+  validate_mcp_servers(cfg.mcp_servers);
 }
 
 struct Binder::Flag {};
@@ -613,6 +703,17 @@ std::string example_toml() {
         },
         o.member);
   }
+  out +=
+      "\n# MCP servers whose tools Synapse offers as <name>.<tool> (docs/mcp.md), one\n"
+      "# [[mcp.servers]] table each; none by default. Each runs as a child over stdio.\n"
+      "# [[mcp.servers]]\n"
+      "# name = \"everything\"               # the tools' namespace: letters, digits, _ and -\n"
+      "# command = \"mcp-server-everything\" # looked up in PATH unless it contains a /\n"
+      "# args = [\"stdio\"]\n"
+      "# env = { LOG_LEVEL = \"info\" }      # added to Synapse's environment\n"
+      "# cwd = \"\"                          # empty: Synapse's working directory\n"
+      "# timeout_ms = 30000                  # answer time allowed per request (tools/call, initialize, ping)\n"
+      "# max_concurrent = 4                  # calls in flight at once; more are refused with overloaded\n";
   return out;
 }
 

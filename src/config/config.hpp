@@ -9,6 +9,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace CLI {
@@ -23,6 +24,19 @@ struct AgentRoute {
   std::string agents;
   std::string backend;  // builtin, workers, workers_then_builtin or http
   std::string url;      // backend http only
+};
+
+// One `[[mcp.servers]]` table: an MCP server Synapse runs as a child over
+// stdio, whose tools become `<name>.<tool>` (docs/mcp.md). TOML only: an
+// array of tables has no flag or environment variable.
+struct McpServerConfig {
+  std::string name;     // the tools' namespace: 1..64 letters, digits, '_' or '-'
+  std::string command;  // looked up in PATH unless it contains a '/'
+  std::vector<std::string> args;
+  std::vector<std::pair<std::string, std::string>> env;  // added to Synapse's environment, by name
+  std::string cwd;                     // empty: Synapse's working directory
+  std::int64_t timeout_ms = 30'000;    // one request's answer (initialize, tools/list, tools/call, ping)
+  std::int64_t max_concurrent = 4;     // calls in flight; more are refused with `overloaded`
 };
 
 struct Config {
@@ -135,6 +149,9 @@ struct Config {
   std::string redis;    // redis://HOST:PORT[/DB]; empty: a single node, nothing shared
   std::string node_id;  // empty: random at each start
   std::int64_t node_ttl_ms = 10'000;
+
+  // [[mcp.servers]]
+  std::vector<McpServerConfig> mcp_servers;
 };
 
 // A bad value or an unknown key; the message names the key.

@@ -40,7 +40,9 @@ struct Lane {
   std::string key;
 };
 
-enum class Admit { accepted, queue_full, tenant_full };
+// provider_full: a tool provider other than the worker pool (an MCP server)
+// already runs its max_concurrent calls.
+enum class Admit { accepted, queue_full, tenant_full, provider_full };
 
 template <class T>
 class FairQueue {

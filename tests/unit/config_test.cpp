@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "config/config.hpp"
 
@@ -129,4 +130,63 @@ TEST(Config, BadCortexRoutesNameTheRoute) {
   refused("[[cortex.routes]]\nagents = \"a\"\nbackend = \"workers\"\ncolour = \"red\"\n", "unknown key");
   refused("[cortex]\nroutes = 3\n", "array of tables");
   refused("[cortex]\nbackend = \"http\"\n", "backend http needs url");
+}
+
+// [[mcp.servers]] is an array of tables: every key of a server is read, and
+// the commented example in the example file parses once uncommented.
+TEST(Config, McpServersAreReadFromArraysOfTables) {
+  const auto file = write_toml(
+      "[cortex]\nworkers = 2\n"
+      "[[mcp.servers]]\nname = \"everything\"\ncommand = \"mcp-server-everything\"\nargs = [\"stdio\"]\n"
+      "env = { B = \"2\", A = \"1\" }\ncwd = \"/tmp\"\ntimeout_ms = 1500\nmax_concurrent = 9\n"
+      "[[mcp.servers]]\nname = \"second\"\ncommand = \"/bin/true\"\n");
+  const Config c = parse({}, file);
+  std::filesystem::remove(file);
+  ASSERT_EQ(c.mcp_servers.size(), 2u);
+  const McpServerConfig& a = c.mcp_servers[0];
+  EXPECT_EQ(a.name, "everything");
+  EXPECT_EQ(a.command, "mcp-server-everything");
+  EXPECT_EQ(a.args, std::vector<std::string>{"stdio"});
+  const std::vector<std::pair<std::string, std::string>> env{{"A", "1"}, {"B", "2"}};
+  EXPECT_EQ(a.env, env);
+  EXPECT_EQ(a.cwd, "/tmp");
+  EXPECT_EQ(a.timeout_ms, 1500);
+  EXPECT_EQ(a.max_concurrent, 9);
+  EXPECT_EQ(c.mcp_servers[1].timeout_ms, 30000);
+  EXPECT_EQ(c.mcp_servers[1].max_concurrent, 4);
+  EXPECT_TRUE(c.mcp_servers[1].args.empty());
+  EXPECT_EQ(c.workers, 2);
+
+  std::string example = example_toml();
+  const auto at = example.find("\n# [[mcp.servers]]\n");
+  ASSERT_NE(at, std::string::npos);
+  std::string block;
+  std::istringstream lines(example.substr(at + 1));
+  for (std::string line; std::getline(lines, line);) block += line.substr(2) + "\n";
+  const auto f2 = write_toml(block);
+  const Config e = parse({}, f2);
+  std::filesystem::remove(f2);
+  ASSERT_EQ(e.mcp_servers.size(), 1u);
+  EXPECT_EQ(e.mcp_servers[0].name, "everything");
+  EXPECT_EQ(e.mcp_servers[0].args, std::vector<std::string>{"stdio"});
+}
+
+TEST(Config, BadMcpServersNameTheTable) {
+  auto message = [](const std::string& body) {
+    const auto f = write_toml(body);
+    try {
+      parse({}, f);
+    } catch (const ConfigError& e) {
+      std::filesystem::remove(f);
+      return std::string(e.what());
+    }
+    std::filesystem::remove(f);
+    return std::string("no error");
+  };
+  EXPECT_NE(message("[[mcp.servers]]\ncommand = \"x\"\n").find("mcp.servers[0].name: is required"), std::string::npos);
+  EXPECT_NE(message("[[mcp.servers]]\nname = \"a\"\ncommand = \"x\"\ntimeout_ms = \"soon\"\n").find("mcp.servers[0].timeout_ms"),
+            std::string::npos);
+  EXPECT_NE(message("[mcp]\nservers = 3\n").find("mcp.servers"), std::string::npos);
+  EXPECT_NE(message("[mcp]\nserver = 3\n").find("unknown config key mcp.server"), std::string::npos);
+  EXPECT_NE(message("[[mcp.servers]]\nname = \"debug\"\ncommand = \"x\"\n").find("built-in"), std::string::npos);
 }

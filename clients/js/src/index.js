@@ -796,8 +796,8 @@ export class MimoSynapse {
   }
 
   /**
-   * The tools the server offers: [{name, description, input_schema}].
-   * @returns {Promise<Array<{name: string, description: string, input_schema: object}>>}
+   * The tools the server offers: [{name, description, input_schema, provider, available}].
+   * @returns {Promise<Array<{name: string, description: string, input_schema: object, provider: string, available: boolean}>>}
    */
   async tools() {
     const entry = await this._ensureCortex();

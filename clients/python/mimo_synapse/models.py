@@ -92,16 +92,20 @@ class Message:
 
 @dataclass(frozen=True)
 class ToolInfo:
-    """One entry of the ``tools`` reply."""
+    """One entry of the ``tools`` reply. ``provider`` is ``builtin`` or
+    ``mcp:<server>``; ``available`` is false while an MCP server restarts."""
     name: str
     description: str
     input_schema: JSONObject
+    provider: str = ""
+    available: bool = True
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> "ToolInfo":
         schema = payload.get("input_schema")
         return cls(name=str(payload.get("name")), description=str(payload.get("description", "")),
-                   input_schema=dict(schema) if isinstance(schema, Mapping) else {})
+                   input_schema=dict(schema) if isinstance(schema, Mapping) else {},
+                   provider=str(payload.get("provider", "")), available=payload.get("available") is not False)
 
 
 __all__ = ["Thought", "Progress", "Result", "Message", "ToolInfo", "JSONObject"]
