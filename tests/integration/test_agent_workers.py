@@ -565,3 +565,39 @@ async def test_workers_have_their_own_budgets(fresh_server):
     for w in ws:
         await w.close()
     await c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_run_past_its_timeout_ends_and_the_worker_is_told(server, workers):
+    agent, ck, wk = keys_for(server)
+    w = workers(server, wk, f"agent:{agent}", mode="hold")
+    w.joined()
+    c = await client_for(server, ck, agent)
+    topic = f"cortex:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "slow", "timeout_ms": 300}))
+    ev = await collect(c, topic, r["run_id"])
+    assert ev[-1][3] == "error" and ev[-1][4]["reason"] == "timeout"
+    run = w.events("run")[0]["run"]
+    assert 0 < run["deadline_ms"] - w.events("run")[0]["t"] * 1000 <= 400
+    cancel = w.wait("cancel")[0]
+    assert cancel["run_id"] == r["run_id"] and cancel["reason"] == "timeout"
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_without_redispatch_an_unstarted_run_ends_agent_unavailable(fresh_server, workers):
+    s = fresh_server({"--cortex-backend": "workers", "--redispatch-unstarted": "false"})
+    agent, ck, wk = keys_for(s)
+    silent = workers(s, wk, f"agent:{agent}", mode="silent")
+    silent.joined()
+    c = await client_for(s, ck, agent)
+    topic = f"cortex:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "no second chance"}))
+    silent.wait("run")
+    other = workers(s, wk, f"agent:{agent}", tokens=1)
+    other.joined()
+    silent.kill()
+    ev = await collect(c, topic, r["run_id"])
+    assert ev[-1][3] == "error" and ev[-1][4]["reason"] == "agent_unavailable"
+    assert other.events("run") == []
+    await c.close()
