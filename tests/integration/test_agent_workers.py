@@ -515,6 +515,7 @@ async def test_a_worker_silent_past_the_idle_timeout_ends_its_runs_agent_unavail
     await c.close()
 
 
+@pytest.mark.slow  # 10 MB through the gateway with a time bound: release builds only
 @pytest.mark.asyncio
 async def test_a_slow_client_does_not_slow_the_worker(fresh_server, workers):
     """The client stops reading; the worker streams 10 MB for it regardless,
