@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "auth/crypto.hpp"
+#include "cluster/agent_relay.hpp"
 #include "cluster/redis_connection_counts.hpp"
 #include "cluster/run_mirror.hpp"
 #include "auth/jwks.hpp"
@@ -170,7 +171,7 @@ std::unique_ptr<auth::JwksCache> make_jwks(const config::Config& cfg, hooks::Htt
 // `[[cortex.routes]]` table, in order, and the default from `[cortex]
 // backend`. Backends that are not the hub are made here and kept in
 // `owned`. Returns an error message, empty when every route could be built.
-std::string build_routes(const config::Config& cfg, cortex::AgentHub& hub, cortex::AgentRoutes& routes,
+std::string build_routes(const config::Config& cfg, cortex::AgentBackend& hub, cortex::AgentRoutes& routes,
                          std::vector<std::unique_ptr<cortex::AgentBackend>>& owned) {
   auto make = [&](const std::string& pattern, const std::string& backend, const std::string& url,
                   cortex::AgentRoute& out) -> std::string {
@@ -281,6 +282,12 @@ int serve(const config::Config& cfg) {
   std::unique_ptr<redis::Link> link;
   std::unique_ptr<pubsub::RedisBroker> redis_broker;
   std::unique_ptr<cluster::RedisConnectionCounts> shared_counts;
+  // Agent workers across the cluster (cluster/agent_relay.hpp): made once
+  // the hub and the run registry exist, destroyed after the link stopped;
+  // the link's thread finds it through the atomic pointer.
+  std::unique_ptr<cluster::AgentRelay> agent_relay;
+  std::atomic<cluster::AgentRelay*> relay_ptr{nullptr};
+  std::string cluster_node;
   struct StopLink {
     std::unique_ptr<redis::Link>& link;
     ~StopLink() {
@@ -335,11 +342,18 @@ int serve(const config::Config& cfg) {
     const std::string created = key_channel(url);
     auto* l = link.get();
     node_instance = ro.node_id;
-    link->set_handlers({[rb, &keys, revoked, created, &mirror_at](const std::string& channel,
-                                                                   const std::string& payload) {
+    cluster_node = ro.node_id;
+    link->set_handlers({[rb, &keys, revoked, created, &mirror_at, &relay_ptr](const std::string& channel,
+                                                                               const std::string& payload) {
                           if (auto* m = mirror_at.load(std::memory_order_acquire); m && m->owns(channel)) {
                             m->on_message(channel, payload);
-                          } else if (channel == revoked) {
+                            return;
+                          }
+                          if (auto* relay = relay_ptr.load(std::memory_order_acquire);
+                              relay && relay->on_message(channel, payload)) {
+                            return;
+                          }
+                          if (channel == revoked) {
                             revoke_locally(keys, payload);
                           } else if (channel == created) {
                             import_key(keys, payload);
@@ -395,13 +409,6 @@ int serve(const config::Config& cfg) {
   // The agent workers of this node; it outlives the run registry below,
   // whose runs' cancel hooks call it.
   cortex::AgentHub hub(cortex::HubOptions{cfg.redispatch_unstarted}, cortex.tools());
-  cortex::AgentRoutes agent_routes;
-  std::vector<std::unique_ptr<cortex::AgentBackend>> agent_backends;
-  if (const std::string err = build_routes(cfg, hub, agent_routes, agent_backends); !err.empty()) {
-    spdlog::critical("{}", err);
-    std::cerr << "synapse: " << err << std::endl;
-    return exit_usage;
-  }
   cortex::RunOptions run_options;
   run_options.retention_ms = cfg.run_retention_s * 1000;
   run_options.detach_grace_ms = cfg.detach_grace_s * 1000;
@@ -451,6 +458,32 @@ int serve(const config::Config& cfg) {
     }
   } stop_mcp{mcp_servers};
   for (auto& s : mcp_servers) s->start();
+  // Stops the relay before the registry and the hub it uses go away.
+  struct StopRelay {
+    std::unique_ptr<cluster::AgentRelay>& relay;
+    ~StopRelay() {
+      if (relay) relay->stop();
+    }
+  } stop_relay{agent_relay};
+  if (link) {
+    agent_relay = std::make_unique<cluster::AgentRelay>(*link, pubsub::redis_prefix(redis::parse_url(cfg.redis)->db),
+                                                        cluster_node, hub, runs);
+    relay_ptr.store(agent_relay.get(), std::memory_order_release);
+    for (const auto& ch : agent_relay->channels()) {
+      if (!link->subscribe(ch, std::chrono::seconds(2))) spdlog::warn("could not subscribe to {}", ch);
+    }
+    agent_relay->start_announcing();
+  }
+  // With a cluster, runs no local worker can take go to another node's.
+  cortex::AgentBackend& workers_backend =
+      agent_relay ? static_cast<cortex::AgentBackend&>(*agent_relay) : static_cast<cortex::AgentBackend&>(hub);
+  cortex::AgentRoutes agent_routes;
+  std::vector<std::unique_ptr<cortex::AgentBackend>> agent_backends;
+  if (const std::string err = build_routes(cfg, workers_backend, agent_routes, agent_backends); !err.empty()) {
+    spdlog::critical("{}", err);
+    std::cerr << "synapse: " << err << std::endl;
+    return exit_usage;
+  }
 
   // The first admin key is created only once nothing else can fail before
   // listening (a missing Redis, say), so that it is not printed and lost.

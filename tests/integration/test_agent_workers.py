@@ -515,6 +515,7 @@ async def test_a_worker_silent_past_the_idle_timeout_ends_its_runs_agent_unavail
     await c.close()
 
 
+@pytest.mark.slow  # 10 MB through the gateway with a time bound: release builds only
 @pytest.mark.asyncio
 async def test_a_slow_client_does_not_slow_the_worker(fresh_server, workers):
     """The client stops reading; the worker streams 10 MB for it regardless,
@@ -564,4 +565,40 @@ async def test_workers_have_their_own_budgets(fresh_server):
     assert len(ev) == 51 and ev[-1][3] == "result"
     for w in ws:
         await w.close()
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_run_past_its_timeout_ends_and_the_worker_is_told(server, workers):
+    agent, ck, wk = keys_for(server)
+    w = workers(server, wk, f"agent:{agent}", mode="hold")
+    w.joined()
+    c = await client_for(server, ck, agent)
+    topic = f"cortex:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "slow", "timeout_ms": 300}))
+    ev = await collect(c, topic, r["run_id"])
+    assert ev[-1][3] == "error" and ev[-1][4]["reason"] == "timeout"
+    run = w.events("run")[0]["run"]
+    assert 0 < run["deadline_ms"] - w.events("run")[0]["t"] * 1000 <= 400
+    cancel = w.wait("cancel")[0]
+    assert cancel["run_id"] == r["run_id"] and cancel["reason"] == "timeout"
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_without_redispatch_an_unstarted_run_ends_agent_unavailable(fresh_server, workers):
+    s = fresh_server({"--cortex-backend": "workers", "--redispatch-unstarted": "false"})
+    agent, ck, wk = keys_for(s)
+    silent = workers(s, wk, f"agent:{agent}", mode="silent")
+    silent.joined()
+    c = await client_for(s, ck, agent)
+    topic = f"cortex:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "no second chance"}))
+    silent.wait("run")
+    other = workers(s, wk, f"agent:{agent}", tokens=1)
+    other.joined()
+    silent.kill()
+    ev = await collect(c, topic, r["run_id"])
+    assert ev[-1][3] == "error" and ev[-1][4]["reason"] == "agent_unavailable"
+    assert other.events("run") == []
     await c.close()
