@@ -180,15 +180,23 @@ struct Exchange {
   }
 };
 
+hooks::HttpUrl checked_url(const std::string& url) {
+  std::string why;
+  auto u = hooks::parse_http_url(url, &why);
+  if (!u) throw std::invalid_argument("http agent backend url " + url + ": " + why);
+  return std::move(*u);
+}
+
 }  // namespace
 
+HttpBackend::HttpBackend(HttpBackendOptions options)
+    : own_client_(std::make_unique<hooks::HttpClient>()),
+      client_(*own_client_),
+      options_(std::move(options)),
+      url_(checked_url(options_.url)) {}
+
 HttpBackend::HttpBackend(hooks::HttpClient& client, HttpBackendOptions options)
-    : client_(client), options_(std::move(options)) {
-  std::string why;
-  auto u = hooks::parse_http_url(options_.url, &why);
-  if (!u) throw std::invalid_argument("http agent backend url " + options_.url + ": " + why);
-  url_ = std::move(*u);
-}
+    : client_(client), options_(std::move(options)), url_(checked_url(options_.url)) {}
 
 AgentBackend::Start HttpBackend::start(const AgentRequest& req, const RunPtr& run) {
   auto ex = std::make_shared<Exchange>();

@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -88,10 +89,14 @@ class HttpBackend final : public AgentBackend {
   // Throws std::invalid_argument when options.url is not an http:// URL
   // (main checks routes at start, so a bad one never serves).
   HttpBackend(hooks::HttpClient& client, HttpBackendOptions options);
+  // With an HTTP client (a thread) of its own: what main makes per route, so
+  // that one slow agent backend never delays the hooks' or another route's.
+  explicit HttpBackend(HttpBackendOptions options);
   Start start(const AgentRequest& req, const RunPtr& run) override;
   const HttpBackendOptions& options() const noexcept { return options_; }
 
  private:
+  std::unique_ptr<hooks::HttpClient> own_client_;  // declared first: destroyed last
   hooks::HttpClient& client_;
   HttpBackendOptions options_;
   hooks::HttpUrl url_;

@@ -469,7 +469,7 @@ TEST(HttpBackend, SseAnswer) {
     LoopbackServer::wait_closed(fd, 3000ms);
   });
   BackendFixture f;
-  cortex::HttpBackend backend(f.client, opts(server.url()));
+  cortex::HttpBackend backend(opts(server.url()));  // with a client of its own, as main makes it
   auto run = f.run();
   RunWatch w;
   w.attach(run);
