@@ -77,6 +77,10 @@ class AgentStreamParser {
 struct HttpBackendOptions {
   std::string url;  // http://HOST[:PORT][/PATH]
   std::vector<std::pair<std::string, std::string>> headers;  // sent with every POST
+  // When set (main passes `hooks.secret`): each POST carries
+  // `X-Synapse-Signature: sha256=<hex HMAC-SHA256 of the body>`, as the hooks do,
+  // so the backend can tell Synapse's requests from anyone else's.
+  std::string secret;
   std::chrono::milliseconds connect_timeout{2000};
   std::chrono::milliseconds idle_timeout{30000};
   std::size_t max_line_bytes = 256 * 1024;

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "auth/crypto.hpp"
 #include "cortex/http_backend.hpp"
 #include "cortex/runs.hpp"
 #include "hooks/http_client.hpp"
@@ -439,7 +440,9 @@ TEST(HttpBackend, PostsTheRunAndAppliesNdjsonEventsInOrder) {
     LoopbackServer::send_all(fd, LoopbackServer::chunk("{\"event\":\"result\",\"data\":{\"answer\":42}}\n") + "0\r\n\r\n");
   });
   BackendFixture f;
-  cortex::HttpBackend backend(f.client, opts(server.url()));
+  auto o = opts(server.url());
+  o.secret = "s3cret";
+  cortex::HttpBackend backend(f.client, o);
   auto run = f.run();
   RunWatch w;
   w.attach(run);
@@ -455,6 +458,8 @@ TEST(HttpBackend, PostsTheRunAndAppliesNdjsonEventsInOrder) {
   EXPECT_NE(head.find("POST /agent HTTP/1.1"), std::string::npos);
   EXPECT_NE(head.find("Content-Type: application/json"), std::string::npos);
   EXPECT_NE(head.find("Accept: application/x-ndjson, text/event-stream"), std::string::npos);
+  const std::string sig = "X-Synapse-Signature: sha256=" + auth::hex_encode(auth::as_view(auth::hmac_sha256("s3cret", body)));
+  EXPECT_NE(head.find(sig), std::string::npos) << head;
   auto posted = json::parse(body).as_object();
   EXPECT_EQ(posted.at("run_id").as_string(), run->id());
   EXPECT_EQ(posted.at("kind").as_string(), "query");
