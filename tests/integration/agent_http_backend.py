@@ -91,14 +91,17 @@ class AgentHttpBackend:
         h.end_headers()
         h.wfile.flush()
 
+    # Each event is recorded just before it is written: a client that saw an
+    # event before the time recorded for a later one saw it before that one
+    # was even sent.
     def _ndjson(self, h, run_id: str, obj: dict) -> None:
-        self._chunk(h, json.dumps(obj).encode() + b"\n")
         self._record(run_id, obj["event"])
+        self._chunk(h, json.dumps(obj).encode() + b"\n")
 
     def _sse(self, h, run_id: str, obj: dict) -> None:
         name = obj.pop("event")
-        self._chunk(h, f"event: {name}\ndata: {json.dumps(obj)}\n\n".encode())
         self._record(run_id, name)
+        self._chunk(h, f"event: {name}\ndata: {json.dumps(obj)}\n\n".encode())
 
     def script(self, run: dict) -> list[dict]:
         q = run.get("q", "")
