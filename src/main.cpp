@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "auth/crypto.hpp"
+#include "cluster/agent_relay.hpp"
 #include "cluster/redis_connection_counts.hpp"
 #include "auth/jwks.hpp"
 #include "auth/key_store.hpp"
@@ -169,7 +170,7 @@ std::unique_ptr<auth::JwksCache> make_jwks(const config::Config& cfg, hooks::Htt
 // `[[cortex.routes]]` table, in order, and the default from `[cortex]
 // backend`. Backends that are not the hub are made here and kept in
 // `owned`. Returns an error message, empty when every route could be built.
-std::string build_routes(const config::Config& cfg, cortex::AgentHub& hub, cortex::AgentRoutes& routes,
+std::string build_routes(const config::Config& cfg, cortex::AgentBackend& hub, cortex::AgentRoutes& routes,
                          std::vector<std::unique_ptr<cortex::AgentBackend>>& owned) {
   auto make = [&](const std::string& pattern, const std::string& backend, const std::string& url,
                   cortex::AgentRoute& out) -> std::string {
@@ -286,6 +287,12 @@ int serve(const config::Config& cfg) {
   std::unique_ptr<redis::Link> link;
   std::unique_ptr<pubsub::RedisBroker> redis_broker;
   std::unique_ptr<cluster::RedisConnectionCounts> shared_counts;
+  // Agent workers across the cluster (cluster/agent_relay.hpp): made once
+  // the hub and the run registry exist, destroyed after the link stopped;
+  // the link's thread finds it through the atomic pointer.
+  std::unique_ptr<cluster::AgentRelay> agent_relay;
+  std::atomic<cluster::AgentRelay*> relay_ptr{nullptr};
+  std::string cluster_node;
   struct StopLink {
     std::unique_ptr<redis::Link>& link;
     ~StopLink() {
@@ -335,7 +342,13 @@ int serve(const config::Config& cfg) {
     const std::string revoked = revocation_channel(url);
     const std::string created = key_channel(url);
     auto* l = link.get();
-    link->set_handlers({[rb, &keys, revoked, created](const std::string& channel, const std::string& payload) {
+    cluster_node = ro.node_id;
+    link->set_handlers({[rb, &keys, revoked, created, &relay_ptr](const std::string& channel,
+                                                                   const std::string& payload) {
+                          if (auto* relay = relay_ptr.load(std::memory_order_acquire);
+                              relay && relay->on_message(channel, payload)) {
+                            return;
+                          }
                           if (channel == revoked) {
                             revoke_locally(keys, payload);
                           } else if (channel == created) {
@@ -391,19 +404,38 @@ int serve(const config::Config& cfg) {
   // The agent workers of this node; it outlives the run registry below,
   // whose runs' cancel hooks call it.
   cortex::AgentHub hub(cortex::HubOptions{cfg.redispatch_unstarted}, cortex.tools());
-  cortex::AgentRoutes agent_routes;
-  std::vector<std::unique_ptr<cortex::AgentBackend>> agent_backends;
-  if (const std::string err = build_routes(cfg, hub, agent_routes, agent_backends); !err.empty()) {
-    spdlog::critical("{}", err);
-    std::cerr << "synapse: " << err << std::endl;
-    return exit_usage;
-  }
   cortex::RunOptions run_options;
   run_options.retention_ms = cfg.run_retention_s * 1000;
   run_options.detach_grace_ms = cfg.detach_grace_s * 1000;
   run_options.max_bytes_per_run = static_cast<std::size_t>(cfg.run_log_max_bytes_per_run);
   run_options.max_bytes_total = static_cast<std::size_t>(cfg.run_log_max_bytes);
   cortex::RunRegistry runs(run_options);
+  // Stops the relay before the registry and the hub it uses go away.
+  struct StopRelay {
+    std::unique_ptr<cluster::AgentRelay>& relay;
+    ~StopRelay() {
+      if (relay) relay->stop();
+    }
+  } stop_relay{agent_relay};
+  if (link) {
+    agent_relay = std::make_unique<cluster::AgentRelay>(*link, pubsub::redis_prefix(redis::parse_url(cfg.redis)->db),
+                                                        cluster_node, hub, runs);
+    relay_ptr.store(agent_relay.get(), std::memory_order_release);
+    for (const auto& ch : agent_relay->channels()) {
+      if (!link->subscribe(ch, std::chrono::seconds(2))) spdlog::warn("could not subscribe to {}", ch);
+    }
+    agent_relay->start_announcing();
+  }
+  // With a cluster, runs no local worker can take go to another node's.
+  cortex::AgentBackend& workers_backend =
+      agent_relay ? static_cast<cortex::AgentBackend&>(*agent_relay) : static_cast<cortex::AgentBackend&>(hub);
+  cortex::AgentRoutes agent_routes;
+  std::vector<std::unique_ptr<cortex::AgentBackend>> agent_backends;
+  if (const std::string err = build_routes(cfg, workers_backend, agent_routes, agent_backends); !err.empty()) {
+    spdlog::critical("{}", err);
+    std::cerr << "synapse: " << err << std::endl;
+    return exit_usage;
+  }
 
   // The first admin key is created only once nothing else can fail before
   // listening (a missing Redis, say), so that it is not printed and lost.
@@ -447,20 +479,29 @@ int serve(const config::Config& cfg) {
   services.hub = &hub;
   services.routes = &agent_routes;
   std::atomic<bool> draining{false};
+  // The agent hub's gauges, beside every node's other extra samples.
+  auto hub_samples = [&hub](std::vector<metrics::Sample> v) {
+    const auto st = hub.stats();
+    v.push_back({"synapse_agent_workers", "Agent workers joined to this node (one per agent-topic join)",
+                 static_cast<double>(st.workers)});
+    v.push_back({"synapse_agent_worker_runs", "Runs an agent worker of this node is serving now",
+                 static_cast<double>(st.runs)});
+    return v;
+  };
   net::HttpContext http{cfg, services, limiter, draining, [&] {
-                          return std::vector<metrics::Sample>{
+                          return hub_samples(std::vector<metrics::Sample>{
                               {"synapse_io_threads", "I/O threads", static_cast<double>(n_threads)},
-                              {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)}};
+                              {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)}});
                         },
                         {}};
   if (link) {
     http.backplane_up = [l = link.get()] { return l->up(); };
-    http.extra_samples = [n_threads, &cfg, l = link.get()] {
-      return std::vector<metrics::Sample>{
+    http.extra_samples = [n_threads, &cfg, l = link.get(), hub_samples] {
+      return hub_samples(std::vector<metrics::Sample>{
           {"synapse_io_threads", "I/O threads", static_cast<double>(n_threads)},
           {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)},
           {"synapse_redis_up", "1 while the link to Redis is up", l->up() ? 1.0 : 0.0},
-          {"synapse_redis_reconnects", "Reconnections to Redis since start", static_cast<double>(l->reconnects())}};
+          {"synapse_redis_reconnects", "Reconnections to Redis since start", static_cast<double>(l->reconnects())}});
     };
   }
   limits::AcceptGate accept_gate(accept_limits(cfg));

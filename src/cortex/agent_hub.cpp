@@ -297,6 +297,19 @@ json::array AgentHub::describe_tools(std::string_view tenant, std::string_view a
   return out;
 }
 
+std::vector<AgentHub::Free> AgentHub::free_capacity() const {
+  std::map<std::pair<std::string, std::string>, std::size_t> sum;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, w] : workers_) {
+      sum[{w->spec.tenant, w->spec.agent}] += w->spec.capacity - std::min(w->inflight, w->spec.capacity);
+    }
+  }
+  std::vector<Free> out;
+  for (auto& [k, n] : sum) out.push_back(Free{k.first, k.second, n});
+  return out;
+}
+
 AgentHub::Stats AgentHub::stats() const {
   std::lock_guard lock(mu_);
   return Stats{workers_.size(), runs_.size()};

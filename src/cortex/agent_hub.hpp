@@ -117,6 +117,15 @@ class AgentHub final : public AgentBackend {
   // shape of the `tools` event (provider "worker").
   boost::json::array describe_tools(std::string_view tenant, std::string_view agent) const;
 
+  // Free capacity (capacity - in flight) per tenant and agent ("*" for
+  // workers of every agent), for other nodes of a cluster (cluster/agent_relay.*).
+  struct Free {
+    std::string tenant;
+    std::string agent;
+    std::size_t free = 0;
+  };
+  std::vector<Free> free_capacity() const;
+
   struct Stats {
     std::size_t workers = 0;
     std::size_t runs = 0;  // runs owned by a worker now

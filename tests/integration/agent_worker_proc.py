@@ -96,7 +96,8 @@ class Worker:
 
     async def hostile(self):
         for i in range(self.args.hostile_count):
-            await self.ws.send("this is not a frame")
+            if self.args.hostile_malformed:
+                await self.ws.send("this is not a frame")
             await self.send("token", {"run_id": f"run_not_mine_{i}", "text": "x"})
             await self.send("no_such_event", {"run_id": "x"})
             await self.send("token", {"text": "no run id"})
@@ -175,6 +176,7 @@ def main():
     p.add_argument("--token-bytes", type=int, default=0, help="pad each token to this size")
     p.add_argument("--tools-json", default="")
     p.add_argument("--hostile-count", type=int, default=50)
+    p.add_argument("--hostile-malformed", type=int, default=1, help="0: no malformed frames, only bad events")
     args = p.parse_args()
     try:
         asyncio.run(Worker(args).main())

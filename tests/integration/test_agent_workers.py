@@ -284,13 +284,18 @@ async def test_200_concurrent_runs_over_4_workers_each_end_exactly_once(server, 
         assert [f[4]["seq"] for f in events] == list(range(1, 7))
     per_worker = [len(w.events("run")) for w in ws]
     assert sum(per_worker) == 200 and min(per_worker) > 0, per_worker
+    m = server.metrics()
+    assert m["synapse_agent_workers"] >= 4
+    # Every ownership ended with its run.
+    wait_until(lambda: server.metrics()["synapse_agent_worker_runs"] == 0, 5, what="no run owned by a worker")
     await c.close()
 
 
 @pytest.mark.asyncio
 async def test_a_hostile_worker_gets_errors_is_closed_past_its_budget_and_the_run_ends(server, workers):
     agent, ck, wk = keys_for(server)
-    w = workers(server, wk, f"agent:{agent}", mode="hostile", hostile_count=30)
+    # Bad events only (no malformed frames): the worker error budget (20 a minute) closes it.
+    w = workers(server, wk, f"agent:{agent}", mode="hostile", hostile_count=30, hostile_malformed=0)
     w.joined()
     c = await client_for(server, ck, agent)
     topic = f"cortex:{agent}"
@@ -301,6 +306,21 @@ async def test_a_hostile_worker_gets_errors_is_closed_past_its_budget_and_the_ru
     assert closed["code"] == 1008
     reasons = {x["reply"]["response"]["reason"] for x in w.events("reply") if x["reply"]["status"] == "error"}
     assert {"unknown_run", "unknown_event", "invalid_payload"} <= reasons, reasons
+    assert server.saw_log(lambda line: "more than 20 errors in a minute" in line)
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_malformed_frames_from_a_worker_close_it_too_and_the_run_ends(server, workers):
+    agent, ck, wk = keys_for(server)
+    w = workers(server, wk, f"agent:{agent}", mode="hostile", hostile_count=30)
+    w.joined()
+    c = await client_for(server, ck, agent)
+    topic = f"cortex:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "garbage in"}))
+    ev = await collect(c, topic, r["run_id"])
+    assert ev[-1][3] == "error" and ev[-1][4]["reason"] == "agent_unavailable", ev[-1]
+    assert w.wait("closed")[0]["code"] == 1008
     await c.close()
 
 
@@ -495,6 +515,7 @@ async def test_a_worker_silent_past_the_idle_timeout_ends_its_runs_agent_unavail
     await c.close()
 
 
+@pytest.mark.slow  # 10 MB through the gateway with a time bound: release builds only
 @pytest.mark.asyncio
 async def test_a_slow_client_does_not_slow_the_worker(fresh_server, workers):
     """The client stops reading; the worker streams 10 MB for it regardless,
@@ -515,3 +536,69 @@ async def test_a_slow_client_does_not_slow_the_worker(fresh_server, workers):
     assert s.saw_log(lambda line: "code=4008" in line and f"agent={agent}" in line, timeout=10)
     assert w.events("closed") == []  # the worker stays connected
     c.ws.transport.abort()
+
+
+@pytest.mark.asyncio
+async def test_workers_have_their_own_budgets(fresh_server):
+    """With client limits of 2 connections per key and 3 messages a minute, a
+    worker key still connects 4 times and streams 50 events on each."""
+    s = fresh_server({"--cortex-backend": "workers", "--key-max-connections": "2", "--messages-per-min": "3",
+                      "--message-burst": "3"}, relaxed=False)
+    agent, ck, wk = keys_for(s)
+    ws = []
+    for _ in range(4):
+        w = await PhxClient.connect(s.ws(wk))
+        ok(await w.join(f"agent:{agent}", {"capacity": 1}))
+        ws.append(w)
+    c = await client_for(s, ck, agent)
+    r = ok(await c.request(f"cortex:{agent}", "query", {"q": "budget"}))
+    owner = None
+    for w in ws:
+        for f in await w.drain(0.2):
+            if f[3] == "run":
+                owner = w
+    assert owner is not None
+    for i in range(50):
+        ok(await owner.request(f"agent:{agent}", "token", {"run_id": r["run_id"], "text": f"{i} "}))
+    ok(await owner.request(f"agent:{agent}", "result", {"run_id": r["run_id"], "data": None}))
+    ev = await collect(c, f"cortex:{agent}", r["run_id"])
+    assert len(ev) == 51 and ev[-1][3] == "result"
+    for w in ws:
+        await w.close()
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_run_past_its_timeout_ends_and_the_worker_is_told(server, workers):
+    agent, ck, wk = keys_for(server)
+    w = workers(server, wk, f"agent:{agent}", mode="hold")
+    w.joined()
+    c = await client_for(server, ck, agent)
+    topic = f"cortex:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "slow", "timeout_ms": 300}))
+    ev = await collect(c, topic, r["run_id"])
+    assert ev[-1][3] == "error" and ev[-1][4]["reason"] == "timeout"
+    run = w.events("run")[0]["run"]
+    assert 0 < run["deadline_ms"] - w.events("run")[0]["t"] * 1000 <= 400
+    cancel = w.wait("cancel")[0]
+    assert cancel["run_id"] == r["run_id"] and cancel["reason"] == "timeout"
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_without_redispatch_an_unstarted_run_ends_agent_unavailable(fresh_server, workers):
+    s = fresh_server({"--cortex-backend": "workers", "--redispatch-unstarted": "false"})
+    agent, ck, wk = keys_for(s)
+    silent = workers(s, wk, f"agent:{agent}", mode="silent")
+    silent.joined()
+    c = await client_for(s, ck, agent)
+    topic = f"cortex:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "no second chance"}))
+    silent.wait("run")
+    other = workers(s, wk, f"agent:{agent}", tokens=1)
+    other.joined()
+    silent.kill()
+    ev = await collect(c, topic, r["run_id"])
+    assert ev[-1][3] == "error" and ev[-1][4]["reason"] == "agent_unavailable"
+    assert other.events("run") == []
+    await c.close()
