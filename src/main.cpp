@@ -34,6 +34,7 @@
 #include "cortex/agent_routes.hpp"
 #include "cortex/cortex.hpp"
 #include "cortex/mcp_client.hpp"
+#include "cortex/http_backend.hpp"
 #include "cortex/runs.hpp"
 #include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
@@ -186,12 +187,18 @@ std::string build_routes(const config::Config& cfg, cortex::AgentBackend& hub, c
     if (backend == "http") {
       if (url.empty()) return "backend http needs url";
       // ---- HTTP BACKEND: construct it here --------------------------------
-      // The streaming HTTP backend (cortex/http_backend.*, issue 12 item 7)
-      // plugs in at this one place: make an AgentBackend for `url`, push it
-      // into `owned` and point `out.backend` at it. Until it exists, a route
-      // to http refuses to start.
-      (void)owned;
-      return "backend http (" + url + ") is not available in this build";
+      // The streaming HTTP backend (cortex/http_backend.*, issue 12 item 7),
+      // with an HTTP client thread of its own per route.
+      cortex::HttpBackendOptions o;
+      o.url = url;
+      o.secret = cfg.hook_secret;
+      try {
+        owned.push_back(std::make_unique<cortex::HttpBackend>(std::move(o)));
+      } catch (const std::invalid_argument& e) {
+        return e.what();
+      }
+      out.backend = owned.back().get();
+      return {};
       // ---------------------------------------------------------------------
     }
     return "unknown backend " + backend;
@@ -589,6 +596,7 @@ int serve(const config::Config& cfg) {
   const int rc = server.run();
   for (auto& s : mcp_servers) s->stop();  // kills the children (by PID, process group and all)
   cortex.stop();  // workers post to I/O threads: stop them while those exist
+  agent_backends.clear();  // so do the HTTP backends' client threads (runs outlive them)
   // Connections a drain timeout left open go now, on this thread (the I/O
   // threads have stopped), while the broker and the limiter they leave and
   // give their counts back to still exist.
