@@ -1,5 +1,7 @@
 #include "net/server.hpp"
 
+#include "channels/mcp_endpoint.hpp"
+
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <csignal>
@@ -241,12 +243,15 @@ void Server::begin_shutdown(int signal) {
       }
     });
   }
+  // MCP calls in flight end now as interrupted (server_shutdown): their
+  // streams carry that answer and close, and the drain waits for them.
+  if (http_.mcp) http_.mcp->shutdown();
   drain_started_ms_ = mono_ms();
   watch_drain();
 }
 
 void Server::watch_drain() {
-  const auto open = http_.services.metrics.connections_open.load();
+  const auto open = http_.services.metrics.connections_open.load() + http_.open_streams.load();
   const bool timed_out = mono_ms() - drain_started_ms_ >= http_.config.drain_timeout_ms;
   if (open <= 0 || timed_out) {
     if (open > 0) spdlog::warn("drain timeout with {} connections still open", open);
