@@ -42,6 +42,10 @@ constexpr int internal_error = -32603;
 // says which), and the session is unknown (the code the MCP SDKs use).
 constexpr int limit_refused = -32000;
 constexpr int session_not_found = -32001;
+// Progress notifications are skipped while this much of a call's stream
+// waits for a slow reader: progress is a level, the next one says it all,
+// and a tool that reports fast must not grow the queue without bound.
+constexpr std::size_t max_queued_progress_bytes = 256 * 1024;
 
 bool supported(std::string_view v) {
   return std::find(supported_versions.begin(), supported_versions.end(), v) != supported_versions.end();
@@ -718,6 +722,7 @@ void McpEndpoint::State::on_event(const McpCallPtr& call, const cortex::RunEvent
   if (!ex) return;
   if (!ev->terminal) {
     if (ev->event != "progress" || !call->progress_token) return;
+    if (ex->queued_bytes() > max_queued_progress_bytes) return;
     boost::system::error_code ec;
     json::value p = json::parse(ev->payload, ec);
     if (ec || !p.is_object()) return;

@@ -65,6 +65,8 @@ class McpExchange {
   virtual void send_event(std::string json) = 0;
   // The last event was sent: the response ends (the connection is kept).
   virtual void end_stream() = 0;
+  // Bytes of this stream not yet written to the socket (a slow reader).
+  virtual std::size_t queued_bytes() const = 0;
 
   // Set by the endpoint while a stream is open; run by the network layer,
   // on this thread, when the client goes away before end_stream().

@@ -80,6 +80,7 @@ class McpHttpExchange final : public channels::McpExchange, public std::enable_s
   void open_stream(channels::McpHeaders headers) override;
   void send_event(std::string json) override;
   void end_stream() override;
+  std::size_t queued_bytes() const override;
 
  private:
   std::shared_ptr<HttpSession> strong_;
@@ -321,6 +322,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     sse_chunk("event: message\ndata: " + json + "\n\n");
   }
 
+  std::size_t sse_queued() const { return sse_queued_; }
+
   void sse_end() {
     if (sse_ != Sse::open) return;
     sse_ = Sse::ending;
@@ -340,6 +343,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   void sse_queue(std::string bytes) {
+    sse_queued_ += bytes.size();
     sse_out_.push_back(std::move(bytes));
     if (!sse_writing_) sse_write_next();
   }
@@ -354,6 +358,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     asio::async_write(socket_, asio::buffer(sse_out_.front()), [self = shared_from_this()](const error_code& ec,
                                                                                              std::size_t) {
       if (ec) return self->sse_fail();
+      self->sse_queued_ -= self->sse_out_.front().size();
       self->sse_out_.pop_front();
       self->sse_write_next();
     });
@@ -427,8 +432,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (sse_ != Sse::ended) ctx_.open_streams.fetch_sub(1);  // ended: after_sse counts it
     sse_ = Sse::failed;
     timer_.cancel();
-    auto ex = std::move(sse_ex_);
-    sse_out_.clear();
+    auto ex = std::move(sse_ex_);  // sse_out_ stays: a write may still refer to its front
     if (was_open && ex && ex->on_disconnect) {
       auto notify = std::move(ex->on_disconnect);
       ex->on_disconnect = nullptr;
@@ -584,6 +588,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   Sse sse_ = Sse::none;
   std::shared_ptr<channels::McpExchange> sse_ex_;  // held while its stream is open
   std::deque<std::string> sse_out_;
+  std::size_t sse_queued_ = 0;  // bytes in sse_out_
   bool sse_writing_ = false;
   bool sse_reading_ = false;
 };
@@ -607,6 +612,11 @@ void McpHttpExchange::send_event(std::string json) {
 
 void McpHttpExchange::end_stream() {
   if (auto s = weak_.lock()) s->sse_end();
+}
+
+std::size_t McpHttpExchange::queued_bytes() const {
+  auto s = weak_.lock();
+  return s ? s->sse_queued() : 0;
 }
 
 }  // namespace

@@ -331,6 +331,8 @@ def test_limits(fresh_server):
     assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     status, _, body = rpc(s, call("demo.countdown", {"steps": 1, "interval_ms": 0}, id_=2), key=k, session=a)
     assert body["error"]["code"] == -32000 and body["error"]["data"]["reason"] == "too_many_running"
+    m = s.metrics()
+    assert m["synapse_mcp_sessions"] == 3 and m["synapse_mcp_streams"] == 1
     sock.close()
     # The query rate (2 a minute here): the first call took one token.
     wait_until(lambda: not any(r["topic"] == "mcp" for r in runs(s)["running"]), what="the first call to end")
@@ -345,6 +347,7 @@ def test_limits(fresh_server):
     assert status == 404
     open_session(s, k)
     open_session(s, k)
+    assert s.metrics()["synapse_mcp_streams"] == 0
 
 
 def test_the_endpoint_can_be_turned_off(fresh_server):

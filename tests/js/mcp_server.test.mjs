@@ -3,9 +3,14 @@
 // against the real binary's /mcp endpoint: sessions, the tool list with its
 // schemas, memory.store then memory.search, progress notifications,
 // cancellation through an AbortSignal, and the refusals (bad key, foreign
-// Origin, unknown session, a deleted session).
+// Origin, unknown session, a deleted session). And the official command
+// line, @modelcontextprotocol/inspector-cli, run headless.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport, StreamableHTTPError } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { SynapseServer, waitFor } from '../harness/server.mjs';
@@ -201,4 +206,27 @@ test('DELETE ends a session; its id is unknown afterwards', async () => {
   clients.push(again);
   await assert.rejects(again.listTools(), (e) => e.code === 404);
   await client.close();
+});
+
+// The inspector's command line (`inspector-cli URL --method ...`). Version 1
+// reads its own package.json through a path it checks against the working
+// directory, so it is run from its build directory.
+async function inspector(...args) {
+  const require = createRequire(import.meta.url);
+  const pkg = require.resolve('@modelcontextprotocol/inspector-cli/package.json');
+  const build = join(dirname(pkg), 'build');
+  const { stdout } = await promisify(execFile)(process.execPath, [join(build, 'index.js'), server.httpUrl + '/mcp',
+    '--transport', 'http', '--header', `Authorization: Bearer ${key}`, ...args], { cwd: build, timeout: 20000 });
+  return JSON.parse(stdout);
+}
+
+test('the MCP inspector CLI lists the tools and calls memory.store, then memory.search', async () => {
+  const { tools } = await inspector('--method', 'tools/list');
+  assert.ok(tools.some((t) => t.name === 'memory.search' && t.inputSchema.required.includes('query')));
+  const stored = await inspector('--method', 'tools/call', '--tool-name', 'memory.store',
+    '--tool-arg', 'content=the inspector was here');
+  const { id } = JSON.parse(stored.content[0].text);
+  const found = await inspector('--method', 'tools/call', '--tool-name', 'memory.search',
+    '--tool-arg', 'query=inspector');
+  assert.ok(found.structuredContent.results.some((r) => r.id === id));
 });
