@@ -433,3 +433,36 @@ async def test_a_websocket_client_of_the_agent_may_interrupt_an_mcp_call(server)
                 if l.startswith("data: ") and '"id":31' in l]
     assert final["result"]["isError"] is True
     assert final["result"]["content"][0]["text"] == "interrupted: from the websocket"
+
+
+def test_a_request_pipelined_behind_a_streaming_call_is_answered_after_it(server, key, sid):
+    first = json.dumps(call("demo.countdown", {"steps": 3, "interval_ms": 50}, id_=41, token="t")).encode()
+    second = json.dumps({"jsonrpc": "2.0", "id": 42, "method": "ping"}).encode()
+
+    def req(body):
+        return (b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Accept: application/json, text/event-stream\r\nAuthorization: Bearer " + key.encode() +
+                b"\r\nMcp-Session-Id: " + sid.encode() + b"\r\nContent-Length: " + str(len(body)).encode() +
+                b"\r\n\r\n" + body)
+
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(req(first) + req(second))  # both at once, on one connection
+    got = b""
+    while b'"id":42' not in got:
+        chunk = sock.recv(4096)
+        assert chunk, got
+        got += chunk
+    sock.close()
+    stream_end = got.index(b"0\r\n\r\n")
+    assert got.index(b'"id":41') < stream_end < got.index(b'"id":42')
+    assert got.count(b"notifications/progress") == 3
+
+
+def test_a_call_may_outlast_the_request_timeout(fresh_server):
+    s = fresh_server({"--handshake-timeout-ms": "300"})
+    k = s.create_key("mcp-long")
+    session = open_session(s, k)
+    started = time.monotonic()
+    status, _, text = post(s, call("demo.countdown", {"steps": 4, "interval_ms": 250}), key=k, session=session)
+    assert time.monotonic() - started >= 0.9
+    assert status == 200 and sse_messages(text)[-1]["result"]["structuredContent"] == {"completed": 4}
