@@ -475,9 +475,15 @@ void McpEndpoint::State::initialize(const json::object& msg, const auth::Princip
     }
     const auto max_key = cfg().mcp_max_sessions_per_key;
     if (max_key > 0 && !who.unlimited) {
-      const auto n = std::count_if(sessions.begin(), sessions.end(), [&](const auto& kv) {
-        return kv.second->owner.key_id == s->owner.key_id && kv.second->owner.tenant == s->owner.tenant;
-      });
+      // Counted per key, as connections are (net/admission.cpp limit_key): a
+      // token counts against the key that minted it; one with no key behind
+      // it (an identity provider's) by its tenant and subject.
+      auto same_budget = [&](const Owner& o) {
+        if (!s->owner.key_id.empty()) return o.key_id == s->owner.key_id;
+        return o.key_id.empty() && o.tenant == s->owner.tenant && o.agent_id == s->owner.agent_id;
+      };
+      const auto n = std::count_if(sessions.begin(), sessions.end(),
+                                   [&](const auto& kv) { return same_budget(kv.second->owner); });
       if (n >= max_key) {
         McpReply r = http_error(
             429, limit_refused,

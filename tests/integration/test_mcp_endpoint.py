@@ -318,7 +318,10 @@ def test_limits(fresh_server):
     status, hdrs, body = rpc(s, INIT, key=k)
     assert status == 429 and "max_sessions_per_key" in body["error"]["message"] and "Retry-After" in {
         h.title() for h in hdrs}
-    # Another key has its own sessions.
+    # A token minted from the key counts against the key; another key has
+    # its own sessions.
+    status, _, _ = rpc(s, INIT, key=s.token(k))
+    assert status == 429
     open_session(s, s.create_key("mcp-limits-2"))
 
     # One call at a time per session (limits.max_running).
