@@ -175,6 +175,14 @@ struct McpSession {
   bool initialized = false;
   limits::TokenBucket queries;                 // the caller's query rate, as a connection's
   std::map<std::string, McpCallPtr> calls;     // by serialized request id
+  // The session's GET stream (server-to-client messages), when open: the
+  // exchange is used only through `listener_post`, on its own thread.
+  std::weak_ptr<McpExchange> listener;
+  Poster listener_post;
+  bool listening = false;
+  // The tool list this session's client last heard of (a signature; see
+  // tools_signature): a change sends notifications/tools/list_changed.
+  std::uint64_t tools_sig = 0;
 };
 using McpSessionPtr = std::shared_ptr<McpSession>;
 
@@ -188,8 +196,31 @@ struct McpEndpoint::State : std::enable_shared_from_this<McpEndpoint::State> {
   const config::Config& cfg() const { return services.config; }
 
   bool expired_locked(const McpSession& s, std::int64_t now) const {
-    return s.calls.empty() && now - s.last_active_ms > cfg().mcp_session_idle_s * 1000;
+    return s.calls.empty() && !s.listening && now - s.last_active_ms > cfg().mcp_session_idle_s * 1000;
   }
+
+  // A hash of what tools/list answers now, recomputed at most once a second
+  // for every listener together (the registry changes when an MCP server's
+  // list changes, and availability when it goes down or comes back).
+  std::mutex sig_mu;
+  std::int64_t sig_at_ms = -1'000'000;
+  std::uint64_t sig = 0;
+  std::uint64_t tools_signature() {
+    std::lock_guard lock(sig_mu);
+    const std::int64_t now = mono_ms();
+    if (now - sig_at_ms >= 1000) {
+      const std::string text = json::serialize(list_tools());
+      std::uint64_t h = 1469598103934665603ull;  // FNV-1a
+      for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+      sig = h;
+      sig_at_ms = now;
+    }
+    return sig;
+  }
+  void open_listener(const McpSessionPtr& s, const std::shared_ptr<McpExchange>& ex, const Poster& post);
+  void tick_listener(const McpSessionPtr& s);
+  // Ends a session's GET stream, on its thread (from any thread).
+  void close_listener_locked(McpSession& s);
 
   void purge_locked(std::int64_t now) {
     std::erase_if(sessions, [&](const auto& kv) {
@@ -269,6 +300,7 @@ void McpEndpoint::shutdown() {
     std::lock_guard lock(state_->mu);
     for (const auto& [id, s] : state_->sessions) {
       for (const auto& [k, c] : s->calls) calls.push_back(c);
+      state_->close_listener_locked(*s);
     }
   }
   for (const auto& c : calls) c->run->finish(cortex::RunEnd::interrupted, json::object{{"reason", "server_shutdown"}});
@@ -323,16 +355,78 @@ void McpEndpoint::State::handle(const McpHttpRequest& req, const std::shared_ptr
       r.status = 204;
       return ex->reply(std::move(r));
     }
-    // No server-initiated messages are sent outside a call's own stream
-    // (the tool list is not announced as changing), so there is no
-    // standalone SSE stream to offer: 405, as the transport allows.
-    McpReply r = http_error(405, invalid_request, "this server offers no standalone SSE stream; POST requests");
-    r.headers.emplace_back("Allow", "POST, DELETE");
-    return ex->reply(std::move(r));
+    if (!accepts(req.accept, "text/event-stream")) {
+      return ex->reply(http_error(406, invalid_request, "a GET must accept text/event-stream"));
+    }
+    return open_listener(s, ex, post);
   }
   McpReply r = http_error(405, invalid_request, "use POST (JSON-RPC), GET or DELETE");
   r.headers.emplace_back("Allow", "GET, POST, DELETE");
   ex->reply(std::move(r));
+}
+
+// The GET stream: one per session (a second is 409, as the SDKs' own
+// servers answer), kept open with nothing on it but
+// notifications/tools/list_changed when the tool list changes, checked once
+// a second by the network layer's tick. It ends with the session (DELETE),
+// at shutdown, or when the client closes it.
+void McpEndpoint::State::open_listener(const McpSessionPtr& s, const std::shared_ptr<McpExchange>& ex,
+                                       const Poster& post) {
+  {
+    std::lock_guard lock(mu);
+    if (s->listening) {
+      McpReply r = http_error(409, invalid_request, "this session already has its GET stream open");
+      r.headers = session_header(s->id);
+      return ex->reply(std::move(r));
+    }
+    s->listening = true;
+    s->listener = ex;
+    s->listener_post = post;
+  }
+  ex->open_stream(session_header(s->id));
+  std::weak_ptr<McpExchange> weak_ex = ex;
+  ex->on_disconnect = [weak = weak_from_this(), s, weak_ex] {
+    auto self = weak.lock();
+    if (!self) return;
+    std::lock_guard lock(self->mu);
+    if (s->listener.lock() == weak_ex.lock()) {
+      s->listening = false;
+      s->listener.reset();
+      s->listener_post = nullptr;
+      s->last_active_ms = unix_ms();
+    }
+  };
+  ex->on_tick = [weak = weak_from_this(), s] {
+    if (auto self = weak.lock()) self->tick_listener(s);
+  };
+}
+
+void McpEndpoint::State::tick_listener(const McpSessionPtr& s) {
+  const std::uint64_t now_sig = tools_signature();
+  std::shared_ptr<McpExchange> ex;
+  {
+    std::lock_guard lock(mu);
+    if (s->tools_sig == now_sig) return;
+    s->tools_sig = now_sig;
+    ex = s->listener.lock();
+  }
+  if (ex) ex->send_event(R"({"jsonrpc":"2.0","method":"notifications/tools/list_changed"})");
+}
+
+void McpEndpoint::State::close_listener_locked(McpSession& s) {
+  if (!s.listening) return;
+  s.listening = false;
+  if (auto post = std::move(s.listener_post)) {
+    post([weak_ex = s.listener] {
+      if (auto ex = weak_ex.lock()) {
+        ex->on_disconnect = nullptr;
+        ex->on_tick = nullptr;
+        ex->end_stream();
+      }
+    });
+  }
+  s.listener.reset();
+  s.listener_post = nullptr;
 }
 
 void McpEndpoint::State::end_session(const McpSessionPtr& s, std::string_view why) {
@@ -340,6 +434,7 @@ void McpEndpoint::State::end_session(const McpSessionPtr& s, std::string_view wh
   {
     std::lock_guard lock(mu);
     sessions.erase(s->id);
+    close_listener_locked(*s);
     for (auto& [k, c] : s->calls) calls.push_back(c);
     s->calls.clear();
   }
@@ -464,6 +559,7 @@ void McpEndpoint::State::initialize(const json::object& msg, const auth::Princip
   s->protocol_version = version;
   s->opened_ms = s->last_active_ms = unix_ms();
   s->queries = query_bucket(cfg(), who);
+  s->tools_sig = tools_signature();  // the list this initialize's client is about to read
   {
     std::lock_guard lock(mu);
     purge_locked(s->opened_ms);
@@ -501,7 +597,7 @@ void McpEndpoint::State::initialize(const json::object& msg, const auth::Princip
                who.agent_id, version);
   json::object result{
       {"protocolVersion", version},
-      {"capabilities", json::object{{"tools", json::object{{"listChanged", false}}}}},
+      {"capabilities", json::object{{"tools", json::object{{"listChanged", true}}}}},
       {"serverInfo", json::object{{"name", "synapse"}, {"title", "Synapse"}, {"version", "0.1.0"}}},
       {"instructions",
        "Synapse's tools for this agent: memory.* (store, search, forget, stats of this tenant's memories) and "

@@ -71,6 +71,9 @@ class McpExchange {
   // Set by the endpoint while a stream is open; run by the network layer,
   // on this thread, when the client goes away before end_stream().
   std::function<void()> on_disconnect;
+  // Set by the endpoint on a long-lived stream; run by the network layer,
+  // on this thread, about once a second while the stream is open.
+  std::function<void()> on_tick;
 };
 
 class McpEndpoint {
@@ -86,7 +89,8 @@ class McpEndpoint {
   // Sessions open now (metrics, tests).
   std::size_t session_count() const;
   // Server shutdown (any thread): every call in flight ends as interrupted
-  // with reason server_shutdown, which its stream answers before closing.
+  // with reason server_shutdown, which its stream answers before closing;
+  // GET streams end.
   void shutdown();
 
   struct State;

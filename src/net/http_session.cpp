@@ -17,6 +17,7 @@
 #include "channels/mcp_endpoint.hpp"
 #include "channels/services.hpp"
 #include "config/config.hpp"
+#include "core/clock.hpp"
 #include "net/admission.hpp"
 #include "net/http_api.hpp"
 #include "net/io_thread.hpp"
@@ -49,7 +50,8 @@ constexpr std::string_view ws_guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 constexpr std::string_view mcp_path = "/mcp";
 // An SSE answer with nothing to say for this long gets a comment line, so
 // that clients and proxies with read timeouts keep it.
-constexpr std::chrono::seconds sse_keepalive{15};
+constexpr std::int64_t sse_keepalive_ms = 15'000;
+constexpr std::chrono::seconds sse_tick{1};
 // What a client may pipeline behind a request while its SSE answer streams.
 constexpr std::size_t max_pipelined_bytes = 16 * 1024;
 
@@ -344,6 +346,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void sse_queue(std::string bytes) {
     sse_queued_ += bytes.size();
+    sse_last_write_ms_ = mono_ms();
     sse_out_.push_back(std::move(bytes));
     if (!sse_writing_) sse_write_next();
   }
@@ -364,12 +367,22 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     });
   }
 
+  // Once a second while a stream is open: the endpoint's tick (a GET
+  // stream looks for a changed tool list), and a comment line after 15 s
+  // without a write.
   void sse_arm_keepalive() {
-    timer_.expires_after(sse_keepalive);
+    timer_.expires_after(sse_tick);
     timer_.async_wait([weak = weak_from_this()](const error_code& ec) {
       auto self = weak.lock();
       if (ec || !self || self->sse_ != Sse::open) return;
-      if (self->sse_out_.empty()) self->sse_chunk(": keepalive\n\n");
+      if (self->sse_ex_ && self->sse_ex_->on_tick) {
+        auto tick = self->sse_ex_->on_tick;  // a copy: the tick may clear it
+        tick();
+      }
+      if (self->sse_ != Sse::open) return;
+      if (self->sse_out_.empty() && mono_ms() - self->sse_last_write_ms_ >= sse_keepalive_ms) {
+        self->sse_chunk(": keepalive\n\n");
+      }
       self->sse_arm_keepalive();
     });
   }
@@ -589,6 +602,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::shared_ptr<channels::McpExchange> sse_ex_;  // held while its stream is open
   std::deque<std::string> sse_out_;
   std::size_t sse_queued_ = 0;  // bytes in sse_out_
+  std::int64_t sse_last_write_ms_ = 0;
   bool sse_writing_ = false;
   bool sse_reading_ = false;
 };

@@ -89,7 +89,7 @@ def test_initialize_answers_json_with_a_session_id_and_echoes_a_supported_versio
     assert status == 200
     assert len(hdrs["mcp-session-id"]) == 32 and all(c in "0123456789abcdef" for c in hdrs["mcp-session-id"])
     assert body["id"] == 1 and body["result"]["protocolVersion"] == "2025-06-18"
-    assert body["result"]["capabilities"]["tools"] == {"listChanged": False}
+    assert body["result"]["capabilities"]["tools"] == {"listChanged": True}
     # A revision it does not speak gets its own latest; the client decides.
     newer = json.loads(json.dumps(INIT))
     newer["params"]["protocolVersion"] = "2099-01-01"
@@ -205,18 +205,57 @@ def test_session_rules(server, key, sid):
     assert status == 200 and body["result"] == {}
 
 
-def test_get_offers_no_standalone_stream_and_delete_ends_the_session(server, key):
+def open_get_stream(server, key, session):
+    """GET /mcp on a raw socket; returns the socket and what it read (the head)."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"GET /mcp HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer " +
+                 key.encode() + b"\r\nMcp-Session-Id: " + session.encode() + b"\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = sock.recv(4096)
+        assert chunk, got
+        got += chunk
+    return sock, got
+
+
+def test_get_opens_one_stream_per_session_and_delete_ends_it(server, key):
     s = open_session(server, key)
-    status, hdrs, _ = server.http("GET", "/mcp", key=key, headers={"Accept": "text/event-stream", "Mcp-Session-Id": s})
-    assert status == 405 and "POST" in hdrs["Allow"]
+    status, _, _ = server.http("GET", "/mcp", key=key, headers={"Accept": "application/json", "Mcp-Session-Id": s})
+    assert status == 406
+    sock, head = open_get_stream(server, key, s)
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Type: text/event-stream" in head
+    status, _, _ = server.http("GET", "/mcp", key=key, headers={"Accept": "text/event-stream", "Mcp-Session-Id": s})
+    assert status == 409
+    # The session stays usable beside its stream.
+    status, _, body = rpc(server, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, key=key, session=s)
+    assert status == 200 and body["result"] == {}
     status, _, _ = server.http("DELETE", "/mcp", key=key, headers={"Mcp-Session-Id": s})
     assert status == 204
+    got = read_to_end(sock, head)
+    sock.close()
+    assert got.endswith(b"0\r\n\r\n")  # the stream ended with the session
     status, _, _ = server.http("DELETE", "/mcp", key=key, headers={"Mcp-Session-Id": s})
     assert status == 404
     status, _, _ = rpc(server, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, key=key, session=s)
     assert status == 404
     status, _, _ = server.http("PUT", "/mcp", key=key)
     assert status == 405
+
+
+def test_a_closed_get_stream_may_be_opened_again(server, key):
+    s = open_session(server, key)
+    sock, _ = open_get_stream(server, key, s)
+    sock.close()
+    sock2 = wait_until(lambda: _try_get(server, key, s), timeout=3, what="the first stream to be let go")
+    sock2.close()
+
+
+def _try_get(server, key, session):
+    sock, head = open_get_stream(server, key, session)
+    if head.startswith(b"HTTP/1.1 200"):
+        return sock
+    sock.close()
+    return None
 
 
 def test_a_call_streams_progress_then_its_response_and_the_connection_is_kept(server, key, sid):
@@ -344,13 +383,20 @@ def test_limits(fresh_server):
     status, _, body = rpc(s, call("demo.countdown", {"steps": 1, "interval_ms": 0}, id_=4), key=k, session=a)
     assert body["error"]["data"]["reason"] == "rate_limited" and body["error"]["data"]["retry_after_ms"] > 0
 
-    # Idle sessions expire (1 s here): 404, and the key may open new ones.
+    # A session with its GET stream open does not expire; idle ones do
+    # (after 1 s here): 404, and the key may open new ones.
+    k3 = s.create_key("mcp-limits-3")
+    listener = open_session(s, k3)
+    get_sock, _ = open_get_stream(s, k3, listener)
     time.sleep(1.5)
     status, _, _ = rpc(s, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, key=k, session=a)
     assert status == 404
+    status, _, _ = rpc(s, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, key=k3, session=listener)
+    assert status == 200
+    get_sock.close()
     open_session(s, k)
     open_session(s, k)
-    assert s.metrics()["synapse_mcp_streams"] == 0
+    wait_until(lambda: s.metrics()["synapse_mcp_streams"] == 0, what="every stream to be let go")
 
 
 def test_the_endpoint_can_be_turned_off(fresh_server):
@@ -469,3 +515,17 @@ def test_a_call_may_outlast_the_request_timeout(fresh_server):
     status, _, text = post(s, call("demo.countdown", {"steps": 4, "interval_ms": 250}), key=k, session=session)
     assert time.monotonic() - started >= 0.9
     assert status == 200 and sse_messages(text)[-1]["result"]["structuredContent"] == {"completed": 4}
+
+
+def test_shutdown_ends_get_streams_without_waiting_for_the_drain_timeout(fresh_server):
+    s = fresh_server({"--drain-timeout-ms": "10000"})
+    k = s.create_key("mcp-get-shutdown")
+    session = open_session(s, k)
+    sock, head = open_get_stream(s, k, session)
+    started = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    got = read_to_end(sock, head)
+    sock.close()
+    assert got.endswith(b"0\r\n\r\n")
+    assert s.proc.wait(10) == 0
+    assert time.monotonic() - started < 3

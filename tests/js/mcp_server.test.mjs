@@ -55,6 +55,12 @@ test('initialize issues a session and negotiates protocol 2025-06-18', async () 
   assert.ok(client.getServerCapabilities().tools, 'the server declares tools');
   assert.equal(t.protocolVersion, '2025-06-18');
   assert.deepEqual(await client.ping(), {});
+  // The client opened its GET stream (for notifications/tools/list_changed).
+  await waitFor(async () => {
+    const m = await server.http('GET', '/metrics');
+    return /^synapse_mcp_streams [1-9]/m.test(m.body);
+  }, { what: 'the GET stream to open' });
+  assert.deepEqual(client.getServerCapabilities().tools, { listChanged: true });
 });
 
 test('listTools shows memory.* with their input schemas', async () => {
