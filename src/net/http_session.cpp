@@ -226,6 +226,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void handle_mcp() {
     auto& req = *parser_;
     mcp_keep_alive_ = req.keep_alive();
+    mcp_chunked_ = req.version() >= 11;
     mcp_origin_.reset();
     if (req.has_header(http::field::origin)) {
       const std::string origin(req.header(http::field::origin));
@@ -306,10 +307,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     sse_ex_ = std::move(ex);
     add_mcp_cors(headers);
     std::string head =
-        "HTTP/1.1 200 OK\r\nServer: synapse\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-        "Transfer-Encoding: chunked\r\n";
+        "HTTP/1.1 200 OK\r\nServer: synapse\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
+    // HTTP/1.0 has no chunked encoding: the answer ends with the connection.
+    if (mcp_chunked_) head += "Transfer-Encoding: chunked\r\n";
     for (const auto& [k, v] : headers) head += k + ": " + v + "\r\n";
-    if (!mcp_keep_alive_ || ctx_.draining.load()) {
+    if (!mcp_chunked_ || !mcp_keep_alive_ || ctx_.draining.load()) {
       mcp_keep_alive_ = false;
       head += "Connection: close\r\n";
     }
@@ -329,13 +331,18 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void sse_end() {
     if (sse_ != Sse::open) return;
     sse_ = Sse::ending;
-    sse_queue("0\r\n\r\n");
+    if (mcp_chunked_) {
+      sse_queue("0\r\n\r\n");
+    } else if (!sse_writing_) {
+      sse_finished();
+    }
   }
 
  private:
   enum class Sse { none, open, ending, ended, failed };
 
   void sse_chunk(const std::string& data) {
+    if (!mcp_chunked_) return sse_queue(data);
     char size[20];
     const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
     std::string chunk(size, static_cast<std::size_t>(n));
@@ -597,6 +604,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   bool served_any_ = false;
   // /mcp
   bool mcp_keep_alive_ = true;
+  bool mcp_chunked_ = true;  // an HTTP/1.1 request: SSE answers use chunked encoding
   std::optional<std::string> mcp_origin_;  // an allowed Origin: CORS headers on the answer
   Sse sse_ = Sse::none;
   std::shared_ptr<channels::McpExchange> sse_ex_;  // held while its stream is open

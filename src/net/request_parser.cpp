@@ -51,9 +51,10 @@ bool RequestParser::has_header(http::field f) const noexcept {
   return false;
 }
 
-void RequestParser::on_request_impl(http::verb method, string_view method_str, string_view target, int,
+void RequestParser::on_request_impl(http::verb method, string_view method_str, string_view target, int version,
                                     error_code&) {
   method_ = method;
+  version_ = version;
   method_string_.assign(method_str.data(), method_str.size());
   target_.assign(target.data(), target.size());
 }

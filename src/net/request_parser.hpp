@@ -52,6 +52,7 @@ class RequestParser : public boost::beast::http::basic_parser<true> {
   boost::beast::http::verb method() const noexcept { return method_; }
   const std::string& method_string() const noexcept { return method_string_; }
   const std::string& target() const noexcept { return target_; }
+  int version() const noexcept { return version_; }  // 11 for HTTP/1.1, 10 for HTTP/1.0
   std::string& body() noexcept { return body_; }
   // The first value of a header, or empty.
   std::string_view header(boost::beast::http::field f) const noexcept;
@@ -85,6 +86,7 @@ class RequestParser : public boost::beast::http::basic_parser<true> {
   boost::beast::http::verb method_ = boost::beast::http::verb::unknown;
   std::string method_string_;
   std::string target_;
+  int version_ = 11;
   std::string body_;
   std::vector<std::pair<boost::beast::http::field, std::string>> headers_;  // known fields only
   std::vector<std::pair<std::string, std::string>> extra_;                  // kept_unknown_fields only

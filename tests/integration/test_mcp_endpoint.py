@@ -529,3 +529,24 @@ def test_shutdown_ends_get_streams_without_waiting_for_the_drain_timeout(fresh_s
     assert got.endswith(b"0\r\n\r\n")
     assert s.proc.wait(10) == 0
     assert time.monotonic() - started < 3
+
+
+def test_an_http_1_0_client_gets_its_stream_unchunked_ending_with_the_connection(server, key, sid):
+    body = json.dumps(call("demo.countdown", {"steps": 2, "interval_ms": 10}, id_=51, token="z")).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"POST /mcp HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Accept: application/json, text/event-stream\r\nAuthorization: Bearer " + key.encode() +
+                 b"\r\nMcp-Session-Id: " + sid.encode() + b"\r\nContent-Length: " + str(len(body)).encode() +
+                 b"\r\n\r\n" + body)
+    got = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    sock.close()
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding" not in head and b"Connection: close" in head
+    msgs = sse_messages(rest.decode())
+    assert [m.get("method") for m in msgs] == ["notifications/progress", "notifications/progress", None]
+    assert msgs[-1]["id"] == 51 and msgs[-1]["result"]["structuredContent"] == {"completed": 2}
