@@ -318,7 +318,7 @@ void McpEndpoint::handle(const McpHttpRequest& req, const std::shared_ptr<McpExc
 // thread) and the request judged again through `post`, once.
 void McpEndpoint::State::handle(const McpHttpRequest& req, const std::shared_ptr<McpExchange>& ex, Poster post,
                                 bool jwks_refreshed) {
-  metrics::bump(services.metrics.http_requests);
+  if (!jwks_refreshed) metrics::bump(services.metrics.http_requests);
   const std::string_view credential = auth::bearer(req.authorization);
   auto unauthorized = [&](std::string_view why) {
     McpReply r = http_error(401, invalid_request, why);
