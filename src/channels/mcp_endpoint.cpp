@@ -16,6 +16,7 @@
 #include "channels/services.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
+#include "cortex/agent_hub.hpp"
 #include "cortex/arg_schema.hpp"
 #include "cortex/cortex.hpp"
 #include "cortex/runs.hpp"
@@ -199,23 +200,31 @@ struct McpEndpoint::State : std::enable_shared_from_this<McpEndpoint::State> {
     return s.calls.empty() && !s.listening && now - s.last_active_ms > cfg().mcp_session_idle_s * 1000;
   }
 
-  // A hash of what tools/list answers now, recomputed at most once a second
-  // for every listener together (the registry changes when an MCP server's
-  // list changes, and availability when it goes down or comes back).
+  // A hash of what tools/list answers a caller now. The registry's part
+  // (built-in, MCP servers: it changes when an MCP server's list changes,
+  // and availability when it goes down or comes back) is the same for every
+  // caller and recomputed at most once a second for every listener
+  // together; the agent workers' part (their declared tools come and go with
+  // them) is the caller's own and read from the hub each time.
   std::mutex sig_mu;
   std::int64_t sig_at_ms = -1'000'000;
-  std::uint64_t sig = 0;
-  std::uint64_t tools_signature() {
-    std::lock_guard lock(sig_mu);
-    const std::int64_t now = mono_ms();
-    if (now - sig_at_ms >= 1000) {
-      const std::string text = json::serialize(list_tools());
-      std::uint64_t h = 1469598103934665603ull;  // FNV-1a
-      for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
-      sig = h;
-      sig_at_ms = now;
+  std::uint64_t registry_sig = 0;
+  static std::uint64_t fnv(std::string_view text, std::uint64_t h = 1469598103934665603ull) {
+    for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;  // FNV-1a
+    return h;
+  }
+  std::uint64_t tools_signature(const Owner& who) {
+    std::uint64_t h = 0;
+    {
+      std::lock_guard lock(sig_mu);
+      const std::int64_t now = mono_ms();
+      if (now - sig_at_ms >= 1000) {
+        registry_sig = fnv(json::serialize(registry_tools()));
+        sig_at_ms = now;
+      }
+      h = registry_sig;
     }
-    return sig;
+    return fnv(json::serialize(worker_tools(who)), h);
   }
   void open_listener(const McpSessionPtr& s, const std::shared_ptr<McpExchange>& ex, const Poster& post);
   void tick_listener(const McpSessionPtr& s);
@@ -265,8 +274,12 @@ struct McpEndpoint::State : std::enable_shared_from_this<McpEndpoint::State> {
                  const McpSessionPtr& session, const std::shared_ptr<McpExchange>& ex, const Poster& post,
                  std::uint64_t conn_id);
   void on_event(const McpCallPtr& call, const cortex::RunEventPtr& ev);
+  void watch_disconnect(const std::shared_ptr<McpExchange>& ex, const McpCallPtr& call);
   void end_session(const McpSessionPtr& s, std::string_view why);
-  json::array list_tools() const;
+  // tools/list for a caller: the registry's tools, then its agent's workers'.
+  json::array list_tools(const Owner& who) const;
+  json::array registry_tools() const;
+  json::array worker_tools(const Owner& who) const;
   cortex::Run::OnEnd count_start();
   void record_start(const auth::Principal& who, std::uint64_t conn, const cortex::Run& run);
 };
@@ -402,7 +415,7 @@ void McpEndpoint::State::open_listener(const McpSessionPtr& s, const std::shared
 }
 
 void McpEndpoint::State::tick_listener(const McpSessionPtr& s) {
-  const std::uint64_t now_sig = tools_signature();
+  const std::uint64_t now_sig = tools_signature(s->owner);
   std::shared_ptr<McpExchange> ex;
   {
     std::lock_guard lock(mu);
@@ -532,7 +545,7 @@ void McpEndpoint::State::handle_post(const McpHttpRequest& req, const auth::Prin
   if (method == "ping") {
     r = rpc_result(id, json::object{});
   } else if (method == "tools/list") {
-    r = rpc_result(id, json::object{{"tools", list_tools()}});
+    r = rpc_result(id, json::object{{"tools", list_tools(owner_of(who))}});
   } else if (method == "tools/call") {
     return call_tool(id, params, who, session, ex, post, req.conn_id);
   } else {
@@ -559,7 +572,7 @@ void McpEndpoint::State::initialize(const json::object& msg, const auth::Princip
   s->protocol_version = version;
   s->opened_ms = s->last_active_ms = unix_ms();
   s->queries = query_bucket(cfg(), who);
-  s->tools_sig = tools_signature();  // the list this initialize's client is about to read
+  s->tools_sig = tools_signature(s->owner);  // the list this initialize's client is about to read
   {
     std::lock_guard lock(mu);
     purge_locked(s->opened_ms);
@@ -637,16 +650,38 @@ void McpEndpoint::State::notification(const std::string& method, const json::obj
   call->run->finish(cortex::RunEnd::interrupted, json::object{{"reason", why}});
 }
 
-json::array McpEndpoint::State::list_tools() const {
+namespace {
+
+// One `tools` event entry as an MCP Tool.
+json::object mcp_tool(const json::object& o) {
+  json::object schema = o.at("input_schema").is_object() ? o.at("input_schema").get_object() : json::object{};
+  if (!schema.contains("type")) schema["type"] = "object";
+  return json::object{{"name", o.at("name")}, {"description", o.at("description")}, {"inputSchema", std::move(schema)}};
+}
+
+}  // namespace
+
+json::array McpEndpoint::State::registry_tools() const {
   json::array out;
   for (const auto& t : services.cortex.describe_tools()) {
     const auto& o = t.get_object();
     if (!o.at("available").as_bool()) continue;  // an MCP server restarting: its tools come back with it
     if (o.at("name").as_string() == cortex::debug_crash_tool) continue;  // crashes a WebSocket channel only
-    json::object schema = o.at("input_schema").is_object() ? o.at("input_schema").get_object() : json::object{};
-    if (!schema.contains("type")) schema["type"] = "object";
-    out.push_back(json::object{{"name", o.at("name")}, {"description", o.at("description")}, {"inputSchema", schema}});
+    out.push_back(mcp_tool(o));
   }
+  return out;
+}
+
+json::array McpEndpoint::State::worker_tools(const Owner& who) const {
+  json::array out;
+  if (!services.hub) return out;
+  for (const auto& t : services.hub->describe_tools(who.tenant, who.agent_id)) out.push_back(mcp_tool(t.get_object()));
+  return out;
+}
+
+json::array McpEndpoint::State::list_tools(const Owner& who) const {
+  json::array out = registry_tools();
+  for (auto& t : worker_tools(who)) out.push_back(std::move(t));
   return out;
 }
 
@@ -711,10 +746,15 @@ void McpEndpoint::State::call_tool(const json::value& id, const json::object& pa
       token = *t;
     }
   }
+  // A registry tool (built-in, MCP server), else one a worker of the
+  // caller's agent declared (it goes to such a worker, as a `tool` event's).
   const std::shared_ptr<const cortex::Tool> tool =
       name == cortex::debug_crash_tool ? nullptr : services.cortex.find_tool(name);
-  if (!tool) return answer(rpc_error(id, invalid_params, "Unknown tool: " + name));
-  if (auto errors = cortex::check_args(tool->spec().input_schema, args); !errors.empty()) {
+  std::optional<cortex::ToolSpec> worker_spec;
+  if (!tool && services.hub) worker_spec = services.hub->find_worker_tool(who.tenant, who.agent_id, name);
+  if (!tool && !worker_spec) return answer(rpc_error(id, invalid_params, "Unknown tool: " + name));
+  const json::object& schema = tool ? tool->spec().input_schema : worker_spec->input_schema;
+  if (auto errors = cortex::check_args(schema, args); !errors.empty()) {
     json::array list;
     for (const auto& e : errors) {
       // The checker names fields as the `tool` event's payload has them (args.x).
@@ -773,6 +813,23 @@ void McpEndpoint::State::call_tool(const json::value& id, const json::object& pa
     });
   }
 
+  if (!tool) {
+    cortex::AgentRequest req;
+    req.kind = "tool";
+    req.tool = name;
+    req.args = std::move(args);
+    req.caller = cortex::Caller{who.tenant, who.agent_id, who.key_id};
+    req.deadline_ms = unix_ms() + cfg().default_timeout_ms;
+    ex->open_stream(session_header(session->id));
+    watch_disconnect(ex, call);
+    if (services.hub->start(req, run) != cortex::AgentBackend::Start::accepted) {
+      // No worker free: the run ends at once (an isError result), never a silent wait.
+      run->finish(cortex::RunEnd::error,
+                  json::object{{"reason", "agent_unavailable"},
+                               {"message", "no agent worker of " + who.agent_id + " is free to take this call"}});
+    }
+    return;
+  }
   cortex::ToolCall tc;
   tc.args = std::move(args);
   tc.caller = cortex::Caller{who.tenant, who.agent_id, who.key_id};
@@ -809,14 +866,18 @@ void McpEndpoint::State::call_tool(const json::value& id, const json::object& pa
                             json::object{{"reason", "overloaded"}, {"retry_after_ms", 1000}}));
   }
   ex->open_stream(session_header(session->id));
-  // A client that goes away takes its call with it: without resumable
-  // streams nobody could receive the answer any more (docs/mcp.md).
+  watch_disconnect(ex, call);
+  spdlog::debug("mcp session {} call {} started run {} ({})", session->id.substr(0, 8), key, run->id(), name);
+}
+
+// A client that goes away takes its call with it: without resumable streams
+// nobody could receive the answer any more (docs/mcp.md).
+void McpEndpoint::State::watch_disconnect(const std::shared_ptr<McpExchange>& ex, const McpCallPtr& call) {
   ex->on_disconnect = [weak = weak_from_this(), call] {
     call->ex.reset();
     if (auto self = weak.lock()) self->forget(*call);
     call->run->finish(cortex::RunEnd::interrupted, json::object{{"reason", "client_disconnected"}});
   };
-  spdlog::debug("mcp session {} call {} started run {} ({})", session->id.substr(0, 8), key, run->id(), name);
 }
 
 void McpEndpoint::State::on_event(const McpCallPtr& call, const cortex::RunEventPtr& ev) {

@@ -550,3 +550,98 @@ def test_an_http_1_0_client_gets_its_stream_unchunked_ending_with_the_connection
     msgs = sse_messages(rest.decode())
     assert [m.get("method") for m in msgs] == ["notifications/progress", "notifications/progress", None]
     assert msgs[-1]["id"] == 51 and msgs[-1]["result"]["structuredContent"] == {"completed": 2}
+
+
+def read_until(sock, got, needle, timeout=5.0):
+    """Reads `sock` until `needle` is in what was read (blocking, bounded)."""
+    sock.settimeout(timeout)
+    while needle not in got:
+        chunk = sock.recv(4096)
+        assert chunk, got
+        got += chunk
+    return got
+
+
+@pytest.mark.asyncio
+async def test_agent_worker_tools_are_listed_announced_and_called_through_mcp(server):
+    import asyncio
+
+    from phx import PhxClient, ok
+
+    agent = "mcp-worker-agent"
+    k = server.create_key(f"{agent}-client", "--agent", agent)
+    wk = server.create_key(f"{agent}-worker", "--agent", agent, "--worker")
+    session = open_session(server, k)
+    listener, head = open_get_stream(server, k, session)
+
+    # A worker joins with a tool of its own: the session's GET stream hears
+    # that the list changed, and tools/list shows the tool with its schema.
+    w = await PhxClient.connect(server.ws(key=wk))
+    schema = {"type": "object", "required": ["q"], "properties": {"q": {"type": "string"}}}
+    ok(await w.join(f"agent:{agent}", {"capacity": 2, "tools": [
+        {"name": "acme.lookup", "description": "looks things up", "input_schema": schema}]}))
+    await asyncio.to_thread(read_until, listener, head, b"notifications/tools/list_changed")
+    status, _, body = rpc(server, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, key=k, session=session)
+    tools = {t["name"]: t for t in body["result"]["tools"]}
+    assert tools["acme.lookup"]["inputSchema"] == schema and tools["acme.lookup"]["description"] == "looks things up"
+    assert "memory.store" in tools
+    # Another agent's client does not see it.
+    other = server.create_key("mcp-worker-other")
+    other_session = open_session(server, other)
+    _, _, body = rpc(server, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, key=other, session=other_session)
+    assert "acme.lookup" not in {t["name"] for t in body["result"]["tools"]}
+
+    # Arguments are checked against the worker's schema.
+    _, _, body = rpc(server, call("acme.lookup", {}), key=k, session=session)
+    assert body["error"]["code"] == -32602
+
+    # A call goes to the worker; its progress and result come back on the stream.
+    sock, first = await asyncio.to_thread(_start_call_raw, server, k, session, "acme.lookup", {"q": "heron"}, 61)
+    run = await w.push_event(f"agent:{agent}", "run")
+    p = run[4]
+    assert (p["kind"], p["name"], p["args"]) == ("tool", "acme.lookup", {"q": "heron"})
+    ok(await w.request(f"agent:{agent}", "progress", {"run_id": p["run_id"], "progress": 1, "total": 2}))
+    ok(await w.request(f"agent:{agent}", "result", {"run_id": p["run_id"], "data": {"answer": 42}}))
+    got = await asyncio.to_thread(read_to_end, sock, first)
+    sock.close()
+    msgs = sse_messages(got.split(b"\r\n\r\n", 1)[1].decode().replace("\r\n", "\n"))
+    assert any(m.get("method") == "notifications/progress" and m["params"]["progress"] == 1 for m in msgs)
+    final = [m for m in msgs if m.get("id") == 61]
+    assert final and final[0]["result"]["structuredContent"] == {"answer": 42}
+
+    # A cancelled call reaches the worker as `cancel`.
+    sock, first = await asyncio.to_thread(_start_call_raw, server, k, session, "acme.lookup", {"q": "x"}, 62)
+    run = await w.push_event(f"agent:{agent}", "run")
+    status, _, _ = post(server, {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                 "params": {"requestId": 62, "reason": "changed my mind"}}, key=k, session=session)
+    assert status == 202
+    cancel = await w.push_event(f"agent:{agent}", "cancel")
+    assert cancel[4]["run_id"] == run[4]["run_id"]
+    got = await asyncio.to_thread(read_to_end, sock, first)
+    sock.close()
+    assert b'"id":62' not in got  # no response for a cancelled request
+
+    # The worker leaves: its tool goes, and the listener hears of it again
+    # (a second notification, read after the first).
+    await w.close()
+    await asyncio.to_thread(read_until, listener, b"", b"notifications/tools/list_changed")
+    listener.close()
+    _, _, body = rpc(server, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, key=k, session=session)
+    assert "acme.lookup" not in {t["name"] for t in body["result"]["tools"]}
+
+
+def _start_call_raw(server, key, session, name, args, id_):
+    """A tools/call on a raw socket, read until its head arrived."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    body = json.dumps(call(name, args, id_=id_, token="w")).encode()
+    sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Accept: application/json, text/event-stream\r\nAuthorization: Bearer " + key.encode() +
+                 b"\r\nMcp-Session-Id: " + session.encode() + b"\r\nContent-Length: " + str(len(body)).encode() +
+                 b"\r\n\r\n" + body)
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = sock.recv(4096)
+        assert chunk, got
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 200"), got
+    return sock, got
