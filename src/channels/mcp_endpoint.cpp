@@ -356,6 +356,11 @@ void McpEndpoint::State::handle(const McpHttpRequest& req, const std::shared_ptr
   }
   if (!auth.ok()) return unauthorized(auth.message);
   const auth::Principal& who = auth.principal;
+  if (who.worker) {
+    // A worker credential serves its agent on agent: topics and calls tools
+    // only for the runs it is given (docs/protocol.md section 10), never as a client.
+    return ex->reply(http_error(403, invalid_request, "a worker credential cannot act as an MCP client"));
+  }
 
   if (req.method == "POST") return handle_post(req, who, ex, post);
   if (req.method == "GET" || req.method == "DELETE") {

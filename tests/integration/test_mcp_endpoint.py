@@ -183,6 +183,12 @@ def test_credentials_are_checked_on_every_request(server, key, sid):
     assert status == 200, body
 
 
+def test_a_worker_credential_is_not_an_mcp_client(server):
+    wk = server.create_key("mcp-refused-worker", "--agent", "somebody", "--worker")
+    status, _, body = rpc(server, INIT, key=wk)
+    assert status == 403 and "worker" in body["error"]["message"]
+
+
 def test_a_revoked_key_is_refused_at_its_next_request(server):
     k = server.create_key("mcp-revoked")
     s = open_session(server, k)
