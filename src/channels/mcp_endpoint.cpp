@@ -107,16 +107,21 @@ McpReply rpc_error(const json::value& id, int code, std::string_view message,
 
 // A tool's result as an MCP CallToolResult. A result that already is one
 // (an MCP server's tool bridged through the registry returns its content
-// items as given) passes through; any other value is one text item holding
-// its JSON, plus structuredContent when it is an object.
+// items as given), or a bare array of content items, passes through; any
+// other value is one text item holding its JSON, plus structuredContent
+// when it is an object.
+bool content_items(const json::array& items) {
+  return !items.empty() && std::all_of(items.begin(), items.end(), [](const json::value& v) {
+    return v.is_object() && v.get_object().contains("type") && v.get_object().at("type").is_string();
+  });
+}
+
 json::object tool_result(json::value data) {
+  // A bare list of content items (what an MCP tool answered) is its content.
+  if (auto* a = data.if_array(); a && content_items(*a)) return json::object{{"content", std::move(*a)}};
   if (auto* o = data.if_object()) {
     if (const auto* c = o->if_contains("content"); c && c->is_array()) {
-      const auto& items = c->get_array();
-      const bool all_items = std::all_of(items.begin(), items.end(), [](const json::value& v) {
-        return v.is_object() && v.get_object().contains("type") && v.get_object().at("type").is_string();
-      });
-      if (all_items) {
+      if (content_items(c->get_array())) {
         json::object out{{"content", *c}};
         if (const auto* s = o->if_contains("structuredContent"); s && s->is_object()) out["structuredContent"] = *s;
         if (const auto* e = o->if_contains("isError"); e && e->is_bool()) out["isError"] = *e;

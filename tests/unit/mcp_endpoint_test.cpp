@@ -177,6 +177,24 @@ TEST_F(McpEndpointTest, ProgressThenABridgedResultPassesThroughAsGiven) {
   EXPECT_TRUE(ex->ended);
 }
 
+TEST_F(McpEndpointTest, ABareListOfContentItemsIsTheContentAnyOtherValueIsTextAndStructured) {
+  const std::string sid = initialize();
+  auto a = call(sid, 1);
+  auto b = call(sid, 2);
+  auto c = call(sid, 3);
+  ASSERT_EQ(tool->calls.size(), 3u);
+  using K = cortex::ToolOutcome::Kind;
+  tool->calls[0].callbacks.done({K::result, json::parse(R"([{"type":"text","text":"one"},{"type":"image","data":"x"}])"), {}});
+  tool->calls[1].callbacks.done({K::result, json::parse(R"({"n":3})"), {}});
+  tool->calls[2].callbacks.done({K::result, json::parse(R"([1,2])"), {}});
+  drain();
+  EXPECT_EQ(a->events.at(0).at("result"),
+            json::parse(R"({"content":[{"type":"text","text":"one"},{"type":"image","data":"x"}]})"));
+  EXPECT_EQ(b->events.at(0).at("result"),
+            json::parse(R"({"content":[{"type":"text","text":"{\"n\":3}"}],"structuredContent":{"n":3}})"));
+  EXPECT_EQ(c->events.at(0).at("result"), json::parse(R"({"content":[{"type":"text","text":"[1,2]"}]})"));
+}
+
 TEST_F(McpEndpointTest, CancellationReachesTheProviderAndNoResponseIsSent) {
   const std::string sid = initialize();
   auto ex = call(sid, 6);
