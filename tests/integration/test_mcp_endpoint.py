@@ -441,7 +441,7 @@ def test_shutdown_answers_calls_in_flight_before_the_server_stops(fresh_server):
     assert finals[0]["result"]["isError"] is True
     assert "server_shutdown" in finals[0]["result"]["content"][0]["text"]
     assert s.proc.wait(10) == 0
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8  # the drain timeout (10 s) was not waited for
 
 
 def start_streaming_call(server, key, session, args, id_=7):
@@ -534,7 +534,7 @@ def test_shutdown_ends_get_streams_without_waiting_for_the_drain_timeout(fresh_s
     sock.close()
     assert got.endswith(b"0\r\n\r\n")
     assert s.proc.wait(10) == 0
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 8  # the drain timeout (10 s) was not waited for
 
 
 def test_an_http_1_0_client_gets_its_stream_unchunked_ending_with_the_connection(server, key, sid):
