@@ -22,6 +22,7 @@
 #include "cluster/run_mirror.hpp"
 #include "auth/jwks.hpp"
 #include "auth/key_store.hpp"
+#include "channels/mcp_endpoint.hpp"
 #include "channels/agent_channel.hpp"
 #include "channels/channel_registry.hpp"
 #include "channels/cortex_channel.hpp"
@@ -582,6 +583,10 @@ int serve(const config::Config& cfg) {
   http.accept_gate = &accept_gate;
   const auto admin_backend = net::make_admin_backend(threads);
   http.admin = admin_backend.get();
+  // Before the server, so it outlives every connection that calls it.
+  std::unique_ptr<channels::McpEndpoint> mcp;
+  if (cfg.mcp_enabled) mcp = std::make_unique<channels::McpEndpoint>(services);
+  http.mcp = mcp.get();
   net::Server server(threads, http, draining);
   try {
     server.listen(cfg.bind, static_cast<std::uint16_t>(cfg.port));

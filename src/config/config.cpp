@@ -227,6 +227,17 @@ const std::vector<Option>& options() {
       {"cortex.default_result_limit", "--default-result-limit", "Results returned when a query gives no limit",
        &Config::default_result_limit, 1, 1000},
 
+      {"mcp_server.enabled", "--mcp-server", "Serve the MCP Streamable HTTP endpoint /mcp (Synapse as an MCP server)",
+       &Config::mcp_enabled},
+      {"mcp_server.max_sessions", "--mcp-max-sessions", "MCP sessions open at once on this node (0 = unlimited)",
+       &Config::mcp_max_sessions, 0, kMaxInt},
+      {"mcp_server.max_sessions_per_key", "--mcp-max-sessions-per-key",
+       "MCP sessions one API key (or the tokens it minted) may hold open (0 = unlimited)",
+       &Config::mcp_max_sessions_per_key, 0, kMaxInt},
+      {"mcp_server.session_idle_s", "--mcp-session-idle-s",
+       "An MCP session with no request, no running call and no GET stream for this long ends (404 afterwards)",
+       &Config::mcp_session_idle_s, 1, kMaxInt},
+
       {"metrics.token", "--metrics-token", "When set, /metrics requires Authorization: Bearer <token>",
        &Config::metrics_token},
 

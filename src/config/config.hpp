@@ -142,6 +142,12 @@ struct Config {
   bool redispatch_unstarted = true;
   std::int64_t worker_error_budget = 20;  // worker errors per minute before 1008; 0 = unlimited
 
+  // [mcp_server] Synapse as an MCP server: POST/GET/DELETE /mcp (docs/mcp.md)
+  bool mcp_enabled = true;
+  std::int64_t mcp_max_sessions = 10'000;      // every key's together
+  std::int64_t mcp_max_sessions_per_key = 16;  // per API key (a token counts as its minting key)
+  std::int64_t mcp_session_idle_s = 1800;      // a session with no request and no call this long ends
+
   // [metrics]
   std::string metrics_token;  // empty: /metrics is open
 

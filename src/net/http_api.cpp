@@ -6,6 +6,7 @@
 #include "auth/capabilities.hpp"
 #include "auth/jwt.hpp"
 #include "auth/key_store.hpp"
+#include "channels/mcp_endpoint.hpp"
 #include "channels/pubsub_channel.hpp"
 #include "channels/services.hpp"
 #include "config/config.hpp"
@@ -75,6 +76,11 @@ HttpResponse metrics_page(const HttpRequest& req, HttpContext& ctx) {
   extra.push_back({"synapse_topic_members", "Pub/sub memberships", static_cast<double>(b.members)});
   extra.push_back({"synapse_history_messages", "Messages held for recovery", static_cast<double>(b.history_messages)});
   extra.push_back({"synapse_history_bytes", "Bytes of messages held for recovery", static_cast<double>(b.history_bytes)});
+  if (ctx.mcp) {
+    extra.push_back({"synapse_mcp_sessions", "MCP sessions open on /mcp", static_cast<double>(ctx.mcp->session_count())});
+    extra.push_back({"synapse_mcp_streams", "/mcp answers streaming now (tool calls in flight)",
+                     static_cast<double>(ctx.open_streams.load())});
+  }
   HttpResponse r;
   r.content_type = "text/plain; version=0.0.4; charset=utf-8";
   r.body = metrics::render_prometheus(ctx.services.metrics, extra);

@@ -17,6 +17,7 @@ struct Config;
 }
 namespace synapse::channels {
 struct Services;
+class McpEndpoint;
 }
 namespace synapse::limits {
 class ConnectionLimiter;
@@ -40,6 +41,10 @@ struct HttpContext {
   limits::AcceptGate* accept_gate = nullptr;
   // The I/O threads' connections, for the admin API (set by main; null in unit tests).
   AdminBackend* admin = nullptr;
+  // POST/GET/DELETE /mcp (set by main when mcp_server.enabled; null: 404).
+  channels::McpEndpoint* mcp = nullptr;
+  // /mcp answers streaming now (SSE): a drain waits for them too.
+  std::atomic<std::int64_t> open_streams{0};
 };
 
 struct HttpRequest {

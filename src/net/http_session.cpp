@@ -6,13 +6,18 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <array>
+#include <cstdio>
+#include <cstring>
+#include <deque>
 #include <optional>
 #include <string_view>
 #include <spdlog/spdlog.h>
 
 #include "auth/crypto.hpp"
+#include "channels/mcp_endpoint.hpp"
 #include "channels/services.hpp"
 #include "config/config.hpp"
+#include "core/clock.hpp"
 #include "net/admission.hpp"
 #include "net/http_api.hpp"
 #include "net/io_thread.hpp"
@@ -42,6 +47,14 @@ constexpr std::size_t max_buffered_bytes = 64 * 1024;
 // "/websocket" to the endpoint the application gives it ("/cortex").
 constexpr std::string_view websocket_path = "/cortex/websocket";
 constexpr std::string_view ws_guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+// The MCP Streamable HTTP endpoint (docs/mcp.md).
+constexpr std::string_view mcp_path = "/mcp";
+// An SSE answer with nothing to say for this long gets a comment line, so
+// that clients and proxies with read timeouts keep it.
+constexpr std::int64_t sse_keepalive_ms = 15'000;
+constexpr std::chrono::seconds sse_tick{1};
+// What a client may pipeline behind a request while its SSE answer streams.
+constexpr std::size_t max_pipelined_bytes = 16 * 1024;
 
 bool header_has_token(std::string_view value, std::string_view token) {
   // Comma-separated, case-insensitive tokens (Connection: keep-alive, Upgrade).
@@ -56,6 +69,26 @@ bool header_has_token(std::string_view value, std::string_view token) {
   }
   return false;
 }
+
+class HttpSession;
+
+// The MCP endpoint's view of one request on this connection. It holds the
+// session strongly until a stream opens (the answer may come after an
+// asynchronous step: a JWKS refresh), weakly afterwards, when the session
+// holds it instead (so the session can report a disconnect to it).
+class McpHttpExchange final : public channels::McpExchange, public std::enable_shared_from_this<McpHttpExchange> {
+ public:
+  explicit McpHttpExchange(std::shared_ptr<HttpSession> s) : strong_(s), weak_(s) {}
+  void reply(channels::McpReply r) override;
+  void open_stream(channels::McpHeaders headers) override;
+  void send_event(std::string json) override;
+  void end_stream() override;
+  std::size_t queued_bytes() const override;
+
+ private:
+  std::shared_ptr<HttpSession> strong_;
+  std::weak_ptr<HttpSession> weak_;
+};
 
 class HttpSession : public std::enable_shared_from_this<HttpSession> {
  public:
@@ -154,6 +187,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       handle_upgrade();
       return;
     }
+    if (ctx_.mcp && on_path(req.target(), mcp_path)) {
+      handle_mcp();
+      return;
+    }
     HttpRequest r;
     r.method = req.method_string();
     r.target = req.target();
@@ -173,9 +210,257 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   // Only the WebSocket path upgrades; an upgrade header on any other target
   // is answered as the plain route would answer it (404, 405, 200...).
-  static bool upgrade_path(std::string_view target) {
+  static bool upgrade_path(std::string_view target) { return on_path(target, websocket_path); }
+
+  static bool on_path(std::string_view target, std::string_view path) {
     RequestTarget t;
-    return parse_target(target, t) && t.path == websocket_path;
+    return parse_target(target, t) && t.path == path;
+  }
+
+ public:
+  // --- /mcp: the transport side (channels/mcp_endpoint.hpp is the protocol) ---
+
+  // The Origin is checked here, as for the WebSocket upgrade (a browser page
+  // of another site must not drive a local MCP server: DNS rebinding); an
+  // allowed Origin gets CORS headers on every answer and its preflight
+  // answered. The rest is the endpoint's.
+  void handle_mcp() {
+    auto& req = *parser_;
+    mcp_keep_alive_ = req.keep_alive();
+    mcp_chunked_ = req.version() >= 11;
+    mcp_origin_.reset();
+    if (req.has_header(http::field::origin)) {
+      const std::string origin(req.header(http::field::origin));
+      if (!origin_allowed(origin, req.header(http::field::host), ctx_.config.allowed_origins)) {
+        metrics::bump(ctx_.services.metrics.http_requests);
+        spdlog::info("refused peer={} /mcp: {}", peer_, origin_refusal(origin, ctx_.config.allowed_origins.empty()));
+        respond(json_error(403, "forbidden_origin", origin_refusal(origin, ctx_.config.allowed_origins.empty())),
+                mcp_keep_alive_);
+        return;
+      }
+      mcp_origin_ = origin;
+    }
+    if (ctx_.draining.load() && req.method() != http::verb::delete_) {
+      metrics::bump(ctx_.services.metrics.http_requests);
+      HttpResponse r = json_error(503, "draining", "the server is shutting down");
+      r.headers.emplace_back("Retry-After", "5");
+      respond(std::move(r), false);
+      return;
+    }
+    if (req.method() == http::verb::options) {
+      metrics::bump(ctx_.services.metrics.http_requests);
+      HttpResponse r;
+      r.status = 204;
+      r.content_type.clear();
+      r.headers.emplace_back("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+      r.headers.emplace_back("Access-Control-Allow-Headers",
+                             "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID");
+      r.headers.emplace_back("Access-Control-Max-Age", "600");
+      r.headers.emplace_back("Allow", "GET, POST, DELETE, OPTIONS");
+      add_mcp_cors(r.headers);
+      respond(std::move(r), mcp_keep_alive_);
+      return;
+    }
+    channels::McpHttpRequest m;
+    m.method = req.method_string();
+    m.authorization = std::string(req.header(http::field::authorization));
+    m.accept = std::string(req.header(http::field::accept));
+    m.content_type = std::string(req.header(http::field::content_type));
+    if (req.has_extra_header("mcp-session-id")) m.session_id = std::string(req.extra_header("mcp-session-id"));
+    if (req.has_extra_header("mcp-protocol-version")) {
+      m.protocol_version = std::string(req.extra_header("mcp-protocol-version"));
+    }
+    m.body = std::move(req.body());
+    m.conn_id = id_;
+    auto ex = std::make_shared<McpHttpExchange>(shared_from_this());
+    ctx_.mcp->handle(m, ex, thread_.poster());
+  }
+
+  void add_mcp_cors(std::vector<std::pair<std::string, std::string>>& headers) const {
+    if (!mcp_origin_) return;
+    headers.emplace_back("Access-Control-Allow-Origin", *mcp_origin_);
+    headers.emplace_back("Access-Control-Expose-Headers", "Mcp-Session-Id");
+    headers.emplace_back("Vary", "Origin");
+  }
+
+  void mcp_reply(channels::McpReply m) {
+    HttpResponse r;
+    r.status = m.status;
+    r.content_type = std::move(m.content_type);
+    r.body = std::move(m.body);
+    r.headers = std::move(m.headers);
+    add_mcp_cors(r.headers);
+    respond(std::move(r), mcp_keep_alive_);
+  }
+
+  // Contract of an SSE answer: the head goes out with chunked encoding (so
+  // the connection outlives the answer), each event as one chunk, in order
+  // through one write queue; the end is the empty chunk, after which the
+  // connection reads its next request as after any answer. While it
+  // streams the socket is read too: a client that closes or resets ends
+  // the answer and the endpoint hears it (on_disconnect), and bytes it
+  // pipelines (at most 16 KiB) wait in the read buffer for their turn.
+  void sse_open(channels::McpHeaders headers, std::shared_ptr<channels::McpExchange> ex) {
+    served_any_ = true;
+    timer_.cancel();  // the request timeout does not apply to a long answer
+    sse_ = Sse::open;
+    ctx_.open_streams.fetch_add(1);
+    sse_ex_ = std::move(ex);
+    add_mcp_cors(headers);
+    std::string head =
+        "HTTP/1.1 200 OK\r\nServer: synapse\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
+    // HTTP/1.0 has no chunked encoding: the answer ends with the connection.
+    if (mcp_chunked_) head += "Transfer-Encoding: chunked\r\n";
+    for (const auto& [k, v] : headers) head += k + ": " + v + "\r\n";
+    if (!mcp_chunked_ || !mcp_keep_alive_ || ctx_.draining.load()) {
+      mcp_keep_alive_ = false;
+      head += "Connection: close\r\n";
+    }
+    head += "\r\n";
+    sse_queue(std::move(head));
+    sse_read();
+    sse_arm_keepalive();
+  }
+
+  void sse_event(std::string json) {
+    if (sse_ != Sse::open) return;
+    sse_chunk("event: message\ndata: " + json + "\n\n");
+  }
+
+  std::size_t sse_queued() const { return sse_queued_; }
+
+  void sse_end() {
+    if (sse_ != Sse::open) return;
+    sse_ = Sse::ending;
+    if (mcp_chunked_) {
+      sse_queue("0\r\n\r\n");
+    } else if (!sse_writing_) {
+      sse_finished();
+    }
+  }
+
+ private:
+  enum class Sse { none, open, ending, ended, failed };
+
+  void sse_chunk(const std::string& data) {
+    if (!mcp_chunked_) return sse_queue(data);
+    char size[20];
+    const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+    std::string chunk(size, static_cast<std::size_t>(n));
+    chunk += data;
+    chunk += "\r\n";
+    sse_queue(std::move(chunk));
+  }
+
+  void sse_queue(std::string bytes) {
+    sse_queued_ += bytes.size();
+    sse_last_write_ms_ = mono_ms();
+    sse_out_.push_back(std::move(bytes));
+    if (!sse_writing_) sse_write_next();
+  }
+
+  void sse_write_next() {
+    if (sse_out_.empty()) {
+      sse_writing_ = false;
+      if (sse_ == Sse::ending) sse_finished();
+      return;
+    }
+    sse_writing_ = true;
+    asio::async_write(socket_, asio::buffer(sse_out_.front()), [self = shared_from_this()](const error_code& ec,
+                                                                                             std::size_t) {
+      if (ec) return self->sse_fail();
+      self->sse_queued_ -= self->sse_out_.front().size();
+      self->sse_out_.pop_front();
+      self->sse_write_next();
+    });
+  }
+
+  // Once a second while a stream is open: the endpoint's tick (a GET
+  // stream looks for a changed tool list), and a comment line after 15 s
+  // without a write.
+  void sse_arm_keepalive() {
+    timer_.expires_after(sse_tick);
+    timer_.async_wait([weak = weak_from_this()](const error_code& ec) {
+      auto self = weak.lock();
+      if (ec || !self || self->sse_ != Sse::open) return;
+      if (self->sse_ex_ && self->sse_ex_->on_tick) {
+        auto tick = self->sse_ex_->on_tick;  // a copy: the tick may clear it
+        tick();
+      }
+      if (self->sse_ != Sse::open) return;
+      if (self->sse_out_.empty() && mono_ms() - self->sse_last_write_ms_ >= sse_keepalive_ms) {
+        self->sse_chunk(": keepalive\n\n");
+      }
+      self->sse_arm_keepalive();
+    });
+  }
+
+  void sse_read() {
+    sse_reading_ = true;
+    auto scratch = std::make_shared<std::array<char, 4096>>();
+    socket_.async_read_some(asio::buffer(*scratch), [self = shared_from_this(), scratch](const error_code& ec,
+                                                                                         std::size_t n) {
+      self->sse_reading_ = false;
+      if (self->sse_ == Sse::ended) {
+        // Stopped by sse_finished (ec is operation_aborted), or data that
+        // raced it: keep the data, then serve the next request.
+        if (!ec) self->keep_pipelined(scratch->data(), n);
+        self->after_sse();
+        return;
+      }
+      if (self->sse_ == Sse::failed) return;
+      if (ec) return self->sse_fail();
+      if (!self->keep_pipelined(scratch->data(), n)) return self->sse_fail();
+      if (self->buffer_.size() < max_pipelined_bytes) self->sse_read();
+    });
+  }
+
+  bool keep_pipelined(const char* data, std::size_t n) {
+    if (buffer_.size() + n > max_pipelined_bytes) return false;
+    auto dst = buffer_.prepare(n);
+    std::memcpy(dst.data(), data, n);
+    buffer_.commit(n);
+    return true;
+  }
+
+  // The last chunk is written: the exchange is over.
+  void sse_finished() {
+    sse_ = Sse::ended;
+    timer_.cancel();
+    sse_ex_.reset();
+    if (sse_reading_) {
+      error_code ignored;
+      socket_.cancel(ignored);  // the read's handler goes on (after_sse)
+      return;
+    }
+    after_sse();
+  }
+
+  void after_sse() {
+    sse_ = Sse::none;
+    ctx_.open_streams.fetch_sub(1);
+    if (mcp_keep_alive_ && !ctx_.draining.load()) {
+      read_request();
+    } else {
+      shutdown();
+    }
+  }
+
+  // The client went away (or a write failed) before the answer ended.
+  void sse_fail() {
+    if (sse_ == Sse::failed || sse_ == Sse::none) return;
+    const bool was_open = sse_ == Sse::open || sse_ == Sse::ending;
+    if (sse_ != Sse::ended) ctx_.open_streams.fetch_sub(1);  // ended: after_sse counts it
+    sse_ = Sse::failed;
+    timer_.cancel();
+    auto ex = std::move(sse_ex_);  // sse_out_ stays: a write may still refer to its front
+    if (was_open && ex && ex->on_disconnect) {
+      auto notify = std::move(ex->on_disconnect);
+      ex->on_disconnect = nullptr;
+      notify();
+    }
+    error_code ignored;
+    socket_.close(ignored);
   }
 
   void handle_upgrade() {
@@ -263,7 +548,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     res->version(11);
     res->result(static_cast<unsigned>(r.status));
     res->set(http::field::server, "synapse");
-    res->set(http::field::content_type, r.content_type);
+    if (!r.content_type.empty()) res->set(http::field::content_type, r.content_type);
     for (auto& [k, v] : r.headers) res->set(k, v);
     res->body() = std::move(r.body);
     res->keep_alive(keep_alive && !ctx_.draining.load());
@@ -326,7 +611,44 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::string peer_ip_;
   std::string peer_;
   bool served_any_ = false;
+  // /mcp
+  bool mcp_keep_alive_ = true;
+  bool mcp_chunked_ = true;  // an HTTP/1.1 request: SSE answers use chunked encoding
+  std::optional<std::string> mcp_origin_;  // an allowed Origin: CORS headers on the answer
+  Sse sse_ = Sse::none;
+  std::shared_ptr<channels::McpExchange> sse_ex_;  // held while its stream is open
+  std::deque<std::string> sse_out_;
+  std::size_t sse_queued_ = 0;  // bytes in sse_out_
+  std::int64_t sse_last_write_ms_ = 0;
+  bool sse_writing_ = false;
+  bool sse_reading_ = false;
 };
+
+void McpHttpExchange::reply(channels::McpReply r) {
+  auto s = weak_.lock();
+  strong_.reset();
+  if (s) s->mcp_reply(std::move(r));
+}
+
+void McpHttpExchange::open_stream(channels::McpHeaders headers) {
+  auto s = weak_.lock();
+  if (!s) return;
+  s->sse_open(std::move(headers), std::static_pointer_cast<channels::McpExchange>(shared_from_this()));
+  strong_.reset();
+}
+
+void McpHttpExchange::send_event(std::string json) {
+  if (auto s = weak_.lock()) s->sse_event(std::move(json));
+}
+
+void McpHttpExchange::end_stream() {
+  if (auto s = weak_.lock()) s->sse_end();
+}
+
+std::size_t McpHttpExchange::queued_bytes() const {
+  auto s = weak_.lock();
+  return s ? s->sse_queued() : 0;
+}
 
 }  // namespace
 

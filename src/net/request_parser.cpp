@@ -61,14 +61,29 @@ bool RequestParser::has_header(http::field f) const noexcept {
   return false;
 }
 
-void RequestParser::on_request_impl(http::verb method, string_view method_str, string_view target, int,
+void RequestParser::on_request_impl(http::verb method, string_view method_str, string_view target, int version,
                                     error_code&) {
   method_ = method;
+  version_ = version;
   method_string_.assign(method_str.data(), method_str.size());
   target_.assign(target.data(), target.size());
 }
 
-void RequestParser::on_field_impl(http::field name, string_view, string_view value, error_code& ec) {
+std::string_view RequestParser::extra_header(std::string_view name) const noexcept {
+  for (const auto& [n, value] : extra_) {
+    if (boost::beast::iequals(n, name)) return value;
+  }
+  return {};
+}
+
+bool RequestParser::has_extra_header(std::string_view name) const noexcept {
+  for (const auto& h : extra_) {
+    if (boost::beast::iequals(h.first, name)) return true;
+  }
+  return false;
+}
+
+void RequestParser::on_field_impl(http::field name, string_view name_string, string_view value, error_code& ec) {
   if (header_done_) {
     // A trailer field: counted, never stored (no endpoint reads trailers).
     trailer_bytes_ += value.size() + 4;
@@ -87,6 +102,14 @@ void RequestParser::on_field_impl(http::field name, string_view, string_view val
       has_content_length_ = true;
       return;
     case http::field::unknown:
+      // Beast knows no MCP header: those the /mcp endpoint reads are kept
+      // (by name, first value only); every other unknown field is dropped.
+      for (std::string_view kept : kept_unknown_fields) {
+        if (boost::beast::iequals(kept, std::string_view(name_string.data(), name_string.size())) &&
+            !has_extra_header(kept)) {
+          extra_.emplace_back(std::string(kept), std::string(value.data(), value.size()));
+        }
+      }
       return;
     default:
       // Bounded by the header limit the base class enforces.

@@ -33,6 +33,10 @@
 
 namespace synapse::net {
 
+// The unknown (to Beast) header fields a request keeps: MCP's (docs/mcp.md).
+inline constexpr std::string_view kept_unknown_fields[] = {"mcp-session-id", "mcp-protocol-version",
+                                                           "last-event-id"};
+
 class RequestParser : public boost::beast::http::basic_parser<true> {
  public:
   enum class Refusal {
@@ -48,6 +52,7 @@ class RequestParser : public boost::beast::http::basic_parser<true> {
   boost::beast::http::verb method() const noexcept { return method_; }
   const std::string& method_string() const noexcept { return method_string_; }
   const std::string& target() const noexcept { return target_; }
+  int version() const noexcept { return version_; }  // 11 for HTTP/1.1, 10 for HTTP/1.0
   std::string& body() noexcept { return body_; }
   // The first value of a header, or empty.
   std::string_view header(boost::beast::http::field f) const noexcept;
@@ -56,6 +61,10 @@ class RequestParser : public boost::beast::http::basic_parser<true> {
   std::string header_list(boost::beast::http::field f) const;
   // Whether the header is present at all (an empty Origin still counts).
   bool has_header(boost::beast::http::field f) const noexcept;
+  // Headers Beast has no field for, kept only when listed in
+  // kept_unknown_fields (the MCP transport's): first value, or empty.
+  std::string_view extra_header(std::string_view name) const noexcept;
+  bool has_extra_header(std::string_view name) const noexcept;
 
  private:
   void on_request_impl(boost::beast::http::verb method, boost::beast::string_view method_str,
@@ -80,8 +89,10 @@ class RequestParser : public boost::beast::http::basic_parser<true> {
   boost::beast::http::verb method_ = boost::beast::http::verb::unknown;
   std::string method_string_;
   std::string target_;
+  int version_ = 11;
   std::string body_;
   std::vector<std::pair<boost::beast::http::field, std::string>> headers_;  // known fields only
+  std::vector<std::pair<std::string, std::string>> extra_;                  // kept_unknown_fields only
   std::string transfer_encoding_;  // every Transfer-Encoding line, comma-joined
   bool has_content_length_ = false;
 };

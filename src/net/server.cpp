@@ -1,5 +1,7 @@
 #include "net/server.hpp"
 
+#include "channels/mcp_endpoint.hpp"
+
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <csignal>
@@ -278,6 +280,9 @@ void Server::close_connections() {
   }
   // Runs nobody follows end too, with the reason in their log.
   if (http_.services.runs) http_.services.runs->shutdown();
+  // MCP calls still in flight end now as interrupted (server_shutdown):
+  // their streams carry that answer and close, and the close waits for them.
+  if (http_.mcp) http_.mcp->shutdown();
   closing_started_ms_ = mono_ms();
   watch_close();
 }
@@ -286,7 +291,7 @@ void Server::watch_close() {
   // A client that never answers our close frame is let go by its thread's
   // sweep after the close wait (2 s); this bound only backs that up.
   constexpr std::int64_t close_bound_ms = 3000;
-  const auto open = http_.services.metrics.connections_open.load();
+  const auto open = http_.services.metrics.connections_open.load() + http_.open_streams.load();
   if (open <= 0 || mono_ms() - closing_started_ms_ >= close_bound_ms) {
     if (open > 0) spdlog::warn("{} connections still open after the close handshake's bound", open);
     stop_all();

@@ -107,3 +107,24 @@ TEST(RequestParser, AChunkedBodyWithASmallTrailerIsReadWhole) {
     EXPECT_EQ(r.consumed, in.size()) << "the next request stays unread";
   }
 }
+
+// Beast has no field for MCP's headers: the parser keeps those the /mcp
+// endpoint reads (case-insensitive name, first value) and drops the other
+// unknown ones.
+TEST(RequestParser, KeepsTheMcpHeadersOnly) {
+  const std::string in =
+      "POST /mcp HTTP/1.1\r\nHost: x\r\nmcp-SESSION-id: abc\r\nMcp-Session-Id: second\r\n"
+      "MCP-Protocol-Version: 2025-06-18\r\nX-Other: dropped\r\nContent-Length: 2\r\n\r\n{}";
+  RequestParser p(16 * 1024, 1 << 20, 4096);
+  p.eager(true);
+  boost::beast::error_code ec;
+  p.put(boost::asio::buffer(in.data(), in.size()), ec);
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_TRUE(p.is_done());
+  EXPECT_TRUE(p.has_extra_header("Mcp-Session-Id"));
+  EXPECT_EQ(p.extra_header("mcp-session-id"), "abc");
+  EXPECT_EQ(p.extra_header("mcp-protocol-version"), "2025-06-18");
+  EXPECT_FALSE(p.has_extra_header("x-other"));
+  EXPECT_FALSE(p.has_extra_header("last-event-id"));
+  EXPECT_EQ(p.body(), "{}");
+}
