@@ -12,6 +12,7 @@ from .errors import (AuthenticationError, ClientClosedError, ConnectError, Disco
 from .handles import AttachedRun, QueryHandle, RunEvent, RunHandle, ToolHandle
 from .models import Message, Progress, Result, RunInfo, Snapshot, Thought, Token, ToolInfo
 from .presence import PresenceState, sync_diff, sync_state
+from .worker import AgentError, AgentRun, AgentWorker, Final, ProgressUpdate
 
 __version__ = "0.1.0"
 
@@ -20,4 +21,5 @@ __all__ = [
     "Thought", "Progress", "Token", "Snapshot", "RunInfo", "Result", "Message", "ToolInfo", "PresenceState", "sync_state", "sync_diff",
     "SynapseError", "ConnectError", "AuthenticationError", "ReplyError", "RateLimitedError", "RunError",
     "RunInterrupted", "DisconnectedError", "RequestTimeout", "ClientClosedError", "__version__",
+    "AgentWorker", "AgentRun", "AgentError", "Final", "ProgressUpdate",
 ]

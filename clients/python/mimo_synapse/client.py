@@ -83,6 +83,22 @@ class _Protocol(WebSocketClientProtocol):
 
 
 # --------------------------------------------------------------------------
+class ChannelHooks:
+    """What a channel kind built on a client's connection (the agent worker's
+    ``agent:<id>``) is told: every push on its topic, each new connection
+    (after the socket opened; join from here) and each lost one. All run on
+    the event loop, in the reader, in stream order."""
+
+    def on_push(self, join_ref: Optional[str], event: str, payload: JSONObject) -> None:
+        raise NotImplementedError
+
+    def on_connected(self, conn_id: int) -> None:
+        raise NotImplementedError
+
+    def on_lost(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
 class _Pending:
     future: "asyncio.Future[JSONObject]"
@@ -284,6 +300,9 @@ class MimoSynapse:
         self._by_id: Dict[str, RunHandle[Any]] = {}
         self._resume_task: Optional["asyncio.Task[None]"] = None
         self._resume_conn = 0
+        # Other channel kinds built on this connection (the agent worker's
+        # agent:<id>), by topic: told of every connection and every loss.
+        self._channels: Dict[str, ChannelHooks] = {}
         self._subs: Dict[str, _Sub] = {}
         self._join_refs: Dict[str, str] = {}
         self._refs = itertools.count(1)
@@ -470,6 +489,8 @@ class MimoSynapse:
             self._spawn(self._join_sub(sub, conn_id), f"join {sub.topic}")
         if any(h._needs_resume for h in self._handles()):
             self._kick_resume()
+        for hooks in list(self._channels.values()):
+            hooks.on_connected(conn_id)
         log.info("connected to %s (connection %d)", self.url.split("?")[0], self.connection_count)
         if self._on_connect is not None:
             self._callback(self._on_connect)
@@ -562,6 +583,11 @@ class MimoSynapse:
             return DisconnectedError(f"the connection was lost (close code {code})", ref=ref)
 
         self._runs_lost(self._conn_id, closing, err)
+        for hooks in list(self._channels.values()):
+            try:
+                hooks.on_lost()
+            except Exception:  # noqa: BLE001
+                log.exception("channel hook raised")
         pending, self._pending = self._pending, {}
         for p in pending.values():
             if not p.future.done():
@@ -691,6 +717,41 @@ class MimoSynapse:
             return response
         raise ReplyError.from_response(response)
 
+    async def _post(self, topic: str, event: str, payload: JSONObject, *, conn_id: int,
+                    join_ref: Union[str, None, _Auto] = _AUTO) -> "asyncio.Future[JSONObject]":
+        """Sends one frame with a ref on connection ``conn_id`` and returns
+        the future of its reply (the raw ``{"status", "response"}``) without
+        waiting for it: frames a task posts go out in order, and the socket's
+        drain is the only wait (streams are not slowed by round trips). The
+        future fails with DisconnectedError if the connection is lost first."""
+        ws = self._ws
+        if ws is None or self._conn_id != conn_id or self._closed:
+            raise _NotSent("the connection changed")
+        loop = asyncio.get_running_loop()
+        ref = self._next_ref()
+        jr = self._join_refs.get(topic) if isinstance(join_ref, _Auto) else join_ref
+        frame = [jr, ref, topic, event, payload]
+        text = json.dumps(frame, separators=(",", ":"))
+        fut: "asyncio.Future[JSONObject]" = loop.create_future()
+        fut.add_done_callback(_quiet)
+        entry = _Pending(fut, conn_id, None)
+        self._pending[ref] = entry
+
+        def drop(_: "asyncio.Future[JSONObject]") -> None:
+            if self._pending.get(ref) is entry:
+                del self._pending[ref]
+
+        fut.add_done_callback(drop)
+        if self._trace is not None:
+            self._call_trace("send", frame)
+        try:
+            await ws.send(text)
+        except ConnectionClosed:
+            drop(fut)
+            self._connection_lost(ws, ws.close_code)
+            raise _NotSent("the connection closed before the frame was sent") from None
+        return fut
+
     def _call_trace(self, direction: str, frame: List[Any]) -> None:
         assert self._trace is not None
         try:
@@ -736,6 +797,8 @@ class MimoSynapse:
             self._on_phoenix(event, payload)
         elif topic == self._cortex_topic:
             self._on_cortex(join_ref, event, payload)
+        elif topic in self._channels:
+            self._channels[topic].on_push(join_ref, event, payload)
         else:
             sub = self._subs.get(topic)
             if sub is not None:
@@ -1663,4 +1726,4 @@ class MimoSynapse:
         return sync_state(state) if isinstance(state, dict) else {}
 
 
-__all__ = ["MimoSynapse", "Subscription", "TokenProvider", "MessageCallback", "PresenceCallback"]
+__all__ = ["MimoSynapse", "Subscription", "ChannelHooks", "TokenProvider", "MessageCallback", "PresenceCallback"]
