@@ -233,6 +233,7 @@ class AgentWorker:
         self._runs: Dict[str, AgentRun] = {}
         self._stopped = asyncio.Event()
         self._tasks: Set["asyncio.Task[Any]"] = set()
+        self._posted = 0
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -454,6 +455,12 @@ class AgentWorker:
 
     # ------------------------------------------------------------- running
     async def _post(self, run: AgentRun, event: str, payload: JSONObject) -> "asyncio.Future[JSONObject]":
+        # A socket write that need not wait returns without yielding to the
+        # event loop: a handler yielding tokens in a tight loop would keep
+        # the reader (cancel pushes, replies, heartbeats) from running.
+        self._posted += 1
+        if self._posted % 32 == 0:
+            await asyncio.sleep(0)
         try:
             fut = await self._client._post(self.topic, event, payload, conn_id=run._conn_id)
         except _NotSent:

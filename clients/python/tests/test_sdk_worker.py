@@ -214,3 +214,69 @@ async def test_capacity_is_registered_and_a_user_key_cannot_serve(wserver):
             assert busy.value.reason == "agent_unavailable"
             gate.set()
             assert (await first.result(timeout=10)).data == {"text": "waiting "}
+
+
+@pytest.mark.asyncio
+async def test_client_cut_mid_stream_of_a_worker_run_resumes_exactly_once(wserver):
+    """Issue 13 with a worker behind the run: the client's link is cut while
+    the worker streams; the run goes on, the client re-attaches from its
+    last seq and sees every token once, in order."""
+    agent, wkey, ukey = agent_keys(wserver, "wresume")
+    proxy = await TcpProxy(wserver.port).start()
+
+    async def paced(run):
+        for i in range(1, 301):
+            yield f"p{i} "
+            await asyncio.sleep(0.003)
+
+    try:
+        async with AgentWorker(wserver.ws_url, api_key=wkey, agent_id=agent) as worker:
+            await worker.start(paced)
+            async with MimoSynapse(proxy.url, api_key=ukey) as syn:
+                handle = syn.query("stream to me")
+                items = []
+                async for item in handle:
+                    items.append(item)
+                    if len(items) == 50:
+                        proxy.sever()
+                result = await handle.result(timeout=10)
+            assert [i.seq for i in items] == list(range(1, 301))
+            assert handle.text == "".join(f"p{i} " for i in range(1, 301)) == result.data["text"]
+            assert handle.resumes == 1 and worker.stats["lost"] == 0 and worker.client.connection_count == 1
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.asyncio
+async def test_worker_pipelines_tokens_without_a_round_trip_each(wserver):
+    """A worker writes a run's events in order without waiting for each
+    reply (protocol section 10 replies are checked in the background): on
+    its wire, many tokens are out before the first of their replies is
+    back. 20,000 tokens from one handler, as fast as it yields them; the
+    rate is printed, not asserted (bench/ measures the gateway)."""
+    agent, wkey, ukey = agent_keys(wserver, "rate")
+    n = 20_000
+    rec = Recorder()
+
+    async def burst(run):
+        for i in range(n):
+            yield "x"
+
+    async with AgentWorker(wserver.ws_url, api_key=wkey, agent_id=agent, trace=rec) as worker:
+        await worker.start(burst)
+        async with MimoSynapse(wserver.ws_url, api_key=ukey) as syn:
+            started = time.monotonic()
+            handle = syn.query("fast")
+            result = await handle.result(timeout=60)
+            took = time.monotonic() - started
+    assert len(handle.text) == n and handle.last_seq == n + 1 and result.data == {"text": "x" * n}
+    print(f"{n} tokens worker -> client in {took:.2f}s: {n / took:,.0f} tokens/s")
+    outstanding, most = set(), 0
+    for _, d, f in rec.frames:
+        if d == "send" and f[3] == "token":
+            outstanding.add(f[1])
+            most = max(most, len(outstanding))
+        elif d == "recv" and f[3] == "phx_reply":
+            outstanding.discard(f[1])
+    assert most > 8, f"at most {most} tokens in flight: the worker waits for replies"
+    assert not outstanding  # and every one was answered
