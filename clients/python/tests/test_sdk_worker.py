@@ -280,3 +280,21 @@ async def test_worker_pipelines_tokens_without_a_round_trip_each(wserver):
             outstanding.discard(f[1])
     assert most > 8, f"at most {most} tokens in flight: the worker waits for replies"
     assert not outstanding  # and every one was answered
+
+
+@pytest.mark.asyncio
+async def test_a_wildcard_worker_serves_every_agent_of_its_tenant(wserver):
+    wkey = wserver.create_key(unique("any-w"), "--worker", "--agent", "*")
+    agents = [unique("anyone") for _ in range(2)]
+    users = [wserver.create_key(unique("any-u"), "--agent", a) for a in agents]
+
+    async def whose(run):
+        yield f"for {run.agent_id}"
+
+    async with AgentWorker(wserver.ws_url, api_key=wkey, agent_id="*", capacity=4) as worker:
+        await worker.start(whose)
+        assert worker.topic == "agent:*"
+        for agent, key in zip(agents, users):
+            async with MimoSynapse(wserver.ws_url, api_key=key) as syn:
+                assert (await syn.query("who is this for").result(timeout=10)).data == {"text": f"for {agent}"}
+        assert worker.stats["results"] == 2
