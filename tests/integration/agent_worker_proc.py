@@ -8,7 +8,8 @@ the test can measure from the worker's side (e.g. when `cancel` arrived):
   {"ev": "joined", "reply": {...}}      the join reply
   {"ev": "run", "run": {...}}           a `run` push
   {"ev": "cancel", "run_id", "reason"}  a `cancel` push
-  {"ev": "reply", "ref", "event", "run_id", "reply"}  a reply to an event it sent
+  {"ev": "reply", "ref", "event", "run_id", "reply"}  a reply to an event it sent (other than ok {})
+  {"ev": "result_acked", "run_id", "reply"}  the reply to its result
   {"ev": "closed", "code"}              the server closed the connection
 
 Modes (--mode):
@@ -85,14 +86,18 @@ class Worker:
         for i in range(a.tokens):
             if rid in self.cancelled:
                 return
-            await self.send("token", {"run_id": rid, "text": f"w{i} "})
+            text = f"w{i} "
+            if a.token_bytes > len(text):
+                text += "x" * (a.token_bytes - len(text))
+            await self.send("token", {"run_id": rid, "text": text})
             if a.interval_ms:
                 await asyncio.sleep(a.interval_ms / 1000)
         await self.send("result", {"run_id": rid, "data": {"answer": run.get("q"), "worker": a.name}})
 
     async def hostile(self):
         for i in range(self.args.hostile_count):
-            await self.ws.send("this is not a frame")
+            if self.args.hostile_malformed:
+                await self.ws.send("this is not a frame")
             await self.send("token", {"run_id": f"run_not_mine_{i}", "text": "x"})
             await self.send("no_such_event", {"run_id": "x"})
             await self.send("token", {"text": "no run id"})
@@ -138,6 +143,8 @@ class Worker:
                 return
             if ref in self.pending:
                 ev, rid = self.pending.pop(ref)
+                if ev == "result":
+                    log(ev="result_acked", run_id=rid, reply=payload)
                 if payload.get("status") != "ok" or payload.get("response"):
                     log(ev="reply", ref=ref, event=ev, run_id=rid, reply=payload)
             return
@@ -166,8 +173,10 @@ def main():
     p.add_argument("--thoughts", type=int, default=2)
     p.add_argument("--tokens", type=int, default=5)
     p.add_argument("--interval-ms", type=float, default=0)
+    p.add_argument("--token-bytes", type=int, default=0, help="pad each token to this size")
     p.add_argument("--tools-json", default="")
     p.add_argument("--hostile-count", type=int, default=50)
+    p.add_argument("--hostile-malformed", type=int, default=1, help="0: no malformed frames, only bad events")
     args = p.parse_args()
     try:
         asyncio.run(Worker(args).main())

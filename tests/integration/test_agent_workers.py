@@ -284,13 +284,18 @@ async def test_200_concurrent_runs_over_4_workers_each_end_exactly_once(server, 
         assert [f[4]["seq"] for f in events] == list(range(1, 7))
     per_worker = [len(w.events("run")) for w in ws]
     assert sum(per_worker) == 200 and min(per_worker) > 0, per_worker
+    m = server.metrics()
+    assert m["synapse_agent_workers"] >= 4
+    # Every ownership ended with its run.
+    wait_until(lambda: server.metrics()["synapse_agent_worker_runs"] == 0, 5, what="no run owned by a worker")
     await c.close()
 
 
 @pytest.mark.asyncio
 async def test_a_hostile_worker_gets_errors_is_closed_past_its_budget_and_the_run_ends(server, workers):
     agent, ck, wk = keys_for(server)
-    w = workers(server, wk, f"agent:{agent}", mode="hostile", hostile_count=30)
+    # Bad events only (no malformed frames): the worker error budget (20 a minute) closes it.
+    w = workers(server, wk, f"agent:{agent}", mode="hostile", hostile_count=30, hostile_malformed=0)
     w.joined()
     c = await client_for(server, ck, agent)
     topic = f"cortex:{agent}"
@@ -301,6 +306,21 @@ async def test_a_hostile_worker_gets_errors_is_closed_past_its_budget_and_the_ru
     assert closed["code"] == 1008
     reasons = {x["reply"]["response"]["reason"] for x in w.events("reply") if x["reply"]["status"] == "error"}
     assert {"unknown_run", "unknown_event", "invalid_payload"} <= reasons, reasons
+    assert server.saw_log(lambda line: "more than 20 errors in a minute" in line)
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_malformed_frames_from_a_worker_close_it_too_and_the_run_ends(server, workers):
+    agent, ck, wk = keys_for(server)
+    w = workers(server, wk, f"agent:{agent}", mode="hostile", hostile_count=30)
+    w.joined()
+    c = await client_for(server, ck, agent)
+    topic = f"cortex:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "garbage in"}))
+    ev = await collect(c, topic, r["run_id"])
+    assert ev[-1][3] == "error" and ev[-1][4]["reason"] == "agent_unavailable", ev[-1]
+    assert w.wait("closed")[0]["code"] == 1008
     await c.close()
 
 
@@ -464,4 +484,84 @@ async def test_worker_tools_are_listed_and_tool_runs_go_to_the_worker(server, wo
     run = w.events("run")[-1]["run"]
     assert run["kind"] == "tool" and run["name"] == "weather.lookup" and run["args"] == {"city": "Oslo"}
     error(await c.request(topic, "tool", {"tool": "weather.lookup", "args": {}}), "invalid_args")
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_worker_silent_past_the_idle_timeout_ends_its_runs_agent_unavailable(fresh_server, workers):
+    s = fresh_server({"--cortex-backend": "workers", "--idle-timeout-ms": "1000"})
+    agent, ck, wk = keys_for(s)
+    w = workers(s, wk, f"agent:{agent}", mode="hold")
+    w.joined()
+    c = await client_for(s, ck, agent)
+    topic = f"cortex:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "then silence"}))
+    await c.expect(lambda f: f[3] == "token" and f[4].get("run_id") == r["run_id"], 5)
+    w.proc.send_signal(signal.SIGSTOP)  # alive, connected, and silent
+    try:
+        started = time.monotonic()
+        end = None
+        while end is None and time.monotonic() - started < 5:
+            await c.heartbeat()  # the client itself stays active
+            for f in list(c.buffer):
+                if f[1] is None and f[4].get("run_id") == r["run_id"] and f[3] in TERMINAL:
+                    end = f
+            await asyncio.sleep(0.2)
+        assert end is not None, "the run did not end"
+        assert end[3] == "error" and end[4]["reason"] == "agent_unavailable"
+        assert s.saw_log(lambda line: "code=4000" in line and f"agent={agent}" in line)
+    finally:
+        w.proc.send_signal(signal.SIGCONT)
+    await c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_slow_client_does_not_slow_the_worker(fresh_server, workers):
+    """The client stops reading; the worker streams 10 MB for it regardless,
+    every event answered at once; the client alone is closed (4008)."""
+    s = fresh_server({"--cortex-backend": "workers", "--outbound-queue-bytes": str(256 * 1024)})
+    agent, ck, wk = keys_for(s)
+    w = workers(s, wk, f"agent:{agent}", tokens=5000, token_bytes=2048, thoughts=0)
+    w.joined()
+    # max_queue=1: once one message waits unread, the client stops reading its socket.
+    c = await PhxClient.connect(s.ws(ck), max_queue=1)
+    ok(await c.join(f"cortex:{agent}"))
+    await c.send(f"cortex:{agent}", "query", {"q": "a long answer"})
+    started = time.monotonic()
+    acked = w.wait("result_acked", timeout=20)[0]
+    took = time.monotonic() - started
+    assert acked["reply"] == {"status": "ok", "response": {}}, acked
+    assert took < 10, f"the worker needed {took:.1f} s to stream 10 MB"
+    assert s.saw_log(lambda line: "code=4008" in line and f"agent={agent}" in line, timeout=10)
+    assert w.events("closed") == []  # the worker stays connected
+    c.ws.transport.abort()
+
+
+@pytest.mark.asyncio
+async def test_workers_have_their_own_budgets(fresh_server):
+    """With client limits of 2 connections per key and 3 messages a minute, a
+    worker key still connects 4 times and streams 50 events on each."""
+    s = fresh_server({"--cortex-backend": "workers", "--key-max-connections": "2", "--messages-per-min": "3",
+                      "--message-burst": "3"}, relaxed=False)
+    agent, ck, wk = keys_for(s)
+    ws = []
+    for _ in range(4):
+        w = await PhxClient.connect(s.ws(wk))
+        ok(await w.join(f"agent:{agent}", {"capacity": 1}))
+        ws.append(w)
+    c = await client_for(s, ck, agent)
+    r = ok(await c.request(f"cortex:{agent}", "query", {"q": "budget"}))
+    owner = None
+    for w in ws:
+        for f in await w.drain(0.2):
+            if f[3] == "run":
+                owner = w
+    assert owner is not None
+    for i in range(50):
+        ok(await owner.request(f"agent:{agent}", "token", {"run_id": r["run_id"], "text": f"{i} "}))
+    ok(await owner.request(f"agent:{agent}", "result", {"run_id": r["run_id"], "data": None}))
+    ev = await collect(c, f"cortex:{agent}", r["run_id"])
+    assert len(ev) == 51 and ev[-1][3] == "result"
+    for w in ws:
+        await w.close()
     await c.close()
