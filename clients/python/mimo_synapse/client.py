@@ -945,7 +945,8 @@ class MimoSynapse:
         run it never started, and the handle fails with DisconnectedError
         (it is not re-sent: it might have run). ``unknown_run`` (the server
         restarted, or the run expired) fails the handle with
-        DisconnectedError too. Rate limits and timeouts are retried on this
+        DisconnectedError too. Rate limits, timeouts and `unavailable` (a
+        cluster node that cannot read Redis) are retried on this
         connection until the handle's resume deadline; a new connection
         starts its own pass. Runs on the event loop; the reader applies each
         attach reply before the backlog that follows it."""
@@ -1033,6 +1034,8 @@ class MimoSynapse:
         except RequestTimeout:
             return 0.5
         except ReplyError as e:
+            if e.reason in ("unavailable", "overloaded"):
+                return (e.retry_after_ms or 1000) / 1000.0  # a cluster node that cannot read Redis now
             self._forget(handle)
             if e.reason == "unknown_run":
                 handle._fail(DisconnectedError(
