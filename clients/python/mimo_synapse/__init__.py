@@ -9,15 +9,17 @@
 from .client import MimoSynapse, Subscription
 from .errors import (AuthenticationError, ClientClosedError, ConnectError, DisconnectedError, RateLimitedError,
                      ReplyError, RequestTimeout, RunError, RunInterrupted, SynapseError)
-from .handles import QueryHandle, RunHandle, ToolHandle
-from .models import Message, Progress, Result, Thought, ToolInfo
+from .handles import AttachedRun, QueryHandle, RunEvent, RunHandle, ToolHandle
+from .models import Message, Progress, Result, RunInfo, Snapshot, Thought, Token, ToolInfo
 from .presence import PresenceState, sync_diff, sync_state
+from .worker import AgentError, AgentRun, AgentWorker, Final, ProgressUpdate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MimoSynapse", "Subscription", "QueryHandle", "ToolHandle", "RunHandle",
-    "Thought", "Progress", "Result", "Message", "ToolInfo", "PresenceState", "sync_state", "sync_diff",
+    "MimoSynapse", "Subscription", "QueryHandle", "ToolHandle", "RunHandle", "AttachedRun", "RunEvent",
+    "Thought", "Progress", "Token", "Snapshot", "RunInfo", "Result", "Message", "ToolInfo", "PresenceState", "sync_state", "sync_diff",
     "SynapseError", "ConnectError", "AuthenticationError", "ReplyError", "RateLimitedError", "RunError",
     "RunInterrupted", "DisconnectedError", "RequestTimeout", "ClientClosedError", "__version__",
+    "AgentWorker", "AgentRun", "AgentError", "Final", "ProgressUpdate",
 ]

@@ -24,8 +24,8 @@ from websockets.legacy.client import connect as ws_connect
 from ._util import MaybeAwaitable, call_maybe_async, full_jitter, http_base, jwt_claims, websocket_url
 from .errors import (AuthenticationError, ClientClosedError, ConnectError, DisconnectedError,
                      RateLimitedError, ReplyError, RequestTimeout, RunError, RunInterrupted, SynapseError)
-from .handles import ProgressCallback, QueryHandle, RunHandle, ToolHandle
-from .models import JSONObject, Message, Progress, Result, Thought, ToolInfo
+from .handles import AttachedRun, ProgressCallback, QueryHandle, RunHandle, ToolHandle
+from .models import JSONObject, Message, Progress, Result, RunInfo, Snapshot, Thought, Token, ToolInfo
 from .presence import PresenceState, sync_diff, sync_state
 
 log = logging.getLogger("mimo_synapse")
@@ -83,6 +83,22 @@ class _Protocol(WebSocketClientProtocol):
 
 
 # --------------------------------------------------------------------------
+class ChannelHooks:
+    """What a channel kind built on a client's connection (the agent worker's
+    ``agent:<id>``) is told: every push on its topic, each new connection
+    (after the socket opened; join from here) and each lost one. All run on
+    the event loop, in the reader, in stream order."""
+
+    def on_push(self, join_ref: Optional[str], event: str, payload: JSONObject) -> None:
+        raise NotImplementedError
+
+    def on_connected(self, conn_id: int) -> None:
+        raise NotImplementedError
+
+    def on_lost(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
 class _Pending:
     future: "asyncio.Future[JSONObject]"
@@ -229,6 +245,7 @@ class MimoSynapse:
                  request_timeout: float = 10.0, connect_timeout: float = 10.0,
                  reconnect: bool = True, backoff_base: float = 0.2, backoff_max: float = 30.0,
                  stable_after: float = 5.0, max_message_size: Optional[int] = 64 * 1024 * 1024,
+                 resume_runs: bool = True, resume_timeout: Optional[float] = 60.0,
                  on_connect: Optional[ConnectCallback] = None,
                  on_disconnect: Optional[DisconnectCallback] = None,
                  trace: Optional[TraceCallback] = None) -> None:
@@ -236,6 +253,8 @@ class MimoSynapse:
             raise ValueError("pass exactly one of api_key=, token= or get_token=")
         if heartbeat_interval <= 0 or request_timeout <= 0 or connect_timeout <= 0:
             raise ValueError("intervals and timeouts must be positive")
+        if resume_timeout is not None and resume_timeout <= 0:
+            raise ValueError("resume_timeout must be positive (or None: wait as long as it takes)")
         self.url = websocket_url(url)
         self.http_url = http_base(self.url)
         self._api_key = api_key
@@ -251,6 +270,8 @@ class MimoSynapse:
         self.backoff_max = backoff_max
         self.stable_after = stable_after
         self.max_message_size = max_message_size
+        self.resume_runs = resume_runs
+        self.resume_timeout = resume_timeout
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._trace = trace
@@ -271,7 +292,17 @@ class MimoSynapse:
         self._fatal: Optional[SynapseError] = None
         self._main_task: Optional["asyncio.Task[None]"] = None
         self._pending: Dict[str, _Pending] = {}
+        # Runs this client follows: the ones it started, by ref (from the
+        # moment the start frame goes out), and every accepted or attached
+        # one by run_id. Events are routed by run_id (refs are per
+        # connection on the server and may collide across devices).
         self._runs: Dict[str, RunHandle[Any]] = {}
+        self._by_id: Dict[str, RunHandle[Any]] = {}
+        self._resume_task: Optional["asyncio.Task[None]"] = None
+        self._resume_conn = 0
+        # Other channel kinds built on this connection (the agent worker's
+        # agent:<id>), by topic: told of every connection and every loss.
+        self._channels: Dict[str, ChannelHooks] = {}
         self._subs: Dict[str, _Sub] = {}
         self._join_refs: Dict[str, str] = {}
         self._refs = itertools.count(1)
@@ -363,6 +394,9 @@ class MimoSynapse:
                 sub.first_join.set_exception(ClientClosedError())
             if sub.worker is not None:
                 sub.worker.cancel()
+        for run in self._handles():
+            self._forget(run)
+            run._fail(ClientClosedError(ref=run.ref))
         current = asyncio.current_task()
         stopping = [t for t in self._tasks if t is not current]
         for t in stopping:
@@ -453,6 +487,10 @@ class MimoSynapse:
         self._hb_task = self._spawn(self._heartbeat(ws, conn_id), "heartbeat")
         for sub in list(self._subs.values()):
             self._spawn(self._join_sub(sub, conn_id), f"join {sub.topic}")
+        if any(h._needs_resume for h in self._handles()):
+            self._kick_resume()
+        for hooks in list(self._channels.values()):
+            hooks.on_connected(conn_id)
         log.info("connected to %s (connection %d)", self.url.split("?")[0], self.connection_count)
         if self._on_connect is not None:
             self._callback(self._on_connect)
@@ -544,13 +582,16 @@ class MimoSynapse:
                 return ClientClosedError(ref=ref)
             return DisconnectedError(f"the connection was lost (close code {code})", ref=ref)
 
+        self._runs_lost(self._conn_id, closing, err)
+        for hooks in list(self._channels.values()):
+            try:
+                hooks.on_lost()
+            except Exception:  # noqa: BLE001
+                log.exception("channel hook raised")
         pending, self._pending = self._pending, {}
         for p in pending.values():
             if not p.future.done():
                 p.future.set_exception(err())
-        runs, self._runs = self._runs, {}
-        for run in runs.values():
-            run._fail(err(run.ref))
         self._cortex_conn = None
         self._join_refs.clear()
         for sub in self._subs.values():
@@ -574,6 +615,9 @@ class MimoSynapse:
         self._closed = True
         self._close_evt.set()
         self._connected.set()
+        for run in self._handles():
+            self._forget(run)
+            run._fail(DisconnectedError(f"the connection was lost and the client gave up: {exc}", ref=run.ref))
         for sub in self._subs.values():
             if not sub.first_join.done():
                 sub.first_join.set_exception(exc)
@@ -626,10 +670,12 @@ class MimoSynapse:
                        conn_id: Optional[int] = None, ref: Optional[str] = None,
                        join_ref: Union[str, None, _Auto] = _AUTO,
                        on_send: Optional[Callable[[], None]] = None,
+                       on_sent: Optional[Callable[[int], None]] = None,
                        on_reply: Optional[Callable[[JSONObject], None]] = None) -> JSONObject:
         """Sends one frame and waits for its phx_reply; returns the ok
         response or raises :class:`ReplyError`. ``on_reply`` runs in the reader,
-        in stream order, before anything that follows the reply."""
+        in stream order, before anything that follows the reply; ``on_sent``
+        (with the connection id) once the frame was handed to the socket."""
         loop = asyncio.get_running_loop()
         limit = self.request_timeout if timeout is None else timeout
         deadline = loop.time() + limit
@@ -656,6 +702,8 @@ class MimoSynapse:
             except ConnectionClosed:
                 self._connection_lost(ws, ws.close_code)
                 raise _NotSent("the connection closed before the frame was sent") from None
+            if on_sent is not None:
+                on_sent(cid)
             try:
                 reply = await asyncio.wait_for(asyncio.shield(fut), max(deadline - loop.time(), 0.001))
             except asyncio.TimeoutError:
@@ -668,6 +716,41 @@ class MimoSynapse:
         if reply.get("status") == "ok":
             return response
         raise ReplyError.from_response(response)
+
+    async def _post(self, topic: str, event: str, payload: JSONObject, *, conn_id: int,
+                    join_ref: Union[str, None, _Auto] = _AUTO) -> "asyncio.Future[JSONObject]":
+        """Sends one frame with a ref on connection ``conn_id`` and returns
+        the future of its reply (the raw ``{"status", "response"}``) without
+        waiting for it: frames a task posts go out in order, and the socket's
+        drain is the only wait (streams are not slowed by round trips). The
+        future fails with DisconnectedError if the connection is lost first."""
+        ws = self._ws
+        if ws is None or self._conn_id != conn_id or self._closed:
+            raise _NotSent("the connection changed")
+        loop = asyncio.get_running_loop()
+        ref = self._next_ref()
+        jr = self._join_refs.get(topic) if isinstance(join_ref, _Auto) else join_ref
+        frame = [jr, ref, topic, event, payload]
+        text = json.dumps(frame, separators=(",", ":"))
+        fut: "asyncio.Future[JSONObject]" = loop.create_future()
+        fut.add_done_callback(_quiet)
+        entry = _Pending(fut, conn_id, None)
+        self._pending[ref] = entry
+
+        def drop(_: "asyncio.Future[JSONObject]") -> None:
+            if self._pending.get(ref) is entry:
+                del self._pending[ref]
+
+        fut.add_done_callback(drop)
+        if self._trace is not None:
+            self._call_trace("send", frame)
+        try:
+            await ws.send(text)
+        except ConnectionClosed:
+            drop(fut)
+            self._connection_lost(ws, ws.close_code)
+            raise _NotSent("the connection closed before the frame was sent") from None
+        return fut
 
     def _call_trace(self, direction: str, frame: List[Any]) -> None:
         assert self._trace is not None
@@ -714,6 +797,8 @@ class MimoSynapse:
             self._on_phoenix(event, payload)
         elif topic == self._cortex_topic:
             self._on_cortex(join_ref, event, payload)
+        elif topic in self._channels:
+            self._channels[topic].on_push(join_ref, event, payload)
         else:
             sub = self._subs.get(topic)
             if sub is not None:
@@ -733,29 +818,234 @@ class MimoSynapse:
                 log.warning("the server closed the cortex channel (%s)", event)
                 self._join_refs.pop(self._cortex_topic or "", None)
                 self._cortex_conn = None
-                runs, self._runs = self._runs, {}
-                for run in runs.values():
-                    run._fail(RunError("channel_closed", "the server closed the cortex channel", ref=run.ref))
+                if self.resume_runs and not self._closed:
+                    # The runs go on without the channel (the server only
+                    # stopped following them): rejoin and re-attach them.
+                    for run in self._handles():
+                        if run.run_id is not None or run._start_conn == self._conn_id:
+                            self._mark_resume(run)
+                    self._kick_resume(delay=1.0)
+                else:
+                    for run in self._handles():
+                        self._forget(run)
+                        run._fail(RunError("channel_closed", "the server closed the cortex channel", ref=run.ref))
             return
-        ref = payload.get("ref")
-        run = self._runs.get(ref) if isinstance(ref, str) else None
+        run = self._route(payload)
         if run is None:
             return
         if event == "thought":
-            if isinstance(run, QueryHandle):
-                run._thought(Thought.from_payload(payload))
+            run._thought(Thought.from_payload(payload))
+        elif event == "token":
+            run._token(Token.from_payload(payload))
         elif event == "progress":
-            if isinstance(run, ToolHandle):
-                run._progress(Progress.from_payload(payload))
-        elif event == "result":
-            del self._runs[run.ref]
-            run._finish(Result.from_payload(payload))
-        elif event == "error":
-            del self._runs[run.ref]
-            run._fail(RunError.from_response(payload, ref=run.ref))
-        elif event == "interrupted":
-            del self._runs[run.ref]
-            run._fail(RunInterrupted.from_response(payload, ref=run.ref))
+            run._progress(Progress.from_payload(payload))
+        elif event == "snapshot":
+            run._snapshot(Snapshot.from_payload(payload))
+        elif event in ("result", "error", "interrupted"):
+            seq = payload.get("seq")
+            if isinstance(seq, int) and not isinstance(seq, bool) and not run._fresh(seq):
+                return  # a duplicate of a terminal already handled
+            self._forget(run)
+            if event == "result":
+                run._finish(Result.from_payload(payload))
+            elif event == "error":
+                run._fail(RunError.from_response(payload, ref=run.ref))
+            else:
+                run._fail(RunInterrupted.from_response(payload, ref=run.ref))
+
+    def _route(self, payload: JSONObject) -> Optional[RunHandle[Any]]:
+        """The handle a run push belongs to: by ``run_id``; by ``ref`` only for
+        a run started here whose run id is not known (a server without run ids)."""
+        run_id, ref = payload.get("run_id"), payload.get("ref")
+        if isinstance(run_id, str):
+            run = self._by_id.get(run_id)
+            if run is not None:
+                return run
+        if isinstance(ref, str):
+            run = self._runs.get(ref)
+            if run is not None and (run.run_id is None or not isinstance(run_id, str)):
+                return run
+        return None
+
+    # ------------------------------------------------------------ run resume
+    def _handles(self) -> List[RunHandle[Any]]:
+        seen: Dict[int, RunHandle[Any]] = {}
+        for h in list(self._runs.values()) + list(self._by_id.values()):
+            seen[id(h)] = h
+        return list(seen.values())
+
+    def _bind(self, handle: RunHandle[Any], run_id: str) -> None:
+        handle.run_id = run_id
+        self._by_id[run_id] = handle
+
+    def _forget(self, handle: RunHandle[Any]) -> None:
+        if self._runs.get(handle.ref) is handle:
+            del self._runs[handle.ref]
+        if handle.run_id is not None and self._by_id.get(handle.run_id) is handle:
+            del self._by_id[handle.run_id]
+        handle._needs_resume = False
+
+    def _mark_resume(self, handle: RunHandle[Any]) -> None:
+        """``handle`` lost its connection: re-attach it on the next one, or
+        fail it once ``resume_timeout`` has passed without that."""
+        if handle.done:
+            self._forget(handle)
+            return
+        handle._needs_resume = True
+        if handle._resume_deadline is None and self.resume_timeout is not None:
+            loop = asyncio.get_running_loop()
+            handle._resume_deadline = loop.time() + self.resume_timeout
+            self._spawn(self._expire_resume(handle, handle._resume_deadline), f"resume deadline {handle.ref}")
+
+    async def _expire_resume(self, handle: RunHandle[Any], deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        if await self._sleep(max(deadline - loop.time(), 0.0)):
+            return
+        if handle._needs_resume and not handle.done and handle._resume_deadline == deadline:
+            self._forget(handle)
+            handle._fail(DisconnectedError(
+                f"the connection was lost and the run could not be re-attached within {self.resume_timeout:g}s",
+                ref=handle.ref))
+
+    def _runs_lost(self, conn_id: int, closing: bool, err: Callable[[Optional[str]], SynapseError]) -> None:
+        """Connection ``conn_id`` is gone. Runs keep going on the server
+        (protocol section 9 "Runs"), so each run this client follows is
+        re-attached on the next connection from the last seq it received;
+        only closing the client (or resume_runs=False) ends them here. A
+        run whose start frame was never written is not marked: its starter
+        sends it again on the next connection."""
+        for run in self._handles():
+            if closing or not self.resume_runs or run.done:
+                self._forget(run)
+                run._fail(err(run.ref))
+            elif run.run_id is not None or run._start_conn == conn_id:
+                self._mark_resume(run)
+
+    def _kick_resume(self, delay: float = 0.0) -> None:
+        if self._ws is None or self._closed:
+            return
+        conn = self._conn_id
+        task = self._resume_task
+        if task is not None and not task.done() and self._resume_conn == conn:
+            return  # that pass rescans until nothing is left
+        self._resume_conn = conn
+        self._resume_task = self._spawn(self._resume(conn, delay), "resume runs")
+
+    async def _resume(self, conn_id: int, delay: float = 0.0) -> None:
+        """Re-attaches, on connection ``conn_id``, every run marked by a lost
+        connection (or a closed cortex channel).
+
+        Contract: a run whose start was confirmed (it has a run_id) is
+        attached with ``after_seq`` = the last seq its handle received, so the
+        server sends exactly the events it missed, then live ones; the
+        handle drops anything at or below last_seq, so the application sees
+        each event once, in order. A run whose start frame went out but
+        whose reply was lost is looked up by its ref in ``runs {}`` (SDK refs
+        are unique per client) and attached from 0; if the server has no such
+        run it never started, and the handle fails with DisconnectedError
+        (it is not re-sent: it might have run). ``unknown_run`` (the server
+        restarted, or the run expired) fails the handle with
+        DisconnectedError too. Rate limits, timeouts and `unavailable` (a
+        cluster node that cannot read Redis) are retried on this
+        connection until the handle's resume deadline; a new connection
+        starts its own pass. Runs on the event loop; the reader applies each
+        attach reply before the backlog that follows it."""
+        loop = asyncio.get_running_loop()
+        if delay > 0 and await self._sleep(delay):
+            return
+        while True:
+            if self._closed or self._ws is None or self._conn_id != conn_id:
+                return
+            todo = [h for h in self._handles() if h._needs_resume and not h.done]
+            if not todo:
+                return
+            pause = 0.0
+            try:
+                await self._ensure_cortex(loop.time() + self.request_timeout)
+                topic = self._cortex_topic
+                assert topic is not None
+                unconfirmed = [h for h in todo if h.run_id is None]
+                if unconfirmed:
+                    resp = await self._request(topic, "runs", {}, conn_id=conn_id)
+                    items = resp.get("runs")
+                    listed = [RunInfo.from_payload(r) for r in items if isinstance(r, dict)] \
+                        if isinstance(items, list) else []
+                    for h in unconfirmed:
+                        match = next((r for r in listed if r.ref == h.ref and r.kind == h.kind), None)
+                        if match is None:
+                            self._forget(h)
+                            h._fail(DisconnectedError(
+                                "the connection was lost before the server confirmed the run, and the server "
+                                "has no run under its ref: it never started", ref=h.ref))
+                            continue
+                        self._bind(h, match.run_id)
+                        h._set_accepted({"ref": h.ref, "run_id": match.run_id})
+                delays = await asyncio.gather(*(self._reattach(h, conn_id, topic) for h in todo
+                                                if not h.done and h.run_id is not None))
+                pause = max([d for d in delays if d is not None] or [0.0])
+            except (DisconnectedError, ClientClosedError):
+                return  # the next connection resumes them
+            except RateLimitedError as e:
+                pause = (e.retry_after_ms or 1000) / 1000.0
+            except RequestTimeout:
+                pause = 0.5
+            except ReplyError as e:  # the cortex join (or runs) refused: nothing to attach to
+                for h in todo:
+                    self._forget(h)
+                    h._fail(e)
+                return
+            if pause > 0 and await self._sleep(pause):
+                return
+
+    async def _reattach(self, handle: RunHandle[Any], conn_id: int, topic: str) -> Optional[float]:
+        """One attach of ``handle`` from its last seq; returns a delay to wait
+        before trying again when it should be retried, else None."""
+        assert handle.run_id is not None
+        fresh = handle.last_seq > 0 or handle._accepted.done()
+        after = handle.last_seq if fresh else handle._attach_after
+        payload: JSONObject = {"run_id": handle.run_id}
+        if after is not None:
+            payload["after_seq"] = after
+
+        def on_reply(reply: JSONObject) -> None:
+            if reply.get("status") != "ok" or self._conn_id != conn_id or handle.done:
+                return
+            resp = reply.get("response")
+            resp = resp if isinstance(resp, dict) else {}
+            handle._needs_resume = False
+            handle._resume_deadline = None
+            handle._start_conn = conn_id
+            if handle._accepted.done():
+                handle.resumes += 1
+            if resp.get("truncated") is True:
+                handle.truncated = True
+                log.warning("run %s: events after seq %d are gone from the server's log; a snapshot stands in",
+                            handle.run_id, handle.last_seq)
+            if isinstance(resp.get("ref"), str) and not handle.ref:
+                handle.ref = resp["ref"]
+            handle._set_accepted(resp)
+
+        try:
+            await self._request(topic, "attach", payload, conn_id=conn_id, on_reply=on_reply)
+            log.info("run %s re-attached after seq %s", handle.run_id, after)
+            return None
+        except RateLimitedError as e:
+            return (e.retry_after_ms or 1000) / 1000.0
+        except RequestTimeout:
+            return 0.5
+        except ReplyError as e:
+            if e.reason in ("unavailable", "overloaded"):
+                return (e.retry_after_ms or 1000) / 1000.0  # a cluster node that cannot read Redis now
+            self._forget(handle)
+            if e.reason == "unknown_run":
+                handle._fail(DisconnectedError(
+                    f"the connection was lost and the server no longer has run {handle.run_id} (unknown_run: it "
+                    "restarted, or the run expired)", ref=handle.ref))
+            else:
+                handle._fail(e)
+            return None
+        except (DisconnectedError, ClientClosedError):
+            return None
 
     def _on_sub(self, sub: _Sub, join_ref: Optional[str], event: str, payload: JSONObject) -> None:
         if event in ("phx_close", "phx_error"):
@@ -968,6 +1258,7 @@ class MimoSynapse:
 
     async def _cortex_request(self, event: str, payload: JSONObject, *, timeout: Optional[float] = None,
                               on_send: Optional[Callable[[], None]] = None,
+                              on_sent: Optional[Callable[[int], None]] = None,
                               on_reply: Optional[Callable[[JSONObject], None]] = None,
                               retry_ok: Optional[Callable[[], bool]] = None) -> JSONObject:
         loop = asyncio.get_running_loop()
@@ -978,7 +1269,7 @@ class MimoSynapse:
             try:
                 return await self._request(self._cortex_topic, event, payload, conn_id=conn_id,
                                            timeout=max(deadline - loop.time(), 0.001),
-                                           on_send=on_send, on_reply=on_reply)
+                                           on_send=on_send, on_sent=on_sent, on_reply=on_reply)
             except _NotSent:
                 if retry_ok is not None and not retry_ok():
                     raise
@@ -996,25 +1287,70 @@ class MimoSynapse:
             def on_send() -> None:
                 self._runs[ref] = handle
 
+            def on_sent(conn_id: int) -> None:
+                handle._start_conn = conn_id
+
             def on_reply(reply: JSONObject) -> None:
                 if reply.get("status") == "ok":
                     resp = reply.get("response")
-                    handle._set_accepted(resp if isinstance(resp, dict) else {})
+                    resp = resp if isinstance(resp, dict) else {}
+                    if isinstance(resp.get("run_id"), str):
+                        self._bind(handle, resp["run_id"])
+                    handle._set_accepted(resp)
                 elif self._runs.get(ref) is handle:
                     del self._runs[ref]
 
-            await self._cortex_request(event, payload, on_send=on_send, on_reply=on_reply,
+            await self._cortex_request(event, payload, on_send=on_send, on_sent=on_sent, on_reply=on_reply,
                                        retry_ok=lambda: not handle.done)
+        except DisconnectedError as e:
+            self._lost_start(handle, e)
         except SynapseError as e:
-            if self._runs.get(ref) is handle:
-                del self._runs[ref]
+            self._forget(handle)
             if e.ref is None:
                 e.ref = ref
             handle._fail(e)
         except Exception as e:  # noqa: BLE001 - e.g. a payload json cannot encode
-            if self._runs.get(ref) is handle:
-                del self._runs[ref]
+            self._forget(handle)
             handle._fail(SynapseError("invalid_payload", f"{type(e).__name__}: {e}", ref=ref))
+
+    def _lost_start(self, handle: RunHandle[Any], e: DisconnectedError) -> None:
+        """The start (or attach) frame of ``handle`` went out and its reply
+        was lost with the connection: the resume pass finds out what became of it."""
+        if handle.done:
+            return
+        if self.resume_runs and not self._closed and handle._start_conn is not None \
+                and not isinstance(e, _NotSent):
+            self._mark_resume(handle)
+            self._kick_resume()
+            return
+        self._forget(handle)
+        if e.ref is None:
+            e.ref = handle.ref
+        handle._fail(e)
+
+    async def _start_attach(self, handle: AttachedRun, payload: JSONObject) -> None:
+        def on_sent(conn_id: int) -> None:
+            handle._start_conn = conn_id
+
+        def on_reply(reply: JSONObject) -> None:
+            if reply.get("status") != "ok":
+                return
+            resp = reply.get("response")
+            resp = resp if isinstance(resp, dict) else {}
+            if isinstance(resp.get("ref"), str):
+                handle.ref = resp["ref"]
+            if resp.get("truncated") is True:
+                handle.truncated = True
+            handle._set_accepted(resp)
+
+        try:
+            await self._cortex_request("attach", payload, on_sent=on_sent, on_reply=on_reply,
+                                       retry_ok=lambda: not handle.done)
+        except DisconnectedError as e:
+            self._lost_start(handle, e)
+        except SynapseError as e:
+            self._forget(handle)
+            handle._fail(e)
 
     # ------------------------------------------------------------ public API
     def query(self, q: str, limit: Optional[int] = None, timeout_ms: Optional[int] = None, *,
@@ -1046,13 +1382,57 @@ class MimoSynapse:
         handle._starter = self._spawn(self._start_run(handle, "tool", payload), f"tool {handle.ref}")
         return handle
 
-    async def interrupt(self, ref: str, reason: Optional[str] = None) -> JSONObject:
-        """Interrupts the run ``ref``; raises :class:`ReplyError` ``not_found``
-        if nothing runs under that ref."""
-        payload: JSONObject = {"ref": ref}
+    async def interrupt(self, ref: Optional[str] = None, reason: Optional[str] = None, *,
+                        run_id: Optional[str] = None) -> JSONObject:
+        """Interrupts the run ``ref`` (among the runs this connection follows)
+        or ``run_id`` (any run of this agent, from any device); raises
+        :class:`ReplyError` ``not_found`` if nothing runs under it. The reply
+        carries ``ref`` and ``run_id``; the run's terminal ``interrupted``
+        reaches every client following it."""
+        if (ref is None) == (run_id is None):
+            raise ValueError("pass ref or run_id")
+        payload: JSONObject = {"ref": ref} if ref is not None else {"run_id": run_id}
         if reason is not None:
             payload["reason"] = reason
         return await self._cortex_request("interrupt", payload)
+
+    def attach(self, run_id: str, after_seq: Optional[int] = None) -> AttachedRun:
+        """Follows the run ``run_id`` of this agent (one started by another
+        device, or by an earlier process of this one); returns its handle at
+        once. With ``after_seq`` the handle gets exactly the events after it,
+        then the live ones. Without it (a late device) the first item is a
+        :class:`Snapshot`, the run so far in compacted form (all token deltas
+        folded into ``text``, the thoughts, the last progress), then the
+        events after the snapshot's seq; ``handle.text`` starts from the
+        snapshot's text. ``after_seq=0`` replays the whole log instead. An
+        ended run still kept gives its events (or snapshot) and its terminal.
+        Refused with :class:`ReplyError` ``unknown_run`` (unknown or expired)
+        or ``forbidden`` (another agent's or tenant's run). The handle is
+        resumed across reconnects like the runs this client starts. A run
+        this client already follows returns its existing handle."""
+        if not isinstance(run_id, str) or not run_id:
+            raise TypeError("run_id must be a non-empty string")
+        if after_seq is not None and (not isinstance(after_seq, int) or isinstance(after_seq, bool) or after_seq < 0):
+            raise ValueError("after_seq must be a non-negative integer")
+        existing = self._by_id.get(run_id)
+        if existing is not None and not existing.done:
+            return existing  # type: ignore[return-value]
+        handle = AttachedRun(self, "")
+        handle._attach_after = after_seq
+        self._bind(handle, run_id)  # the backlog right after the reply routes by run_id
+        payload: JSONObject = {"run_id": run_id}
+        if after_seq is not None:
+            payload["after_seq"] = after_seq
+        handle._starter = self._spawn(self._start_attach(handle, payload), f"attach {run_id}")
+        return handle
+
+    async def runs(self) -> List[RunInfo]:
+        """This agent's active and recent runs on the server (newest first):
+        ``RunInfo(run_id, ref, kind, status, started_at, ended_at, last_seq,
+        attached, tool)``."""
+        resp = await self._cortex_request("runs", {})
+        items = resp.get("runs")
+        return [RunInfo.from_payload(r) for r in items if isinstance(r, dict)] if isinstance(items, list) else []
 
     async def tools(self) -> List[ToolInfo]:
         """The server's tools."""
@@ -1349,4 +1729,4 @@ class MimoSynapse:
         return sync_state(state) if isinstance(state, dict) else {}
 
 
-__all__ = ["MimoSynapse", "Subscription", "TokenProvider", "MessageCallback", "PresenceCallback"]
+__all__ = ["MimoSynapse", "Subscription", "ChannelHooks", "TokenProvider", "MessageCallback", "PresenceCallback"]

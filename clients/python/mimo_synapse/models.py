@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 JSONObject = Dict[str, Any]
 
@@ -15,15 +15,21 @@ def _int(v: Any) -> Optional[int]:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+def _str(v: Any) -> Optional[str]:
+    return v if isinstance(v, str) else None
+
+
 @dataclass(frozen=True)
 class Thought:
-    """One ``thought`` push of a query: ``seq`` counts from 1."""
+    """One ``thought`` push of a run: ``seq`` is its place in the run's log
+    (for the built-in engine's queries, whose events are all thoughts, 1, 2, 3...)."""
     ref: str
     seq: int
     type: str
     content: str
     ts: Optional[int]
     data: JSONObject = field(repr=False)  # the whole ``thought`` object (type, content and extras)
+    run_id: Optional[str] = None
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> "Thought":
@@ -31,24 +37,96 @@ class Thought:
         thought: JSONObject = dict(t) if isinstance(t, Mapping) else {}
         return cls(ref=str(payload.get("ref")), seq=_int(payload.get("seq")) or 0,
                    type=str(thought.get("type", "")), content=str(thought.get("content", "")),
-                   ts=_int(payload.get("ts")), data=thought)
+                   ts=_int(payload.get("ts")), data=thought, run_id=_str(payload.get("run_id")))
 
 
 @dataclass(frozen=True)
 class Progress:
-    """One ``progress`` push of a tool."""
+    """One ``progress`` push of a run."""
     ref: str
     progress: float
     total: Optional[float]
     message: Optional[str]
     raw: JSONObject = field(repr=False)
+    seq: int = 0
+    run_id: Optional[str] = None
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> "Progress":
         msg = payload.get("message")
         return cls(ref=str(payload.get("ref")), progress=_num(payload.get("progress")) or 0.0,
                    total=_num(payload.get("total")), message=msg if isinstance(msg, str) else None,
-                   raw=dict(payload))
+                   raw=dict(payload), seq=_int(payload.get("seq")) or 0, run_id=_str(payload.get("run_id")))
+
+
+@dataclass(frozen=True)
+class Token:
+    """One ``token`` push: a text delta of the run's answer (``handle.text``
+    holds every delta so far, concatenated)."""
+    ref: str
+    seq: int
+    delta: str
+    run_id: Optional[str] = None
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> "Token":
+        return cls(ref=str(payload.get("ref")), seq=_int(payload.get("seq")) or 0,
+                   delta=str(payload.get("delta", "")), run_id=_str(payload.get("run_id")))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The compacted state of a run, sent first to an attach without
+    ``after_seq`` (and after a resume the server could not serve exactly:
+    ``truncated``): every token delta up to ``seq`` folded into ``text``,
+    the run's thoughts (their ``thought`` objects), its last progress.
+    Events after ``seq`` follow it."""
+    run_id: str
+    ref: str
+    seq: int
+    status: str
+    text: str
+    thoughts: List[JSONObject]
+    progress: Optional[JSONObject]
+    raw: JSONObject = field(repr=False)
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> "Snapshot":
+        thoughts = payload.get("thoughts")
+        prog = payload.get("progress")
+        return cls(run_id=str(payload.get("run_id")), ref=str(payload.get("ref")),
+                   seq=_int(payload.get("seq")) or 0, status=str(payload.get("status", "")),
+                   text=str(payload.get("text", "")),
+                   thoughts=[dict(t) for t in thoughts if isinstance(t, Mapping)] if isinstance(thoughts, list) else [],
+                   progress=dict(prog) if isinstance(prog, Mapping) else None, raw=dict(payload))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One entry of :meth:`MimoSynapse.runs`: a run of this agent on the
+    server (running, or ended and still kept)."""
+    run_id: str
+    ref: str
+    kind: str
+    status: str
+    started_at: Optional[int]
+    ended_at: Optional[int]
+    last_seq: int
+    attached: int
+    tool: Optional[str]
+    raw: JSONObject = field(repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> "RunInfo":
+        return cls(run_id=str(payload.get("run_id")), ref=str(payload.get("ref")),
+                   kind=str(payload.get("kind", "")), status=str(payload.get("status", "")),
+                   started_at=_int(payload.get("started_at")), ended_at=_int(payload.get("ended_at")),
+                   last_seq=_int(payload.get("last_seq")) or 0, attached=_int(payload.get("attached")) or 0,
+                   tool=_str(payload.get("tool")), raw=dict(payload))
 
 
 @dataclass(frozen=True)
@@ -59,11 +137,14 @@ class Result:
     data: Any
     latency_ms: Optional[int]
     raw: JSONObject = field(repr=False)
+    seq: int = 0
+    run_id: Optional[str] = None
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> "Result":
         return cls(ref=str(payload.get("ref")), status=str(payload.get("status", "success")),
-                   data=payload.get("data"), latency_ms=_int(payload.get("latency_ms")), raw=dict(payload))
+                   data=payload.get("data"), latency_ms=_int(payload.get("latency_ms")), raw=dict(payload),
+                   seq=_int(payload.get("seq")) or 0, run_id=_str(payload.get("run_id")))
 
 
 @dataclass(frozen=True)
@@ -108,4 +189,4 @@ class ToolInfo:
                    provider=str(payload.get("provider", "")), available=payload.get("available") is not False)
 
 
-__all__ = ["Thought", "Progress", "Result", "Message", "ToolInfo", "JSONObject"]
+__all__ = ["Thought", "Progress", "Token", "Snapshot", "RunInfo", "Result", "Message", "ToolInfo", "JSONObject"]

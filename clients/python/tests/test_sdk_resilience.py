@@ -1,6 +1,7 @@
 """Reconnects: server crash (SIGKILL + restart on the same port and data
-dir), a severed link while messages flow, runs cut by a dropped link, a dead
-link found by heartbeats.
+dir), a severed link while messages flow, runs cut by a dropped link (resumed
+by re-attaching; ended only when re-attaching is impossible), a dead link
+found by heartbeats.
 
 The no-loss test runs against the session server, started with
 ``--history-size 500`` (conftest.SHARED_FLAGS), so the 200 messages it sends
@@ -32,9 +33,11 @@ async def test_server_crash_sdk_reconnects_and_resubscribes(fresh_server):
         await running.__anext__()
 
         await asyncio.to_thread(s.kill)
-        with pytest.raises(DisconnectedError) as ei:
-            await running.result(timeout=5)
-        assert ei.value.reason == "disconnected" and ei.value.ref == running.ref
+        # The run may go on on the server (runs outlive their connection), so
+        # the SDK keeps the handle waiting to re-attach it...
+        await eventually(lambda: not sub_client.connected, 5, what="the client to notice the kill")
+        await asyncio.sleep(0.3)
+        assert not running.done and running.resuming
         assert not sub_client.closed
 
         # The SDK keeps retrying (connection refused) while the server starts.
@@ -43,6 +46,12 @@ async def test_server_crash_sdk_reconnects_and_resubscribes(fresh_server):
         print(f"reconnected {took:.3f}s after the restart")
         assert took < 5, f"reconnected {took:.2f}s after the server was back"
         await eventually(lambda: subscription.joined, 5, what="the subscription to come back")
+        # ... but the run died with the process: the re-attach answers
+        # unknown_run, and only then does the handle end with disconnected.
+        with pytest.raises(DisconnectedError) as ei:
+            await running.result(timeout=10)
+        assert ei.value.reason == "disconnected" and ei.value.ref == running.ref
+        assert "unknown_run" in str(ei.value)
 
         # The history died with the process: a new epoch, offsets start again.
         offset = await pub_client.publish(topic, "m", {"n": "after"}, timeout=10)
@@ -138,10 +147,30 @@ async def test_no_message_lost_or_duplicated_when_the_link_is_cut(server, make_k
 
 
 @pytest.mark.asyncio
-async def test_running_tool_ends_with_disconnected_when_the_link_drops(server, make_key):
+async def test_running_tool_is_resumed_when_the_link_drops(server, make_key):
     proxy = await TcpProxy(server.port).start()
     try:
         async with MimoSynapse(proxy.url, api_key=make_key("cut-tool")) as syn:
+            handle = syn.tool("demo.countdown", {"steps": 20, "interval_ms": 30})
+            seen = []
+            async for p in handle:
+                seen.append(p)
+                if len(seen) == 2:
+                    proxy.sever()
+            result = await handle.result(timeout=5)
+            assert result.data == {"completed": 20}
+            assert [p.progress for p in seen] == list(range(1, 21))  # every step once, in order
+            assert [p.seq for p in seen] == list(range(1, 21)) and result.seq == 21
+            assert handle.status == "success" and handle.resumes == 1 and syn.connection_count == 2
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.asyncio
+async def test_running_tool_ends_with_disconnected_when_resume_is_off(server, make_key):
+    proxy = await TcpProxy(server.port).start()
+    try:
+        async with MimoSynapse(proxy.url, api_key=make_key("cut-off"), resume_runs=False) as syn:
             handle = syn.tool("demo.countdown", {"steps": 600, "interval_ms": 50})
             seen = []
             with pytest.raises(DisconnectedError) as ei:
@@ -158,12 +187,16 @@ async def test_running_tool_ends_with_disconnected_when_the_link_drops(server, m
             await connected(syn, 2, timeout=10)
             assert (await syn.tool("demo.countdown", {"steps": 2, "interval_ms": 1}).result(timeout=10)).data == {
                 "completed": 2}
+            await syn.interrupt(run_id=handle.run_id)  # it was still running on the server
     finally:
         await proxy.close()
 
 
 @pytest.mark.asyncio
-async def test_running_query_ends_with_disconnected_when_the_link_drops(server, make_key):
+async def test_query_whose_reply_was_lost_is_found_by_its_ref_and_resumed(server, make_key):
+    """The server got the query but nothing of its answer came back (not even
+    the processing reply with the run id): after the reconnect the SDK finds
+    the run by its ref in `runs {}` and attaches from the start."""
     proxy = await TcpProxy(server.port).start()
     try:
         rec = Recorder()
@@ -174,13 +207,15 @@ async def test_running_query_ends_with_disconnected_when_the_link_drops(server, 
             await eventually(lambda: any(d == "send" and f[3] == "query" for _, d, f in rec.frames), 5,
                              what="the query to be sent")
             await asyncio.sleep(0.2)
-            assert not handle.done
+            assert not handle.done and handle.run_id is None
             proxy.sever()
-            with pytest.raises(DisconnectedError) as ei:
-                await handle.result(timeout=5)
-            assert ei.value.reason == "disconnected"
-            assert isinstance(ei.value, DisconnectedError) and not isinstance(ei.value, RunError)
-            await connected(syn, 2, timeout=10)
+            thoughts = [t async for t in handle]
+            result = await handle.result(timeout=10)
+            assert result.status == "success" and handle.run_id and result.run_id == handle.run_id
+            assert [t.seq for t in thoughts] == list(range(1, len(thoughts) + 1)) and thoughts
+            sent = [f for _, d, f in rec.frames if d == "send" and f[3] in ("runs", "attach", "query")]
+            assert [f[3] for f in sent] == ["query", "runs", "attach"]  # looked up, attached, never re-sent
+            assert sent[-1][4] == {"run_id": handle.run_id, "after_seq": 0}
             assert (await syn.query("and now?").result(timeout=10)).status == "success"
     finally:
         await proxy.close()

@@ -182,3 +182,20 @@ async def test_a_phx_gap_push_counts_as_missed_moves_past_the_gap_and_never_reac
         assert sub.last_offset == 10 and sub.stats["missed"] == 5
     finally:
         await client.close()
+
+
+@pytest.mark.asyncio
+async def test_run_handle_keeps_each_seq_once_and_folds_tokens_and_snapshots_into_text():
+    from mimo_synapse import Snapshot, Token
+    from mimo_synapse.handles import AttachedRun
+    h = AttachedRun(None, "r1")
+    tok = lambda seq, d: Token.from_payload({"ref": "r1", "run_id": "run_x", "seq": seq, "delta": d})
+    h._snapshot(Snapshot.from_payload({"run_id": "run_x", "ref": "r1", "seq": 3, "status": "running",
+                                       "text": "a b c ", "thoughts": [{"type": "t", "content": "x"}]}))
+    for seq, d in ((2, "b "), (3, "c "), (4, "d "), (4, "d "), (5, "e ")):  # a backlog overlapping the snapshot
+        h._token(tok(seq, d))
+    assert h.text == "a b c d e " and h.last_seq == 5
+    items = [h._queue.get_nowait() for _ in range(h._queue.qsize())]
+    assert isinstance(items[0], Snapshot) and items[0].thoughts == [{"type": "t", "content": "x"}]
+    assert [i.seq for i in items[1:]] == [4, 5]
+    assert not h._fresh(5) and h._fresh(6)
