@@ -336,6 +336,116 @@ export class MimoSynapse {
   refreshToken(): Promise<string | null>;
 }
 
+// --- agent workers (docs/protocol.md section 10) ----------------------------
+
+export interface WorkerToolSpec {
+  /** `<namespace>.<name>`, not one of Synapse's own tools. */
+  name: string;
+  description?: string;
+  input_schema?: Record<string, any>;
+}
+
+export interface AgentWorkerOptions extends Omit<SynapseOptions, 'agentId' | 'resumeRuns'> {
+  /** The agent served: the worker key's `--agent`, or `'*'` (every agent of the tenant). Default: a token's `sub`. */
+  agentId?: string;
+  /** Runs served at once (1..1000). Default 1. */
+  capacity?: number;
+  /** Tools this worker provides to the agent's clients (`run` with kind `tool`). */
+  tools?: WorkerToolSpec[];
+  /** The handler is asked for its next value only while the socket buffers at most this much. Default 1 MiB. */
+  maxBufferedBytes?: number;
+}
+
+/** The `run` push, as the handler gets it. */
+export interface AgentRun {
+  runId: string;
+  kind: 'query' | 'tool';
+  /** kind 'query' */
+  q?: string;
+  limit?: number;
+  /** kind 'tool' */
+  name?: string;
+  args?: Record<string, any>;
+  /** Whose run it is; callTool acts as them. */
+  caller: { tenant: string; agent_id: string };
+  /** Unix ms at which the server times the run out. */
+  deadlineMs: number;
+  /** The push payload as received. */
+  payload: Record<string, any>;
+}
+
+/** The AbortSignal's reason when a run is cancelled. */
+export interface CancelError extends SynapseError {
+  name: 'AbortError';
+  /** `client` (or the client's interrupt reason), `timeout`, `disconnected`, `stopped`, ... */
+  cancelReason: string;
+}
+
+export interface AgentContext {
+  runId: string;
+  /** Fires when the client interrupts, the run times out, the link drops or stop() is called. */
+  signal: AbortSignal;
+  caller: { tenant: string; agent_id: string };
+  deadlineMs: number;
+  /** Runs a Synapse tool (memory.*, MCP tools) as the run's caller; resolves with its data. */
+  callTool<T = any>(name: string, args?: Record<string, any>): Promise<T>;
+  /** The same as yielding, for code that streams from callbacks. */
+  token(text: string): Promise<void>;
+  thought(thought: string | Record<string, any>): Promise<void>;
+  progress(progress: number, extra?: { total?: number; message?: string }): Promise<void>;
+}
+
+/** What a handler may yield: a string (a token), `{token}`, `{thought}` or `{progress, total?, message?}`. */
+export type AgentYield =
+  | string
+  | { token: string }
+  | { thought: string | Record<string, any> }
+  | { progress: number; total?: number; message?: string };
+
+/**
+ * Called once per run. An async generator streams what it yields and
+ * returns the result data; an async function only returns it. Throwing ends
+ * the run with `error` (the error's `reason` if snake_case, else `agent_error`).
+ */
+export type AgentHandler =
+  | ((run: AgentRun, ctx: AgentContext) => AsyncIterable<AgentYield> | AsyncGenerator<AgentYield, any, void>)
+  | ((run: AgentRun, ctx: AgentContext) => Promise<any>);
+
+export interface AgentWorkerEventMap {
+  registered: (e: { workerId: string | null; agentId: string; capacity: number }) => void;
+  unregistered: (e: { reason: string }) => void;
+  run: (e: { runId: string; kind: 'query' | 'tool'; caller: { tenant: string; agent_id: string } }) => void;
+  run_end: (e: { runId: string; outcome: 'result' | 'error' | 'cancelled'; reason?: string }) => void;
+  error: (e: SynapseError) => void;
+  close: (e: { code?: number; reason: string; wasClean: boolean }) => void;
+  reconnect: (e: { downtimeMs: number }) => void;
+}
+
+export class AgentWorker {
+  constructor(url: string, options: AgentWorkerOptions);
+  readonly agentId: string;
+  readonly capacity: number;
+  readonly tools: WorkerToolSpec[];
+  /** `agent:<agentId>` */
+  readonly topic: string;
+  /** Whether the agent topic is joined now. */
+  readonly registered: boolean;
+  readonly workerId: string | null;
+  /** Runs being served now. */
+  readonly active: number;
+  /**
+   * Connects, joins the agent topic and serves runs until stop(); resolves
+   * once registered. Rejects with `forbidden` for a key that is not a worker
+   * key, `invalid_payload` for a bad tool list, or the connection's refusal.
+   * Re-registers by itself after a dropped link or a server restart.
+   */
+  serve(handler: AgentHandler): Promise<{ worker_id: string; agent_id: string; capacity: number }>;
+  /** Cancels the runs being served (reason `stopped`), leaves, disconnects. */
+  stop(): Promise<void>;
+  on<E extends keyof AgentWorkerEventMap>(event: E, fn: AgentWorkerEventMap[E]): () => void;
+  off<E extends keyof AgentWorkerEventMap>(event: E, fn?: AgentWorkerEventMap[E]): void;
+}
+
 /** Exponential backoff with full jitter: random in [0, min(maxMs, baseMs * 2^(attempt-1))). */
 export function backoffDelay(attempt: number, opts?: { baseMs?: number; maxMs?: number; random?: () => number }): number;
 /** The claims of a JWT, unverified. */

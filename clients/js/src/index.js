@@ -4,6 +4,8 @@ import { Socket, Presence } from 'phoenix';
 import { SynapseError, Emitter, backoffDelay, jwtClaims } from './util.js';
 
 export { SynapseError, backoffDelay, jwtClaims };
+// The worker side (docs/protocol.md section 10); it uses MimoSynapse only at run time.
+export { AgentWorker } from './worker.js';
 
 /**
  * @typedef {Object} MessageMeta
