@@ -20,10 +20,16 @@
 #include "cluster/redis_connection_counts.hpp"
 #include "auth/jwks.hpp"
 #include "auth/key_store.hpp"
+#include "channels/agent_channel.hpp"
+#include "channels/channel_registry.hpp"
+#include "channels/cortex_channel.hpp"
+#include "channels/pubsub_channel.hpp"
 #include "channels/services.hpp"
 #include "hooks/hooks.hpp"
 #include "config/config.hpp"
 #include "core/json_log.hpp"
+#include "cortex/agent_hub.hpp"
+#include "cortex/agent_routes.hpp"
 #include "cortex/cortex.hpp"
 #include "cortex/runs.hpp"
 #include "limits/accept_gate.hpp"
@@ -156,6 +162,49 @@ std::unique_ptr<auth::JwksCache> make_jwks(const config::Config& cfg, hooks::Htt
     };
   }
   return std::make_unique<auth::JwksCache>(std::move(o), std::move(fetch));
+}
+
+// Who answers each agent (docs/protocol.md section 10): one AgentRoute per
+// `[[cortex.routes]]` table, in order, and the default from `[cortex]
+// backend`. Backends that are not the hub are made here and kept in
+// `owned`. Returns an error message, empty when every route could be built.
+std::string build_routes(const config::Config& cfg, cortex::AgentHub& hub, cortex::AgentRoutes& routes,
+                         std::vector<std::unique_ptr<cortex::AgentBackend>>& owned) {
+  auto make = [&](const std::string& pattern, const std::string& backend, const std::string& url,
+                  cortex::AgentRoute& out) -> std::string {
+    out.pattern = pattern;
+    out.name = backend;
+    if (backend == "builtin") return {};
+    if (backend == "workers" || backend == "workers_then_builtin") {
+      out.backend = &hub;
+      out.fallback_builtin = backend == "workers_then_builtin";
+      return {};
+    }
+    if (backend == "http") {
+      if (url.empty()) return "backend http needs url";
+      // ---- HTTP BACKEND: construct it here --------------------------------
+      // The streaming HTTP backend (cortex/http_backend.*, issue 12 item 7)
+      // plugs in at this one place: make an AgentBackend for `url`, push it
+      // into `owned` and point `out.backend` at it. Until it exists, a route
+      // to http refuses to start.
+      (void)owned;
+      return "backend http (" + url + ") is not available in this build";
+      // ---------------------------------------------------------------------
+    }
+    return "unknown backend " + backend;
+  };
+  for (std::size_t i = 0; i < cfg.routes.size(); ++i) {
+    cortex::AgentRoute r;
+    const auto& c = cfg.routes[i];
+    if (auto err = make(c.agents, c.backend, c.url, r); !err.empty()) {
+      return "cortex.routes[" + std::to_string(i) + "]: " + err;
+    }
+    routes.add(std::move(r));
+  }
+  cortex::AgentRoute d;
+  if (auto err = make("*", cfg.backend, {}, d); !err.empty()) return "cortex.backend: " + err;
+  routes.set_default(std::move(d));
+  return {};
 }
 
 std::unique_ptr<hooks::Hooks> make_hooks(const config::Config& cfg, hooks::HttpClient& client) {
@@ -332,6 +381,16 @@ int serve(const config::Config& cfg) {
   cortex::Cortex cortex(co, db_path(cfg.data_dir));
   cortex::register_builtin_tools(cortex);
   cortex.tools().add("builtin", cortex::make_demo_tokens_tool(cortex));
+  // The agent workers of this node; it outlives the run registry below,
+  // whose runs' cancel hooks call it.
+  cortex::AgentHub hub(cortex::HubOptions{cfg.redispatch_unstarted}, cortex.tools());
+  cortex::AgentRoutes agent_routes;
+  std::vector<std::unique_ptr<cortex::AgentBackend>> agent_backends;
+  if (const std::string err = build_routes(cfg, hub, agent_routes, agent_backends); !err.empty()) {
+    spdlog::critical("{}", err);
+    std::cerr << "synapse: " << err << std::endl;
+    return exit_usage;
+  }
   cortex::RunOptions run_options;
   run_options.retention_ms = cfg.run_retention_s * 1000;
   run_options.detach_grace_ms = cfg.detach_grace_s * 1000;
@@ -372,21 +431,38 @@ int serve(const config::Config& cfg) {
   services.idp = idp ? &*idp : nullptr;
   services.hooks = hooks.get();
   services.runs = &runs;
+  // The channel registry: topic kinds, first match wins (the catch-all last).
+  channels::ChannelRegistry channel_kinds;
+  channel_kinds.add({"cortex:*", "cortex", channels::join_cortex, {}});
+  channel_kinds.add({"agent:*", "agent", channels::join_agent, {}});
+  channel_kinds.add({"*", "pubsub", channels::join_pubsub, channels::pubsub_join_permitted});
+  services.channels = &channel_kinds;
+  services.hub = &hub;
+  services.routes = &agent_routes;
   std::atomic<bool> draining{false};
+  // The agent hub's gauges, beside every node's other extra samples.
+  auto hub_samples = [&hub](std::vector<metrics::Sample> v) {
+    const auto st = hub.stats();
+    v.push_back({"synapse_agent_workers", "Agent workers joined to this node (one per agent-topic join)",
+                 static_cast<double>(st.workers)});
+    v.push_back({"synapse_agent_worker_runs", "Runs an agent worker of this node is serving now",
+                 static_cast<double>(st.runs)});
+    return v;
+  };
   net::HttpContext http{cfg, services, limiter, draining, [&] {
-                          return std::vector<metrics::Sample>{
+                          return hub_samples(std::vector<metrics::Sample>{
                               {"synapse_io_threads", "I/O threads", static_cast<double>(n_threads)},
-                              {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)}};
+                              {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)}});
                         },
                         {}};
   if (link) {
     http.backplane_up = [l = link.get()] { return l->up(); };
-    http.extra_samples = [n_threads, &cfg, l = link.get()] {
-      return std::vector<metrics::Sample>{
+    http.extra_samples = [n_threads, &cfg, l = link.get(), hub_samples] {
+      return hub_samples(std::vector<metrics::Sample>{
           {"synapse_io_threads", "I/O threads", static_cast<double>(n_threads)},
           {"synapse_workers", "Cortex worker threads", static_cast<double>(cfg.workers)},
           {"synapse_redis_up", "1 while the link to Redis is up", l->up() ? 1.0 : 0.0},
-          {"synapse_redis_reconnects", "Reconnections to Redis since start", static_cast<double>(l->reconnects())}};
+          {"synapse_redis_reconnects", "Reconnections to Redis since start", static_cast<double>(l->reconnects())}});
     };
   }
   limits::AcceptGate accept_gate(accept_limits(cfg));
@@ -418,6 +494,7 @@ std::string flags_of(const auth::ApiKey& k) {
   if (k.admin) f += "admin ";
   if (k.publish) f += "publish ";
   if (k.unlimited) f += "unlimited ";
+  if (k.worker) f += "worker ";
   if (!f.empty()) f.pop_back();
   return f.empty() ? "-" : f;
 }
@@ -462,6 +539,9 @@ int main(int argc, char** argv) {
   create->add_flag("--admin", spec.admin, "May join any cortex topic and mint tokens for any agent");
   create->add_flag("--publish", spec.publish, "May use POST /api/broadcast");
   create->add_flag("--unlimited", spec.unlimited, "Skips rate and per-key connection limits");
+  create->add_flag("--worker", spec.worker,
+                   "An agent worker's key: serves its agent on agent:<agent_id> (--agent '*': every agent of its "
+                   "tenant) and may not query cortex topics");
   create->add_option("--msgs-per-min", spec.rates.msgs_per_min, "Override: messages per minute")->check(CLI::NonNegativeNumber);
   create->add_option("--queries-per-min", spec.rates.queries_per_min, "Override: queries per minute")
       ->check(CLI::NonNegativeNumber);
@@ -537,6 +617,10 @@ int main(int argc, char** argv) {
         std::cerr << "synapse: --name must not be empty\n";
         return exit_usage;
       }
+      if (spec.worker && spec.admin) {
+        std::cerr << "synapse: --worker and --admin do not go together (a worker key serves agents only)\n";
+        return exit_usage;
+      }
       bool restricted = false;
       for (const auto& p : cap_patterns) restricted |= !p.empty();
       if (restricted) {
@@ -583,7 +667,8 @@ int main(int argc, char** argv) {
         if (as_json) {
           boost::json::object o{{"id", k.id},         {"name", k.name},       {"agent_id", k.agent_id},
                                 {"tenant", k.tenant}, {"admin", k.admin},     {"publish", k.publish},
-                                {"unlimited", k.unlimited}, {"created_at", k.created_at}};
+                                {"unlimited", k.unlimited}, {"worker", k.worker},
+                                {"created_at", k.created_at}};
           o["revoked_at"] = k.revoked_at ? boost::json::value(*k.revoked_at) : boost::json::value(nullptr);
           if (k.caps) o["caps"] = boost::json::parse(auth::capabilities_json(*k.caps));
           std::cout << boost::json::serialize(o) << "\n";

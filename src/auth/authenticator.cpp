@@ -85,6 +85,14 @@ AuthResult authenticate(std::string_view credential, KeyStore& keys, std::string
     }
     p.rates = key->rates;
     p.unlimited = key->unlimited;
+    // A token has the role of the key that minted it: a worker key's
+    // tokens serve agents, and a client key cannot mint a worker token.
+    if (key->worker != (v.claims.role == "worker")) {
+      r.failure = AuthFailure::unauthorized;
+      r.message = key->worker ? "a worker key's token must carry role \"worker\""
+                              : "only a worker key may mint a token with role \"worker\"";
+      return r;
+    }
     // A token never exceeds the key that minted it.
     p.key_caps = key->caps;
   }
@@ -93,6 +101,7 @@ AuthResult authenticate(std::string_view credential, KeyStore& keys, std::string
   p.agent_id = v.claims.sub;
   p.tenant = v.claims.tenant.empty() ? "default" : v.claims.tenant;
   p.key_id = v.claims.key_id;
+  p.worker = v.claims.role == "worker";
   p.via_token = true;
   p.token_exp = v.claims.exp;
   p.has_topics = v.claims.has_topics;

@@ -79,6 +79,10 @@ bool read_claims(const json::object& payload, TokenClaims& c, std::int64_t& nbf)
     c.caps = parse_capabilities(*caps);
     if (!c.caps) return false;
   }
+  if (const json::value* role = payload.if_contains("role")) {
+    if (!role->is_string() || role->as_string().size() > 32) return false;
+    c.role = std::string(role->as_string());
+  }
   return true;
 }
 
@@ -203,6 +207,7 @@ std::string sign_jwt(const TokenClaims& c, std::string_view secret) {
   if (!c.tenant.empty()) payload["tnt"] = c.tenant;
   if (!c.key_id.empty()) payload["kid"] = c.key_id;
   if (c.caps) payload["caps"] = json::parse(capabilities_json(*c.caps));
+  if (!c.role.empty()) payload["role"] = c.role;
   std::string signing_input = base64url_encode(R"({"alg":"HS256","typ":"JWT"})");
   signing_input.push_back('.');
   signing_input += base64url_encode(json::serialize(payload));

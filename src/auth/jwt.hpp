@@ -22,6 +22,7 @@ struct TokenClaims {
   std::string tenant;               // `tnt`: whose memories the bearer sees
   std::string key_id;               // `kid`: the API key that minted it (revocation)
   std::optional<Capabilities> caps;  // `caps`: channel capabilities
+  std::string role;                  // `role`: "worker" for an agent worker, else empty
   bool from_idp = false;            // verified against the JWKS (then key_id is always empty)
   std::string header_kid;           // the JWS header's kid (which JWKS key), for logs and refreshes
 };

@@ -35,12 +35,13 @@ ApiKey read_row(const store::Statement& st) {
   // A stored caps text that no longer parses restricts to nothing rather
   // than to everything: a damaged row must not widen a key.
   if (!st.is_null(12)) k.caps = parse_capabilities_text(st.text(12)).value_or(Capabilities{});
+  k.worker = st.int64(13) != 0;
   return k;
 }
 
 constexpr const char* select_columns =
     "SELECT id, name, agent_id, tenant, admin, publish, unlimited, msgs_per_min, "
-    "queries_per_min, burst, created_at, revoked_at, caps FROM api_keys";
+    "queries_per_min, burst, created_at, revoked_at, caps, worker FROM api_keys";
 
 void bind_rate(store::Statement& st, int idx, std::int64_t v) {
   if (v < 0) {
@@ -54,8 +55,8 @@ void bind_rate(store::Statement& st, int idx, std::int64_t v) {
 // new key, `import` one learnt from another host.
 constexpr const char* insert_columns =
     " INTO api_keys (id, name, agent_id, tenant, hash, admin, publish, unlimited, msgs_per_min, "
-    "queries_per_min, burst, created_at, caps, revoked_at) "
-    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+    "queries_per_min, burst, created_at, caps, revoked_at, worker) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
 void bind_key_row(store::Statement& st, const ApiKey& k, std::string_view hash) {
   st.bind(1, k.id).bind(2, k.name).bind(3, k.agent_id).bind(4, k.tenant);
@@ -75,6 +76,7 @@ void bind_key_row(store::Statement& st, const ApiKey& k, std::string_view hash) 
   } else {
     st.bind_null(14);
   }
+  st.bind(15, std::int64_t{k.worker});
 }
 
 }  // namespace
@@ -103,6 +105,13 @@ KeyStore::KeyStore(const std::string& db_path) : db_(std::make_unique<store::Dat
     while (st.step()) has_caps |= st.text(1) == "caps";
   }
   if (!has_caps) db_->exec("ALTER TABLE api_keys ADD COLUMN caps TEXT");
+  // ... and databases made before agent workers no worker column.
+  bool has_worker = false;
+  {
+    store::Statement st(*db_, "PRAGMA table_info(api_keys)");
+    while (st.step()) has_worker |= st.text(1) == "worker";
+  }
+  if (!has_worker) db_->exec("ALTER TABLE api_keys ADD COLUMN worker INTEGER NOT NULL DEFAULT 0");
 }
 
 KeyStore::~KeyStore() = default;
@@ -163,6 +172,7 @@ std::pair<ApiKey, std::string> KeyStore::create(const NewKey& spec) {
   k.admin = spec.admin;
   k.publish = spec.publish;
   k.unlimited = spec.unlimited;
+  k.worker = spec.worker;
   k.rates = spec.rates;
   k.caps = spec.caps;
   k.created_at = unix_now();
@@ -206,6 +216,7 @@ std::string KeyStore::row_json(const ApiKey& k, std::string_view hash) {
                  {"admin", k.admin},
                  {"publish", k.publish},
                  {"unlimited", k.unlimited},
+                 {"worker", k.worker},
                  {"msgs_per_min", k.rates.msgs_per_min},
                  {"queries_per_min", k.rates.queries_per_min},
                  {"burst", k.rates.burst},
@@ -250,7 +261,10 @@ std::optional<std::pair<ApiKey, std::string>> KeyStore::parse_row(std::string_vi
     return std::nullopt;
   }
   if (k.id.empty() || k.id.size() > 32 || k.agent_id.empty() || hash_hex.size() != 64) return std::nullopt;
-  if (!flag("admin", k.admin) || !flag("publish", k.publish) || !flag("unlimited", k.unlimited)) return std::nullopt;
+  if (!flag("admin", k.admin) || !flag("publish", k.publish) || !flag("unlimited", k.unlimited) ||
+      !flag("worker", k.worker)) {
+    return std::nullopt;
+  }
   if (!num("msgs_per_min", k.rates.msgs_per_min, -1) || !num("queries_per_min", k.rates.queries_per_min, -1) ||
       !num("burst", k.rates.burst, -1) || !num("created_at", k.created_at, unix_now())) {
     return std::nullopt;
@@ -298,10 +312,10 @@ const KeyStore::Cached* KeyStore::load(std::string_view id) {
   if (auto it = cache_.find(std::string(id)); it != cache_.end()) return &it->second;
   store::Statement q(*db_,
                      "SELECT id, name, agent_id, tenant, admin, publish, unlimited, msgs_per_min, "
-                     "queries_per_min, burst, created_at, revoked_at, caps, hash FROM api_keys WHERE id = ?1");
+                     "queries_per_min, burst, created_at, revoked_at, caps, worker, hash FROM api_keys WHERE id = ?1");
   q.bind(1, id);
   if (!q.step()) return nullptr;  // unknown ids are not cached: the table stays the bound
-  Cached c{read_row(q), q.blob(13)};
+  Cached c{read_row(q), q.blob(14)};
   return &cache_.insert_or_assign(std::string(id), std::move(c)).first->second;
 }
 
@@ -355,6 +369,7 @@ Principal KeyStore::principal_of(const ApiKey& key) {
   p.admin = key.admin;
   p.publish = key.publish;
   p.unlimited = key.unlimited;
+  p.worker = key.worker;
   p.rates = key.rates;
   p.key_caps = key.caps;
   return p;

@@ -39,6 +39,7 @@ struct ApiKey {
   bool admin = false;
   bool publish = false;
   bool unlimited = false;
+  bool worker = false;  // serves agents (agent: topics) instead of querying them
   RateOverrides rates;
   std::optional<Capabilities> caps;  // channel capabilities; none = unrestricted
   std::int64_t created_at = 0;  // unix seconds
@@ -52,6 +53,7 @@ struct NewKey {
   bool admin = false;
   bool publish = false;
   bool unlimited = false;
+  bool worker = false;
   RateOverrides rates;
   std::optional<Capabilities> caps;
 };

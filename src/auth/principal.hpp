@@ -24,6 +24,10 @@ struct Principal {
   bool admin = false;
   bool publish = false;
   bool unlimited = false;  // skips rate and per-key connection limits
+  // A worker credential (keys create --worker, or a token with role "worker"):
+  // it serves agents on `agent:` topics and may not query them
+  // (docs/protocol.md section 10).
+  bool worker = false;
   bool via_token = false;
   std::int64_t token_exp = 0;  // unix seconds; 0 without a token
   bool has_topics = false;     // token `topics` claim present

@@ -7,6 +7,8 @@
 #include "channels/session.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
+#include "cortex/agent_hub.hpp"
+#include "cortex/agent_routes.hpp"
 #include "cortex/arg_schema.hpp"
 #include "cortex/cortex.hpp"
 #include "cortex/query_engine.hpp"
@@ -86,7 +88,11 @@ class CortexChannel final : public Channel {
     } else if (env.event == "runs") {
       on_runs(env);
     } else if (env.event == "tools") {
-      session_.reply_ok(env, json::object{{"tools", cortex_.describe_tools()}});
+      json::array tools = cortex_.describe_tools();
+      if (auto* hub = session_.services().hub) {
+        for (auto& t : hub->describe_tools(session_.principal().tenant, agent_)) tools.push_back(std::move(t));
+      }
+      session_.reply_ok(env, json::object{{"tools", std::move(tools)}});
     } else if (env.event == "ping") {
       session_.reply_ok(env, json::object{{"pong", unix_ms()}});
     } else {
@@ -337,6 +343,19 @@ class CortexChannel final : public Channel {
     if (!admit(env, ref)) return;
 
     cortex::RunPtr run = start(std::move(ref), timeout_ms, "query", "");
+    const cortex::AgentRoutes* routes = session_.services().routes;
+    if (const cortex::AgentRoute* route = routes ? &routes->find(agent_) : nullptr; route && route->backend) {
+      cortex::AgentRequest req = agent_request("query", timeout_ms);
+      req.q = q;
+      req.limit = limit;
+      const bool taken = route->backend->start(req, run) == cortex::AgentBackend::Start::accepted;
+      if (taken || !route->fallback_builtin) {
+        session_.reply_ok(env, json::object{{"ref", run->ref()}, {"status", "processing"}, {"run_id", run->id()}});
+        if (!taken) fail_unavailable(run);
+        return;
+      }
+      // workers_then_builtin with nobody free: the built-in engine answers.
+    }
     cortex::Caller caller{session_.principal().tenant, agent_};
     cortex::QueryRequest req{std::move(q), static_cast<std::size_t>(limit)};
     // The job holds the run, not the channel: it goes on when the
@@ -390,6 +409,12 @@ class CortexChannel final : public Channel {
     // A shared_ptr: the run keeps its tool even if its provider replaces it.
     const std::shared_ptr<const cortex::Tool> tool = cortex_.find_tool(name);
     if (!tool) {
+      if (auto* hub = session_.services().hub) {
+        if (auto spec = hub->find_worker_tool(session_.principal().tenant, agent_, name)) {
+          start_worker_tool(env, *hub, *spec, std::move(ref), timeout_ms, std::move(args));
+          return;
+        }
+      }
       json::object r = protocol::error_response(reason::unknown_tool, "no tool named " + name + "; see the tools event");
       if (ref) r["ref"] = *ref;
       session_.reply_error(env, r);
@@ -410,6 +435,48 @@ class CortexChannel final : public Channel {
     cortex::RunPtr run = start(std::move(ref), timeout_ms, "tool", name);
     if (!start_tool(env, run, *tool, std::move(args))) return;
     session_.reply_ok(env, json::object{{"ref", run->ref()}, {"status", "running"}, {"run_id", run->id()}});
+  }
+
+  // What an agent backend is asked (the worker protocol's `run` push).
+  cortex::AgentRequest agent_request(std::string kind, std::int64_t timeout_ms) const {
+    const auto& principal = session_.principal();
+    cortex::AgentRequest req;
+    req.kind = std::move(kind);
+    req.caller = cortex::Caller{principal.tenant, agent_, principal.key_id};
+    req.deadline_ms = unix_ms() + timeout_ms;
+    return req;
+  }
+
+  // A run its backend could not take (no worker with free capacity) ends
+  // at once, right after the ok reply, sent here on this thread: the client
+  // never waits in silence (docs/protocol.md section 10).
+  void fail_unavailable(const cortex::RunPtr& run) {
+    if (auto ev = run->finish(RunEnd::error, json::object{{"reason", "agent_unavailable"},
+                                                          {"message", "no agent worker of " + agent_ +
+                                                                          " is free to take this run"}})) {
+      deliver(run->id(), ev);
+    }
+  }
+
+  // A tool a worker of this agent declared: it goes to such a worker (the
+  // route does not matter), and with none free ends `agent_unavailable`.
+  void start_worker_tool(const protocol::Envelope& env, cortex::AgentHub& hub, const cortex::ToolSpec& spec,
+                         std::optional<std::string> ref, std::int64_t timeout_ms, json::object args) {
+    if (auto arg_errors = cortex::check_args(spec.input_schema, args); !arg_errors.empty()) {
+      json::object r = protocol::error_response(reason::invalid_args, "the arguments do not match the tool's schema",
+                                                arg_errors);
+      if (ref) r["ref"] = *ref;
+      session_.reply_error(env, r);
+      return;
+    }
+    if (!admit(env, ref)) return;
+    cortex::RunPtr run = start(std::move(ref), timeout_ms, "tool", spec.name);
+    cortex::AgentRequest req = agent_request("tool", timeout_ms);
+    req.tool = spec.name;
+    req.args = std::move(args);
+    const bool taken = hub.start(req, run) == cortex::AgentBackend::Start::accepted;
+    session_.reply_ok(env, json::object{{"ref", run->ref()}, {"status", "running"}, {"run_id", run->id()}});
+    if (!taken) fail_unavailable(run);
   }
 
   // Starts `tool` through the asynchronous seam (cortex/tool.hpp). Its
@@ -593,6 +660,10 @@ class CortexChannel final : public Channel {
 std::unique_ptr<Channel> join_cortex(Session& session, const protocol::Envelope& env) {
   const auto& principal = session.principal();
   const std::string agent(protocol::cortex_agent(env.topic));
+  if (principal.worker) {
+    session.reply_error(env, reason::forbidden, "a worker credential serves agents on agent: topics; it cannot query");
+    return nullptr;
+  }
   if (agent != principal.agent_id && !principal.admin) {
     session.reply_error(env, reason::forbidden, "this credential's agent is " + principal.agent_id);
     return nullptr;

@@ -23,9 +23,13 @@ class Broker;
 namespace synapse::cortex {
 class Cortex;
 class RunRegistry;
+class AgentHub;
+class AgentRoutes;
 }
 
 namespace synapse::channels {
+
+class ChannelRegistry;
 
 struct Services {
   const config::Config& config;
@@ -40,6 +44,13 @@ struct Services {
   hooks::Hooks* hooks = nullptr;
   // The node's cortex runs (cortex/runs.hpp): they outlive connections.
   cortex::RunRegistry* runs = nullptr;
+  // Which channel serves a topic (channels/channel_registry.hpp), built in main.
+  const ChannelRegistry* channels = nullptr;
+  // The agent workers connected to this node (cortex/agent_hub.hpp), and
+  // who answers each agent's queries (cortex/agent_routes.hpp). Null routes:
+  // the built-in engine answers every agent.
+  cortex::AgentHub* hub = nullptr;
+  const cortex::AgentRoutes* routes = nullptr;
 };
 
 }  // namespace synapse::channels

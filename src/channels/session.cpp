@@ -8,8 +8,7 @@
 #include "auth/jwt.hpp"
 #include "auth/key_store.hpp"
 #include "hooks/hooks.hpp"
-#include "channels/cortex_channel.hpp"
-#include "channels/pubsub_channel.hpp"
+#include "channels/channel_registry.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
 #include "metrics/metrics.hpp"
@@ -26,6 +25,13 @@ limits::ConnectionRates make_rates(const config::Config& cfg, const auth::Princi
   limits::ConnectionRates r;
   if (p.unlimited) return r;
   const auto now = limits::Clock::now();
+  if (p.worker) {
+    // An agent worker streams many frames for many clients: its own budget,
+    // and no query bucket (it does not query).
+    r.messages = limits::TokenBucket(p.rates.msgs_per_min >= 0 ? p.rates.msgs_per_min : cfg.worker_msgs_per_min,
+                                     p.rates.burst >= 0 ? p.rates.burst : cfg.worker_burst, now);
+    return r;
+  }
   const std::int64_t msgs = p.rates.msgs_per_min >= 0 ? p.rates.msgs_per_min : cfg.messages_per_min;
   const std::int64_t burst = p.rates.burst >= 0 ? p.rates.burst : cfg.message_burst;
   const std::int64_t queries = p.rates.queries_per_min >= 0 ? p.rates.queries_per_min : cfg.queries_per_min;
@@ -147,6 +153,16 @@ void Session::on_text(std::string_view text) {
     reply_error(env, reason::unmatched_topic, "join the topic first");
     return;
   }
+  if (env.join_ref && joined_[*index].join_ref && *env.join_ref != *joined_[*index].join_ref) {
+    // A message of an earlier join of this topic (the client rejoined since):
+    // as Phoenix does, it is not handed to the channel, a phx_leave included
+    // (it must not end the current join), and is answered as an unmatched
+    // topic. A message without join_ref is taken as the current join's.
+    spdlog::debug("conn={} topic={} event={} stale join_ref {} (current {}): dropped", socket_.id(), env.topic,
+                  env.event, *env.join_ref, *joined_[*index].join_ref);
+    reply_error(env, reason::unmatched_topic, "stale join_ref: the topic was joined again since");
+    return;
+  }
   if (env.event == "phx_leave") {
     handle_leave(env, *index);
     return;
@@ -199,6 +215,10 @@ void Session::handle_refresh(const protocol::Envelope& env) {
       reply_error(env, reason::forbidden, "the new token names another sub");
       return;
     }
+    if ((r.claims.role == "worker") != principal_.worker) {
+      reply_error(env, reason::forbidden, "the new token has another role");
+      return;
+    }
     if (!r.claims.key_id.empty()) {
       auto key = services_.keys.find(r.claims.key_id);
       if (!key || key->revoked_at) {
@@ -237,6 +257,7 @@ void Session::handle_refresh(const protocol::Envelope& env) {
   c.caps = principal_.token_caps;
   c.tenant = principal_.tenant;
   c.key_id = principal_.key_id;
+  if (principal_.worker) c.role = "worker";
   principal_.token_exp = c.exp;
   token_warned_ = false;
   reply_ok(env, json::object{{"token", auth::sign_jwt(c, services_.jwt_secret)}, {"expires_at", c.exp}});
@@ -260,10 +281,14 @@ void Session::handle_join(const protocol::Envelope& env, bool hook_passed) {
                 "topics are namespace:name, at most 255 bytes of letters, digits and _-.:@");
     return;
   }
-  if (kind == protocol::TopicKind::pubsub && !hook_passed && services_.hooks &&
-      services_.hooks->enabled(hooks::Hook::join)) {
+  const ChannelKind* channel_kind = services_.channels ? services_.channels->match(env.topic) : nullptr;
+  if (!channel_kind) {
+    reply_error(env, reason::invalid_topic, "no channel serves this topic");
+    return;
+  }
+  if (channel_kind->hook_precheck && !hook_passed && services_.hooks && services_.hooks->enabled(hooks::Hook::join)) {
     // Our own rules first: the application is not asked about a join they refuse.
-    if (channels::pubsub_join_permitted(*this, env)) ask_join_hook(env);
+    if (channel_kind->hook_precheck(*this, env)) ask_join_hook(env);
     return;
   }
   if (auto existing = find(env.topic)) {
@@ -286,7 +311,7 @@ void Session::handle_join(const protocol::Envelope& env, bool hook_passed) {
   }
   std::unique_ptr<Channel> channel;
   try {
-    channel = kind == protocol::TopicKind::cortex ? join_cortex(*this, env) : join_pubsub(*this, env);
+    channel = channel_kind->join(*this, env);
   } catch (const std::exception& e) {
     metrics::bump(services_.metrics.channel_crashes);
     spdlog::error("conn {} join of {} threw: {}", socket_.id(), env.topic, e.what());

@@ -136,6 +136,11 @@ const std::vector<Option>& options() {
        0, kMaxInt},
       {"limits.max_running", "--max-running", "Queries and tools running at once per connection (0 = unlimited)",
        &Config::max_running, 0, kMaxInt},
+      {"limits.worker_msgs_per_min", "--worker-msgs-per-min",
+       "Messages per minute per agent-worker connection; the client limits do not apply to workers (0 = unlimited)",
+       &Config::worker_msgs_per_min, 0, kMaxInt},
+      {"limits.worker_burst", "--worker-burst", "Agent workers' message bucket size", &Config::worker_burst, 0,
+       kMaxInt},
 
       {"pubsub.history_size", "--history-size", "Messages kept per topic for recovery (0 = none)",
        &Config::history_size, 0, 1'000'000},
@@ -159,6 +164,17 @@ const std::vector<Option>& options() {
        &Config::max_presence_bytes_per_topic, 0, kMaxInt},
 
       {"cortex.workers", "--workers", "Threads that run queries and tools", &Config::workers, 1, 256},
+      {"cortex.backend", "--cortex-backend",
+       "Who answers queries of agents no [[cortex.routes]] table matches: builtin, workers (agent workers; none "
+       "free = error agent_unavailable), workers_then_builtin, or http (a route's url)",
+       &Config::backend},
+      {"cortex.redispatch_unstarted", "--redispatch-unstarted",
+       "A run whose agent worker went away before it streamed anything is given once to another worker",
+       &Config::redispatch_unstarted},
+      {"cortex.worker_error_budget", "--worker-error-budget",
+       "Errors (malformed events, runs it does not own) an agent worker may cause per minute before it is "
+       "closed with 1008 (0 = unlimited)",
+       &Config::worker_error_budget, 0, kMaxInt},
       {"cortex.worker_queue", "--worker-queue", "Runs waiting for a worker before new ones are refused",
        &Config::worker_queue, 1, 1'000'000},
       {"cortex.tenant_queue", "--tenant-queue",
@@ -328,6 +344,29 @@ void apply_toml_value(Config& cfg, const Option& o, const toml::value& v) {
       o.member);
 }
 
+// `[[cortex.routes]]`: an array of tables, each {agents, backend, url?}.
+// The options table holds scalars and lists only, so this one key is read here.
+void apply_routes(Config& cfg, const toml::value& v) {
+  if (!v.is_array()) throw ConfigError("cortex.routes must be an array of tables ([[cortex.routes]])");
+  std::vector<AgentRoute> routes;
+  std::size_t i = 0;
+  for (const auto& item : v.as_array()) {
+    const std::string where = fmt::format("cortex.routes[{}]", i++);
+    if (!item.is_table()) throw ConfigError(where + " must be a table {agents, backend, url}");
+    AgentRoute r;
+    for (const auto& [k, field] : item.as_table()) {
+      std::string* out = k == "agents" ? &r.agents : k == "backend" ? &r.backend : k == "url" ? &r.url : nullptr;
+      if (!out) throw ConfigError(fmt::format("unknown key {}.{} (a route has agents, backend and url)", where, k));
+      if (!field.is_string()) throw ConfigError(fmt::format("{}.{} must be a string", where, k));
+      *out = field.as_string().str;
+    }
+    if (r.agents.empty()) throw ConfigError(where + ".agents is required (an agent id, or a prefix ending in *)");
+    if (r.backend.empty()) throw ConfigError(where + ".backend is required");
+    routes.push_back(std::move(r));
+  }
+  cfg.routes = std::move(routes);
+}
+
 const Option* find_option(const std::string& key) {
   for (const auto& o : options()) {
     if (key == o.key) return &o;
@@ -349,6 +388,10 @@ void apply_toml(Config& cfg, const std::string& path) {
     if (!body.is_table()) throw ConfigError(fmt::format("unknown config key {} (options live in sections)", section));
     for (const auto& [name, value] : body.as_table()) {
       const std::string key = section + "." + name;
+      if (key == "cortex.routes") {
+        apply_routes(cfg, value);
+        continue;
+      }
       const Option* o = find_option(key);
       if (!o) throw ConfigError("unknown config key " + key);
       apply_toml_value(cfg, *o, value);
@@ -401,6 +444,37 @@ void validate(const Config& cfg) {
     const Option& o = *find_option(key);
     const std::string& v = cfg.*std::get<std::string Config::*>(o.member);
     if (v != "deny" && v != "allow") bad(o, "'" + v + "' is not deny or allow");
+  }
+  {
+    auto backend_ok = [](const std::string& b) {
+      return b == "builtin" || b == "workers" || b == "workers_then_builtin" || b == "http";
+    };
+    if (!backend_ok(cfg.backend)) {
+      bad(*find_option("cortex.backend"),
+          "'" + cfg.backend + "' is not builtin, workers, workers_then_builtin or http");
+    }
+    if (cfg.backend == "http") {
+      bad(*find_option("cortex.backend"), "backend http needs url: give it in a [[cortex.routes]] table");
+    }
+    for (std::size_t i = 0; i < cfg.routes.size(); ++i) {
+      const AgentRoute& r = cfg.routes[i];
+      if (!backend_ok(r.backend)) {
+        throw ConfigError(fmt::format("invalid value for cortex.routes[{}].backend: '{}' is not builtin, workers, "
+                                      "workers_then_builtin or http",
+                                      i, r.backend));
+      }
+      if (r.backend == "http" && r.url.empty()) {
+        throw ConfigError(fmt::format("invalid value for cortex.routes[{}]: backend http needs url", i));
+      }
+      if (r.backend != "http" && !r.url.empty()) {
+        throw ConfigError(fmt::format("invalid value for cortex.routes[{}].url: only backend http takes a url", i));
+      }
+      const auto star = r.agents.find('*');
+      if (star != std::string::npos && star + 1 != r.agents.size()) {
+        throw ConfigError(fmt::format(
+            "invalid value for cortex.routes[{}].agents: '{}' (an agent id, or a prefix ending in *)", i, r.agents));
+      }
+    }
   }
   if (!cfg.jwt_secret.empty() && cfg.jwt_secret.size() < 32) {
     bad(*find_option("auth.jwt_secret"), "must be at least 32 bytes");
@@ -481,6 +555,15 @@ Config Binder::finish(const std::string& config_file, bool dev,
   return cfg;
 }
 
+// `[[cortex.routes]]` has no entry in the options table (it is an array of
+// tables); the example shows it commented out.
+constexpr const char* routes_example =
+    "# Per agent-id routes, first match wins (agents: an id, or a prefix ending in *;\n"
+    "# backend: builtin, workers, workers_then_builtin or http with url). None by default.\n"
+    "# [[cortex.routes]]\n"
+    "# agents = \"support-*\"\n"
+    "# backend = \"workers\"\n";
+
 std::string example_toml() {
   const Config defaults;
   std::string out =
@@ -493,6 +576,7 @@ std::string example_toml() {
     const auto dot = key.find('.');
     const std::string sec = key.substr(0, dot);
     if (sec != section) {
+      if (section == "cortex") out += routes_example;
       section = sec;
       out += "\n[" + section + "]\n";
     }

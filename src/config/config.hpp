@@ -17,6 +17,14 @@ class App;
 
 namespace synapse::config {
 
+// One `[[cortex.routes]]` table: who answers the agents whose id matches
+// `agents` (an id, or a prefix ending in `*`). docs/protocol.md section 10.
+struct AgentRoute {
+  std::string agents;
+  std::string backend;  // builtin, workers, workers_then_builtin or http
+  std::string url;      // backend http only
+};
+
 struct Config {
   // [server]
   std::string bind = "127.0.0.1";
@@ -74,6 +82,9 @@ struct Config {
   std::int64_t key_max_connections = 10;
   std::int64_t max_topics = 100;
   std::int64_t max_running = 4;
+  // Agent workers' own budget (client limits do not apply to them).
+  std::int64_t worker_msgs_per_min = 600'000;
+  std::int64_t worker_burst = 20'000;
 
   // [pubsub]
   std::int64_t history_size = 100;
@@ -106,6 +117,13 @@ struct Config {
   std::int64_t detach_grace_s = 60;
   std::int64_t run_log_max_bytes_per_run = 1 << 20;
   std::int64_t run_log_max_bytes = 64 << 20;
+  // Who answers queries (docs/protocol.md section 10): the default backend,
+  // and per agent-id pattern the `[[cortex.routes]]` tables (first match
+  // wins). The routes exist only in a TOML file: no flag, no variable.
+  std::string backend = "builtin";
+  std::vector<AgentRoute> routes;
+  bool redispatch_unstarted = true;
+  std::int64_t worker_error_budget = 20;  // worker errors per minute before 1008; 0 = unlimited
 
   // [metrics]
   std::string metrics_token;  // empty: /metrics is open

@@ -185,8 +185,10 @@ AdmissionOutcome check_credential(const UpgradeRequest& req, HttpContext& ctx, c
   if (!auth.ok()) return refuse(401, Refusal::unauthorized, "unauthorized", auth.message);
 
   AdmissionOutcome o;
-  const auto admitted =
-      ctx.limiter.admit(req.peer_ip, limit_key(auth.principal), !auth.principal.unlimited, o.permit);
+  // A fleet of agent workers shares one worker key: the per-key connection
+  // bound is a client limit and does not apply to it (the per-IP ones do).
+  const bool count_key = !auth.principal.unlimited && !auth.principal.worker;
+  const auto admitted = ctx.limiter.admit(req.peer_ip, limit_key(auth.principal), count_key, o.permit);
   if (admitted.verdict != limits::Admission::ok) {
     const bool rate = admitted.verdict == limits::Admission::connection_rate_exceeded;
     auto r = refuse(429, rate ? Refusal::connection_rate_exceeded : Refusal::too_many_connections,

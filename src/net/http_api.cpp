@@ -155,6 +155,7 @@ HttpResponse mint_token(const HttpRequest& req, HttpContext& ctx) {
   c.exp = now + ttl;
   c.tenant = key.tenant;
   c.key_id = key.key_id;
+  if (key.worker) c.role = "worker";  // a worker key's tokens serve agents too
   return json_ok({{"token", auth::sign_jwt(c, ctx.services.jwt_secret)}, {"expires_at", c.exp}});
 }
 

@@ -15,8 +15,10 @@ bool valid_topic_name(std::string_view topic) noexcept {
 
 TopicKind classify_topic(std::string_view topic) noexcept {
   if (topic == "phoenix") return TopicKind::phoenix;
+  if (topic == "agent:*") return TopicKind::agent;
   if (!valid_topic_name(topic)) return TopicKind::invalid;
   if (topic.starts_with("cortex:")) return TopicKind::cortex;
+  if (topic.starts_with("agent:")) return TopicKind::agent;
   return TopicKind::pubsub;
 }
 

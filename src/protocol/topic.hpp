@@ -8,7 +8,9 @@ namespace synapse::protocol {
 inline constexpr std::size_t max_topic_bytes = 255;
 inline constexpr std::size_t max_event_bytes = 64;
 
-enum class TopicKind { phoenix, cortex, pubsub, invalid };
+// `agent:<agent_id>` and `agent:*` are where agent workers serve (section 10
+// of docs/protocol.md); `agent:*` is the one topic name with a `*`.
+enum class TopicKind { phoenix, cortex, agent, pubsub, invalid };
 
 // `namespace:name`, at most 255 bytes of [A-Za-z0-9_\-.:@], both parts non-empty.
 bool valid_topic_name(std::string_view topic) noexcept;

@@ -95,3 +95,38 @@ TEST(Config, CommittedExampleMatchesTheOptionTable) {
   const std::string committed((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_EQ(committed, example_toml()) << "regenerate: synapse config example > config/synapse.example.toml";
 }
+
+TEST(Config, CortexRoutesAreArraysOfTablesInOrder) {
+  const auto file = write_toml(
+      "[cortex]\nbackend = \"workers\"\n"
+      "[[cortex.routes]]\nagents = \"support-*\"\nbackend = \"workers_then_builtin\"\n"
+      "[[cortex.routes]]\nagents = \"notes\"\nbackend = \"builtin\"\n");
+  const Config c = parse({}, file);
+  EXPECT_EQ(c.backend, "workers");
+  ASSERT_EQ(c.routes.size(), 2u);
+  EXPECT_EQ(c.routes[0].agents, "support-*");
+  EXPECT_EQ(c.routes[0].backend, "workers_then_builtin");
+  EXPECT_EQ(c.routes[1].agents, "notes");
+  EXPECT_EQ(c.routes[1].backend, "builtin");
+  std::filesystem::remove(file);
+}
+
+TEST(Config, BadCortexRoutesNameTheRoute) {
+  auto refused = [](const std::string& body, const std::string& needle) {
+    const auto file = write_toml(body);
+    try {
+      parse({}, file);
+      ADD_FAILURE() << "accepted: " << body;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    std::filesystem::remove(file);
+  };
+  refused("[[cortex.routes]]\nagents = \"a\"\nbackend = \"magic\"\n", "cortex.routes[0].backend");
+  refused("[[cortex.routes]]\nagents = \"a\"\nbackend = \"http\"\n", "backend http needs url");
+  refused("[[cortex.routes]]\nbackend = \"workers\"\n", "cortex.routes[0].agents is required");
+  refused("[[cortex.routes]]\nagents = \"a*b\"\nbackend = \"workers\"\n", "prefix ending in *");
+  refused("[[cortex.routes]]\nagents = \"a\"\nbackend = \"workers\"\ncolour = \"red\"\n", "unknown key");
+  refused("[cortex]\nroutes = 3\n", "array of tables");
+  refused("[cortex]\nbackend = \"http\"\n", "backend http needs url");
+}
