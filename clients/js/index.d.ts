@@ -377,7 +377,7 @@ export interface AgentRun {
 /** The AbortSignal's reason when a run is cancelled. */
 export interface CancelError extends SynapseError {
   name: 'AbortError';
-  /** `client` (or the client's interrupt reason), `timeout`, `disconnected`, `stopped`, ... */
+  /** The server's `cancel` reason (`interrupted`: a client's interrupt or a shutdown; `timeout`), or `disconnected`, `stopped`. */
   cancelReason: string;
 }
 

@@ -35,7 +35,8 @@ function abortError(reason, message) {
  * fires when the client interrupts, the run times out on the server, the
  * link to Synapse drops (the server has then ended the run with
  * `agent_unavailable`) or stop() is called; `signal.reason.cancelReason`
- * says which. After it fires nothing more is sent for the run and the
+ * says which: the `cancel` push's reason (`interrupted`, `timeout`),
+ * `disconnected` or `stopped`. After it fires nothing more is sent for the run and the
  * generator is closed at its next yield (its `finally` blocks run).
  * `ctx.callTool(name, args)` runs a Synapse tool (memory.*, MCP tools) as
  * the run's caller and resolves with its data.
@@ -214,7 +215,7 @@ export class AgentWorker {
 
   _onCancel(p) {
     const st = p && this._runs.get(p.run_id);
-    if (st) this._abort(st, (p && p.reason) || 'client');
+    if (st) this._abort(st, (p && p.reason) || 'interrupted');
   }
 
   _onRun(p) {

@@ -121,7 +121,7 @@ maybe('a thousand tokens stream in order and exactly once', async () => {
   assert.deepEqual(seqs, seqs.map((_, i) => i + 1));
 });
 
-maybe('an interrupt reaches the handler as an AbortSignal; nothing it yields afterwards reaches the client', async () => {
+maybe('an interrupt reaches the handler as an AbortSignal; nothing it yields afterwards reaches the client', async (t) => {
   let abortedAt = null;
   let abortReason = null;
   let finallyRan = false;
@@ -147,12 +147,49 @@ maybe('an interrupt reaches the handler as an AbortSignal; nothing it yields aft
   assert.deepEqual([out.status, out.reason], ['interrupted', 'user_stop']);
   await waitFor(() => abortedAt !== null, { timeoutMs: 2000, what: 'the handler\'s signal to fire' });
   assert.ok(abortedAt - sentAt < 1000, `the cancel reached the handler ${abortedAt - sentAt} ms after the interrupt`);
+  t.diagnostic(`interrupt sent -> handler's signal fired: ${abortedAt - sentAt} ms`);
   assert.ok(abortReason instanceof SynapseError);
   assert.equal(typeof abortReason.cancelReason, 'string');
   await waitFor(() => finallyRan, { what: 'the generator to be closed' });
   const n = tokens.length;
   await sleep(100);
   assert.equal(tokens.length, n, 'no token after the interrupt');
+});
+
+maybe('a worker\'s token stream survives the client\'s link being cut: the client resumes it, every token once', async () => {
+  await worker(server.wsUrl, {}, async function* stream(run, ctx) {
+    for (let i = 1; i <= 300; i++) {
+      yield `k${i} `;
+      await sleep(4, ctx.signal);
+    }
+    return { n: 300 };
+  });
+  const proxy = await startProxy(server.port);
+  cleanups.push(() => proxy.close());
+  const c = await clients.connect(proxy.url, { apiKey: userKey });
+  const seqs = [];
+  const deltas = [];
+  const h = c.query('stream', { onToken: (d, p) => { deltas.push(d); seqs.push(p.seq); } });
+  await waitFor(() => deltas.length >= 30, { what: 'tokens' });
+  const back = nextEvent(c, 'reconnect', 15000);
+  proxy.sever();
+  await within(15000, back, 'the reconnect');
+  const out = await within(20000, h.done, 'the run');
+  assert.deepEqual(out.data, { n: 300 });
+  assert.deepEqual(seqs, seqs.map((_, i) => i + 1), 'every token once, in order');
+  assert.equal(deltas.join(''), Array.from({ length: 300 }, (_, i) => `k${i + 1} `).join(''));
+});
+
+maybe('a run that times out on the server cancels the handler with reason timeout', async () => {
+  let reason = null;
+  await worker(server.wsUrl, {}, async function* slow(run, ctx) {
+    await sleep(60000, ctx.signal).catch((e) => { reason = e.cancelReason; });
+    return null;
+  });
+  const c = await clients.connect(server.wsUrl, { apiKey: userKey });
+  await assert.rejects(within(10000, c.query('slow', { timeoutMs: 300 }).done, 'the timeout'), (e) => e.reason === 'timeout');
+  await waitFor(() => reason !== null, { what: 'the handler to be cancelled' });
+  assert.equal(reason, 'timeout');
 });
 
 maybe('ctx.callTool runs memory.search as the run\'s caller', async () => {
