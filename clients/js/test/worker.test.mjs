@@ -299,6 +299,23 @@ maybe('the worker registers again after the server restarts', async () => {
   assert.deepEqual(out.data, { q: 'still there?' });
 });
 
+maybe('a worker made with --agent \'*\' serves every agent of its tenant on agent:*', async () => {
+  const anyKey = server.createKey('any-worker', '--worker', '--agent', '*');
+  const otherUser = server.createKey('other-user', '--agent', 'other');
+  const w = new AgentWorker(server.wsUrl, { apiKey: anyKey, agentId: '*', transport: WebSocket });
+  cleanups.push(() => w.stop().catch(() => {}));
+  const reply = await w.serve(async function* any(run) {
+    yield `for ${run.caller.agent_id}`;
+    return { agent: run.caller.agent_id };
+  });
+  assert.ok(reply.worker_id);
+  assert.equal(w.topic, 'agent:*');
+  const a = await clients.connect(server.wsUrl, { apiKey: userKey });
+  const b = await clients.connect(server.wsUrl, { apiKey: otherUser });
+  const [ra, rb] = await within(10000, Promise.all([a.query('x').done, b.query('y').done]), 'both queries');
+  assert.deepEqual([ra.data, rb.data], [{ agent: 'helper' }, { agent: 'other' }]);
+});
+
 maybe('a key that is not a worker key cannot serve: serve() rejects with forbidden', async () => {
   const w = new AgentWorker(server.wsUrl, { apiKey: userKey, agentId: 'helper', transport: WebSocket });
   cleanups.push(() => w.stop().catch(() => {}));
