@@ -302,7 +302,7 @@ maybe('the worker registers again after the server restarts', async () => {
 maybe('a worker made with --agent \'*\' serves every agent of its tenant on agent:*', async () => {
   const anyKey = server.createKey('any-worker', '--worker', '--agent', '*');
   const otherUser = server.createKey('other-user', '--agent', 'other');
-  const w = new AgentWorker(server.wsUrl, { apiKey: anyKey, agentId: '*', transport: WebSocket });
+  const w = new AgentWorker(server.wsUrl, { apiKey: anyKey, agentId: '*', capacity: 2, transport: WebSocket });
   cleanups.push(() => w.stop().catch(() => {}));
   const reply = await w.serve(async function* any(run) {
     yield `for ${run.caller.agent_id}`;
