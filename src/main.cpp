@@ -18,6 +18,7 @@
 
 #include "auth/crypto.hpp"
 #include "cluster/redis_connection_counts.hpp"
+#include "cluster/run_mirror.hpp"
 #include "auth/jwks.hpp"
 #include "auth/key_store.hpp"
 #include "channels/agent_channel.hpp"
@@ -285,6 +286,10 @@ int serve(const config::Config& cfg) {
       if (link) link->stop();
     }
   } stop_link{link};
+  // Cluster mode's run mirror (created with the run registry below); the
+  // link's handlers find it through this once it exists.
+  std::atomic<cluster::RunMirror*> mirror_at{nullptr};
+  std::string node_instance;
   pubsub::Broker* broker = nullptr;
   if (cfg.redis.empty()) {
     pubsub::BrokerOptions bo;
@@ -328,8 +333,12 @@ int serve(const config::Config& cfg) {
     const std::string revoked = revocation_channel(url);
     const std::string created = key_channel(url);
     auto* l = link.get();
-    link->set_handlers({[rb, &keys, revoked, created](const std::string& channel, const std::string& payload) {
-                          if (channel == revoked) {
+    node_instance = ro.node_id;
+    link->set_handlers({[rb, &keys, revoked, created, &mirror_at](const std::string& channel,
+                                                                   const std::string& payload) {
+                          if (auto* m = mirror_at.load(std::memory_order_acquire); m && m->owns(channel)) {
+                            m->on_message(channel, payload);
+                          } else if (channel == revoked) {
                             revoke_locally(keys, payload);
                           } else if (channel == created) {
                             import_key(keys, payload);
@@ -337,8 +346,9 @@ int serve(const config::Config& cfg) {
                             rb->on_message(channel, payload);
                           }
                         },
-                        [rb, l, &keys, revoked, created] {
+                        [rb, l, &keys, revoked, created, &mirror_at] {
                           rb->on_up();
+                          if (auto* m = mirror_at.load(std::memory_order_acquire)) m->on_up();
                           // Keys first, then revocations: a key created and
                           // revoked while this node was away ends up revoked.
                           l->command({"HVALS", created}, [l, &keys, revoked](redis::Reply r) {
@@ -397,6 +407,23 @@ int serve(const config::Config& cfg) {
   run_options.max_bytes_per_run = static_cast<std::size_t>(cfg.run_log_max_bytes_per_run);
   run_options.max_bytes_total = static_cast<std::size_t>(cfg.run_log_max_bytes);
   cortex::RunRegistry runs(run_options);
+  // Cluster mode: every run's log is copied to Redis, and a client on any
+  // node attaches to a run of another (cluster/run_mirror.hpp).
+  std::unique_ptr<cluster::RunMirror> run_mirror;
+  if (link) {
+    cluster::RunMirrorOptions mo;
+    mo.prefix = pubsub::redis_prefix(redis::parse_url(cfg.redis)->db);
+    mo.node_id = node_instance;
+    mo.retention_ms = run_options.retention_ms;
+    mo.node_ttl_ms = cfg.node_ttl_ms;
+    run_mirror = std::make_unique<cluster::RunMirror>(mo, *link, runs);
+    for (const auto& ch : run_mirror->channels()) {
+      if (!link->subscribe(ch, std::chrono::seconds(2))) spdlog::warn("could not subscribe to {}", ch);
+    }
+    runs.set_observer(run_mirror.get());
+    mirror_at.store(run_mirror.get(), std::memory_order_release);
+    run_mirror->start();
+  }
 
   // The first admin key is created only once nothing else can fail before
   // listening (a missing Redis, say), so that it is not printed and lost.
@@ -486,6 +513,12 @@ int serve(const config::Config& cfg) {
   // threads have stopped), while the broker and the limiter they leave and
   // give their counts back to still exist.
   for (std::size_t i = 0; i < threads.size(); ++i) threads[i].connections.clear();
+  // The mirror's work runs on the link's thread: both stop before the run
+  // registry they use goes away.
+  if (run_mirror) {
+    run_mirror->stop();
+    link->stop();
+  }
   return rc;
 }
 

@@ -190,5 +190,6 @@ int run_query_load(Context& ctx);
 int run_presence(Context& ctx);
 int run_cross_node(Context& ctx);
 int run_fairness(Context& ctx);
+int run_agent_relay(Context& ctx);
 
 }  // namespace bench

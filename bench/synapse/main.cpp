@@ -26,6 +26,8 @@ scenarios:
                        split over --url (node A, also the publisher's) and --url2 (node B)
   fairness             tenant B's query latency while tenant A (--key) saturates the cortex
                        workers; --key2 is B's key (another tenant) (Synapse only)
+  agent_relay          agent workers streaming tokens to clients through the gateway: per-token
+                       added latency (paced) and tokens/s relayed (max) (Synapse only)
 
 common options:
   --url URL            ws://HOST:PORT[/path]; the path defaults to /cortex/websocket?vsn=2.0.0
@@ -56,6 +58,9 @@ cross_node:          --url2 URL (node B; path and key as --url's)  --subs N (100
                      --warmup-s S (5)  --warmup-gap-ms MS (20)  --quiet-ms MS (300)
 query_load:          --memories N --store-connections N --query-connections N --in-flight N
                      --duration S --vocabulary N --skip-store
+agent_relay:         --worker-key KEY (required; keys create --worker --unlimited) --workers N (4)
+                      --runs N (100) --tokens-per-s N (1000, paced phase) --duration S (5)
+                      --window-kib N (256, max phase)
 fairness:            --key2 KEY (required) --agent2 ID (bench2) --memories N (50000)
                      --store-connections N (8) --flood-connections N (8) --in-flight N (4)
                      --duration S (10) --idle-probes N (20) --probe-gap-ms MS (50) --vocabulary N (100)
@@ -124,6 +129,7 @@ int main(int argc, char** argv) {
     if (ctx.scenario == "presence") return run_presence(ctx);
     if (ctx.scenario == "cross_node") return run_cross_node(ctx);
     if (ctx.scenario == "fairness") return run_fairness(ctx);
+    if (ctx.scenario == "agent_relay") return run_agent_relay(ctx);
   } catch (const std::exception& e) {
     std::cerr << "synapse-bench: " << e.what() << "\n";
     return 1;

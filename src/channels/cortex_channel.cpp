@@ -591,6 +591,62 @@ class CortexChannel final : public Channel {
     }
     const std::string id(iv->get_string());
     cortex::RunPtr run = registry_.find(id);
+    if (!run && registry_.observer()) {
+      locate_remote(env, id, after);
+      return;
+    }
+    attach_found(env, id, run, after);
+  }
+
+  // Cluster mode: a run another node executes. The lookup runs on the Redis
+  // link's thread; its answer comes back to this connection's thread, where
+  // the attach goes on as for a local run (the proxy holds the replayed log).
+  // The reply needs the envelope's fields, so they are copied.
+  void locate_remote(const protocol::Envelope& env, const std::string& id, std::optional<std::uint64_t> after) {
+    struct Pending {
+      std::optional<std::string> join_ref, ref;
+      std::string topic;
+    };
+    auto pending = std::make_shared<Pending>();
+    if (env.join_ref) pending->join_ref = std::string(*env.join_ref);
+    if (env.ref) pending->ref = std::string(*env.ref);
+    pending->topic = std::string(env.topic);
+    registry_.observer()->locate(
+        id, session_.principal().tenant, agent_,
+        [poster = session_.socket().poster(), board = std::weak_ptr<Board>(board_), pending, id,
+         after](cortex::RunPtr run, std::string why) {
+          poster([board, pending, id, after, run = std::move(run), why = std::move(why)] {
+            auto b = board.lock();
+            if (!b || !b->channel) return;
+            protocol::Envelope e;
+            if (pending->join_ref) e.join_ref = *pending->join_ref;
+            if (pending->ref) e.ref = *pending->ref;
+            e.topic = pending->topic;
+            e.event = "attach";
+            b->channel->attach_located(e, id, run, why, after);
+          });
+        });
+  }
+
+ public:
+  void attach_located(const protocol::Envelope& env, const std::string& id, const cortex::RunPtr& run,
+                      const std::string& why, std::optional<std::uint64_t> after) {
+    if (!run && why == "forbidden") {
+      session_.reply_error(env, reason::forbidden, "that run belongs to another agent or tenant");
+      return;
+    }
+    if (!run && why == "unavailable") {
+      json::object r = protocol::error_response("unavailable", "the cluster's run logs cannot be read now; retry");
+      r["run_id"] = id;
+      session_.reply_error(env, r);
+      return;
+    }
+    attach_found(env, id, run, after);
+  }
+
+ private:
+  void attach_found(const protocol::Envelope& env, const std::string& id, const cortex::RunPtr& run,
+                    std::optional<std::uint64_t> after) {
     if (!run) {
       json::object r = protocol::error_response("unknown_run", "no such run on this server, or it has expired");
       r["run_id"] = id;

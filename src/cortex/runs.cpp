@@ -51,6 +51,8 @@ RunEventPtr Run::append_locked(std::string_view event, json::object& payload, bo
   log_bytes_ += ev->bytes();
   log_.push_back(ev);
   trim_locked();
+  // Under the lock: the copy in Redis gets the events in their seq order.
+  if (registry_.observer_ && !remote()) registry_.observer_->appended(*this, ev);
   return ev;
 }
 
@@ -114,6 +116,70 @@ void Run::emit(std::string_view event, json::object payload) {
 }
 
 RunEventPtr Run::finish(RunEnd end, json::object payload) {
+  if (!remote()) return finish_here(end, std::move(payload));
+  // A proxy: its node decides, and the terminal event comes back through
+  // replay(). Only this node stopping ends the proxy here (the run goes on
+  // there, and the client re-attaches through another node).
+  const json::value* r = payload.if_contains("reason");
+  const std::string reason = r && r->is_string() ? std::string(r->get_string()) : std::string("client");
+  if (reason == "server_shutdown") return finish_here(end, std::move(payload));
+  if (running() && registry_.observer_) registry_.observer_->interrupt_remote(*this, reason);
+  return nullptr;
+}
+
+RunEventPtr Run::end_locally(RunEnd end, json::object payload) { return finish_here(end, std::move(payload)); }
+
+void Run::replay(std::uint64_t seq, std::string_view event, std::string payload, bool terminal) {
+  std::ptrdiff_t delta = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (status_ != "running" || seq < next_seq_) return;
+    auto ev = std::make_shared<RunEvent>();
+    ev->seq = seq;
+    ev->event = std::string(event);
+    ev->terminal = terminal;
+    ev->payload = std::move(payload);
+    // A gap (the node's copy in Redis was trimmed) is recorded like the byte
+    // bound's drops: an attach from before it gets a snapshot.
+    if (seq > next_seq_) dropped_max_seq_ = std::max(dropped_max_seq_, seq - 1);
+    next_seq_ = seq + 1;
+    const std::size_t before = log_bytes_;
+    log_bytes_ += ev->bytes();
+    log_.push_back(ev);
+    trim_locked();
+    if (!terminal) {
+      boost::system::error_code ec;
+      json::value v = json::parse(ev->payload, ec);
+      if (!ec && v.is_object()) fold_locked(event, v.get_object());
+      folded_seq_ = seq;
+    } else {
+      std::string why;
+      boost::system::error_code ec;
+      json::value v = json::parse(ev->payload, ec);
+      if (!ec && v.is_object()) {
+        if (const json::value* r = v.get_object().if_contains("reason"); r && r->is_string()) why = r->get_string();
+      }
+      status_ = event == "result"        ? "result"
+                : event == "error"       ? (why == "timeout" ? "timeout" : "error")
+                : why == "detached"      ? "cancelled"
+                                         : "interrupted";
+      ended_unix_ = unix_ms();
+    }
+    for (auto& s : subs_) s.deliver(ev);
+    if (terminal) {
+      subs_.clear();
+      ++detach_gen_;
+    }
+    delta = static_cast<std::ptrdiff_t>(log_bytes_) - static_cast<std::ptrdiff_t>(before);
+  }
+  registry_.account(delta);
+  if (terminal) {
+    cancel_->cancel();
+    registry_.ended(id_);
+  }
+}
+
+RunEventPtr Run::finish_here(RunEnd end, json::object payload) {
   RunEventPtr ev;
   std::ptrdiff_t delta = 0;
   {
@@ -186,6 +252,12 @@ void Run::detach(std::uint64_t sub) {
   if (it == subs_.end()) return;
   subs_.erase(it);
   if (!subs_.empty() || status_ != "running") return;
+  if (remote()) {
+    // The grace is the executing node's business; this node stops following.
+    lock.unlock();
+    if (registry_.observer_) registry_.observer_->unfollowed(*this);
+    return;
+  }
   const std::uint64_t gen = ++detach_gen_;
   const std::int64_t grace = registry_.options().detach_grace_ms;
   lock.unlock();
@@ -257,12 +329,25 @@ RunPtr RunRegistry::start(std::string ref, std::string kind, std::string tool, s
     runs_.emplace(id, run);
     ++counter_;
   }
+  if (observer_) observer_->started(*run, timeout_ms);
   after(timeout_ms, [weak = std::weak_ptr<Run>(run), timeout_ms] {
     if (auto r = weak.lock()) {
       r->finish(RunEnd::timeout, json::object{{"reason", "timeout"},
                                               {"message", fmt::format("the run did not finish within {} ms", timeout_ms)}});
     }
   });
+  return run;
+}
+
+RunPtr RunRegistry::adopt(const std::string& id, std::string origin, std::string ref, std::string kind,
+                          std::string tool, std::string tenant, std::string agent, std::int64_t started_at_ms) {
+  std::lock_guard lock(mu_);
+  if (auto it = runs_.find(id); it != runs_.end()) return it->second;
+  auto run = std::make_shared<Run>(*this, id, std::move(ref), std::move(kind), std::move(tool), std::move(tenant),
+                                   std::move(agent), nullptr);
+  run->origin_ = std::move(origin);
+  run->started_unix_ = started_at_ms;
+  runs_.emplace(id, run);
   return run;
 }
 
@@ -305,7 +390,7 @@ void RunRegistry::shutdown() {
     std::lock_guard lock(mu_);
     for (const auto& [id, r] : runs_) all.push_back(r);
   }
-  for (const auto& r : all) r->finish(RunEnd::interrupted, json::object{{"reason", "server_shutdown"}});
+  for (const auto& r : all) r->end_locally(RunEnd::interrupted, json::object{{"reason", "server_shutdown"}});
 }
 
 std::size_t RunRegistry::bytes() const {

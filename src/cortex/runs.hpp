@@ -70,6 +70,29 @@ struct RunInfo {
 };
 
 class RunRegistry;
+class Run;
+
+// Cluster mode's view of the runs (cluster/run_mirror.*): told of every
+// local run and event so that it can copy them to Redis, and asked to act
+// for remote runs (proxies of runs that execute on another node). Every
+// call must return at once: `appended` is called under the run's mutex
+// (that is what keeps a run's events in one order everywhere), the others
+// on whichever thread acts, an I/O thread included.
+struct RunObserver {
+  virtual ~RunObserver() = default;
+  virtual void started(const Run& run, std::int64_t timeout_ms) = 0;
+  virtual void appended(const Run& run, const RunEventPtr& ev) = 0;
+  // A client interrupted a remote run: the node that executes it decides.
+  virtual void interrupt_remote(const Run& run, const std::string& reason) = 0;
+  // The last subscriber on this node left a remote run.
+  virtual void unfollowed(const Run& run) = 0;
+  // A run this node does not hold: looks for it on the other nodes and, if
+  // it is of `tenant` and `agent`, follows it from here. `done` gets the
+  // proxy (its backlog already replayed), or null and a reason:
+  // unknown_run, forbidden or unavailable. It runs on another thread.
+  using Located = std::function<void(std::shared_ptr<Run>, std::string reason)>;
+  virtual void locate(std::string run_id, std::string tenant, std::string agent, Located done) = 0;
+};
 
 class Run : public std::enable_shared_from_this<Run> {
  public:
@@ -111,6 +134,21 @@ class Run : public std::enable_shared_from_this<Run> {
 
   RunInfo info() const;
   bool running() const;
+  // A proxy of a run executing on another node (cluster mode): its events
+  // come from that node through replay(); finish() from a client is
+  // forwarded there instead of deciding here.
+  bool remote() const noexcept { return !origin_.empty(); }
+  const std::string& origin() const noexcept { return origin_; }
+  const std::string& kind() const noexcept { return kind_; }
+  const std::string& tool() const noexcept { return tool_; }
+  // Appends an event of a remote run exactly as its node logged it (its
+  // payload already carries ref, run_id and seq) and fans it out. Events at
+  // or below the last seq are dropped (a copy seen twice). The terminal
+  // event ends the proxy.
+  void replay(std::uint64_t seq, std::string_view event, std::string payload, bool terminal);
+  // Ends a proxy here only (its node is gone, or this node stops): the run
+  // itself is not told.
+  RunEventPtr end_locally(RunEnd end, boost::json::object payload);
 
   Run(RunRegistry& registry, std::string id, std::string ref, std::string kind, std::string tool, std::string tenant,
       std::string agent, OnEnd on_end);
@@ -126,13 +164,15 @@ class Run : public std::enable_shared_from_this<Run> {
   void fold_locked(std::string_view event, const boost::json::object& payload);
   boost::json::object snapshot_locked() const;
   void trim_locked();
+  RunEventPtr finish_here(RunEnd end, boost::json::object payload);
 
   RunRegistry& registry_;
   const std::string id_, ref_, kind_, tool_, tenant_, agent_;
   const std::shared_ptr<CancelToken> cancel_ = std::make_shared<CancelToken>();
-  const std::int64_t started_unix_;
+  std::int64_t started_unix_;  // set before the run is shared (adopt() gives a proxy its node's)
   const std::int64_t started_mono_;
   OnEnd on_end_;
+  std::string origin_;  // the executing node of a proxy; empty for a local run
 
   mutable std::mutex mu_;
   std::string status_ = "running";
@@ -174,6 +214,14 @@ class RunRegistry {
   std::vector<RunInfo> list_all() const;
   // Removes a run at once (one its queue refused: for the client it never existed).
   void discard(const std::string& run_id) { expire(run_id); }
+  // The proxy of remote run `id` executing on node `origin` (cluster mode);
+  // the existing one if this node already has it. No timeout is armed: its
+  // node decides how it ends.
+  RunPtr adopt(const std::string& id, std::string origin, std::string ref, std::string kind, std::string tool,
+               std::string tenant, std::string agent, std::int64_t started_at_ms);
+  // Set once, before any run starts (cluster mode).
+  void set_observer(RunObserver* o) { observer_ = o; }
+  RunObserver* observer() const { return observer_; }
   // Ends every running run with interrupted / server_shutdown.
   void shutdown();
 
@@ -191,6 +239,7 @@ class RunRegistry {
   void timer_loop();
 
   RunOptions options_;
+  RunObserver* observer_ = nullptr;
   mutable std::mutex mu_;
   std::map<std::string, RunPtr, std::less<>> runs_;
   std::deque<std::string> ended_order_;  // oldest ended first: what the total bound drops first
