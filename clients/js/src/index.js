@@ -4,6 +4,8 @@ import { Socket, Presence } from 'phoenix';
 import { SynapseError, Emitter, backoffDelay, jwtClaims } from './util.js';
 
 export { SynapseError, backoffDelay, jwtClaims };
+// The worker side (docs/protocol.md section 10); it uses MimoSynapse only at run time.
+export { AgentWorker } from './worker.js';
 
 /**
  * @typedef {Object} MessageMeta
@@ -186,8 +188,14 @@ export class MimoSynapse {
     this._attempts = 0;
     this._refPrefix = randomId();
     this._refCounter = 0;
-    /** @type {Map<string, any>} */
+    /** The runs this client follows, by ref (attached ones by `attach:<run_id>`). */
     this._runs = new Map();
+    /** The same runs by the server's run_id, once known. */
+    this._byRunId = new Map();
+    // Runs outlive their connection on the server (docs/protocol.md §9
+    // "Runs"): after a reconnect every run still followed is re-attached
+    // from the last seq delivered. false: a drop ends them `disconnected`.
+    this._resumeRuns = o.resumeRuns !== false;
     /** @type {Map<string, any>} */
     this._topics = new Map();
     this._cortex = null;
@@ -271,7 +279,8 @@ export class MimoSynapse {
     this._downSince = Date.now();
     this._state = this._userClosed ? STATES.closed : STATES.reconnecting;
     this._failPhxRequests('disconnected');
-    this._failRuns('disconnected', 'the connection dropped while the run was going');
+    if (this._resumeRuns && !this._userClosed) this._suspendRuns();
+    else this._failRuns('disconnected', 'the connection dropped while the run was going');
     this._failPending('disconnected', 'the connection dropped before the reply', true);
     this._events.emit('close', closeInfo);
   }
@@ -609,22 +618,33 @@ export class MimoSynapse {
       if (this._cortex !== entry) throw new SynapseError('disconnected', 'disconnected while joining');
       const ch = this._socket.channel(`cortex:${agent}`, {});
       entry.channel = ch;
-      for (const ev of ['thought', 'progress', 'result', 'error', 'interrupted']) {
+      for (const ev of ['thought', 'token', 'progress', 'snapshot', 'result', 'error', 'interrupted']) {
         ch.on(ev, (payload) => this._onRunPush(ev, payload));
       }
       ch.onError((why) => {
-        // The transport dropped (the socket's close handler fails the runs
-        // too) or the server crashed the channel: nothing runs any more.
+        // The transport dropped (the socket's close handler suspends or
+        // fails the runs) or the server crashed the channel. Neither ends a
+        // run on the server (it only stops being followed), so with
+        // resumeRuns the rejoin that phoenix schedules re-attaches them.
         const transport = why && why.source === 'transport';
+        if (this._resumeRuns) {
+          if (!transport) this._suspendRuns();
+          return;
+        }
         this._failRuns(transport ? 'disconnected' : 'internal',
           transport ? 'the connection dropped while the run was going' : 'the cortex channel crashed on the server');
       });
+      let joinedBefore = false;
       await new Promise((resolve, reject) => {
         ch.join(this._timeoutMs)
           .receive('ok', (resp) => {
             entry.agentId = (resp && resp.agent_id) || agent;
             entry.session = resp && resp.session;
             this._agentId = entry.agentId;
+            // phoenix runs this hook on every successful rejoin too (after
+            // it flushed its buffered pushes): the moment to re-attach.
+            if (joinedBefore) this._resumeAll(entry);
+            joinedBefore = true;
             resolve();
           })
           .receive('error', (resp) => {
@@ -673,25 +693,49 @@ export class MimoSynapse {
     return this._startRun('tool', payload, ref, opts);
   }
 
-  _startRun(event, payload, ref, opts) {
+  // A run as this client tracks it. `key` is its entry in _runs (its ref
+  // for runs started here); `runId` and `lastSeq` are what a re-attach needs.
+  _newRun(key, ref, event, opts) {
     let resolve, reject;
     const done = new Promise((res, rej) => { resolve = res; reject = rej; });
     // Marked handled: an unawaited handle must not crash Node on error.
     done.catch(() => {});
-    const run = { ref, event, opts, ended: false, acked: false, lastSeq: 0, resolve, reject, timer: null, sent: null };
+    return {
+      key, ref, event, opts, ended: false, acked: false, runId: null, lastSeq: 0,
+      // What was delivered so far, so a snapshot after a truncated log can be
+      // turned into only the part the application has not seen.
+      text: '', thoughts: 0,
+      suspended: false, resumeGen: 0,
+      resolve, reject, done, timer: null, sent: null, push: null,
+    };
+  }
+
+  _handle(run) {
+    const self = this;
+    return {
+      ref: run.ref,
+      get runId() { return run.runId; },
+      get lastSeq() { return run.lastSeq; },
+      done: run.done,
+      interrupt: (reason) => self._interruptRun(run, reason).then(() => true, () => false),
+    };
+  }
+
+  _startRun(event, payload, ref, opts) {
+    const run = this._newRun(ref, ref, event, opts);
     if (this._runs.has(ref)) {
       run.ended = true;
       const err = new SynapseError('duplicate_ref', `a run with ref ${ref} is running`);
       queueMicrotask(() => this._callback(opts.onError, err));
-      reject(err);
-      return { ref, done, interrupt: () => Promise.resolve(false) };
+      run.reject(err);
+      return { ref, runId: null, lastSeq: 0, done: run.done, interrupt: () => Promise.resolve(false) };
     }
     this._runs.set(ref, run);
     if (opts.timeoutMs != null) {
       // A backstop for the server's own timeout, in case its error never arrives.
       run.timer = setTimeout(() => {
-        this._endRun(ref, 'error', { ref, reason: 'timeout', message: `no terminal event within ${opts.timeoutMs} ms` });
-        this._abandon(ref);
+        this._endRun(run, 'error', { ref, reason: 'timeout', message: `no terminal event within ${opts.timeoutMs} ms` });
+        this._abandon(run);
       }, opts.timeoutMs + (opts.graceMs ?? 5000));
     }
     run.sent = (async () => {
@@ -705,25 +749,97 @@ export class MimoSynapse {
       await this._whenJoined(ch);
       if (run.ended) return false;
       run.push = ch.push(event, payload, this._timeoutMs)
-        .receive('ok', () => { run.acked = true; })
-        .receive('error', (resp) => this._endRun(ref, 'error', { ref, reason: 'error', ...(resp || {}) }))
+        .receive('ok', (resp) => {
+          run.acked = true;
+          if (resp && typeof resp.run_id === 'string') this._setRunId(run, resp.run_id);
+        })
+        .receive('error', (resp) => this._endRun(run, 'error', { ref, reason: 'error', ...(resp || {}) }))
         .receive('timeout', () => {
-          this._endRun(ref, 'error', { ref, reason: 'timeout', message: `no reply to ${event} within ${this._timeoutMs} ms` });
-          this._abandon(ref);
+          this._endRun(run, 'error', { ref, reason: 'timeout', message: `no reply to ${event} within ${this._timeoutMs} ms` });
+          this._abandon(run);
         });
       return true;
     })();
-    run.sent.catch((err) => this._endRun(ref, 'error', {
+    run.sent.catch((err) => this._endRun(run, 'error', {
       ref, reason: (err && err.reason) || 'internal', message: err && err.message,
     }));
-    return { ref, done, interrupt: (reason) => this.interrupt(ref, reason).then(() => true, () => false) };
+    return this._handle(run);
+  }
+
+  _setRunId(run, runId) {
+    run.runId = runId;
+    if (!run.ended) this._byRunId.set(runId, run);
+  }
+
+  /**
+   * Follows a run started elsewhere (another device, or this page before a
+   * reload): its events from now on, through the same callbacks as query()
+   * and tool(). Without `afterSeq` the server first sends a compacted
+   * snapshot (every token so far as one text, the thoughts, the last
+   * progress); it reaches `onSnapshot` when given, otherwise it is played
+   * as ordinary events: each thought to onThought, the text as one onToken
+   * call, the progress to onProgress, all with `snapshot: true` in the push.
+   * With `afterSeq`, exactly the events after it. Like runs started here,
+   * an attached run is re-attached by itself after a reconnect.
+   * `done` rejects with `unknown_run` (no such run, or it expired) or
+   * `forbidden` (another agent's or tenant's).
+   * @param {string} runId
+   * @param {import('../index.js').AttachOptions} [opts]
+   * @returns {RunHandle}
+   */
+  attach(runId, opts = {}) {
+    if (typeof runId !== 'string' || !runId) throw new TypeError('attach: runId must be a non-empty string');
+    const existing = this._byRunId.get(runId);
+    if (existing && !existing.ended) return this._handle(existing);
+    const key = `attach:${runId}`;
+    const run = this._newRun(key, null, 'attach', opts);
+    run.runId = runId;
+    if (typeof opts.afterSeq === 'number' && opts.afterSeq >= 0) run.lastSeq = opts.afterSeq;
+    this._runs.set(key, run);
+    this._byRunId.set(runId, run);
+    run.sent = (async () => {
+      if (this._state !== STATES.open && this._state !== STATES.connecting) {
+        throw new SynapseError('disconnected', 'not connected');
+      }
+      const entry = await this._ensureCortex();
+      if (run.ended) return false;
+      await this._whenJoined(entry.channel);
+      if (run.ended) return false;
+      const payload = { run_id: runId };
+      if (typeof opts.afterSeq === 'number' && opts.afterSeq >= 0) payload.after_seq = opts.afterSeq;
+      const r = await this._channelRequest(entry.channel, 'attach', payload);
+      run.acked = true;
+      if (typeof r.ref === 'string') run.ref = r.ref;
+      return true;
+    })();
+    run.sent.catch((err) => {
+      // The link dropped with the attach on its way: the rejoin sends it again.
+      if (err && err.reason === 'disconnected' && run.suspended && !this._userClosed) return;
+      this._endRun(run, 'error', {
+        ref: run.ref, run_id: runId, reason: (err && err.reason) || 'internal', message: err && err.message,
+      });
+    });
+    return this._handle(run);
+  }
+
+  /**
+   * This agent's active and recent runs on the server the connection is on
+   * (`runs {}`), newest first: `[{run_id, ref, kind, tool?, status,
+   * started_at, ended_at?, last_seq, attached}]`.
+   * @returns {Promise<Array<Record<string, any>>>}
+   */
+  async runs() {
+    const entry = await this._ensureCortex();
+    const r = await this._channelRequest(entry.channel, 'runs', {});
+    return r.runs || [];
   }
 
   // The SDK gave up on a run the server may still be running: stop it there.
-  _abandon(ref) {
+  _abandon(run) {
     const entry = this._cortex;
     if (!entry || !entry.channel || this._state !== STATES.open) return;
-    this._channelRequest(entry.channel, 'interrupt', { ref, reason: 'client_timeout' }).catch(() => {});
+    const payload = run.runId ? { run_id: run.runId, reason: 'client_timeout' } : { ref: run.ref, reason: 'client_timeout' };
+    this._channelRequest(entry.channel, 'interrupt', payload).catch(() => {});
   }
 
   _callback(fn, ...args) {
@@ -735,62 +851,198 @@ export class MimoSynapse {
     }
   }
 
+  // Every push of a run passes here: from the run's start, from an attach's
+  // backlog and from live fan-out alike. The seq check delivers each event
+  // once and in order, whichever connection (before or after a reconnect)
+  // it came on.
   _onRunPush(event, payload) {
-    const run = payload && this._runs.get(payload.ref);
-    if (!run || run.ended) return; // nothing for a run follows its terminal event
-    if (TERMINAL.has(event)) {
-      this._endRun(run.ref, event, payload);
-    } else if (event === 'thought') {
-      if (typeof payload.seq === 'number') {
-        if (payload.seq <= run.lastSeq) return;
-        run.lastSeq = payload.seq;
+    if (!payload) return;
+    let run = typeof payload.run_id === 'string' ? this._byRunId.get(payload.run_id) : undefined;
+    if (!run && typeof payload.ref === 'string') {
+      // A run started here whose reply (with its run_id) has not been read yet.
+      const r = this._runs.get(payload.ref);
+      if (r && !r.runId) {
+        run = r;
+        if (typeof payload.run_id === 'string') this._setRunId(r, payload.run_id);
       }
+    }
+    if (!run || run.ended) return; // nothing for a run follows its terminal event
+    if (event === 'snapshot') {
+      this._applySnapshot(run, payload);
+      return;
+    }
+    if (typeof payload.seq === 'number') {
+      if (payload.seq <= run.lastSeq) return; // already delivered
+      run.lastSeq = payload.seq;
+    }
+    if (TERMINAL.has(event)) {
+      this._endRun(run, event, payload);
+    } else if (event === 'thought') {
+      run.thoughts += 1;
       this._callback(run.opts.onThought, payload.thought, payload);
+    } else if (event === 'token') {
+      const delta = typeof payload.delta === 'string' ? payload.delta : '';
+      run.text += delta;
+      this._callback(run.opts.onToken, delta, payload);
     } else if (event === 'progress') {
       this._callback(run.opts.onProgress, payload);
     }
   }
 
-  _endRun(ref, kind, payload) {
-    const run = this._runs.get(ref);
+  // A compacted snapshot (a late attach, or a resume past what the run's log
+  // still held). With onSnapshot the application gets it as it is;
+  // otherwise only what it has not seen yet is played as ordinary events.
+  _applySnapshot(run, snap) {
+    const seq = typeof snap.seq === 'number' ? snap.seq : run.lastSeq;
+    if (seq < run.lastSeq) return;
+    if (typeof snap.ref === 'string' && !run.ref) run.ref = snap.ref;
+    const text = typeof snap.text === 'string' ? snap.text : '';
+    const thoughts = Array.isArray(snap.thoughts) ? snap.thoughts : [];
+    const o = run.opts;
+    if (typeof o.onSnapshot === 'function') {
+      this._callback(o.onSnapshot, { ...snap, seenSeq: run.lastSeq, seenText: run.text });
+    } else {
+      const base = { ref: snap.ref ?? run.ref, run_id: snap.run_id ?? run.runId, seq, snapshot: true };
+      for (const t of thoughts.slice(run.thoughts)) this._callback(o.onThought, t, { ...base, thought: t });
+      // The text so far begins with what was already delivered unless the
+      // server had to cut the text itself (text_truncated): then all of it.
+      const rest = text.startsWith(run.text) ? text.slice(run.text.length) : text;
+      if (rest) this._callback(o.onToken, rest, { ...base, delta: rest, replace: !text.startsWith(run.text) });
+      if (snap.progress && seq > run.lastSeq) this._callback(o.onProgress, { ...snap.progress, ...base });
+    }
+    run.text = text;
+    run.thoughts = Math.max(run.thoughts, thoughts.length);
+    run.lastSeq = seq;
+  }
+
+  _endRun(run, kind, payload) {
     if (!run || run.ended) return;
     run.ended = true;
-    this._runs.delete(ref);
+    if (this._runs.get(run.key) === run) this._runs.delete(run.key);
+    if (run.runId && this._byRunId.get(run.runId) === run) this._byRunId.delete(run.runId);
     clearTimeout(run.timer);
     // A reply that will never come must not keep its timer (and a Node process) alive.
     if (run.push && !run.acked) run.push.cancelTimeout();
     const o = run.opts;
+    const ref = run.ref;
+    const runId = run.runId ?? undefined;
     if (kind === 'result') {
       this._callback(o.onResult, payload.data, payload);
-      run.resolve({ status: 'success', ref, data: payload.data, latency_ms: payload.latency_ms });
+      run.resolve({ status: 'success', ref, runId, data: payload.data, latency_ms: payload.latency_ms });
     } else if (kind === 'interrupted') {
       this._callback(o.onInterrupted, payload.reason, payload);
-      run.resolve({ status: 'interrupted', ref, reason: payload.reason });
+      run.resolve({ status: 'interrupted', ref, runId, reason: payload.reason });
     } else {
       const err = new SynapseError(payload.reason || 'error', payload.message, payload);
       err.ref = ref;
+      err.runId = runId;
       this._callback(o.onError, err);
       run.reject(err);
     }
   }
 
   _failRuns(reason, message) {
-    for (const ref of [...this._runs.keys()]) this._endRun(ref, 'error', { ref, reason, message });
+    for (const run of [...this._runs.values()]) this._endRun(run, 'error', { ref: run.ref, reason, message });
+  }
+
+  // The link (or the channel) is gone. The server keeps the runs going
+  // (cortex.detach_grace_s), so nothing ends here: each run waits for the
+  // rejoin to re-attach it. A run whose start was sent but not answered has
+  // no run_id yet; its reply will never come, so its timer is stopped and
+  // the rejoin looks it up by ref.
+  _suspendRuns() {
+    for (const run of this._runs.values()) {
+      if (run.ended) continue;
+      run.suspended = true;
+      if (run.push && !run.acked) run.push.cancelTimeout();
+    }
+  }
+
+  // After a rejoin of the cortex channel: re-attach every suspended run.
+  _resumeAll(entry) {
+    for (const run of [...this._runs.values()]) {
+      if (!run.ended && run.suspended) this._reattach(entry, run);
+    }
+  }
+
+  // Contract: re-attaches one run on the rejoined channel from run.lastSeq,
+  // so the events it missed come first, then the live ones, and the seq
+  // check in _onRunPush drops any the old connection had delivered already.
+  // A run never acknowledged is found by its ref in `runs {}` (newest
+  // first); not found means its start never reached the server. The run
+  // ends `disconnected` only when it cannot be re-attached: the server does
+  // not know it (`unknown_run`: it restarted, or retention passed), refuses
+  // it, or never started it. If the link drops again meanwhile, the next
+  // rejoin tries again (resumeGen makes an older attempt's answer moot).
+  async _reattach(entry, run) {
+    const gen = ++run.resumeGen;
+    const ch = entry.channel;
+    const giveUp = (cause, message) => this._endRun(run, 'error', {
+      ref: run.ref, run_id: run.runId ?? undefined, reason: 'disconnected', cause, message,
+    });
+    try {
+      if (!run.runId) {
+        if (!run.push || !run.push.sent) {
+          // Never sent: phoenix sent it with the rejoin (its reply will come).
+          run.suspended = false;
+          return;
+        }
+        const list = await this._channelRequest(ch, 'runs', {});
+        if (run.ended || gen !== run.resumeGen) return;
+        const found = (list.runs || []).find((r) => r.ref === run.ref);
+        if (!found) {
+          giveUp('not_started', 'the connection dropped before the run reached the server');
+          return;
+        }
+        run.acked = true;
+        this._setRunId(run, found.run_id);
+      }
+      // A public attach whose first answer never came keeps its own form
+      // (a snapshot first when it asked for none).
+      const fresh = run.event === 'attach' && !run.acked && run.opts.afterSeq == null;
+      const afterSeq = fresh ? null : run.lastSeq;
+      const payload = { run_id: run.runId };
+      if (afterSeq != null) payload.after_seq = afterSeq;
+      const r = await this._channelRequest(ch, 'attach', payload);
+      if (run.ended || gen !== run.resumeGen) return;
+      run.suspended = false;
+      run.acked = true;
+      if (typeof r.ref === 'string' && !run.ref) run.ref = r.ref;
+      this._events.emit('run_resumed', {
+        ref: run.ref, runId: run.runId, afterSeq, lastSeq: r.last_seq, status: r.status, truncated: !!r.truncated,
+      });
+    } catch (err) {
+      if (run.ended || gen !== run.resumeGen) return;
+      const reason = err && err.reason;
+      if (reason === 'disconnected') return; // dropped again: the next rejoin retries
+      giveUp(reason || 'error', `the run could not be re-attached after the reconnect (${reason}: ${err && err.message})`);
+    }
   }
 
   /**
-   * Interrupts a running query or tool; its handle then ends `interrupted`.
-   * Rejects with SynapseError `not_found` when nothing runs under that ref.
+   * Interrupts a running query or tool (by its ref, or the run_id of a run
+   * this client follows); its handle then ends `interrupted`. Rejects with
+   * SynapseError `not_found` when nothing runs under that ref.
    * @param {string} ref
    * @param {string} [reason]
-   * @returns {Promise<{ref: string}>}
+   * @returns {Promise<{ref: string, run_id?: string}>}
    */
   async interrupt(ref, reason) {
-    const run = this._runs.get(ref);
-    // A run whose query push is still on its way: interrupt right after it.
-    if (run && run.sent) await run.sent.catch(() => false);
+    const run = this._runs.get(ref) || this._byRunId.get(ref);
+    if (run) return this._interruptRun(run, reason);
     const entry = await this._ensureCortex();
     const payload = { ref };
+    if (reason != null) payload.reason = reason;
+    return this._channelRequest(entry.channel, 'interrupt', payload);
+  }
+
+  async _interruptRun(run, reason) {
+    // A run whose query push is still on its way: interrupt right after it.
+    if (run.sent) await run.sent.catch(() => false);
+    const entry = await this._ensureCortex();
+    // By run_id when known: it names the run on any connection, also one
+    // that has not re-attached yet after a reconnect.
+    const payload = run.runId ? { run_id: run.runId } : { ref: run.ref };
     if (reason != null) payload.reason = reason;
     return this._channelRequest(entry.channel, 'interrupt', payload);
   }

@@ -70,7 +70,7 @@ test('interrupting demo.countdown ends it interrupted, and nothing follows', asy
   await waitFor(() => progress.length >= 2, { what: 'two progress updates' });
   assert.equal(await h.interrupt('user_cancel'), true);
   const outcome = await h.done;
-  assert.deepEqual(outcome, { status: 'interrupted', ref: h.ref, reason: 'user_cancel' });
+  assert.deepEqual(outcome, { status: 'interrupted', ref: h.ref, runId: h.runId, reason: 'user_cancel' });
   assert.equal(interruptedCalls, 1);
 
   // A round trip after the terminal event, plus several countdown intervals:
