@@ -14,6 +14,7 @@ export { SynapseServer, waitFor, WebSocket, MimoSynapse };
  */
 export async function startProxy(targetPort) {
   const pairs = new Set();
+  let target = targetPort;
   let blocked = false;
   let accepted = 0;
   const server = net.createServer((client) => {
@@ -22,7 +23,7 @@ export async function startProxy(targetPort) {
       return;
     }
     accepted += 1;
-    const upstream = net.connect(targetPort, '127.0.0.1');
+    const upstream = net.connect(target, '127.0.0.1');
     const pair = { client, upstream };
     pairs.add(pair);
     const kill = () => {
@@ -57,6 +58,9 @@ export async function startProxy(targetPort) {
       return n;
     },
     block(on = true) { blocked = on; },
+    // New connections go to `port` from now on (open pairs keep theirs), as
+    // a load balancer sending a reconnecting client to another node would.
+    retarget(port) { target = port; },
     // Stops forwarding server -> client bytes on the open pairs (they queue
     // in the proxy), as a stalled link would.
     hold() {

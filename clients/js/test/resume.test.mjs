@@ -238,10 +238,10 @@ test('an attached run is resumed after a reconnect too, and can be interrupted f
   const { proxy, c: b } = await viaProxy();
   const second = recorder();
   const h2 = b.attach(h.runId, second.opts);
-  await waitFor(() => second.events.length >= 10, { what: 'the second device to follow' });
+  await waitFor(() => second.events.length >= 10, { timeoutMs: 10000, what: 'the second device to follow' });
   await reconnected(b, proxy);
   const n = second.events.length;
-  await waitFor(() => second.events.length >= n + 10, { what: 'tokens after the reconnect' });
+  await waitFor(() => second.events.length >= n + 10, { timeoutMs: 10000, what: 'tokens after the reconnect' });
   assert.equal(await h2.interrupt('enough'), true);
   const [o1, o2] = await within(10000, Promise.all([h.done, h2.done]), 'both to end');
   assert.deepEqual([o1.status, o1.reason], ['interrupted', 'enough']);
