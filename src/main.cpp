@@ -422,6 +422,7 @@ int serve(const config::Config& cfg) {
   run_options.detach_grace_ms = cfg.detach_grace_s * 1000;
   run_options.max_bytes_per_run = static_cast<std::size_t>(cfg.run_log_max_bytes_per_run);
   run_options.max_bytes_total = static_cast<std::size_t>(cfg.run_log_max_bytes);
+  run_options.keep = cfg.run_log;
   cortex::RunRegistry runs(run_options);
   // Cluster mode: every run's log is copied to Redis, and a client on any
   // node attaches to a run of another (cluster/run_mirror.hpp).
@@ -537,12 +538,14 @@ int serve(const config::Config& cfg) {
   services.hub = &hub;
   services.routes = &agent_routes;
   // The agent hub's gauges, beside every node's other extra samples.
-  auto hub_samples = [&hub](std::vector<metrics::Sample> v) {
+  auto hub_samples = [&hub, &runs](std::vector<metrics::Sample> v) {
     const auto st = hub.stats();
     v.push_back({"synapse_agent_workers", "Agent workers joined to this node (one per agent-topic join)",
                  static_cast<double>(st.workers)});
     v.push_back({"synapse_agent_worker_runs", "Runs an agent worker of this node is serving now",
                  static_cast<double>(st.runs)});
+    v.push_back({"synapse_run_log_bytes", "Bytes this node's run logs hold (events kept for attach)",
+                 static_cast<double>(runs.bytes())});
     return v;
   };
   net::HttpContext http{cfg, services, limiter, draining, [&] {

@@ -355,6 +355,24 @@ def _rows_against(latest: dict, baseline: str) -> list[dict]:
         if q:
             bad = (q.get("lost", 0), q.get("duplicated", 0), q.get("reordered", 0), _get(qq, "errors") or 0)
             row(g, "Queries lost / duplicated / reordered / errors", "-", " / ".join(str(b) for b in bad), "n/a", INFO)
+    ar = r.get((ONE_CORE, "agent_relay"))
+    if ar or run_record(latest, ONE_CORE, "agent_relay"):
+        paced, mx = _get(ar, "paced"), _get(ar, "max")
+        p50 = _get(paced, "token_latency", "p50_ms")
+        row("agent workers (issue 12)",
+            f"Token relay worker -> client, {_get(paced, 'runs')} runs x "
+            f"{fnum((_get(paced, 'offered_tokens_per_s') or 0) / max(1, _get(paced, 'runs') or 1))} tokens/s: "
+            "added latency p50 / p99", "p50 < 0.2 ms",
+            f"{fnum(p50, '', 3)} / {fnum(_get(paced, 'token_latency', 'p99_ms'), ' ms', 3)}", "n/a (Synapse only)",
+            verdict(p50 is not None and p50 < 0.2) if ar else NOT_MEASURED)
+        tps = _get(mx, "tokens_per_s")
+        row("agent workers (issue 12)", "Tokens relayed per second by one core (workers sending as fast as read)",
+            "> 500,000/s", f"{fnum(tps, '/s')} at server CPU {fnum(_get(mx, 'phase', 'server_cpu_pct'), ' %')}",
+            "n/a (Synapse only)", verdict(tps is not None and tps > 500_000) if ar else NOT_MEASURED)
+        if ar:
+            bad = (ar.get("lost", 0), ar.get("duplicated", 0), ar.get("reordered", 0))
+            row("agent workers (issue 12)", "Tokens lost / duplicated / reordered", "0 / 0 / 0",
+                " / ".join(str(b) for b in bad), "n/a", verdict(bad == (0, 0, 0)))
     pr = r.get((ONE_CORE, "presence"))
     if pr or run_record(latest, ONE_CORE, "presence"):
         for size in (pr or {}).get("sizes", []):

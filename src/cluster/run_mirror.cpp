@@ -47,6 +47,12 @@ bool parse_entry(std::string_view e, std::uint64_t& seq, bool& terminal, std::st
   return seq > 0 && !event.empty();
 }
 
+// One XRANGE element: [id, [field, value]]; the value of field "e".
+std::string stream_entry(const redis::Reply& e) {
+  if (e.elements.size() < 2 || e.elements[1].elements.size() < 2) return {};
+  return e.elements[1].elements[1].str;
+}
+
 std::string field(const redis::Reply& hash, std::string_view name) {
   for (std::size_t i = 0; i + 1 < hash.elements.size(); i += 2) {
     if (hash.elements[i].str == name) return hash.elements[i + 1].str;
@@ -101,20 +107,18 @@ void RunMirror::started(const cortex::Run& run, std::int64_t timeout_ms) {
 }
 
 // Contract: called under the run's mutex, in seq order, once per event of a
-// local run. Queues the RPUSH, then (under mu_, so a follow registered on
+// local run. Queues the XADD, then (under mu_, so a follow registered on
 // the link thread is either before or after it as a whole) the PUBLISH to
 // each node that follows the run. Blocks on nothing: Link::command posts.
 void RunMirror::appended(const cortex::Run& run, const cortex::RunEventPtr& ev) {
   const std::string entry = entry_of(*ev);
   const std::string log = log_key(run.id());
   std::lock_guard lock(mu_);
-  link_.command({"RPUSH", log, entry}, {});
+  // A stream entry with one field; MAXLEN ~ lets Redis trim whole nodes.
+  link_.command({"XADD", log, "MAXLEN", "~", std::to_string(opt_.max_log_entries), "*", "e", entry}, {});
   if (ev->seq == 1 || ev->terminal) {
     const std::int64_t keep = ev->terminal ? opt_.retention_ms : opt_.retention_ms + 24 * 3600 * 1000LL;
     link_.command({"PEXPIRE", log, std::to_string(keep)}, {});
-  }
-  if (ev->seq % 1000 == 0) {
-    link_.command({"LTRIM", log, std::to_string(-static_cast<std::int64_t>(opt_.max_log_entries)), "-1"}, {});
   }
   if (ev->terminal) {
     const std::string meta = meta_key(run.id());
@@ -302,7 +306,7 @@ void RunMirror::locate(std::string run_id, std::string tenant, std::string agent
 // meanwhile; the proxy is then loaded and the waiting attaches get it. A
 // running run whose node is gone ends `error node_lost` here.
 void RunMirror::load(const std::string& id) {
-  link_.command({"LRANGE", log_key(id), "0", "-1"}, [this, id](redis::Reply r) {
+  link_.command({"XRANGE", log_key(id), "-", "+"}, [this, id](redis::Reply r) {
     auto it = proxies_.find(id);
     if (it == proxies_.end() || it->second.loaded) return;
     Proxy& p = it->second;
@@ -313,7 +317,7 @@ void RunMirror::load(const std::string& id) {
       for (auto& w : waiting) w(nullptr, "unavailable");
       return;
     }
-    for (const auto& e : r.elements) replay_entry(p, e.str);
+    for (const auto& e : r.elements) replay_entry(p, stream_entry(e));
     for (const auto& e : p.held) replay_entry(p, e);
     p.held.clear();
     p.loaded = true;
@@ -383,10 +387,10 @@ void RunMirror::on_up() {
     if (!p.loaded || !p.run->running()) continue;
     const std::string msg = json::serialize(json::object{{"op", "follow"}, {"run", id}, {"from", opt_.node_id}});
     link_.command({"PUBLISH", ctl_channel(p.origin), msg}, {});
-    link_.command({"LRANGE", log_key(id), "0", "-1"}, [this, id = id](redis::Reply r) {
+    link_.command({"XRANGE", log_key(id), "-", "+"}, [this, id = id](redis::Reply r) {
       auto it = proxies_.find(id);
       if (!r.ok() || it == proxies_.end()) return;
-      for (const auto& e : r.elements) replay_entry(it->second, e.str);
+      for (const auto& e : r.elements) replay_entry(it->second, stream_entry(e));
     });
   }
 }

@@ -4,7 +4,7 @@
 //
 // Keys and channels (P = the Redis prefix of the database):
 //   P run:<id>        hash {tenant, agent, ref, kind, tool, node, status, started_at}
-//   P run:<id>:log    list of "<seq> <terminal 0|1> <event>\n<payload>", in seq order
+//   P run:<id>:log    stream; each entry's field e = "<seq> <terminal 0|1> <event>\n<payload>", in seq order
 //   P runnode:<node>  a node's heartbeat (expires when the node is gone)
 //   P runctl:<node>   channel: follow / unfollow / interrupt for runs the node executes
 //   P runev:<node>    channel: "F <id>" (follow confirmed) and "E <id> <entry>"
@@ -13,10 +13,10 @@
 // Following without a gap. A follower asks the executing node to follow
 // (`follow` on its runctl channel); that node registers it and answers "F"
 // on the follower's runev channel, and from then on publishes every new
-// event of the run there. The follower reads the log (LRANGE) only after
+// event of the run there. The follower reads the log (XRANGE) only after
 // the "F", holding the live events that come meanwhile, then replays the
 // log and the held events in seq order, dropping copies. The executing node
-// issues each event's RPUSH and PUBLISHes, and the "F", from one mutex in
+// issues each event's XADD and PUBLISHes, and the "F", from one mutex in
 // one connection's order, so every event is either in the log the follower
 // reads or published to it after the "F".
 //
@@ -50,7 +50,7 @@ struct RunMirrorOptions {
   std::string node_id;  // this process's instance id
   std::int64_t retention_ms = 300'000;
   std::int64_t node_ttl_ms = 5'000;  // a node silent this long is gone
-  std::size_t max_log_entries = 100'000;  // per run in Redis; older entries are trimmed
+  std::size_t max_log_entries = 100'000;  // per run in Redis (MAXLEN ~); older entries are trimmed
 };
 
 class RunMirror final : public cortex::RunObserver {

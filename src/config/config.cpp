@@ -210,6 +210,10 @@ const std::vector<Option>& options() {
        &Config::run_log_max_bytes_per_run, 1024, kMaxInt},
       {"cortex.run_log_max_bytes", "--run-log-max-bytes", "Bytes of run logs this node keeps in all",
        &Config::run_log_max_bytes, 1024, kMaxInt},
+      {"cortex.run_log", "--run-log",
+       "Keep each run's events for attach and snapshots (false: events are relayed and not kept, so a run "
+       "cannot be re-attached; for measuring the log's cost)",
+       &Config::run_log},
       {"cortex.max_query_chars", "--max-query-chars", "Longest query text, in characters", &Config::max_query_chars,
        1, 1 << 20},
       {"cortex.debug_crash", "--debug-crash", "Enable the debug.crash fault-injection tool (tests only)",

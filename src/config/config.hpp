@@ -133,6 +133,7 @@ struct Config {
   std::int64_t run_retention_s = 300;
   std::int64_t detach_grace_s = 60;
   std::int64_t run_log_max_bytes_per_run = 1 << 20;
+  bool run_log = true;
   std::int64_t run_log_max_bytes = 64 << 20;
   // Who answers queries (docs/protocol.md section 10): the default backend,
   // and per agent-id pattern the `[[cortex.routes]]` tables (first match

@@ -48,9 +48,12 @@ RunEventPtr Run::append_locked(std::string_view event, json::object& payload, bo
   payload["run_id"] = id_;
   payload["seq"] = ev->seq;
   ev->payload = json::serialize(payload);
-  log_bytes_ += ev->bytes();
-  log_.push_back(ev);
-  trim_locked();
+  // The terminal event is always kept: a late attach must learn how it ended.
+  if (registry_.options().keep || terminal) {
+    log_bytes_ += ev->bytes();
+    log_.push_back(ev);
+    trim_locked();
+  }
   // Under the lock: the copy in Redis gets the events in their seq order.
   if (registry_.observer_ && !remote()) registry_.observer_->appended(*this, ev);
   return ev;
@@ -107,7 +110,7 @@ void Run::emit(std::string_view event, json::object payload) {
     if (status_ != "running") return;  // nothing follows the terminal event
     const std::size_t before = log_bytes_;
     RunEventPtr ev = append_locked(event, payload, false);
-    fold_locked(event, payload);
+    if (registry_.options().keep) fold_locked(event, payload);
     folded_seq_ = ev->seq;
     for (auto& s : subs_) s.deliver(ev);
     delta = static_cast<std::ptrdiff_t>(log_bytes_) - static_cast<std::ptrdiff_t>(before);

@@ -38,6 +38,7 @@ struct RunOptions {
   std::int64_t detach_grace_ms = 60'000;       // a run nobody follows goes on this long; 0: ended at once
   std::size_t max_bytes_per_run = 1 << 20;     // one run's log
   std::size_t max_bytes_total = 64 << 20;      // every run's log on this node
+  bool keep = true;  // false: events are numbered and relayed, not kept or folded (cortex.run_log)
 };
 
 enum class RunEnd { result, error, interrupted, timeout, cancelled };

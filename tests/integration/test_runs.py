@@ -212,3 +212,23 @@ async def test_detached_run_goes_on_within_grace_and_is_interrupted_after_it(fre
     assert events[-1][3] == "interrupted" and events[-1][4]["reason"] == "detached"
     assert seqs(events) == list(range(1, len(events) + 1)) and len(events) < 40
     await c.close()
+
+
+@pytest.mark.asyncio
+async def test_run_log_off_relays_every_event_and_keeps_only_the_terminal():
+    """cortex.run_log = false (a knob for measuring the log's cost): events
+    still get consecutive seq and reach the client, but only the terminal
+    event is kept, so a later attach sees how the run ended and nothing else."""
+    from synapse_server import SynapseServer
+    with SynapseServer(flags={"--run-log": "false"}) as s:
+        c = await cortex(s.ws())
+        reply = ok(await c.request(TOPIC, "tool", {"tool": "demo.tokens", "args": {"count": 50}}))
+        events = await collect(c, reply["run_id"])
+        assert seqs(events) == list(range(1, 52)) and events[-1][3] == "result"
+        assert s.metrics()["synapse_run_log_bytes"] < 1000  # one terminal event, not 51 events
+        late = await cortex(s.ws())
+        ok(await late.request(TOPIC, "attach", {"run_id": reply["run_id"], "after_seq": 0}))
+        tail = await collect(late, reply["run_id"])
+        assert seqs(tail) == [51] and tail[0][3] == "result"
+        await c.close()
+        await late.close()
