@@ -16,7 +16,7 @@
 #include <optional>
 #include <thread>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "cluster/agent_relay.hpp"
 #include "cluster/redis_connection_counts.hpp"
 #include "cluster/run_mirror.hpp"
@@ -103,7 +103,7 @@ std::string load_jwt_secret(const config::Config& cfg) {
     if (s.size() < 32) throw std::runtime_error(path.string() + " holds fewer than 32 bytes");
     return s;
   }
-  const std::string secret = auth::base64url_encode(auth::random_bytes(48));
+  const std::string secret = core::base64url_encode(core::random_bytes(48));
   const mode_t old = ::umask(077);
   {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -335,7 +335,7 @@ int serve(const config::Config& cfg) {
     // its old heartbeat expired does not keep the dead process's presence
     // entries and connection counts alive (they are reaped as usual).
     ro.node_id = (cfg.node_id.empty() ? std::string("node") : cfg.node_id) + "." +
-                 auth::hex_encode(auth::random_bytes(3));
+                 core::hex_encode(core::random_bytes(3));
     ro.prefix = pubsub::redis_prefix(url.db);
     ro.history_size = static_cast<std::size_t>(cfg.history_size);
     ro.history_ttl_ms = cfg.history_ttl_s * 1000;

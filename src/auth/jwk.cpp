@@ -8,7 +8,7 @@
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 
 namespace synapse::auth {
 namespace json = boost::json;
@@ -30,7 +30,7 @@ const std::string* text_field(const json::object& o, std::string_view name, std:
 std::optional<std::string> b64_field(const json::object& o, std::string_view name) {
   std::string s;
   if (!text_field(o, name, s)) return std::nullopt;
-  return base64url_decode(s);
+  return core::base64url_decode(s);
 }
 
 // EVP_PKEY_fromdata for one key type; null on any failure.

@@ -2,7 +2,7 @@
 
 #include <boost/json.hpp>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "auth/jwk.hpp"
 
 namespace synapse::auth {
@@ -11,7 +11,7 @@ namespace json = boost::json;
 namespace {
 
 std::optional<json::object> decode_part(std::string_view part) {
-  auto raw = base64url_decode(part);
+  auto raw = core::base64url_decode(part);
   if (!raw) return std::nullopt;
   json::parse_options opts;
   opts.max_depth = 16;
@@ -118,7 +118,7 @@ JwtResult verify_token(std::string_view token, std::string_view secret, const Ke
   }
   const std::string_view alg_name(alg->as_string().data(), alg->as_string().size());
   const std::string_view signing_input = token.substr(0, dot2);
-  auto sig = base64url_decode(token.substr(dot2 + 1));
+  auto sig = core::base64url_decode(token.substr(dot2 + 1));
   const bool hs256 = alg_name == "HS256";
   const std::optional<JwsAlg> asym = hs256 ? std::nullopt : jws_alg_from_name(alg_name);
   if (hs256) {
@@ -126,8 +126,8 @@ JwtResult verify_token(std::string_view token, std::string_view secret, const Ke
       r.status = JwtStatus::bad_signature;
       return r;
     }
-    const Digest expected = hmac_sha256(secret, signing_input);
-    if (!sig || !constant_time_equal(*sig, as_view(expected))) {
+    const core::Digest expected = core::hmac_sha256(secret, signing_input);
+    if (!sig || !core::constant_time_equal(*sig, core::as_view(expected))) {
       r.status = JwtStatus::bad_signature;
       return r;
     }
@@ -208,12 +208,12 @@ std::string sign_jwt(const TokenClaims& c, std::string_view secret) {
   if (!c.key_id.empty()) payload["kid"] = c.key_id;
   if (c.caps) payload["caps"] = json::parse(capabilities_json(*c.caps));
   if (!c.role.empty()) payload["role"] = c.role;
-  std::string signing_input = base64url_encode(R"({"alg":"HS256","typ":"JWT"})");
+  std::string signing_input = core::base64url_encode(R"({"alg":"HS256","typ":"JWT"})");
   signing_input.push_back('.');
-  signing_input += base64url_encode(json::serialize(payload));
-  const Digest sig = hmac_sha256(secret, signing_input);
+  signing_input += core::base64url_encode(json::serialize(payload));
+  const core::Digest sig = core::hmac_sha256(secret, signing_input);
   signing_input.push_back('.');
-  signing_input += base64url_encode(as_view(sig));
+  signing_input += core::base64url_encode(core::as_view(sig));
   return signing_input;
 }
 

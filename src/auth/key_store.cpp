@@ -4,7 +4,7 @@
 #include <chrono>
 #include <type_traits>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "store/sqlite.hpp"
 
 namespace synapse::auth {
@@ -165,7 +165,7 @@ std::string_view KeyStore::key_id_of(std::string_view presented) noexcept {
 
 std::pair<ApiKey, std::string> KeyStore::create(const NewKey& spec) {
   ApiKey k;
-  k.id = "k" + hex_encode(random_bytes(6));
+  k.id = "k" + core::hex_encode(core::random_bytes(6));
   k.name = spec.name;
   k.agent_id = spec.agent_id.empty() ? spec.name : spec.agent_id;
   k.tenant = spec.tenant.empty() ? "default" : spec.tenant;
@@ -176,12 +176,12 @@ std::pair<ApiKey, std::string> KeyStore::create(const NewKey& spec) {
   k.rates = spec.rates;
   k.caps = spec.caps;
   k.created_at = unix_now();
-  std::string secret = std::string(key_prefix) + k.id + "_" + base64url_encode(random_bytes(32));
-  const Digest h = sha256(secret);
+  std::string secret = std::string(key_prefix) + k.id + "_" + core::base64url_encode(core::random_bytes(32));
+  const core::Digest h = core::sha256(secret);
 
   std::lock_guard lock(mu_);
   store::Statement st(*db_, std::string("INSERT") + insert_columns);
-  bind_key_row(st, k, as_view(h));
+  bind_key_row(st, k, core::as_view(h));
   st.run();
   return {std::move(k), std::move(secret)};
 }
@@ -212,7 +212,7 @@ std::string KeyStore::row_json(const ApiKey& k, std::string_view hash) {
                  {"name", k.name},
                  {"agent_id", k.agent_id},
                  {"tenant", k.tenant},
-                 {"hash", hex_encode(hash)},
+                 {"hash", core::hex_encode(hash)},
                  {"admin", k.admin},
                  {"publish", k.publish},
                  {"unlimited", k.unlimited},
@@ -330,12 +330,12 @@ std::optional<ApiKey> KeyStore::find(std::string_view id) {
 
 KeyCheck KeyStore::authenticate(std::string_view presented, ApiKey& out) {
   const std::string_view id = key_id_of(presented);
-  const Digest h = sha256(presented);
+  const core::Digest h = core::sha256(presented);
   if (id.empty()) return KeyCheck::unknown;
   return guarded([&] {
     sync();
     const Cached* c = load(id);
-    if (!c || !constant_time_equal(c->hash, as_view(h))) return KeyCheck::unknown;
+    if (!c || !core::constant_time_equal(c->hash, core::as_view(h))) return KeyCheck::unknown;
     out = c->key;
     return out.revoked_at ? KeyCheck::revoked : KeyCheck::ok;
   });

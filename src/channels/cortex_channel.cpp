@@ -3,7 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "channels/session.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
@@ -753,7 +753,7 @@ std::unique_ptr<Channel> join_cortex(Session& session, const protocol::Envelope&
     return nullptr;
   }
   auto channel = std::make_unique<CortexChannel>(session, env, agent);
-  session.reply_ok(env, json::object{{"agent_id", agent}, {"session", auth::hex_encode(auth::random_bytes(8))}});
+  session.reply_ok(env, json::object{{"agent_id", agent}, {"session", core::hex_encode(core::random_bytes(8))}});
   return channel;
 }
 

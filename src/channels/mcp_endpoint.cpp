@@ -11,7 +11,7 @@
 #include <mutex>
 
 #include "auth/authenticator.hpp"
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "auth/jwks.hpp"
 #include "channels/services.hpp"
 #include "config/config.hpp"
@@ -577,7 +577,7 @@ void McpEndpoint::State::initialize(const json::object& msg, const auth::Princip
     }
   }
   auto s = std::make_shared<McpSession>();
-  s->id = auth::hex_encode(auth::random_bytes(16));
+  s->id = core::hex_encode(core::random_bytes(16));
   s->owner = owner_of(who);
   s->protocol_version = version;
   s->opened_ms = s->last_active_ms = unix_ms();

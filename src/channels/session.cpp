@@ -14,6 +14,7 @@
 #include "metrics/metrics.hpp"
 #include "protocol/topic.hpp"
 #include "wire/ws_frame.hpp"
+#include "protocol/close_codes.hpp"
 
 namespace synapse::channels {
 namespace json = boost::json;
@@ -407,7 +408,7 @@ void Session::on_tick(std::int64_t now_ms) {
   if (!principal_.via_token || closed_) return;
   const std::int64_t exp_ms = principal_.token_exp * 1000;
   if (now_ms >= exp_ms) {
-    socket_.close(wire::close_code::token_expired, "token expired");
+    socket_.close(protocol::close_code::token_expired, "token expired");
     return;
   }
   const std::int64_t warn_ms = services_.config.token_warning_s * 1000;

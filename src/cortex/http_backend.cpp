@@ -7,7 +7,7 @@
 #include <memory>
 #include <stdexcept>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "core/clock.hpp"
 
 namespace synapse::cortex {
@@ -214,7 +214,7 @@ AgentBackend::Start HttpBackend::start(const AgentRequest& req, const RunPtr& ru
   sr.body = json::serialize(agent_run_payload(run->id(), req));
   if (!options_.secret.empty()) {
     sr.headers.emplace_back("X-Synapse-Signature",
-                            "sha256=" + auth::hex_encode(auth::as_view(auth::hmac_sha256(options_.secret, sr.body))));
+                            "sha256=" + core::hex_encode(core::as_view(core::hmac_sha256(options_.secret, sr.body))));
   }
   sr.content_type = "application/json";
   sr.connect_timeout = options_.connect_timeout;

@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "core/clock.hpp"
 #include "cortex/cortex.hpp"
 #include "cortex/tool.hpp"
@@ -324,7 +324,7 @@ RunPtr RunRegistry::start(std::string ref, std::string kind, std::string tool, s
                           std::int64_t timeout_ms, Run::OnEnd on_end) {
   // Unguessable, so a run id is no capability to watch somebody's run (the
   // tenant and agent are checked anyway).
-  std::string id = "run_" + auth::hex_encode(auth::random_bytes(12));
+  std::string id = "run_" + core::hex_encode(core::random_bytes(12));
   auto run = std::make_shared<Run>(*this, id, std::move(ref), std::move(kind), std::move(tool), std::move(tenant),
                                    std::move(agent), std::move(on_end));
   {

@@ -3,7 +3,7 @@
 #include <boost/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 
 namespace synapse::hooks {
 namespace json = boost::json;
@@ -62,7 +62,7 @@ void Hooks::call(Hook h, std::string body_json, std::function<void(Verdict)> don
   req.headers.emplace_back("X-Synapse-Hook", std::string(hook_name(h)));
   if (!options_.secret.empty()) {
     req.headers.emplace_back("X-Synapse-Signature",
-                             "sha256=" + auth::hex_encode(auth::as_view(auth::hmac_sha256(options_.secret, body_json))));
+                             "sha256=" + core::hex_encode(core::as_view(core::hmac_sha256(options_.secret, body_json))));
   }
   req.body = std::move(body_json);
   client_.request(std::move(req), [counts = counts_, h, allow_on_failure = t.allow_on_failure,

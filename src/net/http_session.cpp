@@ -13,7 +13,7 @@
 #include <string_view>
 #include <spdlog/spdlog.h>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "channels/mcp_endpoint.hpp"
 #include "channels/services.hpp"
 #include "config/config.hpp"
@@ -25,6 +25,7 @@
 #include "net/request_target.hpp"
 #include "net/ws_connection.hpp"
 #include "wire/deflate.hpp"
+#include "protocol/close_codes.hpp"
 
 namespace synapse::net {
 namespace asio = boost::asio;
@@ -508,11 +509,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return;
     }
 
-    const auto digest = auth::sha1(key + std::string(ws_guid));
+    const auto digest = core::sha1(key + std::string(ws_guid));
     auto response = std::make_shared<std::string>(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Accept: " +
-        auth::base64_encode(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size())) +
+        core::base64_encode(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size())) +
         (extensions.empty() ? std::string() : "\r\nSec-WebSocket-Extensions: " + extensions) + "\r\n\r\n");
     // Bytes the client sent after the request (its first frames) go along.
     std::string early(static_cast<const char*>(buffer_.data().data()), buffer_.size());
@@ -538,7 +539,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                         // check misses was committed after it, so the poll
                         // that sees it posts its close to this thread after
                         // this handler, and finds the connection listed.
-                        if (revoked) conn->close(wire::close_code::revoked, "credentials revoked");
+                        if (revoked) conn->close(protocol::close_code::revoked, "credentials revoked");
                       });
   }
 

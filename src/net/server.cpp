@@ -22,6 +22,7 @@
 #include "net/ws_connection.hpp"
 #include "pubsub/broker.hpp"
 #include "wire/ws_frame.hpp"
+#include "protocol/close_codes.hpp"
 
 namespace synapse::net {
 namespace asio = boost::asio;
@@ -211,7 +212,7 @@ void Server::start_revocation_poll() {
             auto cur = it++;
             const std::string_view key = (*cur)->key_id();
             if (!key.empty() && ids->count(std::string(key))) {
-              (*cur)->close(wire::close_code::revoked, "credentials revoked");
+              (*cur)->close(protocol::close_code::revoked, "credentials revoked");
             }
           }
         });

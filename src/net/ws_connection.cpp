@@ -14,6 +14,7 @@
 #include "core/clock.hpp"
 #include "metrics/metrics.hpp"
 #include "pubsub/broker.hpp"
+#include "protocol/close_codes.hpp"
 
 namespace synapse::net {
 namespace asio = boost::asio;
@@ -80,7 +81,7 @@ bool Connection::enqueue(wire::Message msg) {
                        static_cast<int>(services_.config.deflate_level));
   }
   if (queue_limit_ > 0 && out_.counted_bytes() + msg.size() > queue_limit_) {
-    begin_close(wire::close_code::slow_consumer, "slow consumer: outbound queue over limit");
+    begin_close(protocol::close_code::slow_consumer, "slow consumer: outbound queue over limit");
     return false;
   }
   out_.push(std::move(msg));
@@ -295,7 +296,7 @@ void Connection::begin_close(std::uint16_t code, std::string_view reason) {
   // A slow consumer's backlog is dropped at once: that is the memory the
   // limit protects. A partly written head stays, so the close frame never
   // follows half a frame.
-  if (code == wire::close_code::slow_consumer) out_.drop_unsent();
+  if (code == protocol::close_code::slow_consumer) out_.drop_unsent();
   out_.push(wire::Message::close(code, reason));
   close_queued_ = true;
   // The caller may be a channel handler: tear channels down from a fresh stack.
@@ -340,7 +341,7 @@ void Connection::tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms) {
   if (state_ == State::open) {
     const auto idle = services_.config.idle_timeout_ms;
     if (idle > 0 && now_mono_ms - last_rx_ms_ >= idle) {
-      begin_close(wire::close_code::idle_timeout, "idle timeout");
+      begin_close(protocol::close_code::idle_timeout, "idle timeout");
       return;
     }
     session_->on_tick(now_unix_ms);

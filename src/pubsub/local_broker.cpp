@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "core/clock.hpp"
 #include "metrics/metrics.hpp"
 #include "protocol/envelope.hpp"
@@ -16,13 +16,13 @@ namespace json = boost::json;
 
 namespace {
 
-std::string new_epoch() { return auth::hex_encode(auth::random_bytes(8)); }
+std::string new_epoch() { return core::hex_encode(core::random_bytes(8)); }
 
 }  // namespace
 
 LocalBroker::LocalBroker(BrokerOptions options, std::vector<Poster> threads, metrics::Metrics& metrics)
     : options_(options), metrics_(metrics), fanout_(std::move(threads), metrics) {
-  ref_prefix_ = auth::hex_encode(auth::random_bytes(3));
+  ref_prefix_ = core::hex_encode(core::random_bytes(3));
   if (options_.log) restore();
 }
 

@@ -5,7 +5,7 @@
 #include <set>
 #include <spdlog/spdlog.h>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "core/clock.hpp"
 #include "metrics/metrics.hpp"
 #include "protocol/envelope.hpp"
@@ -23,7 +23,7 @@ namespace {
 constexpr std::int64_t keep_ms = 24 * 3600 * 1000;
 constexpr std::int64_t reap_interval_ms = 1000;
 
-std::string new_epoch() { return auth::hex_encode(auth::random_bytes(8)); }
+std::string new_epoch() { return core::hex_encode(core::random_bytes(8)); }
 
 // Splits `s` at the first `n` newlines; the last part is the rest.
 std::vector<std::string_view> split_lines(std::string_view s, std::size_t n) {

@@ -2,7 +2,7 @@
 
 #include <memory>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "redis/link.hpp"
 
 namespace synapse::redis {
@@ -26,8 +26,8 @@ bool noscript(const Reply& r) { return r.type == Reply::Type::error && r.str.rfi
 }  // namespace
 
 Script::Script(std::string lua) : text(std::move(lua)) {
-  const auto d = auth::sha1(text);
-  sha = auth::hex_encode(std::string_view(reinterpret_cast<const char*>(d.data()), d.size()));
+  const auto d = core::sha1(text);
+  sha = core::hex_encode(std::string_view(reinterpret_cast<const char*>(d.data()), d.size()));
 }
 
 void eval(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,

@@ -16,7 +16,8 @@ namespace synapse::wire {
 
 inline constexpr std::size_t max_header_size = 14;
 
-// Close codes used by the server (protocol section 8) and by RFC 6455.
+// RFC 6455 close codes. Synapse's own (4000-4008) are in
+// protocol/close_codes.hpp.
 namespace close_code {
 inline constexpr std::uint16_t normal = 1000;
 inline constexpr std::uint16_t going_away = 1001;
@@ -27,10 +28,6 @@ inline constexpr std::uint16_t invalid_payload = 1007;
 inline constexpr std::uint16_t policy_violation = 1008;
 inline constexpr std::uint16_t too_big = 1009;
 inline constexpr std::uint16_t internal_error = 1011;
-inline constexpr std::uint16_t idle_timeout = 4000;
-inline constexpr std::uint16_t token_expired = 4001;
-inline constexpr std::uint16_t revoked = 4003;
-inline constexpr std::uint16_t slow_consumer = 4008;
 }  // namespace close_code
 
 // Writes a frame header into `out` (at least max_header_size bytes) and

@@ -17,7 +17,7 @@
 #include <string_view>
 #include <vector>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "auth/jwt.hpp"
 #include "cortex/fts_query.hpp"
 #include "net/request_target.hpp"
@@ -283,8 +283,8 @@ constexpr std::string_view jwt_secret = "synapse-fuzz-secret-0123456789abcdef";
 constexpr std::int64_t jwt_now = 1'700'000'000;
 
 std::string make_token(std::string_view header, std::string_view payload, std::string_view key) {
-  std::string input = auth::base64url_encode(header) + "." + auth::base64url_encode(payload);
-  return input + "." + auth::base64url_encode(auth::as_view(auth::hmac_sha256(key, input)));
+  std::string input = core::base64url_encode(header) + "." + core::base64url_encode(payload);
+  return input + "." + core::base64url_encode(core::as_view(core::hmac_sha256(key, input)));
 }
 const std::string good_claims = R"({"sub":"agent-1","exp":1700003600,"iat":1700000000})";
 }  // namespace
@@ -292,8 +292,8 @@ const std::string good_claims = R"({"sub":"agent-1","exp":1700003600,"iat":17000
 TEST(FuzzRegression, JwtRefusesEveryAlgorithmButHs256) {
   EXPECT_EQ(auth::verify_jwt(make_token(R"({"alg":"HS256","typ":"JWT"})", good_claims, jwt_secret), jwt_secret, jwt_now).status,
             auth::JwtStatus::ok);
-  const std::string none = auth::base64url_encode(R"({"alg":"none","typ":"JWT"})") + "." +
-                           auth::base64url_encode(good_claims) + ".";
+  const std::string none = core::base64url_encode(R"({"alg":"none","typ":"JWT"})") + "." +
+                           core::base64url_encode(good_claims) + ".";
   EXPECT_EQ(auth::verify_jwt(none, jwt_secret, jwt_now).status, auth::JwtStatus::bad_algorithm);
   for (std::string_view header : {R"({"alg":"none"})", R"({"alg":"None"})", R"({"alg":"HS512"})", R"({"alg":"hs256"})",
                                   R"({"alg":"RS256"})", R"({"typ":"JWT"})", R"({"alg":256})",

@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "cortex/http_backend.hpp"
 #include "cortex/runs.hpp"
 #include "hooks/http_client.hpp"
@@ -458,7 +458,7 @@ TEST(HttpBackend, PostsTheRunAndAppliesNdjsonEventsInOrder) {
   EXPECT_NE(head.find("POST /agent HTTP/1.1"), std::string::npos);
   EXPECT_NE(head.find("Content-Type: application/json"), std::string::npos);
   EXPECT_NE(head.find("Accept: application/x-ndjson, text/event-stream"), std::string::npos);
-  const std::string sig = "X-Synapse-Signature: sha256=" + auth::hex_encode(auth::as_view(auth::hmac_sha256("s3cret", body)));
+  const std::string sig = "X-Synapse-Signature: sha256=" + core::hex_encode(core::as_view(core::hmac_sha256("s3cret", body)));
   EXPECT_NE(head.find(sig), std::string::npos) << head;
   auto posted = json::parse(body).as_object();
   EXPECT_EQ(posted.at("run_id").as_string(), run->id());

@@ -9,11 +9,12 @@
 
 #include <boost/json.hpp>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "auth/jwk.hpp"
 #include "auth/jwt.hpp"
 
 using namespace synapse::auth;
+using namespace synapse::core;  // the crypto helpers (core/crypto.hpp)
 namespace json = boost::json;
 
 namespace {

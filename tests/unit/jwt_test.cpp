@@ -1,10 +1,11 @@
 // HS256 verification: every way a token can be wrong is refused.
 #include <gtest/gtest.h>
 
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 #include "auth/jwt.hpp"
 
 using namespace synapse::auth;
+using namespace synapse::core;  // the crypto helpers (core/crypto.hpp)
 
 namespace {
 const std::string secret = "0123456789abcdef0123456789abcdef";

@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-namespace synapse::auth {
+namespace synapse::core {
 
 using Digest = std::array<std::uint8_t, 32>;
 
@@ -30,4 +30,4 @@ inline std::string_view as_view(const Digest& d) noexcept {
   return {reinterpret_cast<const char*>(d.data()), d.size()};
 }
 
-}  // namespace synapse::auth
+}  // namespace synapse::core

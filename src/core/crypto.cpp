@@ -1,4 +1,4 @@
-#include "auth/crypto.hpp"
+#include "core/crypto.hpp"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -8,7 +8,7 @@
 
 #include <stdexcept>
 
-namespace synapse::auth {
+namespace synapse::core {
 
 Digest sha256(std::string_view data) {
   Digest d;
@@ -123,4 +123,4 @@ std::string hex_encode(std::string_view data) {
   return out;
 }
 
-}  // namespace synapse::auth
+}  // namespace synapse::core
