@@ -43,6 +43,7 @@
 #include "net/admin_backend.hpp"
 #include "net/http_api.hpp"
 #include "net/server.hpp"
+#include "net/tls.hpp"
 #include "pubsub/history_log.hpp"
 #include "pubsub/local_broker.hpp"
 #include "pubsub/redis_broker.hpp"
@@ -270,6 +271,18 @@ int serve(const config::Config& cfg) {
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
   if (cfg.log_format == "json") logging::use_json_format();
   std::signal(SIGPIPE, SIG_IGN);
+  // TLS first: a certificate or key that cannot be used stops the start
+  // before anything is opened. Declared before the I/O threads, whose
+  // sessions count their handshakes in it.
+  std::unique_ptr<net::TlsContext> tls;
+  if (!cfg.tls_cert.empty()) {
+    try {
+      tls = std::make_unique<net::TlsContext>(cfg.tls_cert, cfg.tls_key);
+    } catch (const std::exception& e) {
+      spdlog::critical("cannot serve TLS: {}", e.what());
+      return 1;
+    }
+  }
   ensure_dir(cfg.data_dir);
   DataDirLock init_lock(cfg.data_dir);
   const std::string secret = load_jwt_secret(cfg);
@@ -582,6 +595,23 @@ int serve(const config::Config& cfg) {
       return v;
     };
   }
+  if (tls) {
+    http.tls = tls.get();
+    http.extra_samples = [base = http.extra_samples, t = tls.get()] {
+      auto v = base();
+      auto n = [](const std::atomic<std::uint64_t>& c) { return static_cast<double>(c.load()); };
+      v.push_back({"synapse_tls_handshakes", "TLS handshakes completed since start", n(t->handshakes)});
+      v.push_back({"synapse_tls_handshake_failures",
+                   "TLS handshakes that failed since start (plain HTTP on the TLS port included)",
+                   n(t->handshake_failures)});
+      v.push_back({"synapse_tls_reloads", "Certificate reloads (SIGHUP) that took effect", n(t->reloads)});
+      v.push_back({"synapse_tls_reload_failures", "Certificate reloads that failed (the previous one kept)",
+                   n(t->reload_failures)});
+      v.push_back({"synapse_tls_cert_not_after_seconds", "The served certificate's notAfter (Unix time)",
+                   static_cast<double>(t->not_after_unix.load())});
+      return v;
+    };
+  }
   limits::AcceptGate accept_gate(accept_limits(cfg));
   http.accept_gate = &accept_gate;
   const auto admin_backend = net::make_admin_backend(threads);
@@ -597,8 +627,8 @@ int serve(const config::Config& cfg) {
     spdlog::critical("cannot listen on {}:{}: {}", cfg.bind, cfg.port, e.what());
     return 1;
   }
-  spdlog::info("synapse listening on {}:{} (threads={}, workers={}, data={})", cfg.bind, server.port(), n_threads,
-               cfg.workers, cfg.data_dir);
+  spdlog::info("synapse listening on {}:{} (threads={}, workers={}, data={}{})", cfg.bind, server.port(), n_threads,
+               cfg.workers, cfg.data_dir, tls ? ", TLS" : "");
   // Scripts and tests wait for this line.
   std::cout << "listening on " << cfg.bind << ":" << server.port() << std::endl;
   const int rc = server.run();

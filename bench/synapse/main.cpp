@@ -30,7 +30,9 @@ scenarios:
                        added latency (paced) and tokens/s relayed (max) (Synapse only)
 
 common options:
-  --url URL            ws://HOST:PORT[/path]; the path defaults to /cortex/websocket?vsn=2.0.0
+  --url URL            ws://HOST:PORT[/path] or wss://; the path defaults to /cortex/websocket?vsn=2.0.0
+  --tls                TLS on a ws:// URL (as wss://); the server's /metrics is then read over TLS too
+  --tls-ca FILE        verify the server's certificate against FILE (default: not verified)
   --key KEY            API key, sent as ?api_key= (create it with --unlimited)
   --agent ID           the key's agent id, for cortex:<agent> (default: bench)
   --server-pid PID     read the server's RSS and CPU time from /proc/PID
@@ -79,7 +81,7 @@ int main(int argc, char** argv) {
   ctx.cpu_start = self_cpu();
   ctx.scenario = argv[1];
   std::string err;
-  if (!ctx.args.parse(argc - 2, argv + 2, {"small", "sync-stdin", "skip-store", "help"}, &err)) {
+  if (!ctx.args.parse(argc - 2, argv + 2, {"small", "sync-stdin", "skip-store", "help", "tls"}, &err)) {
     std::cerr << "synapse-bench: " << err << "\n";
     return 2;
   }
@@ -91,6 +93,13 @@ int main(int argc, char** argv) {
   if (!parse_url(url, ctx.target, &err)) {
     std::cerr << "synapse-bench: " << err << "\n";
     return 2;
+  }
+  if (ctx.args.has("tls")) ctx.target.tls = true;
+  if (ctx.target.tls || ctx.args.str("url2", "").rfind("wss://", 0) == 0) {
+    if (!init_tls_client(ctx.args.str("tls-ca", ""), &err)) {
+      std::cerr << "synapse-bench: " << err << "\n";
+      return 2;
+    }
   }
   ctx.key = ctx.args.str("key");
   ctx.agent = ctx.args.str("agent", "bench");

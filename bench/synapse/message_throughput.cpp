@@ -94,7 +94,8 @@ void Throughput::sync_point(const std::string& what) {
 
 std::optional<std::vector<double>> Throughput::metrics() {
   return scrape_metrics(ctx_.target.host, ctx_.target.port,
-                        {"synapse_write_syscalls_total", "synapse_deliveries_total", "synapse_frames_out_total"});
+                        {"synapse_write_syscalls_total", "synapse_deliveries_total", "synapse_frames_out_total"},
+                        ctx_.target.tls);
 }
 
 bool Throughput::ensure_subscribers(std::size_t n, Json& setup) {

@@ -1,6 +1,7 @@
 // The load generator's I/O: one epoll loop on one thread, and a WebSocket
-// client connection (non-blocking connect, HTTP upgrade, RFC 6455 framing with
-// the server's own codec in Role::client).
+// client connection (non-blocking connect, optional TLS (wss://) through
+// OpenSSL on the same non-blocking socket, HTTP upgrade, RFC 6455 framing
+// with the server's own codec in Role::client).
 #pragma once
 
 #include <netinet/in.h>
@@ -15,7 +16,16 @@
 #include "util.hpp"
 #include "wire/ws_frame.hpp"
 
+struct ssl_st;
+struct ssl_ctx_st;
+
 namespace bench {
+
+// The TLS client context for wss:// targets: made once; `ca_file` empty
+// means the server's certificate is not verified (a benchmark, not a
+// client). Returns false with a reason when the CA file cannot be used.
+bool init_tls_client(const std::string& ca_file, std::string* error);
+ssl_ctx_st* tls_client_ctx();
 
 class Loop {
  public:
@@ -60,6 +70,7 @@ struct Target {
   std::string host;  // for the Host header
   int port = 0;
   std::string path;  // request target, e.g. /cortex/websocket?vsn=2.0.0&api_key=...
+  bool tls = false;  // wss:// (or https://)
   // Source addresses spread connections over several 127.0.0.x so that one
   // address's ephemeral ports never run out (empty: the kernel chooses).
   std::vector<in_addr> sources;
@@ -67,7 +78,7 @@ struct Target {
 
 class WsClient final : public Loop::Handler, public synapse::wire::FrameSink {
  public:
-  enum class State : std::uint8_t { idle, connecting, upgrading, open, closing, closed };
+  enum class State : std::uint8_t { idle, connecting, tls_handshake, upgrading, open, closing, closed };
 
   struct Events {
     virtual void on_open(WsClient& c, std::uint64_t now) = 0;
@@ -115,6 +126,10 @@ class WsClient final : public Loop::Handler, public synapse::wire::FrameSink {
   void append_frame(synapse::wire::Opcode op, std::string_view payload);
   void want_write(bool on);
   void on_connected();
+  void tls_handshake();
+  // recv()/send() semantics, through TLS when the target is wss://.
+  ssize_t io_recv(char* buf, std::size_t n);
+  ssize_t io_send(const char* data, std::size_t n);
   void read_handshake();
   void read_frames();
   void write_pending();
@@ -124,6 +139,8 @@ class WsClient final : public Loop::Handler, public synapse::wire::FrameSink {
   Events& ev_;
   std::uint32_t id_;
   int fd_ = -1;
+  ssl_st* ssl_ = nullptr;
+  bool tls_ = false;
   State state_ = State::idle;
   bool writing_ = false;  // EPOLLOUT armed
   bool close_sent_ = false;
@@ -137,7 +154,7 @@ class WsClient final : public Loop::Handler, public synapse::wire::FrameSink {
   std::uint64_t bytes_in_ = 0;
 };
 
-// Parses ws://host:port[/path]; fills addr, host, port and (when given) path.
+// Parses ws:// or wss://host:port[/path]; fills addr, host, port, tls and (when given) path.
 bool parse_url(const std::string& url, Target& t, std::string* error);
 // How many open files this process may have after raising its soft limit.
 std::uint64_t raise_fd_limit();

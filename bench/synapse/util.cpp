@@ -1,9 +1,11 @@
 #include "util.hpp"
 
+#include "net.hpp"  // tls_client_ctx()
 #include "protocol/envelope.hpp"  // append_json_string: the escaper the server uses, unit-tested
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -153,7 +155,7 @@ CpuTime self_cpu() {
 }
 
 std::optional<std::vector<double>> scrape_metrics(const std::string& host, int port,
-                                                  const std::vector<std::string>& names) {
+                                                  const std::vector<std::string>& names, bool tls) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return std::nullopt;
   sockaddr_in a{};
@@ -166,8 +168,19 @@ std::optional<std::vector<double>> scrape_metrics(const std::string& host, int p
   std::string body;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
     const std::string req = "GET /metrics HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n";
-    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
-      char buf[16384];
+    char buf[16384];
+    if (tls) {
+      SSL* ssl = bench::tls_client_ctx() ? SSL_new(bench::tls_client_ctx()) : nullptr;
+      if (ssl && SSL_set_fd(ssl, fd) == 1 && SSL_connect(ssl) == 1 &&
+          SSL_write(ssl, req.data(), static_cast<int>(req.size())) == static_cast<int>(req.size())) {
+        for (int i = 0; i < 1000; ++i) {
+          const int n = SSL_read(ssl, buf, sizeof buf);
+          if (n <= 0) break;
+          body.append(buf, static_cast<std::size_t>(n));
+        }
+      }
+      SSL_free(ssl);
+    } else if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
       for (int i = 0; i < 1000; ++i) {
         const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
         if (n <= 0) break;

@@ -99,11 +99,12 @@ struct CpuTime {
 };
 CpuTime self_cpu();
 
-// Blocking GET of the Prometheus text at http://host:port/metrics; returns
+// Blocking GET of the Prometheus text at http(s)://host:port/metrics (`tls`:
+// through tls_client_ctx(), net.hpp); returns
 // the value of each requested un-labelled counter, or nothing when the server
 // has no such endpoint (the ws baseline).
 std::optional<std::vector<double>> scrape_metrics(const std::string& host, int port,
-                                                  const std::vector<std::string>& names);
+                                                  const std::vector<std::string>& names, bool tls = false);
 
 // A JSON value built by hand: numbers, strings, nested objects, null.
 class Json {

@@ -45,12 +45,19 @@ const std::vector<Option>& options() {
        "On SIGTERM/SIGINT, how long running queries and tools may finish before they are interrupted and "
        "every connection is closed with 1001 (0 = at once)",
        &Config::drain_timeout_ms, 0, kMaxInt},
+      {"server.tls_cert", "--tls-cert",
+       "PEM certificate chain: the port serves TLS only (wss://, https://); needs server.tls_key; re-read on SIGHUP "
+       "(empty = plain TCP)",
+       &Config::tls_cert},
+      {"server.tls_key", "--tls-key", "PEM private key (unencrypted) of server.tls_cert; re-read on SIGHUP",
+       &Config::tls_key},
 
       {"websocket.max_message_bytes", "--max-message-bytes",
        "Largest client message; larger ones close the connection with 1009 (0 = unlimited)",
        &Config::max_message_bytes, 0, 1u << 30},
       {"websocket.handshake_timeout_ms", "--handshake-timeout-ms",
-       "Time allowed for the HTTP upgrade request (0 = unlimited)", &Config::handshake_timeout_ms, 0, kMaxInt},
+       "Time allowed for the HTTP upgrade request, the TLS handshake included (0 = unlimited)",
+       &Config::handshake_timeout_ms, 0, kMaxInt},
       {"websocket.idle_timeout_ms", "--idle-timeout-ms",
        "Close with 4000 after this long without any client frame (0 = never)", &Config::idle_timeout_ms, 0,
        kMaxInt},
@@ -529,6 +536,10 @@ void validate(const Config& cfg) {
   }
   if (cfg.bind.empty()) bad(*find_option("server.bind"), "must not be empty");
   if (cfg.data_dir.empty()) bad(*find_option("server.data_dir"), "must not be empty");
+  if (cfg.tls_cert.empty() != cfg.tls_key.empty()) {
+    bad(*find_option(cfg.tls_cert.empty() ? "server.tls_cert" : "server.tls_key"),
+        "TLS needs both server.tls_cert and server.tls_key");
+  }
   if (cfg.default_timeout_ms > cfg.max_timeout_ms) {
     bad(*find_option("cortex.default_timeout_ms"), "must not exceed cortex.max_timeout_ms");
   }

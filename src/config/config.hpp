@@ -48,6 +48,10 @@ struct Config {
   std::string log_level = "info";
   std::string log_format = "text";  // text or json (one object per line)
   std::int64_t drain_timeout_ms = 30'000;
+  // TLS on the listener (wss://, and https:// for the HTTP endpoints): PEM
+  // files, both or neither; re-read on SIGHUP.
+  std::string tls_cert;
+  std::string tls_key;
 
   // [websocket]
   std::int64_t max_message_bytes = 1 << 20;

@@ -27,6 +27,7 @@ class AcceptGate;
 namespace synapse::net {
 
 class AdminBackend;
+class TlsContext;
 
 struct HttpContext {
   const config::Config& config;
@@ -43,6 +44,9 @@ struct HttpContext {
   AdminBackend* admin = nullptr;
   // POST/GET/DELETE /mcp (set by main when mcp_server.enabled; null: 404).
   channels::McpEndpoint* mcp = nullptr;
+  // Set by main when server.tls_cert is: every socket of the listener is
+  // served over TLS with the certificate it holds (null: plain).
+  TlsContext* tls = nullptr;
   // /mcp answers streaming now (SSE): a drain waits for them too.
   std::atomic<std::int64_t> open_streams{0};
 };

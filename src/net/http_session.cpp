@@ -20,6 +20,7 @@
 #include "core/clock.hpp"
 #include "net/admission.hpp"
 #include "net/http_api.hpp"
+#include "net/http_stream.hpp"
 #include "net/io_thread.hpp"
 #include "net/request_parser.hpp"
 #include "net/request_target.hpp"
@@ -96,7 +97,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   HttpSession(IoThread& thread, tcp::socket socket, const tcp::endpoint& peer, HttpContext& ctx, std::uint64_t id,
               limits::SocketPermit permit)
       : thread_(thread),
-        socket_(std::move(socket)),
+        socket_(std::move(socket), ctx.tls),
         ctx_(ctx),
         id_(id),
         socket_permit_(std::move(permit)),
@@ -175,6 +176,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         m.count_refusal(metrics::Refusal::bad_request);
         respond(json_error(400, "bad_request", "malformed HTTP request"), false);
         return;
+      }
+      if (const auto* tls = socket_.tls(); tls && !tls->handshake_done() && !tls->error().empty()) {
+        spdlog::info("refused peer={} TLS handshake failed: {}", peer_, tls->error());
       }
       shutdown();
       return;
@@ -530,7 +534,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                           const error_code& ec, std::size_t) mutable {
                         if (ec) return;  // the permit is released with `info`
                         const bool revoked = revoked_since_admission(info->principal, self->ctx_.services.keys);
-                        auto conn = std::make_shared<Connection>(self->thread_, std::move(self->socket_),
+                        info->tls = self->socket_.release_tls();
+                        auto conn = std::make_shared<Connection>(self->thread_, std::move(self->socket_.socket()),
                                                                  std::move(*info), self->ctx_.services);
                         self->thread_.connections.push_front(conn);
                         conn->self_in_thread = self->thread_.connections.begin();
@@ -602,7 +607,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   IoThread& thread_;
-  tcp::socket socket_;
+  HttpStream socket_;  // TLS when the listener serves it
   HttpContext& ctx_;
   std::uint64_t id_;
   limits::SocketPermit socket_permit_;

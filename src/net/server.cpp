@@ -19,6 +19,7 @@
 #include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
 #include "net/http_session.hpp"
+#include "net/tls.hpp"
 #include "net/ws_connection.hpp"
 #include "pubsub/broker.hpp"
 #include "wire/ws_frame.hpp"
@@ -65,6 +66,8 @@ Server::Server(IoThreads& threads, HttpContext& http, std::atomic<bool>& drainin
       drain_timer_(main_.ioc),
       accept_retry_timer_(main_.ioc) {
   spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  // Before "listening on" is printed: a SIGHUP from then on reloads.
+  if (http_.tls) signals_.add(SIGHUP);
 }
 
 Server::~Server() {
@@ -138,7 +141,8 @@ void Server::refuse_at_accept(tcp::socket& socket, int verdict) {
   const std::string_view response = per_ip ? too_many : overloaded;
   error_code ec;
   socket.non_blocking(true, ec);
-  socket.write_some(asio::buffer(response.data(), response.size()), ec);
+  // A TLS client could not read a plain answer: it only sees the close.
+  if (!http_.tls) socket.write_some(asio::buffer(response.data(), response.size()), ec);
   socket.shutdown(tcp::socket::shutdown_send, ec);
   socket.close(ec);
   http_.services.metrics.count_refusal(per_ip ? metrics::Refusal::too_many_connections
@@ -310,10 +314,23 @@ void Server::stop_all() {
   for (std::size_t i = 0; i < threads_.size(); ++i) threads_[i].ioc.stop();
 }
 
-int Server::run() {
+// SIGHUP (registered only when TLS is on; otherwise it keeps its default)
+// re-reads the certificate and key for the connections accepted from now
+// on; those open keep theirs. SIGINT and SIGTERM drain.
+void Server::wait_signal() {
   signals_.async_wait([this](const error_code& ec, int sig) {
-    if (!ec) begin_shutdown(sig);
+    if (ec) return;
+    if (sig == SIGHUP) {
+      if (http_.tls) http_.tls->reload();
+    } else {
+      begin_shutdown(sig);
+    }
+    wait_signal();
   });
+}
+
+int Server::run() {
+  wait_signal();
   accept_next();
   for (std::size_t i = 0; i < threads_.size(); ++i) start_sweep(threads_[i]);
   start_broker_tick();

@@ -1,6 +1,7 @@
 // The listener and the server's periodic work: accepting onto the I/O
 // threads, per-thread sweeps (timeouts, token expiry), the broker's tick,
-// revocation polling, and graceful shutdown on SIGINT/SIGTERM.
+// revocation polling, graceful shutdown on SIGINT/SIGTERM, and the TLS
+// certificate's reload on SIGHUP (when TLS is on).
 #pragma once
 
 #include <atomic>
@@ -38,6 +39,7 @@ class Server {
   void start_broker_tick();
   void start_revocation_poll();
   void start_housekeeping();
+  void wait_signal();
   void begin_shutdown(int signal);
   void watch_runs();
   void close_connections();

@@ -45,6 +45,7 @@ Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, Connectio
                          (64u << 10)),
       deflate_(info_.deflate) {
   if (deflate_) reader_.enable_deflate();
+  tls_ = std::move(info_.tls);
 }
 
 Connection::~Connection() = default;
@@ -135,6 +136,7 @@ void Connection::write_out() {
   // What this connection is about to read must survive a crash first (a
   // no-op unless history is kept on disk; see Broker::make_durable).
   services_.broker.make_durable();
+  if (tls_ && !write_out_tls()) return;  // with TLS, the queue is empty past this point
   const int fd = socket_.native_handle();
   iovec iov[max_iov];
   while (!out_.empty()) {
@@ -208,15 +210,16 @@ void Connection::read_some() {
       asio::post(thread_.ioc, [self] { self->read_some(); });
       return;
     }
-    const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+    const ssize_t n = tls_ ? tls_->read(fd, buf.data(), buf.size()) : ::recv(fd, buf.data(), buf.size(), 0);
     if (n > 0) {
       last_rx_ms_ = mono_ms();
       process(buf.data(), static_cast<std::size_t>(n));
       // A short read took everything the socket held, so the recv that
       // would answer EAGAIN can be skipped: data arriving after it raises a
       // new edge, which the wait armed below (before this thread returns to
-      // the reactor) will see.
-      if (static_cast<std::size_t>(n) < buf.size()) break;
+      // the reactor) will see. Not over TLS: the session may have met an
+      // EOF or an error behind the data, which only the next read returns.
+      if (static_cast<std::size_t>(n) < buf.size() && !tls_) break;
       continue;
     }
     if (n == 0) {
@@ -233,6 +236,7 @@ void Connection::read_some() {
     return;
   }
   if (state_ == State::closed) return;
+  if (tls_ && tls_->has_output()) schedule_flush();  // a TLS reply the read produced (key update)
   reader_.shrink_if_idle();
   arm_read();
 }

@@ -24,6 +24,7 @@
 #include "net/admin_backend.hpp"
 #include "net/io_thread.hpp"
 #include "net/outbound_queue.hpp"
+#include "net/tls.hpp"
 #include "wire/ws_frame.hpp"
 
 namespace synapse::net {
@@ -35,6 +36,7 @@ struct ConnectionInfo {
   limits::Permit permit;
   limits::SocketPermit socket_permit;  // from accept; held until the socket closes
   bool deflate = false;  // permessage-deflate was negotiated in the upgrade
+  TlsPtr tls;  // the session's TLS, when the listener serves TLS (moved into the connection)
 };
 
 class Connection final : public std::enable_shared_from_this<Connection>,
@@ -88,6 +90,9 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   // (a failure or a finished close handshake ends the connection later), so
   // it is safe wherever the caller iterates lists a teardown would change.
   void write_out();
+  // write_out() over TLS (tls_connection.cpp): encrypts the queue in
+  // batches and sends the records; true once everything has left.
+  bool write_out_tls();
   bool enqueue(wire::Message msg);
   void end_later(std::string why);
   void begin_close(std::uint16_t code, std::string_view reason);
@@ -107,6 +112,7 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   std::size_t queue_limit_;  // outbound_queue_bytes, 0 = unlimited
   std::size_t initial_allowance_;  // exempt bytes of join output (send_initial)
   std::optional<channels::Session> session_;
+  TlsPtr tls_;  // null: plain, the path that pays nothing for TLS
 
   State state_ = State::open;
   bool read_armed_ = false;
