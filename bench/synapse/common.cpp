@@ -224,7 +224,7 @@ void Context::emit(const Json& result, const std::string& table) {
   const double wall = ns_s(now_ns() - t_start);
   Json j;
   j.str("scenario", scenario).str("label", label);
-  j.str("url", "ws://" + target.host + ":" + std::to_string(target.port));
+  j.str("url", (target.tls ? "wss://" : "ws://") + target.host + ":" + std::to_string(target.port));
   j.integer("server_pid", server_pid);
   j.boolean("small", small);
   j.integer("unix_time", static_cast<std::int64_t>(std::time(nullptr)));

@@ -19,7 +19,7 @@
 namespace synapse::net {
 namespace {
 constexpr std::size_t tls_batch_bytes = 64 * 1024;
-constexpr std::size_t tls_batch_iov = 128;
+constexpr std::size_t tls_batch_iov = 512;  // as the plain path's max_iov
 }  // namespace
 
 bool Connection::write_out_tls() {
