@@ -217,11 +217,16 @@ std::string TlsContext::describe() const {
 }
 
 TlsPtr TlsContext::session(int fd) {
-  SSL* ssl = nullptr;
+  SSL_CTX* ctx = nullptr;
   {
+    // Only a reference is taken under the lock: threads accepting at once
+    // do not wait for each other's SSL_new.
     std::lock_guard lock(mu_);
-    ssl = SSL_new(ctx_);  // takes its own reference to the context
+    ctx = ctx_;
+    SSL_CTX_up_ref(ctx);
   }
+  SSL* ssl = SSL_new(ctx);  // holds its own reference to the context
+  SSL_CTX_free(ctx);
   BIO* rbio = ssl ? BIO_new_socket(fd, BIO_NOCLOSE) : nullptr;
   BIO* wbio = rbio ? BIO_new(TlsBio::method()) : nullptr;
   if (!wbio) {

@@ -10,6 +10,8 @@ plain TCP, and startup refusals for unusable files."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import http.client
 import json
 import os
@@ -28,8 +30,8 @@ from phx import PhxClient, ok
 from rawws import client_frame, read_frames
 from synapse_server import binary, free_port, wait_until
 
-import base64
-import hashlib
+
+UNDER_ASAN = "build/debug" in os.environ.get("SYNAPSE_BIN", "")
 
 
 # --- certificates -------------------------------------------------------------
@@ -403,7 +405,13 @@ def test_accept_gate_and_limits_apply_over_tls(fresh_server, certs):
     wait_until(lambda: any("refused" in l and "at accept" in l for l in s.log_lines), what="refusal log")
     for h in held:
         h.close()
-    wait_until(lambda: https(s, ctx, "GET", "/health")[0] == 200, timeout=5, what="served again")
+
+    def served():
+        try:
+            return https(s, ctx, "GET", "/health")[0] == 200
+        except (ssl.SSLError, OSError):  # refused at accept until the server has seen the closes
+            return False
+    wait_until(served, timeout=5, what="served again")
 
 
 # --- slow consumer --------------------------------------------------------------
@@ -434,8 +442,9 @@ async def test_slow_consumer_over_tls_closed_4008_others_keep_receiving(fresh_se
                what="the stalled client closed with 4008")
     peak = max(peak, s.rss_kib())
     # History holds 100 of these (~3.2 MB); the stalled queue at most 1 MiB
-    # plus one 64 KiB TLS batch.
-    assert peak - rss_before < 8_000, (rss_before, peak)
+    # plus one 64 KiB TLS batch. (ASan's quarantine keeps freed memory.)
+    if not UNDER_ASAN:
+        assert peak - rss_before < 8_000, (rss_before, peak)
 
     frames, code = read_frames(stalled, rest, timeout=5)
     assert code in (4008, None)
