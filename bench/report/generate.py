@@ -48,9 +48,13 @@ RULES = [
 ]
 # When neither the group nor the test name matches, by result file.
 FILE_DEFAULT = {"compat-js": "protocol", "sdk-js": "protocol", "sdk-python": "protocol", "unit": "protocol",
+                "unit-asan": "protocol",
                 "browser": "security"}
-# Result files scripts/run-tests writes; these three always run.
-REQUIRED_FILES = ["unit", "integration", "integration-asan"]
+# Result files scripts/run-tests writes; these four always run. unit-asan is
+# the unit suite again in the ASan+UBSan build (build/debug).
+REQUIRED_FILES = ["unit", "unit-asan", "integration", "integration-asan"]
+# Result files written by ctest (gtest cases named Suite.Test).
+CTEST_FILES = ("unit", "unit-asan")
 OPTIONAL_FILES = {"compat-js": REPO / "tests" / "js", "sdk-js": REPO / "clients" / "js" / "test",
                   "sdk-python": REPO / "clients" / "python" / "tests", "browser": REPO / "tests" / "browser"}
 
@@ -99,7 +103,7 @@ def parse_junit(path: Path) -> list[dict]:
             group = classname.split(".")[-1] if "." in classname else classname
         elif file_attr:
             group = Path(file_attr).stem
-        elif "." in name and path.stem == "unit":
+        elif "." in name and path.stem in CTEST_FILES:
             group = name.split(".")[0]
         else:
             group = next((s for s in reversed(suites) if s and s not in ("pytest", "root")), path.stem)

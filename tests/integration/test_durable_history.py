@@ -93,5 +93,5 @@ async def test_memory_history_is_gone_after_a_crash(fresh_server):
 
 
 def test_a_bad_history_store_value_is_refused(fresh_server):
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="'tape' is not memory or disk"):
         fresh_server({"--history-store": "tape"})

@@ -35,6 +35,13 @@ def valid_event(e: str) -> bool:
     return 0 < len(e.encode()) <= 64 and not any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in e)
 
 
+def has_control(s) -> bool:
+    """A C0 control character or DEL (in a str or bytes): what a request
+    target may not decode to."""
+    codes = s if isinstance(s, bytes) else map(ord, s)
+    return any(c < 0x20 or c == 0x7F for c in codes)
+
+
 def reserved(e: str) -> bool:
     return e.startswith("phx_") or e.startswith("presence_") or e.startswith("_")
 
@@ -216,13 +223,18 @@ def http_strings(s_server, s: str):
         assert status == 200
     else:
         assert (status, body["error"]) == (400, "invalid_topic")
+    # The request target is percent-decoded; a control character in it (NUL
+    # included) makes it malformed: 400 bad_request before any credential is
+    # read (net/request_target.cpp). Anything else is a credential that
+    # names no key and no valid token: 401. As a path it names no route: 404.
     q = urllib.parse.quote(s, safe="")
+    bad_target = has_control(s)
     status, _, body, sock = http_upgrade(s_server.port, f"/cortex/websocket?api_key={q}")
-    assert status in (400, 401), (s, status)
+    assert status == (400 if bad_target else 401), (s, status)
     status, _, body, sock = http_upgrade(s_server.port, f"/cortex/websocket?token={q}")
-    assert status in (400, 401), (s, status)
+    assert status == (400 if bad_target else 401), (s, status)
     status, _, body = s_server.http("GET", "/" + q)
-    assert status in (400, 404)
+    assert status == (400 if bad_target else 404), (s, status)
 
 
 @pytest.mark.asyncio
@@ -275,7 +287,11 @@ async def test_huge_and_odd_numbers_in_every_numeric_field(vserver, world):
                 continue
             reply = await a.reply(ref)
             if reply["status"] == "error":
-                assert reply["response"]["reason"] in ("invalid_payload", "invalid_args"), (raw, name, reply)
+                # A tool's arguments are checked against its schema
+                # (invalid_args); every other field by the channel (invalid_payload).
+                expected = "invalid_args" if name in ("memory.store.importance", "countdown.steps") \
+                    else "invalid_payload"
+                assert reply["response"]["reason"] == expected, (raw, name, reply)
                 continue
             if name == "publish.value":
                 got = await wit.push_event("room:hostile", "num", pred=lambda f: f[4]["_meta"]["offset"] == reply["response"]["offset"])
@@ -291,7 +307,15 @@ async def test_huge_and_odd_numbers_in_every_numeric_field(vserver, world):
                 while True:
                     f = await a.expect(lambda f: f[2] == CORTEX and f[1] is None and f[4].get("ref") == r, 10)
                     if f[3] in ("result", "error", "interrupted"):
-                        assert f[3] == "result" or f[4]["reason"] in ("timeout", "tool_error"), (raw, name, f)
+                        if name == "query.timeout_ms" and parsed == 1:
+                            # A 1 ms timeout races the query itself: either
+                            # end is right, and it is the only racy case.
+                            assert f[3] == "result" or f[4]["reason"] == "timeout", (raw, name, f)
+                        else:
+                            # Every accepted value is a small valid one: the
+                            # run succeeds (countdown.steps accepts 1..10000
+                            # with interval 0, well within its 5 s).
+                            assert f[3] == "result", (raw, name, f)
                         break
         if n % 60 == 0:
             await world.still_serving()
@@ -341,7 +365,7 @@ async def test_deep_nesting(vserver, world):
             if expect == "ok":
                 assert r["status"] == "ok", (e, r)
             else:
-                assert r["status"] == "ok" or r["response"]["reason"] in ("invalid_payload", "invalid_args"), (e, r)
+                assert r["status"] == "error" and r["response"]["reason"] == expect, (e, r)
         if i % 5 == 4:
             await world.still_serving()
     # Malformed frames count toward the 1008 budget; the attacker is done.
@@ -379,8 +403,9 @@ async def test_invalid_utf8_everywhere(vserver, world):
                 assert not [p for op, p in frames_seen if op == 1], (e, frames_seen)
             sock.close()
         # As a percent-encoded token or key: 401, never a crash.
+        # (400 when a byte decodes to a control character: a malformed target.)
         q = urllib.parse.quote_from_bytes(raw)
-        assert http_upgrade(vserver.port, f"/cortex/websocket?token={q}")[0] in (400, 401)
+        assert http_upgrade(vserver.port, f"/cortex/websocket?token={q}")[0] == (400 if has_control(raw) else 401), e
     await world.still_serving()
 
 
@@ -430,7 +455,7 @@ async def test_oversized_inputs(vserver, world):
     status, _, _ = vserver.http("GET", "/" + "a" * 8192)
     assert status == 404
     status, _, _ = vserver.http("GET", "/health", headers={"X-Big": "b" * 65536})
-    assert status in (400, 413, 431)
+    assert status == 431  # request line and headers are bounded at 16 KiB (header_too_large)
     await world.still_serving()
 
 
