@@ -177,7 +177,8 @@ class CortexChannel final : public Channel {
     if (ev->terminal) erase_follow(run_id);
   }
 
-  // The inbox's events, in the order they arrived.
+  // The inbox's events, in the order they arrived, handed to the socket as
+  // one batch (one gather write, at once: the pubsub fan-out's way).
   void drain() {
     {
       std::lock_guard lock(inbox_->mu);
@@ -188,25 +189,30 @@ class CortexChannel final : public Channel {
     for (const auto& [key, ev] : batch_) {
       Follow* f = find_key(key);
       if (!f || ev->seq <= f->last_seq) continue;
-      send_event(*ev);
+      out_.push_back(frame(*ev));
       f->last_seq = ev->seq;
       if (ev->terminal) erase_key(key);
     }
     batch_.clear();
+    if (out_.empty()) return;
+    out_ptrs_.clear();
+    for (const auto& m : out_) out_ptrs_.push_back(&m);
+    session_.socket().send_batch(out_ptrs_.data(), out_ptrs_.size());
+    out_.clear();
   }
 
  private:
-  void send_event(const cortex::RunEvent& ev) {
+  wire::Message frame(const cortex::RunEvent& ev) const {
     // Event names are plain identifiers; one that is not gets the general encoder.
-    const bool plain = ev.event.find_first_of("\"\\") == std::string::npos;
-    if (plain) {
-      session_.socket().send(wire::Message::text_parts({frame_head_, ev.event, "\",", ev.payload, "]"}));
-      return;
+    if (ev.event.find_first_of("\"\\") == std::string::npos) {
+      return wire::Message::text_parts({frame_head_, ev.event, "\",", ev.payload, "]"});
     }
-    session_.socket().send(wire::Message::text(protocol::encode_raw(
+    return wire::Message::text(protocol::encode_raw(
         join_ref_ ? std::optional<std::string_view>(*join_ref_) : std::nullopt, std::nullopt, topic_, ev.event,
-        ev.payload)));
+        ev.payload));
   }
+
+  void send_event(const cortex::RunEvent& ev) { session_.socket().send(frame(ev)); }
 
   Follow* find_key(std::uint64_t key) {
     for (auto& f : follows_) {
@@ -815,6 +821,8 @@ class CortexChannel final : public Channel {
   std::string frame_head_;  // [join_ref, null, topic, "
   std::shared_ptr<Inbox> inbox_ = std::make_shared<Inbox>();
   std::vector<std::pair<std::uint64_t, cortex::RunEventPtr>> batch_;  // drain()'s, kept for its capacity
+  std::vector<wire::Message> out_;                                     // drain()'s frames, likewise
+  std::vector<const wire::Message*> out_ptrs_;
 };
 
 }  // namespace
