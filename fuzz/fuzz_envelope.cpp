@@ -11,7 +11,9 @@
 //     drop_oversized none is left (what a reply echoes is small);
 //   - the input used as raw strings: encode_raw(s, null, s, s, {}) of any
 //     valid UTF-8 s (control characters, quotes, backslashes, DEL, NUL
-//     included) decodes to s exactly: append_json_string escapes what it must.
+//     included) decodes to s exactly: append_json_string escapes what it must;
+//   - decode_flat (the tree-less fast path of string-only frames) accepts
+//     only what decode accepts, to the same fields and the same payload.
 #include <boost/json.hpp>
 #include <cmath>
 #include <cstdint>
@@ -21,6 +23,7 @@
 
 #include "fuzz_check.hpp"
 #include "protocol/envelope.hpp"
+#include "protocol/flat_frame.hpp"
 #include "wire/utf8.hpp"
 
 namespace json = boost::json;
@@ -136,11 +139,33 @@ void check_raw_strings(std::string_view s) {
   for (char c : frame) FUZZ_CHECK(static_cast<unsigned char>(c) >= 0x20, "raw control character in encoded frame");
 }
 
+void check_flat(std::string_view text) {
+  if (!synapse::wire::is_valid_utf8(text)) return;  // the WebSocket reader refuses those first
+  FlatFrame f;
+  if (!decode_flat(text, f)) return;
+  Envelope env;
+  std::string error;
+  FUZZ_CHECK(decode(text, env, error), "decode_flat accepted what decode refuses: " + escaped(text));
+  FUZZ_CHECK(same(f.join_ref, env.join_ref) && same(f.ref, env.ref) && f.topic == env.topic && f.event == env.event,
+             "decode_flat read other envelope fields: " + escaped(text));
+  FUZZ_CHECK(f.payload_raw == env.payload_raw, "decode_flat read another payload_raw: " + escaped(text));
+  FUZZ_CHECK(f.n_fields == env.payload->size(), "decode_flat read another number of fields: " + escaped(text));
+  std::size_t i = 0;
+  std::string scratch;
+  for (const auto& kv : *env.payload) {
+    FUZZ_CHECK(f.fields[i].key == std::string_view(kv.key()) && kv.value().is_string() &&
+                   flat_value(f.fields[i], scratch) == std::string_view(kv.value().get_string()),
+               "decode_flat read another field: " + escaped(text));
+    ++i;
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   check_round_trip(text);
   check_raw_strings(text);
+  check_flat(text);
   return 0;
 }

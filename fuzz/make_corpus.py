@@ -148,6 +148,9 @@ def envelope_seeds():
         "bad_utf8": b'[null,null,"t\xff","e",{}]',
         "empty": "",
         "sql_in_topic": '[null,"1","room:\'; DROP TABLE memories; --","e",{}]',
+        "worker_token": '["j1",null,"agent:bench","token",{"run_id":"run_0123456789abcdef01234567","text":"12 34 "}]',
+        "worker_token_escapes": r'["j1","w9","agent:bench","token",{ "text" : "q\"b\\s\/\n" , "run_id" : "r" }]',
+        "flat_dup_keys": '["j1",null,"agent:bench","token",{"run_id":"r","text":"a","text":"b"}]',
     }
     for depth in (63, 64, 65, 200):
         # The frame's array is depth 1, the payload object depth 2.

@@ -361,8 +361,8 @@ def _rows_against(latest: dict, baseline: str) -> list[dict]:
         p50 = _get(paced, "token_latency", "p50_ms")
         row("agent workers (issue 12)",
             f"Token relay worker -> client, {_get(paced, 'runs')} runs x "
-            f"{fnum((_get(paced, 'offered_tokens_per_s') or 0) / max(1, _get(paced, 'runs') or 1))} tokens/s: "
-            "added latency p50 / p99", "p50 < 0.2 ms",
+            f"{fnum((_get(paced, 'offered_tokens_per_s') or 0) / max(1, _get(paced, 'runs') or 1))} tokens/s "
+            f"({_get(paced, 'pacing') or 'aligned'} pacing): added latency p50 / p99", "p50 < 0.2 ms",
             f"{fnum(p50, '', 3)} / {fnum(_get(paced, 'token_latency', 'p99_ms'), ' ms', 3)}", "n/a (Synapse only)",
             verdict(p50 is not None and p50 < 0.2) if ar else NOT_MEASURED)
         tps = _get(mx, "tokens_per_s")

@@ -13,6 +13,11 @@
 // Phase "paced": every run streams --tokens-per-s tokens a second for
 // --duration s: the gateway's added latency per token (worker send to
 // client receive, one clock: both ends live in this process), p50/p99.
+// --pacing staggered (the default): run i's tokens are due at
+// t0 + (k + i/R)/rate, as independent streams are, and the bench sends what
+// is due every --tick-us (100); --pacing aligned: every run's token is due
+// at the same instant, one burst of R tokens per 1/rate (the worst case: a
+// token waits behind the whole burst; --tick-us defaults to 1000).
 // Phase "max": the workers send as fast as the server reads (each worker
 // keeps at most --window-kib of unsent bytes) for --duration s: the tokens
 // per second one server relays, and its CPU.
@@ -63,6 +68,13 @@ int run_agent_relay(Context& ctx) {
   const auto n_runs = static_cast<std::size_t>(ctx.args.integer("runs", small ? 20 : 100));
   const double rate = ctx.args.num("tokens-per-s", 1000);
   const double duration = ctx.args.num("duration", small ? 2 : 5);
+  const std::string pacing = ctx.args.str("pacing", "staggered");
+  if (pacing != "staggered" && pacing != "aligned") {
+    std::cerr << "agent_relay: --pacing is staggered or aligned\n";
+    return 2;
+  }
+  const bool staggered = pacing == "staggered";
+  const double tick_us = ctx.args.num("tick-us", staggered ? 100 : 1000);
   const auto window = static_cast<std::size_t>(ctx.args.integer("window-kib", 256)) * 1024;
   const auto timeout = ms_ns(ctx.args.num("timeout-s", 60) * 1000);
   const std::string worker_key = ctx.args.str("worker-key");
@@ -319,6 +331,8 @@ int run_agent_relay(Context& ctx) {
     pj.num("tokens_per_s", wall > 0 ? static_cast<double>(received) / wall : 0.0, 1);
     if (name == "paced") {
       pj.num("offered_tokens_per_s", rate * static_cast<double>(n_runs), 1);
+      pj.str("pacing", pacing);
+      pj.num("tick_us", tick_us, 0);
       pj.obj("token_latency", latency_json(token_lat));
     }
     Json e;
@@ -341,21 +355,27 @@ int run_agent_relay(Context& ctx) {
   };
 
   const auto dur_ns = static_cast<std::uint64_t>(duration * 1e9);
-  // Paced: every run's tokens are due at `rate` per second from t0; each
-  // 1 ms tick sends what is due (catching up when the loop was late).
+  // Paced: every run's tokens are due at `rate` per second from t0 (run i
+  // shifted by i/R of the interval when staggered); each tick sends what is
+  // due (catching up when the loop was late).
   bool ok = phase("paced", [&](std::uint64_t t0) {
     const auto end = t0 + dur_ns;
     while (now_ns() < end) {
       const double due = rate * ns_s(now_ns() - t0);
       for (std::size_t w = 0; w < n_workers; ++w) {
         Peer& p = *workers.peers()[w];
+        bool any = false;
         for (std::size_t i : worker_runs[w]) {
           RelayRun& r = runs[i];
-          while (static_cast<double>(r.sent) < due) send_token(p, r);
+          const double shift = staggered ? static_cast<double>(i) / static_cast<double>(n_runs) : 0.0;
+          while (static_cast<double>(r.sent) + shift < due) {
+            send_token(p, r);
+            any = true;
+          }
         }
-        p.ws->flush();
+        if (any) p.ws->flush();
       }
-      ctx.loop.run_for(ms_ns(1));
+      ctx.loop.run_for(static_cast<std::uint64_t>(tick_us * 1000));
     }
   });
   // Max: each worker keeps its unsent bytes under the window, its runs in

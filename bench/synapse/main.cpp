@@ -62,7 +62,9 @@ query_load:          --memories N --store-connections N --query-connections N --
                      --duration S --vocabulary N --skip-store
 agent_relay:         --worker-key KEY (required; keys create --worker --unlimited) --workers N (4)
                       --runs N (100) --tokens-per-s N (1000, paced phase) --duration S (5)
-                      --window-kib N (256, max phase)
+                      --window-kib N (256, max phase) --pacing staggered|aligned (staggered:
+                      run i's tokens shifted by i/runs of the interval; aligned: all runs' tokens
+                      at once) --tick-us N (the paced send tick: 100 staggered, 1000 aligned)
 fairness:            --key2 KEY (required) --agent2 ID (bench2) --memories N (50000)
                      --store-connections N (8) --flood-connections N (8) --in-flight N (4)
                      --duration S (10) --idle-probes N (20) --probe-gap-ms MS (50) --vocabulary N (100)

@@ -73,6 +73,16 @@ class AgentChannel final : public Channel {
     answer(env, hub_.on_event(worker_, env.event, *env.payload));
   }
 
+  // A worker's tokens, the hot path (protocol.md section 10): read without a
+  // JSON tree, answered exactly as handle_in() answers them.
+  bool takes_flat(std::string_view event) const override { return event == "token"; }
+  void handle_flat(const protocol::Envelope& env, const protocol::FlatFrame& f) override {
+    std::optional<std::string_view> run_id, text;
+    if (const protocol::FlatField* v = f.find("run_id")) run_id = protocol::flat_value(*v, id_scratch_);
+    if (const protocol::FlatField* v = f.find("text")) text = protocol::flat_value(*v, text_scratch_);
+    answer(env, hub_.on_token(worker_, run_id, text));
+  }
+
   // The worker's runs end or move to another worker (AgentHub::remove_worker).
   void leave() override {
     if (!board_->channel) return;
@@ -137,6 +147,7 @@ class AgentChannel final : public Channel {
   std::shared_ptr<Board> board_;
   std::uint64_t worker_ = 0;
   std::vector<std::int64_t> errors_at_;  // ms; only a misbehaving worker grows it
+  std::string id_scratch_, text_scratch_;  // handle_flat's unescaped values
 };
 
 }  // namespace

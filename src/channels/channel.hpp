@@ -2,7 +2,10 @@
 // connection's thread.
 #pragma once
 
+#include <string_view>
+
 #include "protocol/envelope.hpp"
+#include "protocol/flat_frame.hpp"
 
 namespace synapse::channels {
 
@@ -11,6 +14,19 @@ class Channel {
   virtual ~Channel() = default;
   // A client event other than phx_join / phx_leave on this topic.
   virtual void handle_in(const protocol::Envelope& env) = 0;
+  // The hot-path variant (protocol/flat_frame.hpp): a channel that answers
+  // true for `event` gets the frames of that event that decode_flat() reads
+  // through handle_flat() instead of handle_in(), after the same checks and
+  // rate limit. `env` then has no JSON tree (payload is null, payload_raw
+  // is set); `frame` holds the payload's string fields.
+  virtual bool takes_flat(std::string_view event) const {
+    (void)event;
+    return false;
+  }
+  virtual void handle_flat(const protocol::Envelope& env, const protocol::FlatFrame& frame) {
+    (void)env;
+    (void)frame;
+  }
   // The member leaves (phx_leave, duplicate join, crash, disconnect); after
   // this the channel sends nothing more.
   virtual void leave() = 0;

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <mutex>
+
 #include "core/crypto.hpp"
 #include "channels/session.hpp"
 #include "config/config.hpp"
@@ -35,6 +37,18 @@ struct Board {
   CortexChannel* channel = nullptr;
 };
 
+// The live events of the runs a channel follows, on their way from the
+// runs' fan-out (any thread, under each run's lock) to the channel's thread.
+// The first event into an empty inbox posts one task, which takes everything
+// that arrived by the time it runs: a run streaming thousands of tokens a
+// second costs a post per batch, not per token, and each run's events keep
+// their order (they are added under the run's lock).
+struct Inbox {
+  std::mutex mu;
+  std::vector<std::pair<std::uint64_t, cortex::RunEventPtr>> events;  // (follow key, event)
+  bool posted = false;
+};
+
 using cortex::RunEnd;
 
 // A run this connection follows: one it started, or one it attached to.
@@ -43,6 +57,7 @@ struct Follow {
   std::uint64_t sub = 0;       // the run's subscriber id; 0 once the run ended
   std::uint64_t last_seq = 0;  // the newest event this connection was sent
   bool mine = false;           // started here: counts toward limits.max_running
+  std::uint64_t key = 0;       // this channel's name for the subscription (Inbox)
 };
 
 // At most this many runs followed per connection (own and attached).
@@ -72,6 +87,16 @@ class CortexChannel final : public Channel {
         board_(std::make_shared<Board>()) {
     if (env.join_ref) join_ref_ = std::string(*env.join_ref);
     board_->channel = this;
+    // [join_ref, null, topic, " : every event's frame starts so.
+    frame_head_ = "[";
+    if (join_ref_) {
+      protocol::append_json_string(frame_head_, *join_ref_);
+    } else {
+      frame_head_ += "null";
+    }
+    frame_head_ += ",null,";
+    protocol::append_json_string(frame_head_, topic_);
+    frame_head_ += ",\"";
   }
 
   ~CortexChannel() override { leave(); }
@@ -141,7 +166,10 @@ class CortexChannel final : public Channel {
   // One event of a followed run. Events reach the channel both from the
   // backlog of an attach and live from the run's fan-out; the seq check
   // makes every event go out once, in order.
+  // An event decided on this thread (an interrupt, a shutdown, a failed
+  // start) goes after the live events already in the inbox.
   void deliver(const std::string& run_id, const cortex::RunEventPtr& ev) {
+    drain();
     Follow* f = find_follow(run_id);
     if (!f || ev->seq <= f->last_seq) return;
     send_event(*ev);
@@ -149,11 +177,52 @@ class CortexChannel final : public Channel {
     if (ev->terminal) erase_follow(run_id);
   }
 
+  // The inbox's events, in the order they arrived, handed to the socket as
+  // one batch (one gather write, at once: the pubsub fan-out's way).
+  void drain() {
+    {
+      std::lock_guard lock(inbox_->mu);
+      inbox_->posted = false;
+      if (inbox_->events.empty()) return;
+      batch_.swap(inbox_->events);
+    }
+    for (const auto& [key, ev] : batch_) {
+      Follow* f = find_key(key);
+      if (!f || ev->seq <= f->last_seq) continue;
+      out_.push_back(frame(*ev));
+      f->last_seq = ev->seq;
+      if (ev->terminal) erase_key(key);
+    }
+    batch_.clear();
+    if (out_.empty()) return;
+    out_ptrs_.clear();
+    for (const auto& m : out_) out_ptrs_.push_back(&m);
+    session_.socket().send_batch(out_ptrs_.data(), out_ptrs_.size());
+    out_.clear();
+  }
+
  private:
-  void send_event(const cortex::RunEvent& ev) {
-    session_.socket().send(wire::Message::text(protocol::encode_raw(
+  wire::Message frame(const cortex::RunEvent& ev) const {
+    // Event names are plain identifiers; one that is not gets the general encoder.
+    if (ev.event.find_first_of("\"\\") == std::string::npos) {
+      return wire::Message::text_parts({frame_head_, ev.event, "\",", ev.payload, "]"});
+    }
+    return wire::Message::text(protocol::encode_raw(
         join_ref_ ? std::optional<std::string_view>(*join_ref_) : std::nullopt, std::nullopt, topic_, ev.event,
-        ev.payload)));
+        ev.payload));
+  }
+
+  void send_event(const cortex::RunEvent& ev) { session_.socket().send(frame(ev)); }
+
+  Follow* find_key(std::uint64_t key) {
+    for (auto& f : follows_) {
+      if (f.key == key) return &f;
+    }
+    return nullptr;
+  }
+
+  void erase_key(std::uint64_t key) {
+    std::erase_if(follows_, [&](const Follow& f) { return f.key == key; });
   }
 
   void push(std::string_view event, const json::object& payload) {
@@ -191,11 +260,20 @@ class CortexChannel final : public Channel {
   // Subscribes this connection to `run`: the run's fan-out posts each event
   // to this connection's thread, where deliver() sends it unless it was
   // already sent.
-  cortex::Run::Attached subscribe(const cortex::RunPtr& run, std::optional<std::uint64_t> after_seq) {
+  // `key` names the subscription in the inbox (Follow::key).
+  cortex::Run::Attached subscribe(const cortex::RunPtr& run, std::optional<std::uint64_t> after_seq,
+                                  std::uint64_t key) {
     return run->attach(after_seq, [poster = session_.socket().poster(), board = std::weak_ptr<Board>(board_),
-                                   id = run->id()](const cortex::RunEventPtr& ev) {
-      poster([board, id, ev] {
-        if (auto b = board.lock(); b && b->channel) b->channel->deliver(id, ev);
+                                   inbox = inbox_, key](const cortex::RunEventPtr& ev) {
+      bool post = false;
+      {
+        std::lock_guard lock(inbox->mu);
+        inbox->events.emplace_back(key, ev);
+        post = !std::exchange(inbox->posted, true);
+      }
+      if (!post) return;
+      poster([board] {
+        if (auto b = board.lock(); b && b->channel) b->channel->drain();
       });
     });
   }
@@ -297,8 +375,9 @@ class CortexChannel final : public Channel {
     auto run = registry_.start(std::move(r), std::move(kind), std::move(tool), session_.principal().tenant, agent_,
                                timeout_ms, std::move(on_end));
     record_start(*run);
-    auto a = subscribe(run, std::uint64_t{0});
-    follows_.push_back(Follow{run, a.sub, 0, true});
+    const std::uint64_t key = next_key_++;
+    auto a = subscribe(run, std::uint64_t{0}, key);
+    follows_.push_back(Follow{run, a.sub, 0, true, key});
     return run;
   }
 
@@ -537,7 +616,7 @@ class CortexChannel final : public Channel {
       const char* why = out.kind == K::tool_error ? "tool_error" : out.kind == K::unavailable ? "tool_unavailable" : "internal";
       run->finish(RunEnd::error, json::object{{"reason", why}, {"message", std::move(out.message)}});
     };
-    cortex::TokenScope tokens([run](std::string_view delta) { run->emit("token", json::object{{"delta", delta}}); });
+    cortex::TokenScope tokens([run](std::string_view delta) { run->emit_token(delta); });
     const cortex::Admit admit = tool.start(std::move(call)).admit;
     if (admit == cortex::Admit::accepted) return true;
     refuse_overloaded(env, run, admit);
@@ -696,7 +775,8 @@ class CortexChannel final : public Channel {
                                     fmt::format("a connection follows at most {} runs at once", max_follows)));
       return;
     }
-    auto a = subscribe(run, after);
+    const std::uint64_t key = next_key_++;
+    auto a = subscribe(run, after, key);
     json::object r{{"run_id", id}, {"ref", run->ref()}, {"status", a.status}, {"last_seq", a.last_seq}};
     if (a.truncated) r["truncated"] = true;
     session_.reply_ok(env, r);
@@ -711,7 +791,7 @@ class CortexChannel final : public Channel {
       sent = ev->seq;
       ended = ended || ev->terminal;
     }
-    if (a.sub && !ended) follows_.push_back(Follow{run, a.sub, sent, false});
+    if (a.sub && !ended) follows_.push_back(Follow{run, a.sub, sent, false, key});
   }
 
   // runs {}: this agent's active and recent runs on this node, newest first.
@@ -737,6 +817,12 @@ class CortexChannel final : public Channel {
   std::shared_ptr<Board> board_;
   std::vector<Follow> follows_;
   std::uint64_t next_ref_ = 1;
+  std::uint64_t next_key_ = 1;
+  std::string frame_head_;  // [join_ref, null, topic, "
+  std::shared_ptr<Inbox> inbox_ = std::make_shared<Inbox>();
+  std::vector<std::pair<std::uint64_t, cortex::RunEventPtr>> batch_;  // drain()'s, kept for its capacity
+  std::vector<wire::Message> out_;                                     // drain()'s frames, likewise
+  std::vector<const wire::Message*> out_ptrs_;
 };
 
 }  // namespace

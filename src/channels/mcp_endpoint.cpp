@@ -863,7 +863,7 @@ void McpEndpoint::State::call_tool(const json::value& id, const json::object& pa
   };
   cortex::Admit admit;
   {
-    cortex::TokenScope tokens([run](std::string_view delta) { run->emit("token", json::object{{"delta", delta}}); });
+    cortex::TokenScope tokens([run](std::string_view delta) { run->emit_token(delta); });
     admit = tool->start(std::move(tc)).admit;
   }
   if (admit != cortex::Admit::accepted) {

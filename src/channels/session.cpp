@@ -98,6 +98,7 @@ void Session::on_malformed(std::string_view why) {
 
 void Session::on_text(std::string_view text) {
   if (closed_) return;
+  if (on_flat(text)) return;
   protocol::Envelope env;
   std::string error;
   if (!protocol::decode(text, env, error)) {
@@ -173,6 +174,49 @@ void Session::on_text(std::string_view text) {
   } catch (const std::exception& e) {
     crash(*index, &env, e.what());
   }
+}
+
+// The fast path of on_text for the frames decode_flat() reads and the
+// joined channel takes flat (an agent worker's tokens). Every check on_text
+// makes before it hands a frame to a channel either passes here, or the
+// frame goes the full way (false) before anything was done with it; only
+// the rate limit and the channel act, as on_text would.
+bool Session::on_flat(std::string_view text) {
+  protocol::FlatFrame f;
+  if (!protocol::decode_flat(text, f)) return false;
+  if ((f.join_ref && f.join_ref->size() > protocol::max_ref_bytes) ||
+      (f.ref && f.ref->size() > protocol::max_ref_bytes) || f.topic.size() > protocol::max_envelope_topic_bytes ||
+      f.event.size() > protocol::max_envelope_event_bytes) {
+    return false;
+  }
+  if (f.topic == "phoenix" || f.event == "phx_join" || f.event == "phx_leave") return false;
+  const auto index = find(f.topic);
+  if (!index) return false;
+  if (f.join_ref && joined_[*index].join_ref && *f.join_ref != *joined_[*index].join_ref) return false;
+  if (!joined_[*index].channel->takes_flat(f.event)) return false;
+  protocol::Envelope env;
+  env.join_ref = f.join_ref;
+  env.ref = f.ref;
+  env.topic = f.topic;
+  env.event = f.event;
+  env.payload_raw = f.payload_raw;
+  if (spdlog::should_log(spdlog::level::debug)) {
+    spdlog::debug("conn={} frame topic={} event={} ref={} join_ref={} ({} bytes, flat)", socket_.id(), env.topic,
+                  env.event, env.ref.value_or(""), env.join_ref.value_or(""), text.size());
+  }
+  if (auto take = rates_.messages.take(limits::Clock::now()); !take.ok) {
+    metrics::bump(services_.metrics.rate_limited[static_cast<std::size_t>(metrics::RateBucket::messages)]);
+    json::object r = protocol::error_response(reason::rate_limited, "message rate limit exceeded");
+    r["retry_after_ms"] = take.retry_after_ms;
+    reply_error(env, r);
+    return true;
+  }
+  try {
+    joined_[*index].channel->handle_flat(env, f);
+  } catch (const std::exception& e) {
+    crash(*index, &env, e.what());
+  }
+  return true;
 }
 
 void Session::handle_phoenix(const protocol::Envelope& env) {

@@ -65,6 +65,8 @@ class Session {
     std::unique_ptr<Channel> channel;
   };
 
+  // The frames a channel takes without a JSON tree; false: not one of them.
+  bool on_flat(std::string_view text);
   void handle_phoenix(const protocol::Envelope& env);
   void handle_refresh(const protocol::Envelope& env);
   // `hook_passed`: the join hook already allowed it (handle_join asks it

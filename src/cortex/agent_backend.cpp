@@ -65,8 +65,7 @@ AgentEventResult apply_agent_event(Run& run, std::string_view event, const json:
   if (event == "token") {
     const json::value* t = payload.if_contains("text");
     if (!t || !t->is_string()) return bad("text must be a string");
-    run.emit("token", json::object{{"delta", t->get_string()}});
-    return AgentEventResult::applied;
+    return run.emit_token(t->get_string()) ? AgentEventResult::applied : AgentEventResult::run_ended;
   }
   if (event == "progress") {
     const json::value* v = payload.if_contains("progress");

@@ -58,10 +58,10 @@ std::shared_ptr<AgentHub::Worker> AgentHub::pick_locked(const AgentRequest& req,
   return best;
 }
 
-void AgentHub::release_locked(Worker& w, const std::string& run_id) {
+void AgentHub::release_locked(Worker& w, std::string_view run_id) {
   if (w.inflight > 0) --w.inflight;
-  if (w.ended_set.insert(run_id).second) {
-    w.ended.push_back(run_id);
+  if (w.ended_set.insert(std::string(run_id)).second) {
+    w.ended.emplace_back(run_id);
     if (w.ended.size() > max_remembered_ended) {
       w.ended_set.erase(w.ended.front());
       w.ended.pop_front();
@@ -152,6 +152,35 @@ void AgentHub::remove_worker(std::uint64_t id) {
   }
 }
 
+RunPtr AgentHub::claim(std::uint64_t worker, std::string_view run_id, bool terminal, HubReply& reply) {
+  std::lock_guard lock(mu_);
+  auto wi = workers_.find(worker);
+  if (wi == workers_.end()) {
+    reply = HubReply::error("unknown_run", "this worker has left");
+    return nullptr;
+  }
+  auto it = runs_.find(run_id);
+  if (it == runs_.end() || it->second.worker != worker) {
+    if (wi->second->ended_set.contains(run_id)) {
+      reply = HubReply{};
+      reply.dropped = true;
+    } else {
+      reply = HubReply::error("unknown_run", "this worker was not given run " + std::string(run_id));
+    }
+    return nullptr;
+  }
+  RunPtr run = it->second.run;
+  if (terminal) {
+    // Ownership ends before the run does: the cancel hook that
+    // Run::finish triggers then finds nothing to cancel.
+    release_locked(*wi->second, run_id);
+    runs_.erase(it);
+  } else {
+    it->second.streamed = true;
+  }
+  return run;
+}
+
 HubReply AgentHub::on_event(std::uint64_t worker, std::string_view event, const json::object& payload) {
   const bool terminal = event == "result" || event == "error";
   if (!terminal && event != "thought" && event != "token" && event != "progress") {
@@ -159,31 +188,9 @@ HubReply AgentHub::on_event(std::uint64_t worker, std::string_view event, const 
   }
   const json::value* idv = payload.if_contains("run_id");
   if (!idv || !idv->is_string()) return HubReply::error("invalid_payload", "run_id must be a string");
-  const std::string run_id(idv->get_string());
-  RunPtr run;
-  {
-    std::lock_guard lock(mu_);
-    auto wi = workers_.find(worker);
-    if (wi == workers_.end()) return HubReply::error("unknown_run", "this worker has left");
-    auto it = runs_.find(run_id);
-    if (it == runs_.end() || it->second.worker != worker) {
-      if (wi->second->ended_set.contains(run_id)) {
-        HubReply r;
-        r.dropped = true;
-        return r;
-      }
-      return HubReply::error("unknown_run", "this worker was not given run " + run_id);
-    }
-    run = it->second.run;
-    if (terminal) {
-      // Ownership ends before the run does: the cancel hook that
-      // Run::finish triggers then finds nothing to cancel.
-      release_locked(*wi->second, run_id);
-      runs_.erase(it);
-    } else {
-      it->second.streamed = true;
-    }
-  }
+  HubReply reply;
+  const RunPtr run = claim(worker, idv->get_string(), terminal, reply);
+  if (!run) return reply;
   std::string why;
   switch (apply_agent_event(*run, event, payload, &why)) {
     case AgentEventResult::applied: return HubReply::ok();
@@ -196,6 +203,24 @@ HubReply AgentHub::on_event(std::uint64_t worker, std::string_view event, const 
     case AgentEventResult::bad_payload: break;
   }
   return HubReply::error("invalid_payload", why);
+}
+
+HubReply AgentHub::on_token(std::uint64_t worker, std::optional<std::string_view> run_id,
+                            std::optional<std::string_view> text) {
+  if (!run_id) return HubReply::error("invalid_payload", "run_id must be a string");
+  HubReply reply;
+  const RunPtr run = claim(worker, *run_id, false, reply);
+  if (!run) return reply;
+  // apply_agent_event's order: an ended run drops the event before its
+  // payload is looked at.
+  const bool applied = text ? run->emit_token(*text) : false;
+  if (!applied && (text || !run->running())) {
+    HubReply r;
+    r.dropped = true;
+    return r;
+  }
+  if (!text) return HubReply::error("invalid_payload", "text must be a string");
+  return HubReply::ok();
 }
 
 HubReply AgentHub::call_tool(std::uint64_t worker, const json::object& payload, ToolReply reply) {

@@ -102,6 +102,10 @@ class AgentHub final : public AgentBackend {
 
   // thought, token, progress, result, error from worker `worker`.
   HubReply on_event(std::uint64_t worker, std::string_view event, const boost::json::object& payload);
+  // on_event("token", {run_id, text}) for a payload read without a JSON tree
+  // (protocol/flat_frame.hpp): the same checks and answers. A field that is
+  // absent is nullopt.
+  HubReply on_token(std::uint64_t worker, std::optional<std::string_view> run_id, std::optional<std::string_view> text);
 
   // call_tool {run_id, name, args}: runs a Synapse tool as the run's caller.
   // Errors known at once are returned; otherwise `pending`, and `reply` is
@@ -133,6 +137,12 @@ class AgentHub final : public AgentBackend {
   Stats stats() const;
 
  private:
+  // Lookups by a run id's view, without making a string of it.
+  struct IdHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
+  using IdSet = std::unordered_set<std::string, IdHash, std::equal_to<>>;
   struct Worker {
     std::uint64_t id = 0;
     WorkerSpec spec;
@@ -142,7 +152,7 @@ class AgentHub final : public AgentBackend {
     // Runs this worker owned that have ended: their late events are
     // answered `dropped`, not `unknown_run`. Bounded, oldest forgotten first.
     std::deque<std::string> ended;
-    std::unordered_set<std::string> ended_set;
+    IdSet ended_set;
   };
   struct Owned {
     RunPtr run;
@@ -155,7 +165,11 @@ class AgentHub final : public AgentBackend {
   // Under mu_: the worker to take `req` (not `exclude`), or null.
   std::shared_ptr<Worker> pick_locked(const AgentRequest& req, std::uint64_t exclude);
   // Under mu_: `w` no longer owns `run_id`.
-  void release_locked(Worker& w, const std::string& run_id);
+  void release_locked(Worker& w, std::string_view run_id);
+  // The run `worker` owns as `run_id`, taken for one of its events (a
+  // terminal event ends the ownership); null with the answer in `reply`
+  // when it owns no such run.
+  RunPtr claim(std::uint64_t worker, std::string_view run_id, bool terminal, HubReply& reply);
   // The run's cancel hook: it ended without the worker's terminal event.
   void on_run_cancelled(const std::string& run_id);
 
@@ -163,7 +177,7 @@ class AgentHub final : public AgentBackend {
   ToolRegistry& tools_;
   mutable std::mutex mu_;
   std::map<std::uint64_t, std::shared_ptr<Worker>> workers_;
-  std::unordered_map<std::string, Owned> runs_;
+  std::unordered_map<std::string, Owned, IdHash, std::equal_to<>> runs_;
   std::uint64_t next_worker_ = 1;
   std::uint64_t tick_ = 0;
 };

@@ -4,14 +4,29 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <charconv>
 
 #include "core/crypto.hpp"
 #include "core/clock.hpp"
 #include "cortex/cortex.hpp"
 #include "cortex/tool.hpp"
+#include "protocol/envelope.hpp"
 
 namespace synapse::cortex {
 namespace json = boost::json;
+
+namespace {
+
+std::string make_token_tail(std::string_view ref, std::string_view id) {
+  std::string t = ",\"ref\":";
+  protocol::append_json_string(t, ref);
+  t += ",\"run_id\":";
+  protocol::append_json_string(t, id);
+  t += ",\"seq\":";
+  return t;
+}
+
+}  // namespace
 
 std::string_view run_end_name(RunEnd e) {
   switch (e) {
@@ -37,7 +52,8 @@ Run::Run(RunRegistry& registry, std::string id, std::string ref, std::string kin
       agent_(std::move(agent)),
       started_unix_(unix_ms()),
       started_mono_(mono_ms()),
-      on_end_(std::move(on_end)) {}
+      on_end_(std::move(on_end)),
+      token_tail_(make_token_tail(ref_, id_)) {}
 
 RunEventPtr Run::append_locked(std::string_view event, json::object& payload, bool terminal) {
   auto ev = std::make_shared<RunEvent>();
@@ -48,15 +64,19 @@ RunEventPtr Run::append_locked(std::string_view event, json::object& payload, bo
   payload["run_id"] = id_;
   payload["seq"] = ev->seq;
   ev->payload = json::serialize(payload);
+  keep_locked(ev);
+  return ev;
+}
+
+void Run::keep_locked(const RunEventPtr& ev) {
   // The terminal event is always kept: a late attach must learn how it ended.
-  if (registry_.options().keep || terminal) {
+  if (registry_.options().keep || ev->terminal) {
     log_bytes_ += ev->bytes();
     log_.push_back(ev);
     trim_locked();
   }
   // Under the lock: the copy in Redis gets the events in their seq order.
   if (registry_.observer_ && !remote()) registry_.observer_->appended(*this, ev);
-  return ev;
 }
 
 // The per-run bound: token deltas go first (the snapshot keeps their text),
@@ -72,16 +92,18 @@ void Run::trim_locked() {
   }
 }
 
+void Run::fold_text_locked(std::string_view delta) {
+  const std::size_t cap = registry_.options().max_bytes_per_run;
+  if (text_.size() + delta.size() <= cap) {
+    text_.append(delta);
+  } else {
+    text_truncated_ = true;
+  }
+}
+
 void Run::fold_locked(std::string_view event, const json::object& payload) {
   if (event == "token") {
-    if (const json::value* d = payload.if_contains("delta"); d && d->is_string()) {
-      const std::size_t cap = registry_.options().max_bytes_per_run;
-      if (text_.size() + d->get_string().size() <= cap) {
-        text_.append(d->get_string());
-      } else {
-        text_truncated_ = true;
-      }
-    }
+    if (const json::value* d = payload.if_contains("delta"); d && d->is_string()) fold_text_locked(d->get_string());
   } else if (event == "thought") {
     if (const json::value* t = payload.if_contains("thought")) thoughts_.push_back(*t);
   } else if (event == "progress") {
@@ -116,6 +138,37 @@ void Run::emit(std::string_view event, json::object payload) {
     delta = static_cast<std::ptrdiff_t>(log_bytes_) - static_cast<std::ptrdiff_t>(before);
   }
   registry_.account(delta);
+}
+
+bool Run::emit_token(std::string_view text) {
+  std::ptrdiff_t delta = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (status_ != "running") return false;  // nothing follows the terminal event
+    const std::size_t before = log_bytes_;
+    auto ev = std::make_shared<RunEvent>();
+    ev->seq = next_seq_++;
+    ev->event = "token";
+    // {"delta":<text>,"ref":<ref>,"run_id":<id>,"seq":<seq>}: what emit()
+    // serializes for {"delta": text}, written in one go.
+    std::string& p = ev->payload;
+    p.reserve(10 + text.size() + text.size() / 8 + token_tail_.size() + 21);
+    p.append("{\"delta\":");
+    protocol::append_json_string(p, text);
+    p.append(token_tail_);
+    char digits[24];
+    const auto [end, ec] = std::to_chars(digits, digits + sizeof digits, ev->seq);
+    (void)ec;
+    p.append(digits, end);
+    p.push_back('}');
+    keep_locked(ev);
+    if (registry_.options().keep) fold_text_locked(text);
+    folded_seq_ = ev->seq;
+    for (auto& s : subs_) s.deliver(ev);
+    delta = static_cast<std::ptrdiff_t>(log_bytes_) - static_cast<std::ptrdiff_t>(before);
+  }
+  registry_.account(delta);
+  return true;
 }
 
 RunEventPtr Run::finish(RunEnd end, json::object payload) {

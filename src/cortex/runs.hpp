@@ -111,6 +111,10 @@ class Run : public std::enable_shared_from_this<Run> {
   // Appends a non-terminal event (`payload` gets ref, run_id and seq) and
   // fans it out. Ignored once the run has ended.
   void emit(std::string_view event, boost::json::object payload);
+  // emit("token", {"delta": text}) without a JSON tree: the payload's bytes
+  // are written directly (the same keys in the same order). False when the
+  // run has ended (nothing appended).
+  bool emit_token(std::string_view text);
   // The one place a run's terminal event is decided: the first call wins and
   // returns its event; later calls (a result after an interrupt, a timeout
   // after a result...) return null. `payload` holds data / reason / message.
@@ -162,6 +166,9 @@ class Run : public std::enable_shared_from_this<Run> {
   };
   // Appends under mu_ (the per-run byte bound applied).
   RunEventPtr append_locked(std::string_view event, boost::json::object& payload, bool terminal);
+  // Keeps `ev` (already numbered and serialized) in the log and tells the observer.
+  void keep_locked(const RunEventPtr& ev);
+  void fold_text_locked(std::string_view delta);
   void fold_locked(std::string_view event, const boost::json::object& payload);
   boost::json::object snapshot_locked() const;
   void trim_locked();
@@ -174,6 +181,8 @@ class Run : public std::enable_shared_from_this<Run> {
   const std::int64_t started_mono_;
   OnEnd on_end_;
   std::string origin_;  // the executing node of a proxy; empty for a local run
+  // `,"ref":<ref>,"run_id":<id>,"seq":`: what follows a token's delta in its payload.
+  const std::string token_tail_;
 
   mutable std::mutex mu_;
   std::string status_ = "running";

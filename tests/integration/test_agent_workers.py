@@ -602,3 +602,75 @@ async def test_without_redispatch_an_unstarted_run_ends_agent_unavailable(fresh_
     assert ev[-1][3] == "error" and ev[-1][4]["reason"] == "agent_unavailable"
     assert other.events("run") == []
     await c.close()
+
+
+@pytest.mark.asyncio
+async def test_token_frames_read_without_a_json_tree_are_answered_like_any_other(server):
+    """A worker's `token {run_id, text}` with string fields only is read by the
+    fast path (protocol/flat_frame.hpp); any other shape by the full decode.
+    Both give the client the same deltas, in order, the run the same folded
+    text, and the worker the same replies."""
+    agent, ck, wk = keys_for(server)
+    w = await PhxClient.connect(server.ws(wk))
+    ok(await w.join(f"agent:{agent}", {"capacity": 1}))
+    c = await client_for(server, ck, agent)
+    topic, wtopic = f"cortex:{agent}", f"agent:{agent}"
+    r = ok(await c.request(topic, "query", {"q": "paths"}))
+    rid = r["run_id"]
+    await w.push_event(wtopic, "run", pred=lambda f: f[4]["run_id"] == rid)
+    jr = w.join_refs[wtopic]
+
+    async def raw(payload_text, ref=None):
+        """Sends a frame whose payload is `payload_text` verbatim; returns the reply if it has a ref."""
+        head = json.dumps([jr, ref, wtopic, "token"])[:-1]
+        await w.send_raw(head + ", " + payload_text + "]")
+        return await w.reply(ref) if ref else None
+
+    texts = []
+
+    async def tok(payload_text, text, ref):
+        assert (await raw(payload_text, ref)) == {"status": "ok", "response": {}}
+        texts.append(text)
+
+    rj = json.dumps(rid)
+    await tok('{"run_id":%s,"text":"plain "}' % rj, "plain ", "t1")
+    await tok(' { "text" : "ws first " , "run_id" : %s } ' % rj, "ws first ", "t2")
+    await tok('{"run_id":%s,"text":"q\\"b\\\\s\\/\\n\\t\\r\\b\\f "}' % rj, 'q"b\\s/\n\t\r\b\f ', "t3")
+    await tok('{"run_id":%s,"text":"é😀 raw "}' % rj, "é😀 raw ", "t4")
+    await tok('{"run_id":%s,"text":"\\u00e9\\ud83d\\ude00 esc "}' % rj, "é😀 esc ", "t5")  # \u: full decode
+    await tok('{"run_id":%s,"text":"extra ","meta":"x"}' % rj, "extra ", "t6")
+    await tok('{"run_id":%s,"text":"num ","n":1.5}' % rj, "num ", "t7")  # a number: full decode
+    await tok('{"run_id":%s,"text":""}' % rj, "", "t8")
+    # Errors: the same reasons and messages either way.
+    e = error(await raw('{"run_id":%s}' % rj, "e1"), "invalid_payload")
+    assert e["message"] == "text must be a string"
+    e = error(await raw('{"run_id":%s,"text":5}' % rj, "e2"), "invalid_payload")
+    assert e["message"] == "text must be a string"
+    e = error(await raw('{"text":"x"}', "e3"), "invalid_payload")
+    assert e["message"] == "run_id must be a string"
+    error(await raw('{"run_id":"run_nope","text":"x"}', "e4"), "unknown_run")
+    # Duplicate keys go to the full decode, which keeps one of them; the frame is answered either way.
+    dup = await raw('{"run_id":%s,"text":"dup ","text":"dup "}' % rj, "t9")
+    assert dup["status"] == "ok", dup
+    texts.append("dup ")
+    # No ref: no reply, the token still streams.
+    await raw('{"run_id":%s,"text":"noref "}' % rj)
+    texts.append("noref ")
+    ok(await w.request(wtopic, "result", {"run_id": rid, "data": None}))
+    ev = await collect(c, topic, rid)
+    deltas = [f[4]["delta"] for f in ev if f[3] == "token"]
+    assert deltas == texts
+    assert [f[4]["seq"] for f in ev] == list(range(1, len(ev) + 1))
+    assert all(f[4]["ref"] == r["ref"] and f[4]["run_id"] == rid for f in ev)
+    assert set(ev[0][4]) == {"delta", "ref", "run_id", "seq"}
+    # A token after the end: dropped, on either path.
+    assert (await raw('{"run_id":%s,"text":"late"}' % rj, "l1")) == {"status": "ok", "response": {"dropped": True}}
+    assert (await raw('{"run_id":%s,"text":"late","n":1}' % rj, "l2")) == {"status": "ok",
+                                                                             "response": {"dropped": True}}
+    # The folded text of a late attach is the deltas joined.
+    a = await client_for(server, ck, agent)
+    ok(await a.request(topic, "attach", {"run_id": rid}))
+    snap = await a.push_event(topic, "snapshot", pred=lambda f: f[4]["run_id"] == rid)
+    assert snap[4]["text"] == "".join(texts)
+    for x in (w, c, a):
+        await x.close()
