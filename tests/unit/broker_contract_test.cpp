@@ -210,21 +210,30 @@ class RecordingSink final : public MessageSink {
     if (std::this_thread::get_id() != owner) ++wrong_thread;
     if (left.load()) after_leave += static_cast<int>(n);
     if (before_write) before_write();
+    // Only copied here: decoding waits for a reader, so a slow (sanitized)
+    // build's I/O threads keep up with the publishers.
     std::lock_guard lock(mu_);
-    for (std::size_t i = 0; i < n; ++i) frames_.push_back(decode(msgs[i]->payload(), false));
+    for (std::size_t i = 0; i < n; ++i) raw_.emplace_back(std::string(msgs[i]->payload()), false);
   }
   void record_backlog(const std::vector<synapse::wire::Message>& backlog) {
     std::lock_guard lock(mu_);
-    for (const auto& m : backlog) frames_.push_back(decode(m.payload(), true));
+    for (const auto& m : backlog) raw_.emplace_back(std::string(m.payload()), true);
+  }
+  // Calls `f` with every frame so far, in arrival order.
+  template <class F>
+  auto with_frames(F f) const {
+    std::lock_guard lock(mu_);
+    for (std::size_t i = frames_.size(); i < raw_.size(); ++i) frames_.push_back(decode(raw_[i].first, raw_[i].second));
+    return f(frames_);
   }
   std::vector<Frame> frames() const {
-    std::lock_guard lock(mu_);
-    return frames_;
+    return with_frames([](const std::vector<Frame>& f) { return f; });
   }
 
  private:
   mutable std::mutex mu_;
-  std::vector<Frame> frames_;
+  std::vector<std::pair<std::string, bool>> raw_;  // payload, from the backlog
+  mutable std::vector<Frame> frames_;              // raw_ decoded so far
 };
 
 // A topic member: the broker's Subscriber with its sink and where it lives.
@@ -259,10 +268,12 @@ struct Member final : Subscriber {
     return out_ev;
   }
   bool has(std::string_view epoch, std::uint64_t offset) const {
-    for (const auto& f : frames()) {
-      if (f.event == "msg" && f.offset == offset && f.epoch == epoch) return true;
-    }
-    return false;
+    return out.with_frames([&](const std::vector<Frame>& all) {
+      for (auto it = all.rbegin(); it != all.rend(); ++it) {
+        if (it->event == "msg" && it->offset == offset && it->epoch == epoch) return true;
+      }
+      return false;
+    });
   }
 };
 
@@ -731,6 +742,17 @@ class ContractTest : public ::testing::TestWithParam<BackendSpec> {
   std::uint64_t next_conn_ = 1000;
 };
 
+// Stops and joins a background publisher however the case ends (a failed
+// ASSERT returns early).
+struct StopAndJoin {
+  std::atomic<bool>& stop;
+  std::thread& thread;
+  ~StopAndJoin() {
+    stop = true;
+    if (thread.joinable()) thread.join();
+  }
+};
+
 // (p, i) of a published message, from its payload.
 std::pair<int, int> origin(const Frame& f) {
   const auto& o = f.body.as_object();
@@ -833,20 +855,21 @@ TEST_P(ContractTest, ExactlyOnceAcrossJoinsRacingPublishes) {
   std::atomic<std::uint64_t> latest{first.offset};
   std::atomic<int> publishes{0};
 
-  // The publishers run until every joiner is done.
+  // The publishers run until every joiner is done (bounded, should the
+  // joins be slow).
   std::atomic<bool> go{false}, stop{false};
   std::vector<std::thread> publishers;
   for (int p = 0; p < kPublishers; ++p) {
     publishers.emplace_back([&, p] {
       while (!go) std::this_thread::yield();
-      for (int i = 0; !stop; ++i) {
+      for (int i = 0; !stop && i < 3000; ++i) {
         const auto r = publish(topic, p, i);
         EXPECT_EQ(r.reach, Reach::all);
         ++publishes;
         std::uint64_t seen = latest.load();
         while (r.offset > seen && !latest.compare_exchange_weak(seen, r.offset)) {
         }
-        std::this_thread::sleep_for(50us);
+        std::this_thread::sleep_for(100us);
       }
     });
   }
@@ -1363,11 +1386,12 @@ TEST_P(ContractTest, PublisherExclusionAndLeave) {
   // (the sink counts any after it; TearDown asserts none came).
   std::atomic<bool> stop{false};
   std::thread publisher([&] {
-    for (int i = 0; !stop; ++i) {
+    for (int i = 0; !stop && i < 20000; ++i) {
       publish(topic, 1, i);
       std::this_thread::sleep_for(100us);
     }
   });
+  StopAndJoin stopper{stop, publisher};
   ASSERT_TRUE(wait_until([&] { return far.offsets().size() > 20; }));
   leave(far);
   leave(other);
@@ -1482,7 +1506,7 @@ TEST_P(ContractTest, BackendLossAndReturn) {
   std::atomic<bool> stop{false};
   std::mutex mu;
   std::thread publisher([&] {
-    for (int i = 0; !stop; ++i) {
+    for (int i = 0; !stop && i < 20000; ++i) {
       auto r = publish(topic, 1, i);
       {
         std::lock_guard lock(mu);
@@ -1492,6 +1516,7 @@ TEST_P(ContractTest, BackendLossAndReturn) {
       std::this_thread::sleep_for(300us);
     }
   });
+  StopAndJoin stopper{stop, publisher};
   for (const char* type : {"pubsub", "normal"}) {
     const int at = count + 50;
     ASSERT_TRUE(wait_until([&] { return count > at; }));
