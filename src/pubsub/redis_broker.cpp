@@ -435,7 +435,7 @@ JoinResult RedisBroker::join(Subscriber& sub, const JoinRequest& req) {
   Topic* tp = nullptr;
   std::shared_ptr<Gate> gate;
   bool first = false;
-  std::string channel, name(req.topic);
+  std::string channel, name(req.topic), prior_epoch;
   {
     std::lock_guard lock(mu_);
     Topic& t = get_or_create(req.topic);
@@ -451,6 +451,18 @@ JoinResult RedisBroker::join(Subscriber& sub, const JoinRequest& req) {
       t.buffered.clear();
       t.gate = std::make_shared<Gate>();
       t.synced = false;
+      // A new membership: the epoch and offset last delivered here belong to
+      // the previous one (its members all left), and Redis may have begun a
+      // new epoch since. Kept, that stale epoch made the current epoch's
+      // first message or backfill look like an epoch change, whose reset
+      // cleared the new members' filters: they got messages from before
+      // their join (tests/unit/broker_contract_test.cpp,
+      // BackendDataLossStartsANewEpochAndMembersAreTold). The join's reply
+      // sets the epoch again; a join while Redis is down still reports the
+      // last one seen (protocol.md §9).
+      prior_epoch = std::move(t.epoch);
+      t.epoch.clear();
+      t.last_offset = 0;
       first = true;
     }
     gate = t.gate;
@@ -497,7 +509,7 @@ JoinResult RedisBroker::join(Subscriber& sub, const JoinRequest& req) {
     // Redis is down: the member joins this node's local delivery; its
     // offset and epoch are unknown, so a later recover starts afresh.
     spdlog::warn("join of {} without Redis: {}", name, jr.str);
-    r.epoch = t.epoch;
+    r.epoch = t.epoch.empty() ? prior_epoch : t.epoch;
   }
 
   fanout_.add(sub, req, t.id, r.offset, t.presence_seq);
