@@ -521,6 +521,18 @@ std::shared_ptr<RedisBroker::PendingJoin> RedisBroker::begin_join(Subscriber& su
       t.buffered.clear();
       t.gate = std::make_shared<Gate>();
       t.synced = false;
+      // A new membership: the epoch and offset last delivered here belong to
+      // the previous one (its members all left), and Redis may have begun a
+      // new epoch since. Kept, that stale epoch made the current epoch's
+      // first message or backfill look like an epoch change, whose reset
+      // cleared the new members' filters: they got messages from before
+      // their join (tests/unit/broker_contract_test.cpp,
+      // BackendDataLossStartsANewEpochAndMembersAreTold). The join's reply
+      // sets the epoch again; a join while Redis is down still reports the
+      // last one seen (protocol.md §9).
+      if (!t.epoch.empty()) t.prior_epoch = std::move(t.epoch);
+      t.epoch.clear();
+      t.last_offset = 0;
       // Posted under the lock, so it follows an unsubscribe posted by the
       // leave that emptied the topic before.
       link_.subscribe(t.channel, remaining(*pj),
@@ -655,7 +667,7 @@ JoinResult RedisBroker::finish_join(PendingJoin& pj, const redis::Reply& jr, std
     // Redis is down: the member joins this node's local delivery; its
     // offset and epoch are unknown, so a later recover starts afresh.
     spdlog::warn("join of {} without Redis: {}", pj.topic, jr.str);
-    r.epoch = t.epoch;
+    r.epoch = t.epoch.empty() ? t.prior_epoch : t.epoch;
   } else {
     // Sent, and no answer in time (or an error): refused, nothing kept.
     spdlog::warn("join of {} failed: {}", pj.topic, jr.str.empty() ? "no answer from Redis" : jr.str);

@@ -172,6 +172,7 @@ class RedisBroker final : public Broker {
     std::string name;
     std::string channel;
     std::string epoch;  // as last seen; a different one means offsets started again
+    std::string prior_epoch;  // the previous membership's, for a join while Redis is down
     std::uint64_t last_offset = 0;  // the last message of `epoch` queued for delivery
     // After a reconnect, what the node missed is read from the history
     // first; live messages wait here meanwhile, so order is kept.
