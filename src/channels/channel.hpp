@@ -33,6 +33,11 @@ class Channel {
   // The server is shutting down while the socket is still open: finish work
   // with its final event now. leave() follows.
   virtual void shutdown() {}
+  // Whether the join is still waiting for its answer (a cluster's pub/sub
+  // join): the channel then replies to it later, on this thread, and tells
+  // the session with Session::join_done. Meanwhile the session holds the
+  // client's events for the topic.
+  virtual bool join_pending() const { return false; }
 };
 
 }  // namespace synapse::channels

@@ -138,6 +138,62 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
         });
   }
 
+  // The broker's answer to a pending join, on this connection's thread.
+  void on_joined(pubsub::JoinResult r) {
+    if (starting_) {
+      early_ = std::move(r);
+      return;
+    }
+    pending_ = false;
+    const bool ok = answer(std::move(r));
+    // The session may destroy this channel in the call (a refused join is
+    // dropped): nothing may touch it afterwards.
+    session_.join_done(*this, ok);
+  }
+
+  // Sends the join's reply, then its backlog and presence_state; false for a
+  // refusal (sent as the error reply; the broker recorded nothing).
+  bool answer(pubsub::JoinResult r) {
+    protocol::Envelope env;
+    env.join_ref = view(join_ref_);
+    env.ref = view(ref_);
+    env.topic = topic_;
+    env.event = "phx_join";
+    if (r.presence_full) {
+      joined_ = false;
+      session_.reply_error(env, reason::presence_full,
+                           "this topic tracks the most presence it may (max_presence_bytes_per_topic)");
+      return false;
+    }
+    if (r.unavailable) {
+      joined_ = false;
+      session_.reply_error(env, reason::unavailable, "Redis did not answer the join in time; join again");
+      return false;
+    }
+    json::object response{{"offset", r.offset}, {"epoch", r.epoch}};
+    if (recover_) response["recovered"] = r.recovered;
+    session_.reply_ok(env, response);
+    // The join's own output may exceed the slow-consumer bound by itself (a
+    // full history, a large presence): send_initial keeps it apart from the
+    // bound while it waits (protocol.md section 7).
+    for (auto& msg : r.backlog) session_.socket().send_initial(std::move(msg));
+    if (wants_presence_) {
+      // Framed straight from the state text: one copy of a state that may be
+      // megabytes, not two.
+      std::string head = "[";
+      if (join_ref_) {
+        protocol::append_json_string(head, *join_ref_);
+      } else {
+        head += "null";
+      }
+      head += ",null,";
+      protocol::append_json_string(head, topic_);
+      head += ",\"presence_state\",";
+      session_.socket().send_initial(wire::Message::text_parts({head, r.presence_state_json, "]"}));
+    }
+    return true;
+  }
+
   static std::optional<std::string> copy(std::optional<std::string_view> v) {
     return v ? std::optional<std::string>(std::string(*v)) : std::nullopt;
   }
@@ -173,11 +229,53 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
 
   ~PubSubChannel() override { leave(); }
 
+  bool join_pending() const override { return pending_; }
+
+  // Joins through the broker, at once or later (joins_async). Returns false
+  // when the join was refused at once: the refusal was sent, the channel is
+  // not joined.
+  bool start(const protocol::Envelope& env, const pubsub::JoinRequest& req) {
+    auto& broker = session_.services().broker;
+    join_ref_ = copy(env.join_ref);
+    ref_ = copy(env.ref);
+    wants_presence_ = req.presence;
+    recover_ = req.recover.has_value();
+    if (!broker.joins_async()) {
+      pubsub::JoinResult r = broker.join(*this, req);
+      joined_ = true;
+      return answer(std::move(r));
+    }
+    // The broker counts us from here on (leave() undoes it, or cancels the
+    // join while it is pending). `this` outlives the callback: the broker
+    // never calls it after leave(), which our destructor calls.
+    joined_ = true;
+    pending_ = true;
+    starting_ = true;
+    broker.join_async(*this, req, [this](pubsub::JoinResult r) { on_joined(std::move(r)); });
+    starting_ = false;
+    if (early_) {
+      // Answered inside the call (a broker that never waits): as a
+      // synchronous join.
+      pending_ = false;
+      auto r = std::move(*early_);
+      early_.reset();
+      return answer(std::move(r));
+    }
+    return true;
+  }
+
   bool joined_ = false;
 
  private:
   Session& session_;
   std::string topic_;
+  // The join's envelope, for its reply (which may come later).
+  std::optional<std::string> join_ref_, ref_;
+  bool wants_presence_ = false;
+  bool recover_ = false;
+  bool pending_ = false;   // join_async has not answered yet
+  bool starting_ = false;  // inside join_async
+  std::optional<pubsub::JoinResult> early_;
   // Publishes waiting for the publish hook, as frames (the oldest is asked).
   std::deque<std::string> waiting_;
   // Hook answers find this channel through a weak handle: one that left
@@ -301,35 +399,7 @@ std::unique_ptr<Channel> join_pubsub(Session& session, const protocol::Envelope&
   }
 
   auto channel = std::make_unique<PubSubChannel>(session, env.topic);
-  pubsub::JoinResult r = session.services().broker.join(*channel, req);
-  if (r.presence_full) {
-    session.reply_error(env, reason::presence_full,
-                        "this topic tracks the most presence it may (max_presence_bytes_per_topic)");
-    return nullptr;
-  }
-  channel->joined_ = true;
-
-  json::object response{{"offset", r.offset}, {"epoch", r.epoch}};
-  if (req.recover) response["recovered"] = r.recovered;
-  session.reply_ok(env, response);
-  // The join's own output may exceed the slow-consumer bound by itself (a
-  // full history, a large presence): send_initial keeps it apart from the
-  // bound while it waits (protocol.md section 7).
-  for (auto& msg : r.backlog) session.socket().send_initial(std::move(msg));
-  if (req.presence) {
-    // Framed straight from the state text: one copy of a state that may be
-    // megabytes, not two.
-    std::string head = "[";
-    if (env.join_ref) {
-      protocol::append_json_string(head, *env.join_ref);
-    } else {
-      head += "null";
-    }
-    head += ",null,";
-    protocol::append_json_string(head, env.topic);
-    head += ",\"presence_state\",";
-    session.socket().send_initial(wire::Message::text_parts({head, r.presence_state_json, "]"}));
-  }
+  if (!channel->start(env, req)) return nullptr;
   return channel;
 }
 

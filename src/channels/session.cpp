@@ -146,8 +146,11 @@ void Session::on_text(std::string_view text) {
   if (env.event == "phx_join") {
     const auto started = std::chrono::steady_clock::now();
     handle_join(env);
-    services_.metrics.join_latency.observe_us(
-        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count());
+    // A join that waits for its broker is measured when it completes (join_done).
+    if (joined_.empty() || !joined_.back().pending || joined_.back().topic != env.topic) {
+      services_.metrics.join_latency.observe_us(
+          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count());
+    }
     return;
   }
   const auto index = find(env.topic);
@@ -167,6 +170,17 @@ void Session::on_text(std::string_view text) {
   }
   if (env.event == "phx_leave") {
     handle_leave(env, *index);
+    return;
+  }
+  if (joined_[*index].pending) {
+    // The join has not been answered yet: the event waits for it, in order,
+    // as if the join had completed at once.
+    if (joined_[*index].waiting.size() >= max_waiting_frames) {
+      reply_error(env, reason::unmatched_topic, "the join of this topic is not complete yet; wait for its reply");
+      return;
+    }
+    joined_[*index].waiting.push_back(
+        protocol::encode_raw(env.join_ref, env.ref, env.topic, env.event, env.payload_raw));
     return;
   }
   try {
@@ -337,7 +351,8 @@ void Session::handle_join(const protocol::Envelope& env, bool hook_passed) {
     return;
   }
   if (auto existing = find(env.topic)) {
-    // As Phoenix does: a second join of a topic closes the first.
+    // As Phoenix does: a second join of a topic closes the first (a pending
+    // one is cancelled and never answered).
     Joined old = std::move(joined_[*existing]);
     remove(*existing);
     try {
@@ -345,6 +360,7 @@ void Session::handle_join(const protocol::Envelope& env, bool hook_passed) {
     } catch (const std::exception& e) {
       spdlog::warn("conn {} leaving {} on rejoin threw: {}", socket_.id(), old.topic, e.what());
     }
+    abandon(old, "the topic was joined again");
     const std::optional<std::string_view> ref =
         old.join_ref ? std::optional<std::string_view>(*old.join_ref) : std::nullopt;
     socket_.send(wire::Message::text(protocol::encode_raw(ref, ref, old.topic, "phx_close", "{}")));
@@ -367,8 +383,59 @@ void Session::handle_join(const protocol::Envelope& env, bool hook_passed) {
   Joined j;
   j.topic = std::string(env.topic);
   if (env.join_ref) j.join_ref = std::string(*env.join_ref);
+  j.pending = channel->join_pending();
+  if (j.pending) {
+    j.started_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                       std::chrono::steady_clock::now().time_since_epoch())
+                       .count();
+  }
   j.channel = std::move(channel);
   joined_.push_back(std::move(j));
+}
+
+void Session::abandon(Joined& j, std::string_view why) {
+  auto waiting = std::move(j.waiting);
+  j.waiting.clear();
+  for (const auto& frame : waiting) {
+    protocol::Envelope env;
+    std::string error;
+    if (protocol::decode(frame, env, error)) reply_error(env, reason::unmatched_topic, why);
+  }
+}
+
+void Session::join_done(Channel& channel, bool ok) {
+  std::optional<std::size_t> index;
+  for (std::size_t i = 0; i < joined_.size(); ++i) {
+    if (joined_[i].channel.get() == &channel) index = i;
+  }
+  if (!index || !joined_[*index].pending) return;
+  const std::int64_t now_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count();
+  services_.metrics.join_latency.observe_us(now_us - joined_[*index].started_us);
+  if (!ok) {
+    Joined j = std::move(joined_[*index]);
+    remove(*index);
+    abandon(j, "the join of this topic failed");
+    return;  // the channel goes with `j`; its leave is a no-op
+  }
+  joined_[*index].pending = false;
+  auto waiting = std::move(joined_[*index].waiting);
+  joined_[*index].waiting.clear();
+  for (const auto& frame : waiting) {
+    protocol::Envelope env;
+    std::string error;
+    if (!protocol::decode(frame, env, error)) continue;
+    // A crash of an earlier event closed the channel: the rest is stale.
+    const auto i = find(env.topic);
+    if (!i || joined_[*i].channel.get() != &channel || closed_) return;
+    try {
+      channel.handle_in(env);
+    } catch (const std::exception& e) {
+      crash(*i, &env, e.what());
+      return;
+    }
+  }
 }
 
 void Session::ask_join_hook(const protocol::Envelope& env) {
@@ -412,10 +479,11 @@ void Session::handle_leave(const protocol::Envelope& env, std::size_t index) {
   Joined j = std::move(joined_[index]);
   remove(index);
   try {
-    j.channel->leave();
+    j.channel->leave();  // a pending join is cancelled, never answered
   } catch (const std::exception& e) {
     spdlog::warn("conn {} leave of {} threw: {}", socket_.id(), j.topic, e.what());
   }
+  abandon(j, "the topic was left before its join completed");
   reply_ok(env, {});
 }
 
@@ -479,6 +547,7 @@ bool Session::unsubscribe(std::string_view topic) {
   } catch (const std::exception& e) {
     spdlog::warn("conn {} server-side leave of {} threw: {}", socket_.id(), j.topic, e.what());
   }
+  abandon(j, "the topic was unsubscribed by an admin");
   // The client hears it as Phoenix's phx_close on the topic (join_ref as ref),
   // which the official client takes as the channel closed by the server.
   const std::optional<std::string_view> ref =

@@ -57,13 +57,28 @@ class Session {
             const boost::json::object& payload);
   // The query bucket, spent by queries and tools (after the message bucket).
   bool take_query_token(const protocol::Envelope& env);
+  // A channel whose join was pending (Channel::join_pending) has answered
+  // it, on this thread. `ok`: joined; the client events that waited for it
+  // are handled now, in order. Otherwise the refusal was sent and the
+  // channel is dropped (destroyed in this call: the caller must not touch
+  // it afterwards) and the events that waited are answered unmatched_topic.
+  void join_done(Channel& channel, bool ok);
 
  private:
   struct Joined {
     std::string topic;
     std::optional<std::string> join_ref;
     std::unique_ptr<Channel> channel;
+    // While the join is pending: when it started, and the client's events
+    // for the topic that wait for it, as frames.
+    bool pending = false;
+    std::int64_t started_us = 0;
+    std::vector<std::string> waiting;
   };
+  // What a pending join holds at most; more is refused.
+  static constexpr std::size_t max_waiting_frames = 64;
+  // Answers the events a pending join held when it will not complete.
+  void abandon(Joined& j, std::string_view why);
 
   // The frames a channel takes without a JSON tree; false: not one of them.
   bool on_flat(std::string_view text);

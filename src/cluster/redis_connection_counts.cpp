@@ -57,12 +57,10 @@ RedisConnectionCounts::RedisConnectionCounts(redis::Link& link, std::string pref
   for (const auto* s : {&acquire_, &release_, &replace_}) link_.preload(s->text);
 }
 
-limits::SharedCounts::Verdict RedisConnectionCounts::acquire(const std::string& ip_field, std::int64_t ip_limit,
-                                                             const std::string& key_field, std::int64_t key_limit) {
-  const auto r = redis::eval_call(link_, acquire_, {prefix_ + "nodes"},
-                                  {prefix_, node_id_, ip_field, std::to_string(ip_limit), key_field,
-                                   std::to_string(key_limit)},
-                                  timeout_);
+namespace {
+
+limits::SharedCounts::Verdict verdict_of(const redis::Reply& r) {
+  using Verdict = limits::SharedCounts::Verdict;
   if (!r.ok()) return Verdict::unavailable;
   switch (r.as_int()) {
     case 0:
@@ -74,6 +72,27 @@ limits::SharedCounts::Verdict RedisConnectionCounts::acquire(const std::string& 
     default:
       return Verdict::unavailable;
   }
+}
+
+}  // namespace
+
+limits::SharedCounts::Verdict RedisConnectionCounts::acquire(const std::string& ip_field, std::int64_t ip_limit,
+                                                             const std::string& key_field, std::int64_t key_limit) {
+  return verdict_of(redis::eval_call(link_, acquire_, {prefix_ + "nodes"},
+                                     {prefix_, node_id_, ip_field, std::to_string(ip_limit), key_field,
+                                      std::to_string(key_limit)},
+                                     timeout_));
+}
+
+void RedisConnectionCounts::acquire_async(const std::string& ip_field, std::int64_t ip_limit,
+                                          const std::string& key_field, std::int64_t key_limit, AcquireDone done) {
+  // No answer in time: admitted on the local counts (unavailable). The
+  // script still runs once Redis reads it and counts the connection; the
+  // permit's release takes it off again, as for a timely answer.
+  redis::eval(
+      link_, acquire_, {prefix_ + "nodes"},
+      {prefix_, node_id_, ip_field, std::to_string(ip_limit), key_field, std::to_string(key_limit)},
+      [done = std::move(done)](redis::Reply r) { done(verdict_of(r)); }, timeout_);
 }
 
 void RedisConnectionCounts::release(const std::string& ip_field, const std::string& key_field) {

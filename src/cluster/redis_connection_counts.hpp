@@ -20,8 +20,12 @@ class RedisConnectionCounts final : public limits::SharedCounts {
   RedisConnectionCounts(redis::Link& link, std::string prefix, std::string node_id,
                         std::chrono::milliseconds timeout);
 
+  // Blocks up to the timeout (tests and tools; the limiter's admit()).
   Verdict acquire(const std::string& ip_field, std::int64_t ip_limit, const std::string& key_field,
                   std::int64_t key_limit) override;
+  // What admission uses: `done` runs on the link's thread, within the timeout.
+  void acquire_async(const std::string& ip_field, std::int64_t ip_limit, const std::string& key_field,
+                     std::int64_t key_limit, AcquireDone done) override;
   void release(const std::string& ip_field, const std::string& key_field) override;
   void replace(std::vector<std::pair<std::string, std::int64_t>> counts) override;
 

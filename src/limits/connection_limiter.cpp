@@ -21,52 +21,116 @@ void Permit::release() noexcept {
   if (limiter_) std::exchange(limiter_, nullptr)->give_back(ip_, key_);
 }
 
-AdmissionResult ConnectionLimiter::admit(std::string_view ip, std::string_view key, bool count_key,
-                                         Permit& out) {
+std::optional<AdmissionResult> ConnectionLimiter::admit_locally(std::string_view ip, std::string_view key,
+                                                                bool count_key, std::string& ipf, std::string& keyf,
+                                                                bool& key_counted) {
   const auto now = Clock::now();
-  std::unique_lock lock(mu_);
+  key_counted = false;
+  std::lock_guard lock(mu_);
   auto [it, fresh] = ips_.try_emplace(std::string(ip));
   IpState& st = it->second;
   if (fresh) st.arrivals = TokenBucket(limits_.new_per_ip_min, limits_.new_per_ip_min, now);
 
-  if (limits_.per_ip > 0 && st.open >= limits_.per_ip) return {Admission::too_many_connections, 1};
+  if (limits_.per_ip > 0 && st.open >= limits_.per_ip) return AdmissionResult{Admission::too_many_connections, 1};
   std::int64_t* key_open = nullptr;
   if (count_key && limits_.per_key > 0) {
     key_open = &keys_[std::string(key)];
     if (*key_open >= limits_.per_key) {
       if (*key_open == 0) keys_.erase(std::string(key));
-      return {Admission::too_many_connections, 1};
+      return AdmissionResult{Admission::too_many_connections, 1};
     }
   }
   // Only an admissible connection spends an arrival token.
   const auto take = st.arrivals.take(now);
   if (!take.ok) {
     if (key_open && *key_open == 0) keys_.erase(std::string(key));
-    return {Admission::connection_rate_exceeded, (take.retry_after_ms + 999) / 1000};
+    return AdmissionResult{Admission::connection_rate_exceeded, (take.retry_after_ms + 999) / 1000};
   }
   ++st.open;
   if (key_open) ++*key_open;
+  key_counted = key_open != nullptr;
   if (shared_) {
-    const std::string ipf = ip_field(ip), keyf = key_open ? key_field(key) : std::string();
-    if (!ipf.empty() || !keyf.empty()) {
-      // A blocking round trip to the shared store; the lock is not held.
-      lock.unlock();
-      const auto v = shared_->acquire(ipf, limits_.per_ip, keyf, limits_.per_key);
-      lock.lock();
-      if (v == SharedCounts::Verdict::ip_full || v == SharedCounts::Verdict::key_full) {
-        if (auto i = ips_.find(std::string(ip)); i != ips_.end() && i->second.open > 0) --i->second.open;
-        if (!keyf.empty()) {
-          if (auto k = keys_.find(std::string(key)); k != keys_.end() && --k->second <= 0) keys_.erase(k);
-        }
-        return {Admission::too_many_connections, 1};
-      }
+    ipf = ip_field(ip);
+    keyf = key_counted ? key_field(key) : std::string();
+  }
+  return std::nullopt;
+}
+
+void ConnectionLimiter::undo_local(std::string_view ip, std::string_view key, bool key_counted) {
+  std::lock_guard lock(mu_);
+  if (auto i = ips_.find(std::string(ip)); i != ips_.end() && i->second.open > 0) --i->second.open;
+  if (key_counted) {
+    if (auto k = keys_.find(std::string(key)); k != keys_.end() && --k->second <= 0) keys_.erase(k);
+  }
+}
+
+Permit ConnectionLimiter::make_permit(std::string_view ip, std::string_view key, bool key_counted) {
+  Permit p;
+  p.limiter_ = this;
+  p.ip_ = std::string(ip);
+  p.key_ = key_counted ? std::string(key) : std::string();
+  return p;
+}
+
+AdmissionResult ConnectionLimiter::admit(std::string_view ip, std::string_view key, bool count_key,
+                                         Permit& out) {
+  std::string ipf, keyf;
+  bool key_counted = false;
+  if (auto refused = admit_locally(ip, key, count_key, ipf, keyf, key_counted)) return *refused;
+  if (!ipf.empty() || !keyf.empty()) {
+    // A blocking round trip to the shared store; the lock is not held.
+    const auto v = shared_->acquire(ipf, limits_.per_ip, keyf, limits_.per_key);
+    if (v == SharedCounts::Verdict::ip_full || v == SharedCounts::Verdict::key_full) {
+      undo_local(ip, key, key_counted);
+      return {Admission::too_many_connections, 1};
     }
   }
-  out.release();
-  out.limiter_ = this;
-  out.ip_ = std::string(ip);
-  out.key_ = key_open ? std::string(key) : std::string();
+  out = make_permit(ip, key, key_counted);
   return {Admission::ok, 0};
+}
+
+void ConnectionLimiter::admit_async(std::string_view ip, std::string_view key, bool count_key, AdmitDone done) {
+  std::string ipf, keyf;
+  bool key_counted = false;
+  if (auto refused = admit_locally(ip, key, count_key, ipf, keyf, key_counted)) {
+    done(*refused, Permit{});
+    return;
+  }
+  if (ipf.empty() && keyf.empty()) {
+    done({Admission::ok, 0}, make_permit(ip, key, key_counted));
+    return;
+  }
+  // The local counts are held for the answer; a `done` never called (a
+  // stopped store) still gives them back.
+  struct Held {
+    ConnectionLimiter* limiter = nullptr;
+    std::string ip, key;
+    bool key_counted = false;
+    bool armed = false;
+    ~Held() {
+      if (armed) limiter->undo_local(ip, key, key_counted);
+    }
+  };
+  auto held = std::make_shared<Held>();
+  held->limiter = this;
+  held->ip = std::string(ip);
+  held->key = std::string(key);
+  held->key_counted = key_counted;
+  held->armed = true;
+  shared_->acquire_async(ipf, limits_.per_ip, keyf, limits_.per_key,
+                         [held, done = std::move(done)](SharedCounts::Verdict v) {
+                           held->armed = false;
+                           ConnectionLimiter& self = *held->limiter;
+                           if (v == SharedCounts::Verdict::ip_full || v == SharedCounts::Verdict::key_full) {
+                             // Only the local counts go back: the store counted nothing.
+                             self.undo_local(held->ip, held->key, held->key_counted);
+                             done({Admission::too_many_connections, 1}, Permit{});
+                             return;
+                           }
+                           // Counted there, or the store is unavailable: admitted
+                           // on the local counts (see shared_counts.hpp).
+                           done({Admission::ok, 0}, self.make_permit(held->ip, held->key, held->key_counted));
+                         });
 }
 
 void ConnectionLimiter::give_back(const std::string& ip, const std::string& key) noexcept {

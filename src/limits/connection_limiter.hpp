@@ -4,11 +4,14 @@
 // close path can leak them.
 //
 // Thread safety: one mutex; taken once at admission and once at release.
-// The shared counts (a cluster's) are asked outside it.
+// The shared counts (a cluster's) are asked outside it: by admit_async()
+// without waiting (what an I/O thread uses), by admit() blocking.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -65,6 +68,8 @@ class ConnectionLimiter {
 
   // Counts across the nodes of a cluster too (not owned; set before use).
   void share(SharedCounts* shared) { shared_ = shared; }
+  // Whether admissions ask the shared counts (then use admit_async on an I/O thread).
+  bool shares() const noexcept { return shared_ != nullptr; }
   // This node's counts as the shared store keeps them: ("i:<ip>", n) and
   // ("k:<key>", n) for the limits that are on.
   std::vector<std::pair<std::string, std::int64_t>> shared_snapshot();
@@ -72,6 +77,12 @@ class ConnectionLimiter {
   // `key` identifies the credential (API key id or token sub); `count_key`
   // is false for --unlimited keys, which skip the per-key limit.
   AdmissionResult admit(std::string_view ip, std::string_view key, bool count_key, Permit& out);
+  // The same without waiting on the shared counts: `done(result, permit)`
+  // runs once, inside the call when nothing is shared (or the local limits
+  // refuse), else on the shared store's thread once it answered. The local
+  // counts are taken at once and given back if the shared ones refuse.
+  using AdmitDone = std::function<void(AdmissionResult, Permit)>;
+  void admit_async(std::string_view ip, std::string_view key, bool count_key, AdmitDone done);
   LimiterCounts counts();
   // Drops per-IP rate state that has fully refilled and holds no connection.
   void sweep();
@@ -79,6 +90,13 @@ class ConnectionLimiter {
  private:
   friend class Permit;
   void give_back(const std::string& ip, const std::string& key) noexcept;
+  // The local half of an admission, under the lock: refuses, or counts and
+  // sets the shared fields to ask about (empty: nothing to ask).
+  std::optional<AdmissionResult> admit_locally(std::string_view ip, std::string_view key, bool count_key,
+                                               std::string& ipf, std::string& keyf, bool& key_counted);
+  // The shared store refused: the local counts go back (under the lock).
+  void undo_local(std::string_view ip, std::string_view key, bool key_counted);
+  Permit make_permit(std::string_view ip, std::string_view key, bool key_counted);
   std::string ip_field(std::string_view ip) const;
   static std::string key_field(std::string_view key) { return key.empty() ? std::string() : "k:" + std::string(key); }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,6 +20,13 @@ class SharedCounts {
   // counted) unless either total across nodes has reached its limit.
   virtual Verdict acquire(const std::string& ip_field, std::int64_t ip_limit, const std::string& key_field,
                           std::int64_t key_limit) = 0;
+  // The same without waiting: `done` runs once, on any thread (the store's
+  // own, for a remote one). The default answers at once through acquire().
+  using AcquireDone = std::function<void(Verdict)>;
+  virtual void acquire_async(const std::string& ip_field, std::int64_t ip_limit, const std::string& key_field,
+                             std::int64_t key_limit, AcquireDone done) {
+    done(acquire(ip_field, ip_limit, key_field, key_limit));
+  }
   virtual void release(const std::string& ip_field, const std::string& key_field) = 0;
   // Replaces this node's counts with `counts` (field, count).
   virtual void replace(std::vector<std::pair<std::string, std::int64_t>> counts) = 0;

@@ -392,6 +392,7 @@ void handle_http_async(const HttpRequest& req, HttpContext& ctx, HttpDone done) 
   }
   HttpResponse resp;
   try {
+    if (handle_http_deferred(req, ctx, done)) return;
     resp = handle_http(req, ctx);
   } catch (const std::exception& e) {
     // A store error (SQLite) or any other failure ends this request only.

@@ -1,6 +1,8 @@
 #include "net/admission.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <spdlog/spdlog.h>
 
 #include <boost/json.hpp>
@@ -157,9 +159,9 @@ std::optional<AdmissionOutcome> check_request(const UpgradeRequest& req, HttpCon
   return std::nullopt;
 }
 
-// Credential and limits. Sets `unknown_kid` when a refresh of the JWKS
-// might change the answer.
-AdmissionOutcome check_credential(const UpgradeRequest& req, HttpContext& ctx, const std::string& credential,
+// The credential. Sets `unknown_kid` when a refresh of the JWKS might
+// change the answer. An ok outcome has its principal and no permit yet.
+AdmissionOutcome check_credential(HttpContext& ctx, const std::string& credential,
                                   bool& unknown_kid) {
   using metrics::Refusal;
   unknown_kid = false;
@@ -183,24 +185,20 @@ AdmissionOutcome check_credential(const UpgradeRequest& req, HttpContext& ctx, c
     return refuse(401, Refusal::token_expired, "token_expired", auth.message);
   }
   if (!auth.ok()) return refuse(401, Refusal::unauthorized, "unauthorized", auth.message);
-
   AdmissionOutcome o;
-  // A fleet of agent workers shares one worker key: the per-key connection
-  // bound is a client limit and does not apply to it (the per-IP ones do).
-  const bool count_key = !auth.principal.unlimited && !auth.principal.worker;
-  const auto admitted = ctx.limiter.admit(req.peer_ip, limit_key(auth.principal), count_key, o.permit);
-  if (admitted.verdict != limits::Admission::ok) {
-    const bool rate = admitted.verdict == limits::Admission::connection_rate_exceeded;
-    auto r = refuse(429, rate ? Refusal::connection_rate_exceeded : Refusal::too_many_connections,
-                    rate ? "connection_rate_exceeded" : "too_many_connections",
-                    rate ? "too many new connections from this address; retry later"
-                         : "too many concurrent connections");
-    r.refusal.headers.emplace_back("Retry-After", std::to_string(std::max<std::int64_t>(1, admitted.retry_after_s)));
-    return r;
-  }
   o.ok = true;
   o.principal = std::move(auth.principal);
   return o;
+}
+
+AdmissionOutcome limit_refusal(const limits::AdmissionResult& admitted) {
+  using metrics::Refusal;
+  const bool rate = admitted.verdict == limits::Admission::connection_rate_exceeded;
+  auto r = refuse(429, rate ? Refusal::connection_rate_exceeded : Refusal::too_many_connections,
+                  rate ? "connection_rate_exceeded" : "too_many_connections",
+                  rate ? "too many new connections from this address; retry later" : "too many concurrent connections");
+  r.refusal.headers.emplace_back("Retry-After", std::to_string(std::max<std::int64_t>(1, admitted.retry_after_s)));
+  return r;
 }
 
 std::string connect_hook_body(const UpgradeRequest& req, const auth::Principal& p) {
@@ -237,6 +235,59 @@ void finish_admission(const UpgradeRequest& req, HttpContext& ctx, AdmissionOutc
               });
 }
 
+// The connection limits, then finish_admission. On a single node the
+// limiter answers at once; in a cluster it also asks the shared counts in
+// Redis, and the answer comes back through `post` (this thread never waits).
+void limit_and_finish(const UpgradeRequest& req, HttpContext& ctx, AdmissionOutcome o, Poster post,
+                      AdmissionDone done) {
+  if (!o.ok) {
+    done(std::move(o));
+    return;
+  }
+  // A fleet of agent workers shares one worker key: the per-key connection
+  // bound is a client limit and does not apply to it (the per-IP ones do).
+  const bool count_key = !o.principal.unlimited && !o.principal.worker;
+  if (!ctx.limiter.shares()) {
+    const auto admitted = ctx.limiter.admit(req.peer_ip, limit_key(o.principal), count_key, o.permit);
+    if (admitted.verdict != limits::Admission::ok) {
+      done(limit_refusal(admitted));
+      return;
+    }
+    finish_admission(req, ctx, std::move(o), std::move(post), std::move(done));
+    return;
+  }
+  auto pending = std::make_shared<AdmissionOutcome>(std::move(o));
+  const std::string key = limit_key(pending->principal);
+  // Answered inside the call (nothing to ask the cluster, or refused
+  // locally): go on here, without a hop.
+  struct Caller {
+    std::thread::id thread = std::this_thread::get_id();
+    std::atomic<bool> inside{true};
+  };
+  auto caller = std::make_shared<Caller>();
+  ctx.limiter.admit_async(
+      req.peer_ip, key, count_key,
+      [req, &ctx, pending, post, caller, done = std::move(done)](limits::AdmissionResult admitted,
+                                                                  limits::Permit permit) mutable {
+        // On the shared store's thread (or this one, at once): the permit
+        // rides with the outcome, which only the next step touches.
+        pending->permit = std::move(permit);
+        auto next = [req = std::move(req), &ctx, pending, post, admitted, done = std::move(done)]() mutable {
+          if (admitted.verdict != limits::Admission::ok) {
+            done(limit_refusal(admitted));
+            return;
+          }
+          finish_admission(req, ctx, std::move(*pending), std::move(post), std::move(done));
+        };
+        if (caller->inside.load() && std::this_thread::get_id() == caller->thread) {
+          next();
+        } else {
+          post(std::move(next));
+        }
+      });
+  caller->inside.store(false);
+}
+
 }  // namespace
 
 void admit_upgrade(const UpgradeRequest& req, HttpContext& ctx, Poster post, AdmissionDone done) {
@@ -254,9 +305,9 @@ void admit_upgrade(const UpgradeRequest& req, HttpContext& ctx, Poster post, Adm
     credential = std::string(auth::bearer(req.authorization));
   }
   bool unknown_kid = false;
-  AdmissionOutcome o = check_credential(req, ctx, credential, unknown_kid);
+  AdmissionOutcome o = check_credential(ctx, credential, unknown_kid);
   if (!unknown_kid || !ctx.services.idp) {
-    finish_admission(req, ctx, std::move(o), std::move(post), std::move(done));
+    limit_and_finish(req, ctx, std::move(o), std::move(post), std::move(done));
     return;
   }
   // The identity provider may have rotated its keys: one refresh (shared
@@ -267,8 +318,8 @@ void admit_upgrade(const UpgradeRequest& req, HttpContext& ctx, Poster post, Adm
         auto again = [req = std::move(req), &ctx, credential = std::move(credential), post,
                       done = std::move(done)]() mutable {
           bool still_unknown = false;
-          AdmissionOutcome o2 = check_credential(req, ctx, credential, still_unknown);
-          finish_admission(req, ctx, std::move(o2), post, std::move(done));
+          AdmissionOutcome o2 = check_credential(ctx, credential, still_unknown);
+          limit_and_finish(req, ctx, std::move(o2), post, std::move(done));
         };
         post(std::move(again));
       });

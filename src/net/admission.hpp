@@ -37,13 +37,16 @@ struct AdmissionOutcome {
 };
 
 // Contract: decides the upgrade and calls `done(outcome)` exactly once.
-// Without an identity provider or a connect hook it decides at once, before
-// returning. Two steps may wait on the network, never on the calling
-// thread: a token naming a kid the JWKS does not hold asks for one
-// (rate-limited) refresh and is judged again after it; an admitted
-// connection is put to the connect hook (hooks.connect_url). Their
-// completions run `done` through `post`, on the caller's thread. The
-// limiter permit is held while the hook decides, and released if it denies.
+// Without an identity provider, a connect hook or shared connection counts
+// it decides at once, before returning. Three steps may wait on the
+// network, never on the calling thread: a token naming a kid the JWKS does
+// not hold asks for one (rate-limited) refresh and is judged again after
+// it; in a cluster the connection limits are checked against the counts
+// in Redis (limiter.admit_async; no answer within its timeout admits on
+// this node's counts); an admitted connection is put to the connect hook
+// (hooks.connect_url). Their completions run `done` through `post`, on the
+// caller's thread. The limiter permit is held while the hook decides, and
+// released if it denies.
 using AdmissionDone = std::function<void(AdmissionOutcome)>;
 void admit_upgrade(const UpgradeRequest& req, HttpContext& ctx, Poster post, AdmissionDone done);
 

@@ -165,7 +165,15 @@ HttpResponse mint_token(const HttpRequest& req, HttpContext& ctx) {
   return json_ok({{"token", auth::sign_jwt(c, ctx.services.jwt_secret)}, {"expires_at", c.exp}});
 }
 
-HttpResponse broadcast(const HttpRequest& req, HttpContext& ctx) {
+// What POST /api/broadcast publishes, once the request is checked.
+struct Broadcast {
+  std::string topic, event, payload_json;
+  bool payload_empty = true;
+  std::string from;
+};
+
+// Checks a broadcast request: the refusal, or nullopt with `out` filled.
+std::optional<HttpResponse> check_broadcast(const HttpRequest& req, HttpContext& ctx, Broadcast& out) {
   auth::Principal key;
   if (auto e = require_key(req, ctx, key)) return *e;
   if (!key.publish && !key.admin) return json_error(403, "forbidden", "this API key has no publish rights");
@@ -194,8 +202,15 @@ HttpResponse broadcast(const HttpRequest& req, HttpContext& ctx) {
     p = &payload->as_object();
   }
   if (p->contains("_meta")) return json_error(400, "invalid_payload", "_meta is added by the server");
-  const auto r = ctx.services.broker.publish(t, e, json::serialize(*p), p->empty(), key.agent_id, 0);
-  ctx.services.broker.make_durable();  // before the 200 says it was published
+  out.topic = std::string(t);
+  out.event = std::string(e);
+  out.payload_json = json::serialize(*p);
+  out.payload_empty = p->empty();
+  out.from = std::move(key.agent_id);
+  return std::nullopt;
+}
+
+HttpResponse broadcast_answer(const pubsub::PublishResult& r) {
   if (r.reach == pubsub::PublishResult::Reach::unknown) {
     return json_error(503, "unavailable", "Redis did not confirm the publish; it may or may not have been delivered");
   }
@@ -203,7 +218,16 @@ HttpResponse broadcast(const HttpRequest& req, HttpContext& ctx) {
   return json_ok({{"offset", r.offset}, {"epoch", r.epoch}});
 }
 
-HttpResponse presence(const HttpRequest& req, HttpContext& ctx, std::string_view topic) {
+HttpResponse broadcast(const HttpRequest& req, HttpContext& ctx) {
+  Broadcast b;
+  if (auto e = check_broadcast(req, ctx, b)) return *e;
+  const auto r = ctx.services.broker.publish(b.topic, b.event, b.payload_json, b.payload_empty, b.from, 0);
+  ctx.services.broker.make_durable();  // before the 200 says it was published
+  return broadcast_answer(r);
+}
+
+// Checks a presence request: the refusal, or nullopt.
+std::optional<HttpResponse> check_presence(const HttpRequest& req, HttpContext& ctx, std::string_view topic) {
   auth::Principal key;
   if (auto e = require_key(req, ctx, key)) return *e;
   if (protocol::classify_topic(topic) != protocol::TopicKind::pubsub) {
@@ -213,12 +237,25 @@ HttpResponse presence(const HttpRequest& req, HttpContext& ctx, std::string_view
   if (!auth::permitted(key, auth::Capability::subscribe, topic)) {
     return json_error(403, "forbidden", "this API key's subscribe capability does not cover this topic");
   }
+  return std::nullopt;
+}
+
+HttpResponse presence_answer(std::string_view topic, std::string_view state) {
   HttpResponse r;
   r.body = "{\"topic\":";
   protocol::append_json_string(r.body, topic);
-  r.body += ",\"presence\":" + ctx.services.broker.presence_state(topic) + "}";
+  r.body += ",\"presence\":";
+  r.body += state;
+  r.body += "}";
   return r;
 }
+
+HttpResponse presence(const HttpRequest& req, HttpContext& ctx, std::string_view topic) {
+  if (auto e = check_presence(req, ctx, topic)) return *e;
+  return presence_answer(topic, ctx.services.broker.presence_state(topic));
+}
+
+constexpr std::string_view presence_prefix = "/api/presence/";
 
 // CORS for POST /api/token (protocol.md section 9): an allowed Origin gets
 // its preflight answered and Access-Control-Allow-Origin on the answer;
@@ -279,7 +316,6 @@ HttpResponse handle_http(const HttpRequest& req, HttpContext& ctx) {
     if (auto e = only("POST")) return *e;
     return broadcast(req, ctx);
   }
-  constexpr std::string_view presence_prefix = "/api/presence/";
   if (path.starts_with(presence_prefix)) {
     if (auto e = only("GET")) return *e;
     return presence(req, ctx, std::string_view(path).substr(presence_prefix.size()));
@@ -288,6 +324,47 @@ HttpResponse handle_http(const HttpRequest& req, HttpContext& ctx) {
     return json_error(426, "upgrade_required", "this endpoint speaks WebSocket only");
   }
   return json_error(404, "not_found", "no such endpoint");
+}
+
+bool handle_http_deferred(const HttpRequest& req, HttpContext& ctx, const HttpDone& done) {
+  auto& broker = ctx.services.broker;
+  if (!broker.publishes_async() && !broker.presence_async()) return false;
+  RequestTarget target;
+  if (!parse_target(req.target, target)) return false;
+  const std::string& path = target.path;
+  if (path == "/api/broadcast" && req.method == "POST" && broker.publishes_async()) {
+    metrics::bump(ctx.services.metrics.http_requests);
+    Broadcast b;
+    if (auto e = check_broadcast(req, ctx, b)) {
+      done(std::move(*e));
+      return true;
+    }
+    // Answered when Redis confirms (or the link gives up on it); `done`
+    // takes the answer back to the request's thread.
+    broker.publish_async(b.topic, b.event, b.payload_json, b.payload_empty, b.from, 0,
+                         [&ctx, done](pubsub::PublishResult r) {
+                           ctx.services.broker.make_durable();
+                           done(broadcast_answer(r));
+                         });
+    return true;
+  }
+  if (path.starts_with(presence_prefix) && req.method == "GET" && broker.presence_async()) {
+    metrics::bump(ctx.services.metrics.http_requests);
+    const std::string topic = path.substr(presence_prefix.size());
+    if (auto e = check_presence(req, ctx, topic)) {
+      done(std::move(*e));
+      return true;
+    }
+    broker.presence_state_async(topic, [topic, done](std::optional<std::string> state) {
+      if (!state) {
+        done(json_error(503, "unavailable", "Redis did not answer with the topic's presence in time; retry"));
+        return;
+      }
+      done(presence_answer(topic, *state));
+    });
+    return true;
+  }
+  return false;
 }
 
 }  // namespace synapse::net

@@ -77,6 +77,15 @@ HttpResponse handle_http(const HttpRequest& req, HttpContext& ctx);
 // later and on another thread (admin answers gathered from the I/O threads).
 using HttpDone = std::function<void(HttpResponse)>;
 void handle_http_async(const HttpRequest& req, HttpContext& ctx, HttpDone done);
+// The routes whose answer waits on a remote broker (a cluster's Redis):
+// POST /api/broadcast (answered when Redis confirms the publish) and GET
+// /api/presence/<topic> (when the presence is read from Redis). Returns
+// true when it took the request: `done` is then called exactly once, maybe
+// later and on another thread (the link's); the calling thread never
+// waits. False for any other request, and whenever the broker answers at
+// once (a single node): handle_http answers those. May throw, before
+// taking the request, like handle_http (a key store error).
+bool handle_http_deferred(const HttpRequest& req, HttpContext& ctx, const HttpDone& done);
 // The dashboard's live numbers (GET /api/admin/stats).
 boost::json::object admin_stats(HttpContext& ctx);
 

@@ -3,9 +3,15 @@
 // The interface is what a channel needs; LocalBroker implements it in
 // process, RedisBroker for several nodes sharing one Redis.
 //
-// Threads: join() and leave() run on the member's I/O thread, and its sink
-// is called on that same thread. publish() and presence_state() may be called
-// from any thread.
+// Threads: join(), join_async() and leave() run on the member's I/O
+// thread, and its sink is called on that same thread. publish() and
+// presence_state() may be called from any thread.
+//
+// Blocking: a broker whose answers come from elsewhere (the Redis broker)
+// says so with joins_async() / publishes_async() / presence_async(), and
+// its callers then use the *_async forms, which never wait on the calling
+// thread: no I/O thread ever waits on Redis. The synchronous forms stay for
+// the in-process broker, where they are immediate, and for tests.
 #pragma once
 
 #include <boost/json.hpp>
@@ -71,6 +77,9 @@ struct JoinResult {
   // Refused: the topic's presence is at its byte bound. Nothing was
   // recorded and no other field is set; the channel answers presence_full.
   bool presence_full = false;
+  // Refused: the backplane (Redis) did not answer within its timeout. Nothing
+  // was recorded and no other field is set; the channel answers unavailable.
+  bool unavailable = false;
 };
 
 struct PublishResult {
@@ -110,6 +119,31 @@ class Broker {
   virtual ~Broker() = default;
 
   virtual JoinResult join(Subscriber& sub, const JoinRequest& req) = 0;
+  // The join of a broker whose join waits on something remote; only called
+  // when joins_async() says so. Contract:
+  //  - Called on req.thread; req's views need only last for the call.
+  //  - The member counts from the call on: every message published after
+  //    the join's offset is delivered to it exactly once, in order. Until
+  //    `done` has run it receives nothing: what arrives meanwhile is held,
+  //    and delivered (filtered by the result's offset, as a synchronous
+  //    join's would be) right after `done` returns, on req.thread. So `done`
+  //    sends the join reply, the backlog and presence_state first.
+  //  - `done` runs at most once, on req.thread (posted: never before
+  //    join_async returns, except in the default below), unless leave(sub)
+  //    came first: a pending join is
+  //    cancelled by leave(), and `done` is then never called (it is
+  //    destroyed later, on any thread: it must not own anything that needs
+  //    req.thread to die).
+  //  - leave(sub) must be called before `sub` is destroyed, whether or not
+  //    `done` ran (a result with `unavailable` or `presence_full` already
+  //    undid the membership; leave() is then a no-op). After leave()
+  //    returns the broker never touches `sub` again.
+  //  - `done` may call leave(sub) (and destroy `sub` afterwards).
+  // The default completes at once, inside the call, through join(): for
+  // brokers that never wait.
+  using JoinDone = std::function<void(JoinResult)>;
+  virtual bool joins_async() const { return false; }
+  virtual void join_async(Subscriber& sub, const JoinRequest& req, JoinDone done) { done(join(sub, req)); }
   virtual void leave(Subscriber& sub, std::string_view topic) = 0;
   // `payload_json` is the text of a JSON object without a "_meta" key (the
   // broker adds it); `payload_empty` says whether the object has no members.
@@ -129,6 +163,12 @@ class Broker {
   }
   // The topic's presence (pending changes included), as JSON text.
   virtual std::string presence_state(std::string_view topic) = 0;
+  // The same without waiting, for brokers that read it remotely (only
+  // called when presence_async() says so): `done` runs once, on any thread,
+  // with the state, or nullopt when it could not be read in time.
+  using PresenceDone = std::function<void(std::optional<std::string>)>;
+  virtual bool presence_async() const { return false; }
+  virtual void presence_state_async(std::string_view topic, PresenceDone done) { done(presence_state(topic)); }
   // Periodic work: publish coalesced presence diffs, expire history, release
   // empty topics. Called every presence interval from one thread.
   virtual void tick() = 0;

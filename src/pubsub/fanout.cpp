@@ -47,8 +47,70 @@ void Fanout::add(Subscriber& sub, const JoinRequest& req, std::uint64_t topic_id
   }
 }
 
+void Fanout::add_pending(Subscriber& sub, const JoinRequest& req, std::uint64_t topic_id) {
+  add(sub, req, topic_id, 0, 0);
+  LocalTopic& local = tables_[sub.thread].topics[topic_id];
+  local.members[sub.slot].sink = nullptr;
+  if (sub.receives_presence) local.presence_members[sub.presence_slot].sink = nullptr;
+  tables_[sub.thread].held[&sub];
+}
+
+void Fanout::hold(ThreadTable& table, const LocalMember& m, std::size_t from, std::size_t to) {
+  auto& held = table.held[m.sub];
+  for (std::size_t k = from; k < to; ++k) held.push_back(table.draining[k]);
+}
+
+void Fanout::activate(Subscriber& sub, std::uint64_t start_offset, std::uint64_t presence_start) {
+  ThreadTable& table = tables_[sub.thread];
+  auto lt = table.topics.find(sub.topic_id);
+  if (lt == table.topics.end()) return;
+  std::vector<Delivery> held;
+  if (auto h = table.held.find(&sub); h != table.held.end()) {
+    held = std::move(h->second);
+    table.held.erase(h);
+  }
+  // The same filters as drain(), over what came while the join was pending.
+  std::uint64_t start = start_offset;
+  std::vector<const wire::Message*> batch;
+  batch.reserve(held.size());
+  std::uint64_t messages = 0;
+  for (const Delivery& d : held) {
+    if (d.topic_id != sub.topic_id) continue;
+    switch (d.kind) {
+      case DeliveryKind::reset:
+        start = 0;
+        break;
+      case DeliveryKind::message:
+        if (d.offset > start && d.exclude_connection != sub.connection_id) {
+          batch.push_back(&d.msg);
+          ++messages;
+        }
+        break;
+      case DeliveryKind::presence:
+        if (sub.receives_presence && d.offset > presence_start) batch.push_back(&d.msg);
+        break;
+    }
+  }
+  sub.start_offset = start;
+  sub.presence_start = presence_start;
+  LocalTopic& local = lt->second;
+  if (sub.slot < local.members.size() && local.members[sub.slot].sub == &sub) {
+    local.members[sub.slot].sink = sub.sink;
+    local.members[sub.slot].start = start;
+  }
+  if (sub.receives_presence && sub.presence_slot < local.presence_members.size() &&
+      local.presence_members[sub.presence_slot].sub == &sub) {
+    local.presence_members[sub.presence_slot].sink = sub.sink;
+    local.presence_members[sub.presence_slot].start = presence_start;
+  }
+  if (batch.empty()) return;
+  sub.sink->send_batch(batch.data(), batch.size());
+  if (messages) metrics::bump(metrics_.deliveries, messages);
+}
+
 void Fanout::remove(Subscriber& sub) {
   ThreadTable& table = tables_[sub.thread];
+  table.held.erase(&sub);
   auto lt = table.topics.find(sub.topic_id);
   if (lt == table.topics.end()) return;
   swap_remove(lt->second.members, sub, [](Subscriber& s) -> std::size_t& { return s.slot; });
@@ -118,12 +180,22 @@ void Fanout::drain(std::size_t thread) {
     if (it != table.topics.end()) {
       const DeliveryKind kind = items[i].kind;
       if (kind == DeliveryKind::reset) {
-        for (LocalMember& m : it->second.members) m.start = 0;
+        for (LocalMember& m : it->second.members) {
+          if (m.sink) {
+            m.start = 0;
+          } else {
+            hold(table, m, i, j);  // replayed in order by activate()
+          }
+        }
         i = j;
         continue;
       }
       const bool message = kind == DeliveryKind::message;
       for (const LocalMember& m : message ? it->second.members : it->second.presence_members) {
+        if (!m.sink) {
+          hold(table, m, i, j);
+          continue;
+        }
         table.batch.clear();
         for (std::size_t k = i; k < j; ++k) {
           const Delivery& d = items[k];

@@ -11,6 +11,12 @@
 // predates its join (it came in the recovered history, or was not asked
 // for); a presence diff at or below presence_start is already in its
 // presence_state; the publisher's own connection is skipped.
+//
+// A member whose join is still pending (the Redis broker's asynchronous
+// join) is listed from the join's start but has no start offset yet: the
+// drain holds its share, in order, and activate() replays it through the
+// same filters once the join's offset is known. So a pending member sees
+// exactly what it would have seen had its join completed at once.
 #pragma once
 
 #include <cstdint>
@@ -61,7 +67,13 @@ class Fanout {
   // filters) and adds it to its thread's member list (and presence list).
   void add(Subscriber& sub, const JoinRequest& req, std::uint64_t topic_id, std::uint64_t start_offset,
            std::uint64_t presence_start);
-  // On `sub.thread`'s own thread.
+  // The same for a join whose offsets are not known yet: deliveries are
+  // held for it (on `req.thread`) until activate().
+  void add_pending(Subscriber& sub, const JoinRequest& req, std::uint64_t topic_id);
+  // On `sub.thread`: the pending join completed at these offsets. Sends the
+  // held deliveries that pass the filters, in order, then delivers directly.
+  void activate(Subscriber& sub, std::uint64_t start_offset, std::uint64_t presence_start);
+  // On `sub.thread`'s own thread (pending or not; what was held is dropped).
   void remove(Subscriber& sub);
   // Any thread: queues `d` for every thread i with counts[i] != 0.
   void queue(const std::vector<std::uint32_t>& counts, const Delivery& d);
@@ -80,7 +92,7 @@ class Fanout {
   // A member as the drain loop needs it: sink and filters inline, so the
   // loop reads one contiguous array and never the channel object.
   struct LocalMember {
-    MessageSink* sink;
+    MessageSink* sink;            // null while the member's join is pending
     Subscriber* sub;              // to keep its slot index right on removal
     std::uint64_t connection_id;  // the publisher's own connection is skipped
     std::uint64_t start;          // start_offset, or presence_start
@@ -95,7 +107,11 @@ class Fanout {
     std::unordered_map<std::uint64_t, LocalTopic> topics;
     std::vector<Delivery> draining;           // reused between drains
     std::vector<const wire::Message*> batch;  // one member's share of a run
+    // Deliveries for members whose join is pending, in drain order.
+    std::unordered_map<const Subscriber*, std::vector<Delivery>> held;
   };
+
+  void hold(ThreadTable& table, const LocalMember& m, std::size_t from, std::size_t to);
 
   void drain(std::size_t thread);
 

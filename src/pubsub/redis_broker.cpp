@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <functional>
 #include <set>
 #include <spdlog/spdlog.h>
 
@@ -67,22 +68,56 @@ std::optional<std::string> parse_json_string(std::string_view s) {
 
 std::string redis_prefix(int db) { return "synapse:" + std::to_string(db) + ":"; }
 
-struct RedisBroker::Gate {
+namespace {
+
+// A reply handed from the link's thread to a blocking join().
+struct ReplyHandoff {
   std::mutex mu;
   std::condition_variable cv;
-  bool open = false;
+  std::optional<redis::Reply> value;
 
-  void release() {
+  void set(redis::Reply r) {
     {
       std::lock_guard lock(mu);
-      open = true;
+      if (value) return;
+      value = std::move(r);
     }
-    cv.notify_all();
+    cv.notify_one();
   }
-  void wait(std::chrono::milliseconds timeout) {
+  redis::Reply wait(std::chrono::milliseconds timeout) {
     std::unique_lock lock(mu);
-    cv.wait_for(lock, timeout, [this] { return open; });
+    cv.wait_for(lock, timeout, [this] { return value.has_value(); });
+    if (!value) return redis::Reply::failure(redis::Reply::Type::lost, "Redis did not answer in time");
+    return std::move(*value);
   }
+};
+
+}  // namespace
+
+// The joiners of a topic that came while its first member subscribes: their
+// next step runs when the subscription and the presence snapshot are in.
+// Guarded by the topic's shard mutex; the continuations run outside it.
+struct RedisBroker::Gate {
+  bool open = false;
+  std::vector<std::function<void()>> waiters;
+};
+
+struct RedisBroker::PendingJoin {
+  // Set on the member's thread when the join starts; read-only afterwards.
+  Subscriber* sub = nullptr;  // dereferenced on `thread` only, while pending_ lists this join
+  std::string topic;
+  std::uint64_t topic_id = 0;
+  std::size_t thread = 0;
+  bool presence = false;
+  bool tracked = true;
+  json::object meta;
+  std::optional<Recover> recover;
+  std::chrono::steady_clock::time_point deadline;
+  JoinDone done;                          // join_async's; runs on `thread`
+  std::shared_ptr<ReplyHandoff> handoff;  // a blocking join() waits here instead
+  // Set by leave() (on `thread`); the link's steps read it only to skip
+  // work nobody waits for. What decides is pending_, on `thread`.
+  std::atomic<bool> cancelled{false};
 };
 
 RedisBroker::RedisBroker(RedisBrokerOptions options, redis::Link& link, std::vector<Poster> threads,
@@ -90,7 +125,7 @@ RedisBroker::RedisBroker(RedisBrokerOptions options, redis::Link& link, std::vec
     : options_(std::move(options)),
       link_(link),
       metrics_(metrics),
-      fanout_(std::move(threads), metrics),
+      fanout_(threads, metrics),
       publish_script_(std::string(lua::now_ms) + lua::publish),
       join_script_(std::string(lua::now_ms) + lua::join),
       snapshot_script_(lua::presence_snapshot),
@@ -99,7 +134,9 @@ RedisBroker::RedisBroker(RedisBrokerOptions options, redis::Link& link, std::vec
       heartbeat_script_(std::string(lua::now_ms) + lua::heartbeat),
       reap_script_(std::string(lua::now_ms) + lua::reap),
       backfill_script_(lua::backfill),
-      channel_prefix_(options_.prefix + "c:") {
+      channel_prefix_(options_.prefix + "c:"),
+      posters_(std::move(threads)),  // after fanout_, which copied them
+      pending_(fanout_.threads()) {
   for (const auto* s : {&publish_script_, &join_script_, &snapshot_script_, &track_script_, &untrack_script_,
                         &heartbeat_script_, &reap_script_, &backfill_script_}) {
     link_.preload(s->text);
@@ -116,9 +153,19 @@ std::string RedisBroker::key(const char* kind, std::string_view topic) const {
   return k;
 }
 
-RedisBroker::Topic& RedisBroker::get_or_create(std::string_view name) {
-  auto it = topics_.find(std::string(name));
-  if (it != topics_.end()) return *it->second;
+RedisBroker::Shard& RedisBroker::shard_of(std::string_view name) {
+  return shards_[std::hash<std::string_view>{}(name) % shard_count];
+}
+
+RedisBroker::Topic* RedisBroker::find(Shard& sh, std::string_view name, std::uint64_t id) {
+  auto it = sh.topics.find(std::string(name));
+  if (it == sh.topics.end() || (id != 0 && it->second->id != id)) return nullptr;
+  return it->second.get();
+}
+
+RedisBroker::Topic& RedisBroker::get_or_create(Shard& sh, std::string_view name) {
+  auto it = sh.topics.find(std::string(name));
+  if (it != sh.topics.end()) return *it->second;
   auto t = std::make_unique<Topic>();
   t->id = next_topic_id_.fetch_add(1, std::memory_order_relaxed);
   t->name = std::string(name);
@@ -126,7 +173,7 @@ RedisBroker::Topic& RedisBroker::get_or_create(std::string_view name) {
   t->members_per_thread.assign(fanout_.threads(), 0);
   t->presence_per_thread.assign(fanout_.threads(), 0);
   metrics_.topics.fetch_add(1, std::memory_order_relaxed);
-  return *topics_.emplace(t->name, std::move(t)).first->second;
+  return *sh.topics.emplace(t->name, std::move(t)).first->second;
 }
 
 void RedisBroker::adopt_epoch(Topic& t, std::string_view epoch) {
@@ -187,15 +234,15 @@ void RedisBroker::start_backfill(Topic& t) {
                 // Lost with its connection: on_down follows and the next on_up
                 // reads again; the held messages stay held meanwhile.
                 if (r.type == redis::Reply::Type::lost || r.type == redis::Reply::Type::not_connected) return;
-                std::lock_guard lock(mu_);
-                auto it = topics_.find(topic);
-                if (it == topics_.end() || it->second->id != id) return;
-                Topic& topic_now = *it->second;
-                if (topic_now.backfilling && topic_now.backfill_seq == seq) finish_backfill(topic_now, r);
+                Shard& sh = shard_of(topic);
+                std::lock_guard lock(sh.mu);
+                Topic* topic_now = find(sh, topic, id);
+                if (!topic_now) return;
+                if (topic_now->backfilling && topic_now->backfill_seq == seq) finish_backfill(*topic_now, r);
               });
 }
 
-// Contract: called once per backfill, under mu_, with the backfill script's
+// Contract: called once per backfill, under the topic's shard lock, with the backfill script's
 // reply. Delivers, in offset order and once each, the union of what the
 // stream still holds from the node's last delivered offset on (or, under a
 // new epoch, from offset 1) and the live messages held since the link was
@@ -347,10 +394,11 @@ void RedisBroker::on_message(const std::string& channel, const std::string& payl
     std::uint64_t offset = 0, conn = 0;
     if (parts.size() != 5 || !parse_u64(parts[1], offset) || !parse_u64(parts[3], conn)) return;
     wire::Message msg = wire::Message::text(std::string(parts[4]));
-    std::lock_guard lock(mu_);
-    auto it = topics_.find(name);
-    if (it == topics_.end() || it->second->members == 0) return;
-    Topic& t = *it->second;
+    Shard& sh = shard_of(name);
+    std::lock_guard lock(sh.mu);
+    Topic* tp = find(sh, name);
+    if (!tp || tp->members == 0) return;
+    Topic& t = *tp;
     const std::uint64_t exclude = parts[2] == options_.node_id ? conn : 0;
     if (t.backfilling) {
       t.held.push_back(Live{std::string(parts[0]), offset, exclude, std::move(msg)});
@@ -368,10 +416,11 @@ void RedisBroker::on_message(const std::string& channel, const std::string& payl
     ev.ref = std::string(parts[3]);
     ev.agent = std::move(*agent);
     ev.meta = std::string(parts[5]);
-    std::lock_guard lock(mu_);
-    auto it = topics_.find(name);
-    if (it == topics_.end() || it->second->members == 0) return;
-    Topic& t = *it->second;
+    Shard& sh = shard_of(name);
+    std::lock_guard lock(sh.mu);
+    Topic* tp = find(sh, name);
+    if (!tp || tp->members == 0) return;
+    Topic& t = *tp;
     if (t.snapshot_pending) {
       t.buffered.push_back(std::move(ev));
     } else if (ev.version > t.presence_version) {
@@ -385,23 +434,25 @@ void RedisBroker::on_up() {
 }
 
 void RedisBroker::on_down() {
-  std::lock_guard lock(mu_);
-  for (auto& [name, t] : topics_) {
-    if (t->members == 0 || t->epoch.empty()) continue;
-    // Whatever arrives after the reconnect waits for the backfill, so it is
-    // delivered after what was missed, in order. A backfill in flight on
-    // the lost connection no longer counts.
-    t->backfilling = true;
-    ++t->backfill_seq;
+  for (Shard& sh : shards_) {
+    std::lock_guard lock(sh.mu);
+    for (auto& [name, t] : sh.topics) {
+      if (t->members == 0 || t->epoch.empty()) continue;
+      // Whatever arrives after the reconnect waits for the backfill, so it
+      // is delivered after what was missed, in order. A backfill in flight
+      // on the lost connection no longer counts.
+      t->backfilling = true;
+      ++t->backfill_seq;
+    }
   }
 }
 
 void RedisBroker::resync(bool after_link_loss) {
   heartbeat(false);
   std::vector<std::string> names;
-  {
-    std::lock_guard lock(mu_);
-    for (auto& [name, t] : topics_) {
+  for (Shard& sh : shards_) {
+    std::lock_guard lock(sh.mu);
+    for (auto& [name, t] : sh.topics) {
       if (t->members == 0) continue;
       names.push_back(name);
       t->snapshot_pending = true;
@@ -415,14 +466,15 @@ void RedisBroker::resync(bool after_link_loss) {
   }
   for (const auto& name : names) {
     redis::eval(link_, snapshot_script_, {key("p", name), key("pv", name)}, {}, [this, name](redis::Reply r) {
-      std::lock_guard lock(mu_);
-      auto it = topics_.find(name);
-      if (it == topics_.end() || !it->second->snapshot_pending) return;
+      Shard& sh = shard_of(name);
+      std::lock_guard lock(sh.mu);
+      Topic* t = find(sh, name);
+      if (!t || !t->snapshot_pending) return;
       if (!r.ok()) {
         spdlog::warn("topic {}: presence snapshot failed: {}", name, r.str);
         r = redis::Reply{};
       }
-      apply_snapshot(*it->second, r);
+      apply_snapshot(*t, r);
     });
   }
   if (reregister_) reregister_();
@@ -430,17 +482,35 @@ void RedisBroker::resync(bool after_link_loss) {
 
 // ---------------------------------------------------------------- broker
 
-JoinResult RedisBroker::join(Subscriber& sub, const JoinRequest& req) {
-  JoinResult r;
-  Topic* tp = nullptr;
-  std::shared_ptr<Gate> gate;
-  bool first = false;
-  std::string channel, name(req.topic), prior_epoch;
+std::chrono::milliseconds RedisBroker::remaining(const PendingJoin& pj) const {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(pj.deadline - std::chrono::steady_clock::now());
+  return std::max(left, std::chrono::milliseconds(1));
+}
+
+// Step 1, on the member's thread: count it, list it as pending, and start
+// step 2 (the first member) or queue at the Gate / go to step 3 (the others).
+std::shared_ptr<RedisBroker::PendingJoin> RedisBroker::begin_join(Subscriber& sub, const JoinRequest& req,
+                                                                  JoinDone done, bool blocking) {
+  auto pj = std::make_shared<PendingJoin>();
+  pj->sub = &sub;
+  pj->topic = std::string(req.topic);
+  pj->thread = req.thread;
+  pj->presence = req.presence;
+  pj->tracked = req.tracked;
+  pj->meta = req.meta;
+  pj->recover = req.recover;
+  pj->deadline = std::chrono::steady_clock::now() + options_.call_timeout;
+  pj->done = std::move(done);
+  if (blocking) pj->handoff = std::make_shared<ReplyHandoff>();
+  sub.presence_ref.clear();
+
+  bool go_on = false;  // straight to the join script
   {
-    std::lock_guard lock(mu_);
-    Topic& t = get_or_create(req.topic);
-    tp = &t;
-    // Counted before anything is read from Redis: from here on every
+    Shard& sh = shard_of(req.topic);
+    std::lock_guard lock(sh.mu);
+    Topic& t = get_or_create(sh, req.topic);
+    pj->topic_id = t.id;
+    // Counted before anything is asked of Redis: from here on every
     // message this node receives for the topic is queued for our thread.
     ++t.members_per_thread[req.thread];
     if (req.presence) ++t.presence_per_thread[req.thread];
@@ -460,44 +530,132 @@ JoinResult RedisBroker::join(Subscriber& sub, const JoinRequest& req) {
       // BackendDataLossStartsANewEpochAndMembersAreTold). The join's reply
       // sets the epoch again; a join while Redis is down still reports the
       // last one seen (protocol.md §9).
-      prior_epoch = std::move(t.epoch);
+      if (!t.epoch.empty()) t.prior_epoch = std::move(t.epoch);
       t.epoch.clear();
       t.last_offset = 0;
-      first = true;
+      // Posted under the lock, so it follows an unsubscribe posted by the
+      // leave that emptied the topic before.
+      link_.subscribe(t.channel, remaining(*pj),
+                      [this, pj, gate = t.gate](bool confirmed) { on_subscribed(pj, gate, confirmed); });
+    } else if (t.gate && !t.gate->open) {
+      t.gate->waiters.push_back([this, pj] { send_join_script(pj); });
+    } else {
+      go_on = true;
     }
-    gate = t.gate;
-    channel = t.channel;
   }
-  // The topic cannot go away while we count as a member.
-  if (first) {
-    redis::Reply snap;
-    if (link_.subscribe(channel, options_.call_timeout)) {
-      snap = redis::eval_call(link_, snapshot_script_, {key("p", name), key("pv", name)}, {}, options_.call_timeout);
-    } else if (link_.up()) {
-      // Redis is up but slow: the subscription will come, but messages
-      // published before it are not delivered live to this join.
-      spdlog::warn("topic {}: Redis did not confirm the subscription within {} ms", name,
-                   options_.call_timeout.count());
-    }
-    {
-      std::lock_guard lock(mu_);
-      // Not subscribed (Redis down): the link subscribes on reconnect and
-      // resync() loads the snapshot then.
-      apply_snapshot(*tp, snap.ok() ? snap : redis::Reply{});
-    }
-    gate->release();
-  } else if (gate) {
-    gate->wait(options_.call_timeout);
+  // The member's table is its thread's (ours): no drain runs before we return.
+  fanout_.add_pending(sub, req, pj->topic_id);
+  pending_[req.thread][&sub] = pj;
+  if (go_on) send_join_script(pj);
+  return pj;
+}
+
+// Step 2, on the link's thread: the first member's subscription answered.
+void RedisBroker::on_subscribed(const std::shared_ptr<PendingJoin>& pj, const std::shared_ptr<Gate>& gate,
+                                bool confirmed) {
+  if (confirmed) {
+    // The snapshot is the topic's, for every joiner at the gate, so it is
+    // loaded even if this one has left meanwhile.
+    redis::eval(
+        link_, snapshot_script_, {key("p", pj->topic), key("pv", pj->topic)}, {},
+        [this, pj, gate](redis::Reply r) {
+          if (!r.ok()) spdlog::warn("topic {}: presence snapshot failed: {}", pj->topic, r.str);
+          open_gate(pj, gate, &r);
+        },
+        remaining(*pj));
+    return;
   }
+  if (link_.up()) {
+    // Redis is up but slow: the subscription will come, but messages
+    // published before it are not delivered live to this join.
+    spdlog::warn("topic {}: Redis did not confirm the subscription within {} ms", pj->topic,
+                 options_.call_timeout.count());
+  }
+  // Not subscribed (Redis down): the link subscribes on reconnect and
+  // resync() loads the snapshot then.
+  open_gate(pj, gate, nullptr);
+}
 
-  const bool recover = req.recover.has_value();
-  const auto jr = redis::eval_call(
-      link_, join_script_, {key("o", name), key("e", name), key("h", name)},
-      {new_epoch(), recover ? "1" : "0", recover ? std::to_string(req.recover->offset) : "0",
-       recover ? req.recover->epoch : "", std::to_string(options_.history_ttl_ms), std::to_string(keep_ms)},
-      options_.call_timeout);
+void RedisBroker::open_gate(const std::shared_ptr<PendingJoin>& pj, const std::shared_ptr<Gate>& gate,
+                            const redis::Reply* snap) {
+  std::vector<std::function<void()>> waiters;
+  {
+    Shard& sh = shard_of(pj->topic);
+    std::lock_guard lock(sh.mu);
+    // Only for the topic this subscription was made for: its last member
+    // may have left, and a new first member be subscribing again.
+    if (Topic* t = find(sh, pj->topic, pj->topic_id); t && t->gate == gate) {
+      apply_snapshot(*t, snap && snap->ok() ? *snap : redis::Reply{});
+    }
+    gate->open = true;
+    waiters.swap(gate->waiters);
+  }
+  send_join_script(pj);
+  for (auto& w : waiters) w();
+}
 
-  std::lock_guard lock(mu_);
+// Step 3, any thread: the join script, within what is left of the deadline.
+void RedisBroker::send_join_script(const std::shared_ptr<PendingJoin>& pj) {
+  if (pj->cancelled.load(std::memory_order_acquire)) return;  // left: nobody waits for it
+  if (std::chrono::steady_clock::now() >= pj->deadline) {
+    join_answered(pj, redis::Reply::failure(redis::Reply::Type::lost, "Redis did not answer in time"));
+    return;
+  }
+  const bool recover = pj->recover.has_value();
+  redis::eval(
+      link_, join_script_, {key("o", pj->topic), key("e", pj->topic), key("h", pj->topic)},
+      {new_epoch(), recover ? "1" : "0", recover ? std::to_string(pj->recover->offset) : "0",
+       recover ? pj->recover->epoch : "", std::to_string(options_.history_ttl_ms), std::to_string(keep_ms)},
+      [this, pj](redis::Reply r) { join_answered(pj, std::move(r)); }, remaining(*pj));
+}
+
+// The join script answered (or its deadline passed), on the link's thread:
+// back to the member's thread.
+void RedisBroker::join_answered(const std::shared_ptr<PendingJoin>& pj, redis::Reply r) {
+  if (pj->handoff) {
+    pj->handoff->set(std::move(r));
+    return;
+  }
+  if (pj->cancelled.load(std::memory_order_acquire)) return;
+  posters_[pj->thread]([this, pj, r = std::move(r)] { complete_join(pj, r); });
+}
+
+// Step 4, on the member's thread.
+void RedisBroker::complete_join(const std::shared_ptr<PendingJoin>& pj, const redis::Reply& r) {
+  auto& pending = pending_[pj->thread];
+  auto it = pending.find(pj->sub);
+  if (it == pending.end() || it->second != pj) return;  // left meanwhile: `sub` may be gone
+  Subscriber& sub = *pj->sub;
+  std::uint64_t presence_start = 0;
+  JoinResult result = finish_join(*pj, r, presence_start);
+  const bool joined = !result.unavailable;
+  const std::uint64_t start = result.offset;
+  // Still listed while `done` runs: a leave() from inside it cancels the
+  // replay below (and may destroy `sub`).
+  JoinDone done = std::move(pj->done);
+  if (done) done(std::move(result));
+  if (!joined) return;
+  auto again = pending.find(pj->sub);
+  if (again == pending.end() || again->second != pj) return;
+  pending.erase(again);
+  fanout_.activate(sub, start, presence_start);
+}
+
+JoinResult RedisBroker::finish_join(PendingJoin& pj, const redis::Reply& jr, std::uint64_t& presence_start) {
+  Subscriber& sub = *pj.sub;
+  JoinResult r;
+  Shard& sh = shard_of(pj.topic);
+  std::lock_guard lock(sh.mu);
+  // A member keeps its topic: it cannot have been released meanwhile.
+  Topic* tp = find(sh, pj.topic, pj.topic_id);
+  if (!tp) {
+    spdlog::error("join of {}: the topic went away under a pending member", pj.topic);
+    pending_[pj.thread].erase(&sub);
+    fanout_.remove(sub);
+    sub.topic_id = 0;
+    r.unavailable = true;
+    return r;
+  }
   Topic& t = *tp;
   if (jr.type == redis::Reply::Type::array && jr.elements.size() >= 3) {
     r.offset = static_cast<std::uint64_t>(std::max<std::int64_t>(0, jr.elements[0].as_int()));
@@ -505,63 +663,100 @@ JoinResult RedisBroker::join(Subscriber& sub, const JoinRequest& req) {
     r.recovered = jr.elements[2].as_int() == 1;
     for (std::size_t i = 3; i < jr.elements.size(); ++i) r.backlog.push_back(wire::Message::text(jr.elements[i].str));
     if (t.epoch.empty()) t.epoch = r.epoch;
-  } else {
+  } else if (jr.unsent()) {
     // Redis is down: the member joins this node's local delivery; its
     // offset and epoch are unknown, so a later recover starts afresh.
-    spdlog::warn("join of {} without Redis: {}", name, jr.str);
-    r.epoch = t.epoch.empty() ? prior_epoch : t.epoch;
+    spdlog::warn("join of {} without Redis: {}", pj.topic, jr.str);
+    r.epoch = t.epoch.empty() ? t.prior_epoch : t.epoch;
+  } else {
+    // Sent, and no answer in time (or an error): refused, nothing kept.
+    spdlog::warn("join of {} failed: {}", pj.topic, jr.str.empty() ? "no answer from Redis" : jr.str);
+    pending_[pj.thread].erase(&sub);
+    drop_member(t, sub);
+    r.unavailable = true;
+    return r;
   }
-
-  fanout_.add(sub, req, t.id, r.offset, t.presence_seq);
-
-  if (req.tracked) {
+  if (pj.tracked) {
     sub.presence_ref =
         options_.node_id + "-" + std::to_string(next_presence_ref_.fetch_add(1, std::memory_order_relaxed));
-    LocalEntry entry{sub.agent_id, presence::meta_json(req.meta, sub.presence_ref, unix_ms())};
+    LocalEntry entry{sub.agent_id, presence::meta_json(pj.meta, sub.presence_ref, unix_ms())};
     t.presence.track(sub.agent_id, sub.presence_ref, entry.meta);
     t.presence_dirty = true;
     send_track(t, sub.presence_ref, entry);
     t.local.emplace(sub.presence_ref, std::move(entry));
   }
-  if (req.presence) r.presence_state_json = t.presence.state_for_joiner();
+  // The state and the diff sequence it is current at, taken together: the
+  // member gets every diff after it and none before.
+  presence_start = t.presence_seq;
+  if (pj.presence) r.presence_state_json = t.presence.state_for_joiner();
   return r;
 }
 
-void RedisBroker::leave(Subscriber& sub, std::string_view topic) {
-  {
-    std::lock_guard lock(mu_);
-    auto it = topics_.find(std::string(topic));
-    if (it == topics_.end() || it->second->id != sub.topic_id) return;
-    Topic& t = *it->second;
-    fanout_.remove(sub);
-    --t.members_per_thread[sub.thread];
-    if (sub.receives_presence) --t.presence_per_thread[sub.thread];
-    --t.members;
-    if (!sub.presence_ref.empty()) {  // empty: never tracked (see join)
-      t.presence.untrack(sub.agent_id, sub.presence_ref);
-      t.local.erase(sub.presence_ref);
-      t.presence_dirty = true;
-      redis::eval(link_, untrack_script_, {key("p", t.name), key("pv", t.name)},
-                  {sub.presence_ref, options_.node_id, json_string(sub.agent_id), t.channel}, {});
-    }
-    if (t.members == 0) {
-      // The last local member: stop listening, and forget the other nodes'
-      // presence, which nobody here watches any more.
-      const bool unsubscribe = t.wanted;
-      t.wanted = false;
-      t.gate.reset();
-      for (const auto& [ref, e] : t.remote) t.presence.untrack(e.agent, ref);
-      t.remote.clear();
-      t.buffered.clear();
-      t.snapshot_pending = false;
-      t.held.clear();
-      t.backfilling = false;
-      ++t.backfill_seq;
-      // Posted under the lock, so a join that follows subscribes after it.
-      if (unsubscribe) link_.unsubscribe(t.channel);
-    }
-    sub.topic_id = 0;
+void RedisBroker::join_async(Subscriber& sub, const JoinRequest& req, JoinDone done) {
+  begin_join(sub, req, std::move(done), false);
+}
+
+JoinResult RedisBroker::join(Subscriber& sub, const JoinRequest& req) {
+  auto pj = begin_join(sub, req, {}, true);
+  // Every step has the deadline; the margin only covers a stopped link.
+  const redis::Reply r = pj->handoff->wait(options_.call_timeout + std::chrono::milliseconds(500));
+  std::uint64_t presence_start = 0;
+  JoinResult result = finish_join(*pj, r, presence_start);
+  if (!result.unavailable) {
+    pending_[pj->thread].erase(&sub);
+    // This thread was blocked: nothing was drained, so nothing was held.
+    fanout_.activate(sub, result.offset, presence_start);
   }
+  return result;
+}
+
+void RedisBroker::drop_member(Topic& t, Subscriber& sub) {
+  fanout_.remove(sub);
+  --t.members_per_thread[sub.thread];
+  if (sub.receives_presence) --t.presence_per_thread[sub.thread];
+  --t.members;
+  if (!sub.presence_ref.empty()) {  // empty: never tracked (see finish_join)
+    t.presence.untrack(sub.agent_id, sub.presence_ref);
+    t.local.erase(sub.presence_ref);
+    t.presence_dirty = true;
+    redis::eval(link_, untrack_script_, {key("p", t.name), key("pv", t.name)},
+                {sub.presence_ref, options_.node_id, json_string(sub.agent_id), t.channel}, {});
+  }
+  if (t.members == 0) {
+    // The last local member: stop listening, and forget the other nodes'
+    // presence, which nobody here watches any more. Joiners still at the
+    // gate cannot exist (they count as members).
+    const bool unsubscribe = t.wanted;
+    t.wanted = false;
+    t.gate.reset();
+    for (const auto& [ref, e] : t.remote) t.presence.untrack(e.agent, ref);
+    t.remote.clear();
+    t.buffered.clear();
+    t.snapshot_pending = false;
+    t.held.clear();
+    t.backfilling = false;
+    ++t.backfill_seq;
+    // Posted under the lock, so a join that follows subscribes after it.
+    if (unsubscribe) link_.unsubscribe(t.channel);
+  }
+  sub.topic_id = 0;
+}
+
+void RedisBroker::leave(Subscriber& sub, std::string_view topic) {
+  if (sub.thread < pending_.size()) {
+    auto& pending = pending_[sub.thread];
+    if (auto it = pending.find(&sub); it != pending.end()) {
+      // A join in flight: its completion will find nothing and do nothing.
+      it->second->cancelled.store(true, std::memory_order_release);
+      pending.erase(it);
+    }
+  }
+  Shard& sh = shard_of(topic);
+  std::lock_guard lock(sh.mu);
+  if (sub.topic_id == 0) return;  // never joined, or the join failed and was undone
+  Topic* t = find(sh, topic, sub.topic_id);
+  if (!t) return;
+  drop_member(*t, sub);
 }
 
 std::vector<std::string> RedisBroker::publish_args(std::string_view topic, const std::string& head,
@@ -589,10 +784,10 @@ PublishResult RedisBroker::publish_local(std::string_view topic, std::string hea
   PublishResult res;
   res.reach = PublishResult::Reach::local;
   head += local_tail;
-  std::lock_guard lock(mu_);
-  auto it = topics_.find(std::string(topic));
-  if (it != topics_.end() && it->second->members > 0) {
-    Topic& t = *it->second;
+  Shard& sh = shard_of(topic);
+  std::lock_guard lock(sh.mu);
+  if (Topic* tp = find(sh, topic); tp && tp->members > 0) {
+    Topic& t = *tp;
     fanout_.queue(t.members_per_thread,
                   Delivery{t.id, unnumbered, exclude_connection, wire::Message::text(std::move(head)),
                            DeliveryKind::message});
@@ -632,17 +827,10 @@ void RedisBroker::publish_async(std::string_view topic, std::string_view event, 
               });
 }
 
-std::string RedisBroker::presence_state(std::string_view topic) {
-  {
-    std::lock_guard lock(mu_);
-    auto it = topics_.find(std::string(topic));
-    if (it != topics_.end() && it->second->members > 0 && !it->second->snapshot_pending) {
-      return it->second->presence.current_json();
-    }
-  }
-  // Nobody here is in the topic: read the cluster's entries from Redis.
-  const auto r =
-      redis::eval_call(link_, snapshot_script_, {key("p", topic), key("pv", topic)}, {}, options_.call_timeout);
+namespace {
+
+// The cluster's presence of a topic from the snapshot script's reply.
+std::string presence_from_snapshot(const redis::Reply& r) {
   presence::PresenceTracker all;
   for (std::size_t i = 1; i + 1 < r.elements.size(); i += 2) {
     const auto parts = split_lines(r.elements[i + 1].str, 2);
@@ -652,18 +840,56 @@ std::string RedisBroker::presence_state(std::string_view topic) {
   return all.current_json();
 }
 
+}  // namespace
+
+std::string RedisBroker::presence_state(std::string_view topic) {
+  {
+    Shard& sh = shard_of(topic);
+    std::lock_guard lock(sh.mu);
+    if (Topic* t = find(sh, topic); t && t->members > 0 && !t->snapshot_pending) return t->presence.current_json();
+  }
+  // Nobody here is in the topic: read the cluster's entries from Redis.
+  return presence_from_snapshot(
+      redis::eval_call(link_, snapshot_script_, {key("p", topic), key("pv", topic)}, {}, options_.call_timeout));
+}
+
+void RedisBroker::presence_state_async(std::string_view topic, PresenceDone done) {
+  std::optional<std::string> here;
+  {
+    Shard& sh = shard_of(topic);
+    std::lock_guard lock(sh.mu);
+    if (Topic* t = find(sh, topic); t && t->members > 0 && !t->snapshot_pending) here = t->presence.current_json();
+  }
+  if (here) {
+    done(std::move(here));
+    return;
+  }
+  // Nobody here is in the topic (or its snapshot is loading): the cluster's
+  // entries from Redis, answered on the link's thread.
+  redis::eval(
+      link_, snapshot_script_, {key("p", topic), key("pv", topic)}, {},
+      [done = std::move(done)](redis::Reply r) {
+        if (!r.ok() || r.type != redis::Reply::Type::array) {
+          done(std::nullopt);
+          return;
+        }
+        done(presence_from_snapshot(r));
+      },
+      options_.call_timeout);
+}
+
 void RedisBroker::tick() {
   const std::int64_t now = mono_ms();
-  {
-    std::lock_guard lock(mu_);
-    for (auto it = topics_.begin(); it != topics_.end();) {
+  for (Shard& sh : shards_) {
+    std::lock_guard lock(sh.mu);
+    for (auto it = sh.topics.begin(); it != sh.topics.end();) {
       Topic& t = *it->second;
       if (t.presence_dirty && !t.snapshot_pending) {
         t.presence_dirty = false;
         fanout_.flush_presence(t.id, t.name, t.presence, t.presence_seq, t.presence_per_thread);
       }
       if (t.members == 0 && !t.wanted && t.presence.empty()) {
-        it = topics_.erase(it);
+        it = sh.topics.erase(it);
         metrics_.topics.fetch_sub(1, std::memory_order_relaxed);
       } else {
         ++it;
@@ -685,9 +911,11 @@ void RedisBroker::tick() {
 
 BrokerStats RedisBroker::stats() {
   BrokerStats s;
-  std::lock_guard lock(mu_);
-  s.topics = topics_.size();
-  for (const auto& [name, t] : topics_) s.members += t->members;
+  for (Shard& sh : shards_) {
+    std::lock_guard lock(sh.mu);
+    s.topics += sh.topics.size();
+    for (const auto& [name, t] : sh.topics) s.members += t->members;
+  }
   return s;
 }
 

@@ -4,17 +4,41 @@
 // (see redis_scripts.hpp for the keys and formats); each node subscribes to
 // the channels of topics it has members of and fans out locally (Fanout).
 //
-// Join, on the member's thread (it blocks for a few Redis round trips):
-//   1. count the member on its thread first, so every message this node
-//      receives from now on is queued for that thread;
-//   2. the first local member of a topic subscribes and waits for Redis to
-//      confirm, then loads the presence snapshot;
+// No I/O thread waits on Redis. A join, a publish and a presence read send
+// their commands and return; Redis's answers come on the link's thread,
+// which posts the completion back to the member's I/O thread. Every step
+// has a deadline (call_timeout from the join's start): a join that Redis
+// does not answer in time fails with `unavailable` (docs/protocol.md §9).
+//
+// Join (join_async), started on the member's thread T:
+//   1. count the member on T first, and list it in T's fan-out table as
+//      pending: every message this node receives from now on is queued for
+//      T and held for the member (Fanout::add_pending);
+//   2. the first local member of a topic subscribes to its channel and,
+//      once Redis confirms, loads the presence snapshot; joiners that come
+//      meanwhile wait at the topic's Gate (a list of continuations, not a
+//      blocked thread) until that is done;
 //   3. the join script reads the latest offset L (and the missed messages
-//      when recovering); the member starts at L.
+//      when recovering);
+//   4. back on T (complete_join): the member is given start offset L, its
+//      presence entry is tracked and the state it is sent is taken, the
+//      channel's `done` sends the reply, backlog and presence_state, and
+//      only then are the held messages replayed through the filters
+//      (Fanout::activate); later ones are delivered directly.
 // A message numbered above L was published after step 3, so after the
-// subscription: it arrives on the channel, and is queued for the member's
-// thread, which drains it only after the join returns. One at or below L was
-// received before step 1 or is filtered as predating the join: exactly once.
+// subscription: it arrives on the channel after step 1 and is held or
+// delivered, after the reply. One at or below L was received before step 1
+// or is filtered as predating the join: exactly once.
+//
+// Lifetimes: the join's state (PendingJoin) is shared by the steps; the
+// Subscriber is touched only on T, and only while T's pending_ map still
+// lists that join. leave() on T (phx_leave, a rejoin, a close) removes it
+// and sets `cancelled`, so a completion that comes afterwards finds nothing
+// and the channel's `done` is never called; leave() also undoes the count
+// and drops what was held. A join that failed (`unavailable`) has undone
+// its membership before `done` runs, so the leave() that follows is a
+// no-op. The link's steps look topics up by name and id each time: a topic
+// whose last member left may be gone, or be a new one.
 //
 // Presence: each node keeps the whole topic's presence (its own entries and
 // the others'), publishes its own changes through Redis, and applies the
@@ -39,9 +63,19 @@
 // that follow the gap. The push carries the gap's last offset as its
 // offset, so a member that joined after the gap does not get it.
 //
-// Locking: one mutex guards every topic; member lists are the Fanout's.
+// Locking: topics live in `shard_count` shards by the hash of their name,
+// each with its own mutex guarding its topics (and their Gates); member
+// lists are the Fanout's, per thread. The link thread's on_message locks
+// only its topic's shard, so traffic on one topic never waits on another
+// unless they share a shard. Lock order: a shard mutex is the outermost
+// broker lock and no code holds two (whole-broker passes, tick() and
+// resync(), take them one after another); under one, the broker may take a
+// Fanout inbox mutex and post to the link (Asio's queue), never the other
+// way round. Gate continuations and `done` callbacks run with no shard
+// lock held. pending_ is per I/O thread and touched only on that thread.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -90,7 +124,11 @@ class RedisBroker final : public Broker {
   // Registers the node (blocking); false when Redis did not answer.
   bool register_node();
 
+  // Blocks its caller (not on the link's thread) for the same steps that
+  // join_async runs; for tests and tools.
   JoinResult join(Subscriber& sub, const JoinRequest& req) override;
+  bool joins_async() const override { return true; }
+  void join_async(Subscriber& sub, const JoinRequest& req, JoinDone done) override;
   void leave(Subscriber& sub, std::string_view topic) override;
   PublishResult publish(std::string_view topic, std::string_view event, std::string_view payload_json,
                         bool payload_empty, std::string_view from, std::uint64_t exclude_connection) override;
@@ -99,11 +137,14 @@ class RedisBroker final : public Broker {
                      bool payload_empty, std::string_view from, std::uint64_t exclude_connection,
                      PublishDone done) override;
   std::string presence_state(std::string_view topic) override;
+  bool presence_async() const override { return true; }
+  void presence_state_async(std::string_view topic, PresenceDone done) override;
   void tick() override;
   BrokerStats stats() override;
 
  private:
-  struct Gate;  // joiners of a topic wait here while its first member subscribes
+  struct Gate;         // joiners of a topic wait here while its first member subscribes
+  struct PendingJoin;  // one join between its start and its completion on the member's thread
 
   struct RemoteEntry {
     std::string node;
@@ -131,6 +172,7 @@ class RedisBroker final : public Broker {
     std::string name;
     std::string channel;
     std::string epoch;  // as last seen; a different one means offsets started again
+    std::string prior_epoch;  // the previous membership's, for a join while Redis is down
     std::uint64_t last_offset = 0;  // the last message of `epoch` queued for delivery
     // After a reconnect, what the node missed is read from the history
     // first; live messages wait here meanwhile, so order is kept.
@@ -156,8 +198,33 @@ class RedisBroker final : public Broker {
     std::vector<PresenceEvent> buffered;  // while the snapshot loads
   };
 
+  static constexpr std::size_t shard_count = 32;
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<std::string, std::unique_ptr<Topic>> topics;
+  };
+
   std::string key(const char* kind, std::string_view topic) const;
-  Topic& get_or_create(std::string_view name);
+  Shard& shard_of(std::string_view name);
+  // Under the shard's lock. find() also checks the id when one is given.
+  static Topic* find(Shard& sh, std::string_view name, std::uint64_t id = 0);
+  Topic& get_or_create(Shard& sh, std::string_view name);
+  // Under the shard's lock, on sub.thread: takes `sub` out of the topic
+  // (counts, presence, fan-out) and releases the topic's channel when it
+  // was the last local member.
+  void drop_member(Topic& t, Subscriber& sub);
+
+  // The join's steps (see the top of this file).
+  std::shared_ptr<PendingJoin> begin_join(Subscriber& sub, const JoinRequest& req, JoinDone done, bool blocking);
+  void on_subscribed(const std::shared_ptr<PendingJoin>& pj, const std::shared_ptr<Gate>& gate, bool confirmed);
+  void open_gate(const std::shared_ptr<PendingJoin>& pj, const std::shared_ptr<Gate>& gate, const redis::Reply* snap);
+  void send_join_script(const std::shared_ptr<PendingJoin>& pj);
+  void join_answered(const std::shared_ptr<PendingJoin>& pj, redis::Reply r);
+  void complete_join(const std::shared_ptr<PendingJoin>& pj, const redis::Reply& r);
+  // On the member's thread, the join still listed: records the result in
+  // the topic and `sub`. Sets `presence_start`; a failed join is undone.
+  JoinResult finish_join(PendingJoin& pj, const redis::Reply& r, std::uint64_t& presence_start);
+  std::chrono::milliseconds remaining(const PendingJoin& pj) const;
   void adopt_epoch(Topic& t, std::string_view epoch);
   // Queues a numbered message for the topic's members, once and in order.
   void deliver(Topic& t, std::string_view epoch, std::uint64_t offset, std::uint64_t exclude, wire::Message msg);
@@ -187,8 +254,10 @@ class RedisBroker final : public Broker {
   redis::Script publish_script_, join_script_, snapshot_script_, track_script_, untrack_script_,
       heartbeat_script_, reap_script_, backfill_script_;
   std::string channel_prefix_;
-  std::mutex mu_;
-  std::unordered_map<std::string, std::unique_ptr<Topic>> topics_;
+  std::vector<Poster> posters_;  // the I/O threads, as the Fanout's
+  std::array<Shard, shard_count> shards_;
+  // Per I/O thread, that thread only: the joins in flight, by member.
+  std::vector<std::unordered_map<const Subscriber*, std::shared_ptr<PendingJoin>>> pending_;
   std::atomic<std::uint64_t> next_topic_id_{1};
   std::atomic<std::uint64_t> next_presence_ref_{1};
   std::function<void()> reregister_;

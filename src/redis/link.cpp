@@ -47,7 +47,29 @@ struct Handoff {
 };
 }  // namespace
 
-struct Link::Waiter : Handoff<bool> {};
+template <class T>
+struct Link::Deadline {
+  Deadline(asio::io_context& ioc, std::function<void(T)> f) : timer(ioc), cb(std::move(f)) {}
+  asio::steady_timer timer;
+  std::function<void(T)> cb;
+
+  // Link thread. The first of the answer and the deadline wins.
+  void finish(T v) {
+    if (!cb) return;
+    auto f = std::move(cb);
+    cb = nullptr;
+    timer.cancel();
+    f(std::move(v));
+  }
+  template <class Fail>
+  void arm(std::chrono::milliseconds timeout, Fail fail) {
+    timer.expires_after(timeout);
+    // The handler holds the deadline until it fires or is cancelled.
+    timer.async_wait([self = this, fail = std::move(fail)](const boost::system::error_code& ec) mutable {
+      if (!ec) self->finish(fail());
+    });
+  }
+};
 
 Link::Link(Url url, std::string name)
     : url_(std::move(url)), name_(std::move(name)), retry_timer_(ioc_), watchdog_(ioc_) {}
@@ -119,10 +141,7 @@ void Link::stop() {
     watchdog_.cancel();
     if (cmd_) cmd_->close("stopping");
     if (sub_) sub_->close("stopping");
-    for (auto& [channel, list] : waiters_) {
-      for (auto& w : list) w->set(false);
-    }
-    waiters_.clear();
+    fail_waiters();
     ioc_.stop();
   });
   thread_.join();
@@ -178,7 +197,7 @@ void Link::on_push(Reply r) {
   if (kind == "message" && r.elements.size() == 3) {
     if (handlers_.on_message) handlers_.on_message(r.elements[1].str, r.elements[2].str);
   } else if (kind == "subscribe" && r.elements.size() >= 2) {
-    finish_waiters(r.elements[1].str, true);
+    confirmed(r.elements[1].str);
   } else if (kind == "pong" && resubscribing_ && r.elements.size() >= 2 && r.elements[1].str == "resubscribed") {
     resubscribing_ = false;
     if (pending_up_) {
@@ -189,11 +208,30 @@ void Link::on_push(Reply r) {
   }
 }
 
-void Link::finish_waiters(const std::string& channel, bool ok) {
-  auto it = waiters_.find(channel);
-  if (it == waiters_.end()) return;
-  for (auto& w : it->second) w->set(ok);
-  waiters_.erase(it);
+void Link::confirmed(const std::string& channel) {
+  auto it = subs_.find(channel);
+  if (it == subs_.end()) return;  // a resubscription's, or nobody waits
+  Subscription& s = it->second;
+  ++s.confirmed;
+  // Confirmations come in the order the SUBSCRIBEs went out: this one
+  // answers the waiters of every SUBSCRIBE up to it, not a later one (sent
+  // after an UNSUBSCRIBE whose own confirmation has not come yet).
+  std::vector<std::shared_ptr<Waiter>> done;
+  std::erase_if(s.waiters, [&](const auto& w) {
+    if (w.first > s.confirmed) return false;
+    done.push_back(w.second);
+    return true;
+  });
+  if (s.confirmed >= s.sent && s.waiters.empty()) subs_.erase(it);
+  for (auto& w : done) w->finish(true);
+}
+
+void Link::fail_waiters() {
+  auto subs = std::move(subs_);
+  subs_.clear();
+  for (auto& [channel, s] : subs) {
+    for (auto& [seq, w] : s.waiters) w->finish(false);
+  }
 }
 
 void Link::went_down(const std::string& why) {
@@ -202,10 +240,7 @@ void Link::went_down(const std::string& why) {
   if (sub_) sub_->close("link down");
   resubscribing_ = false;
   pending_up_ = nullptr;
-  for (auto& [channel, list] : waiters_) {
-    for (auto& w : list) w->set(false);
-  }
-  waiters_.clear();
+  fail_waiters();
   if (was_up) {
     spdlog::error("lost the connection to Redis at {}: {}; local delivery continues, reconnecting", url_.text(), why);
     if (handlers_.on_down) handlers_.on_down();
@@ -256,6 +291,18 @@ void Link::command(std::vector<std::string> args, std::function<void(Reply)> cb)
   });
 }
 
+void Link::command(std::vector<std::string> args, std::function<void(Reply)> cb, std::chrono::milliseconds timeout) {
+  post([this, args = std::move(args), cb = std::move(cb), timeout]() mutable {
+    if (!cmd_ || !up_.load(std::memory_order_acquire)) {
+      cb(Reply::failure(Reply::Type::not_connected, "not connected to Redis"));
+      return;
+    }
+    auto d = std::make_shared<Deadline<Reply>>(ioc_, std::move(cb));
+    d->arm(timeout, [d] { return Reply::failure(Reply::Type::lost, "Redis did not answer in time"); });
+    cmd_->send(args, [d](Reply r) { d->finish(std::move(r)); });
+  });
+}
+
 Reply Link::call(std::vector<std::string> args, std::chrono::milliseconds timeout) {
   if (!up()) return Reply::failure(Reply::Type::not_connected, "not connected to Redis");
   auto h = std::make_shared<Handoff<Reply>>();
@@ -265,20 +312,29 @@ Reply Link::call(std::vector<std::string> args, std::chrono::milliseconds timeou
   return std::move(*r);
 }
 
-bool Link::subscribe(const std::string& channel, std::chrono::milliseconds timeout) {
-  auto w = std::make_shared<Waiter>();
-  post([this, channel, w] {
+void Link::subscribe(const std::string& channel, std::chrono::milliseconds timeout, std::function<void(bool)> cb) {
+  post([this, channel, timeout, cb = std::move(cb)]() mutable {
     wanted_.insert(channel);
     if (!sub_ || !up_.load(std::memory_order_acquire) || resubscribing_) {
       // Down, or the resubscription in flight does not include it yet: the
       // next on_up covers it.
-      w->set(false);
+      cb(false);
       return;
     }
-    waiters_[channel].push_back(w);
+    auto w = std::make_shared<Waiter>(ioc_, std::move(cb));
+    w->arm(timeout, [w] { return false; });
+    Subscription& s = subs_[channel];
+    s.waiters.emplace_back(++s.sent, w);
     sub_->send({"SUBSCRIBE", channel}, {});
   });
-  auto ok = w->wait(timeout);
+}
+
+bool Link::subscribe(const std::string& channel, std::chrono::milliseconds timeout) {
+  auto h = std::make_shared<Handoff<bool>>();
+  subscribe(channel, timeout, [h](bool ok) { h->set(ok); });
+  // The link's own deadline answers first; this one only guards a link
+  // that was stopped meanwhile.
+  auto ok = h->wait(timeout + std::chrono::milliseconds(100));
   return ok && *ok;
 }
 

@@ -4,9 +4,12 @@
 // again after a reconnect; only then does it report itself up.
 //
 // Threads: the link's thread runs every callback (on_message, on_up,
-// command callbacks). Every public function may be called from any
-// thread; call() and subscribe() block their caller and must not be called
-// on the link's own thread.
+// command callbacks, deadlines). Every public function may be called from
+// any thread. The blocking forms, call() and the two-argument subscribe(),
+// wait on their caller's thread: never on the link's own thread, and never
+// on an I/O thread (which would stall every connection on it); they are for
+// startup and the command line. Everything else uses the forms that take a
+// callback (and a timeout, run as a timer on the link's thread).
 #pragma once
 
 #include <atomic>
@@ -64,11 +67,19 @@ class Link {
 
   // Sends a command; `cb` (may be empty) runs on the link's thread.
   void command(std::vector<std::string> args, std::function<void(Reply)> cb);
+  // The same with a deadline: `cb` runs on the link's thread exactly once,
+  // with the reply, or with a `lost` reply when none came within `timeout`
+  // (the command may still run in Redis; its late reply is dropped), or
+  // `not_connected` when the link is down.
+  void command(std::vector<std::string> args, std::function<void(Reply)> cb, std::chrono::milliseconds timeout);
   // Sends a command and waits for its reply. Down: `not_connected` at once.
   Reply call(std::vector<std::string> args, std::chrono::milliseconds timeout);
-  // Adds `channel` to the wanted set and waits until Redis confirms the
-  // subscription. False when down or not confirmed in time; the channel
-  // stays wanted and is subscribed on the next reconnect.
+  // Adds `channel` to the wanted set; `cb(confirmed)` runs on the link's
+  // thread exactly once: true when Redis confirmed the subscription, false
+  // when the link is down or no confirmation came within `timeout`. The
+  // channel stays wanted either way and is subscribed on every reconnect.
+  void subscribe(const std::string& channel, std::chrono::milliseconds timeout, std::function<void(bool)> cb);
+  // The same, waiting for the answer (startup only: see Threads above).
   bool subscribe(const std::string& channel, std::chrono::milliseconds timeout);
   void unsubscribe(const std::string& channel);
   // Runs `task` on the link's thread.
@@ -77,13 +88,19 @@ class Link {
   std::uint64_t reconnects() const noexcept { return reconnects_.load(std::memory_order_relaxed); }
 
  private:
-  struct Waiter;
+  // A callback with a deadline, on the link's thread: finish() runs it once.
+  template <class T>
+  struct Deadline;
+  using Waiter = Deadline<bool>;
 
   void connect_both(std::function<void(const std::string&)> done);
   void went_down(const std::string& why);
   void schedule_reconnect();
   void on_push(Reply r);
-  void finish_waiters(const std::string& channel, bool ok);
+  // A `subscribe` confirmation on the subscriber connection.
+  void confirmed(const std::string& channel);
+  // The subscriber connection is gone: every waiter hears false.
+  void fail_waiters();
   // Pings both connections every second; one that has not answered for a
   // while is dead even if TCP has not noticed (a hung or partitioned Redis).
   //
@@ -116,7 +133,15 @@ class Link {
   std::function<void(const std::string&)> pending_up_;  // completes a connect once resubscribed
   std::set<std::string> wanted_;
   std::vector<std::string> scripts_;
-  std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
+  // Per channel, on the current subscriber connection: SUBSCRIBEs sent by
+  // subscribe() and confirmations seen, and who waits for which (by the
+  // number of its SUBSCRIBE). An entry lives while confirmations are owed.
+  struct Subscription {
+    std::uint64_t sent = 0;
+    std::uint64_t confirmed = 0;
+    std::vector<std::pair<std::uint64_t, std::shared_ptr<Waiter>>> waiters;
+  };
+  std::unordered_map<std::string, Subscription> subs_;
 };
 
 }  // namespace synapse::redis

@@ -42,6 +42,17 @@ void eval(Link& link, const Script& s, std::vector<std::string> keys, std::vecto
   });
 }
 
+void eval(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
+          std::function<void(Reply)> cb, std::chrono::milliseconds timeout) {
+  link.command(
+      build("EVALSHA", s.sha, keys, args),
+      [&link, cb = std::move(cb)](Reply r) {
+        if (noscript(r)) link.reload_scripts();
+        cb(std::move(r));
+      },
+      timeout);
+}
+
 Reply eval_call(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
                 std::chrono::milliseconds timeout) {
   Reply r = link.call(build("EVALSHA", s.sha, keys, args), timeout);

@@ -23,7 +23,12 @@ struct Script {
 // EVALSHA. `cb` runs on the link's thread.
 void eval(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
           std::function<void(Reply)> cb);
-// The same, waiting for the reply (not on the link's thread).
+// The same with a deadline (Link::command): `cb` runs once, on the link's
+// thread, with the reply or a `lost` reply after `timeout`.
+void eval(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
+          std::function<void(Reply)> cb, std::chrono::milliseconds timeout);
+// The same, waiting for the reply (not on the link's thread, nor on an I/O
+// thread: startup only).
 Reply eval_call(Link& link, const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
                 std::chrono::milliseconds timeout);
 

@@ -141,3 +141,79 @@ TEST(ConnectionLimiter, SharedStoreDownAdmitsOnLocalCountsAndSnapshotsThem) {
   EXPECT_EQ(snap[1], (std::pair<std::string, std::int64_t>{"k:j", 1}));
   EXPECT_EQ(snap[2], (std::pair<std::string, std::int64_t>{"k:k", 1}));
 }
+
+namespace {
+
+// A shared store that answers later, as Redis does (admit_async).
+class LaterShared final : public SharedCounts {
+ public:
+  std::int64_t other_nodes_on_key = 0;
+  std::vector<std::function<void()>> answers;
+  int released = 0;
+
+  Verdict acquire(const std::string&, std::int64_t, const std::string&, std::int64_t) override {
+    ADD_FAILURE() << "admit_async must not block on acquire()";
+    return Verdict::unavailable;
+  }
+  void acquire_async(const std::string&, std::int64_t, const std::string& key_field, std::int64_t key_limit,
+                     AcquireDone done) override {
+    const bool full = !key_field.empty() && key_limit > 0 && other_nodes_on_key >= key_limit;
+    answers.push_back([done, full] { done(full ? Verdict::key_full : Verdict::ok); });
+  }
+  void release(const std::string&, const std::string&) override { ++released; }
+  void replace(std::vector<std::pair<std::string, std::int64_t>>) override {}
+};
+
+}  // namespace
+
+TEST(ConnectionLimiter, AdmitAsyncAnswersWhenTheSharedCountsDoAndUndoesARefusal) {
+  ConnectionLimiter lim({0, 0, 3});
+  LaterShared shared;
+  lim.share(&shared);
+  std::vector<std::pair<AdmissionResult, Permit>> results;
+  auto record = [&](AdmissionResult r, Permit p) { results.emplace_back(r, std::move(p)); };
+  lim.admit_async("1.1.1.1", "k", true, record);
+  EXPECT_TRUE(results.empty()) << "answered before the shared counts did";
+  EXPECT_EQ(lim.counts().key_connections, 1);  // held locally meanwhile
+  ASSERT_EQ(shared.answers.size(), 1u);
+  shared.answers[0]();
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].first.verdict, Admission::ok);
+  EXPECT_TRUE(results[0].second);
+
+  shared.other_nodes_on_key = 3;
+  lim.admit_async("1.1.1.1", "k", true, record);
+  shared.answers[1]();
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_EQ(results[1].first.verdict, Admission::too_many_connections);
+  EXPECT_FALSE(results[1].second);
+  EXPECT_EQ(lim.counts().key_connections, 1);  // the refusal gave its local count back
+  EXPECT_EQ(shared.released, 0);              // and asked the store for nothing back
+
+  results.clear();  // the admitted permit goes: its counts go back everywhere
+  EXPECT_EQ(lim.counts().key_connections, 0);
+  EXPECT_EQ(shared.released, 1);
+}
+
+TEST(ConnectionLimiter, AdmitAsyncWhoseAnswerNeverComesGivesTheLocalCountBack) {
+  ConnectionLimiter lim({0, 0, 3});
+  LaterShared shared;
+  lim.share(&shared);
+  lim.admit_async("1.1.1.1", "k", true, [](AdmissionResult, Permit) { ADD_FAILURE() << "answered"; });
+  EXPECT_EQ(lim.counts().key_connections, 1);
+  shared.answers.clear();  // the store dropped the callback (stopped)
+  EXPECT_EQ(lim.counts().key_connections, 0);
+}
+
+TEST(ConnectionLimiter, AdmitAsyncWithNothingSharedAnswersAtOnce) {
+  ConnectionLimiter lim({0, 0, 0});
+  LaterShared shared;
+  lim.share(&shared);
+  bool answered = false;
+  lim.admit_async("1.1.1.1", "k", true, [&](AdmissionResult r, Permit) {
+    answered = true;
+    EXPECT_EQ(r.verdict, Admission::ok);
+  });
+  EXPECT_TRUE(answered);
+  EXPECT_TRUE(shared.answers.empty());
+}
