@@ -57,6 +57,16 @@ def stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> int:
     return proc.returncode
 
 
+def parse_metrics(text: str) -> dict:
+    """Prometheus exposition text as {name{labels}: value}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -215,12 +225,7 @@ class SynapseServer:
     def metrics(self) -> dict:
         """Prometheus samples as {name{labels}: value}."""
         _, _, text = self.http("GET", "/metrics")
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return parse_metrics(text)
 
     def saw_log(self, pred, timeout: float = 5.0) -> bool:
         """Whether a log line matching `pred` arrives within `timeout`: the

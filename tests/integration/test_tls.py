@@ -28,7 +28,7 @@ import pytest
 
 from phx import PhxClient, ok
 from rawws import client_frame, read_frames
-from synapse_server import binary, free_port, wait_until
+from synapse_server import binary, free_port, parse_metrics, wait_until
 
 
 UNDER_ASAN = "build/debug" in os.environ.get("SYNAPSE_BIN", "")
@@ -102,12 +102,7 @@ def https(s, ctx, method, path, body=None, key=None):
 
 def tls_metrics(s, ctx) -> dict:
     _, text = https(s, ctx, "GET", "/metrics")
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return parse_metrics(text)
 
 
 def peer_der(client: PhxClient) -> bytes:
