@@ -76,6 +76,7 @@ class AgentChannel final : public Channel {
   // A worker's tokens, the hot path (protocol.md section 10): read without a
   // JSON tree, answered exactly as handle_in() answers them.
   bool takes_flat(std::string_view event) const override { return event == "token"; }
+  bool takes_any_flat() const override { return true; }
   void handle_flat(const protocol::Envelope& env, const protocol::FlatFrame& f) override {
     std::optional<std::string_view> run_id, text;
     if (const protocol::FlatField* v = f.find("run_id")) run_id = protocol::flat_value(*v, id_scratch_);

@@ -23,6 +23,10 @@ class Channel {
     (void)event;
     return false;
   }
+  // Whether takes_flat() can answer true for some event: a session none of
+  // whose channels does never tries the flat decode, so other frames are
+  // not parsed twice.
+  virtual bool takes_any_flat() const { return false; }
   virtual void handle_flat(const protocol::Envelope& env, const protocol::FlatFrame& frame) {
     (void)env;
     (void)frame;

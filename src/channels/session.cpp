@@ -98,7 +98,7 @@ void Session::on_malformed(std::string_view why) {
 
 void Session::on_text(std::string_view text) {
   if (closed_) return;
-  if (on_flat(text)) return;
+  if (any_flat_channel() && on_flat(text)) return;
   protocol::Envelope env;
   std::string error;
   if (!protocol::decode(text, env, error)) {
@@ -195,6 +195,13 @@ void Session::on_text(std::string_view text) {
 // makes before it hands a frame to a channel either passes here, or the
 // frame goes the full way (false) before anything was done with it; only
 // the rate limit and the channel act, as on_text would.
+bool Session::any_flat_channel() const {
+  for (const auto& j : joined_) {
+    if (j.channel->takes_any_flat()) return true;
+  }
+  return false;
+}
+
 bool Session::on_flat(std::string_view text) {
   protocol::FlatFrame f;
   if (!protocol::decode_flat(text, f)) return false;

@@ -81,6 +81,8 @@ class Session {
   void abandon(Joined& j, std::string_view why);
 
   // The frames a channel takes without a JSON tree; false: not one of them.
+  // Whether a joined channel takes flat frames (derived, joins are few).
+  bool any_flat_channel() const;
   bool on_flat(std::string_view text);
   void handle_phoenix(const protocol::Envelope& env);
   void handle_refresh(const protocol::Envelope& env);
