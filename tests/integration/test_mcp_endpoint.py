@@ -239,7 +239,7 @@ def test_get_opens_one_stream_per_session_and_delete_ends_it(server, key):
     assert status == 204
     got = read_to_end(sock, head)
     sock.close()
-    assert got.endswith(b"0\r\n\r\n")  # the stream ended with the session
+    assert got.endswith(b"\r\n0\r\n\r\n")  # the stream ended with the session
     status, _, _ = server.http("DELETE", "/mcp", key=key, headers={"Mcp-Session-Id": s})
     assert status == 404
     status, _, _ = rpc(server, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, key=key, session=s)
@@ -428,13 +428,13 @@ def test_shutdown_answers_calls_in_flight_before_the_server_stops(fresh_server):
         got += chunk
     started = time.monotonic()
     s.proc.send_signal(signal.SIGTERM)
-    while not got.endswith(b"0\r\n\r\n"):
+    while not got.endswith(b"\r\n0\r\n\r\n"):
         chunk = sock.recv(4096)
         if not chunk:
             break
         got += chunk
     sock.close()
-    assert got.endswith(b"0\r\n\r\n"), got[-300:]
+    assert got.endswith(b"\r\n0\r\n\r\n"), got[-300:]
     finals = [json.loads(l[len("data: "):]) for l in got.decode().split("\n")
               if l.startswith("data: ") and '"id":7' in l]
     assert len(finals) == 1
@@ -461,7 +461,9 @@ def start_streaming_call(server, key, session, args, id_=7):
 
 
 def read_to_end(sock, got):
-    while not got.endswith(b"0\r\n\r\n"):
+    # The last chunk is "0\r\n\r\n" after a CRLF. Without the leading CRLF a
+    # head whose Mcp-Session-Id (hex) ends in 0 looks like the end (1 in 16).
+    while not got.endswith(b"\r\n0\r\n\r\n"):
         chunk = sock.recv(4096)
         if not chunk:
             break
@@ -508,7 +510,7 @@ def test_a_request_pipelined_behind_a_streaming_call_is_answered_after_it(server
         assert chunk, got
         got += chunk
     sock.close()
-    stream_end = got.index(b"0\r\n\r\n")
+    stream_end = got.index(b"\r\n0\r\n\r\n")
     assert got.index(b'"id":41') < stream_end < got.index(b'"id":42')
     assert got.count(b"notifications/progress") == 3
 
@@ -532,7 +534,7 @@ def test_shutdown_ends_get_streams_without_waiting_for_the_drain_timeout(fresh_s
     s.proc.send_signal(signal.SIGTERM)
     got = read_to_end(sock, head)
     sock.close()
-    assert got.endswith(b"0\r\n\r\n")
+    assert got.endswith(b"\r\n0\r\n\r\n")
     assert s.proc.wait(10) == 0
     assert time.monotonic() - started < 8  # the drain timeout (10 s) was not waited for
 
@@ -611,7 +613,7 @@ async def test_agent_worker_tools_are_listed_announced_and_called_through_mcp(se
     got = await asyncio.to_thread(read_to_end, sock, first)
     sock.close()
     msgs = sse_messages(got.split(b"\r\n\r\n", 1)[1].decode().replace("\r\n", "\n"))
-    assert any(m.get("method") == "notifications/progress" and m["params"]["progress"] == 1 for m in msgs)
+    assert any(m.get("method") == "notifications/progress" and m["params"]["progress"] == 1 for m in msgs), got
     final = [m for m in msgs if m.get("id") == 61]
     assert final and final[0]["result"]["structuredContent"] == {"answer": 42}
 
