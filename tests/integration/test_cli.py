@@ -71,3 +71,15 @@ def test_port_in_use_fails_cleanly():
         s.listen()
         r = run("serve", "--port", str(s.getsockname()[1]), "--data-dir", d)
         assert r.returncode == 1 and "cannot listen" in (r.stdout + r.stderr)
+
+
+def test_every_script_answers_help_without_doing_its_work():
+    # --help must describe, not run: make-report and run-tests would otherwise
+    # start a half-hour test run, install-deps an apt-get.
+    for script in sorted((REPO / "scripts").iterdir()):
+        if not script.is_file() or not (script.stat().st_mode & 0o111):
+            continue
+        r = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=20, cwd=REPO)
+        assert r.returncode == 0, (script.name, r.stderr[-500:])
+        assert "usage" in r.stdout.lower() or "called by" in r.stdout, (script.name, r.stdout[:300])
+        assert "===" not in r.stdout, (script.name, "it started working instead of printing help")
