@@ -1,4 +1,6 @@
 #include "pubsub/fanout.hpp"
+
+#include <algorithm>
 #include <chrono>
 
 #include "metrics/metrics.hpp"
@@ -18,10 +20,37 @@ void swap_remove(std::vector<Member>& list, Subscriber& sub, SlotOf slot_of) {
   list.pop_back();
 }
 
+// swap_remove for the list a drain is handing a run out to, members
+// [0, *served) having had their share: the served part stays in front, so no
+// unserved member is moved behind the cursor (it would miss the run) and no
+// served one in front of it (it would get the run twice).
+template <class Member, class SlotOf>
+void remove_behind_cursor(std::vector<Member>& list, Subscriber& sub, SlotOf slot_of, std::size_t& served) {
+  const std::size_t i = slot_of(sub);
+  if (i >= list.size() || list[i].sub != &sub) return;
+  if (i >= served) {
+    swap_remove(list, sub, slot_of);
+    return;
+  }
+  const std::size_t last_served = served - 1;
+  const std::size_t last = list.size() - 1;
+  if (i != last_served) {
+    list[i] = list[last_served];
+    slot_of(*list[i].sub) = i;
+  }
+  if (last_served != last) {
+    list[last_served] = list[last];
+    slot_of(*list[last_served].sub) = last_served;
+  }
+  list.pop_back();
+  --served;
+}
+
 }  // namespace
 
-Fanout::Fanout(std::vector<Poster> threads, metrics::Metrics& metrics)
-    : posters_(std::move(threads)), metrics_(metrics), tables_(posters_.size()) {
+Fanout::Fanout(std::vector<Poster> threads, metrics::Metrics& metrics, std::size_t slice_sends)
+    : posters_(std::move(threads)), metrics_(metrics), slice_sends_(std::max<std::size_t>(1, slice_sends)),
+      tables_(posters_.size()) {
   inboxes_.reserve(posters_.size());
   for (std::size_t i = 0; i < posters_.size(); ++i) inboxes_.push_back(std::make_unique<Inbox>());
 }
@@ -113,11 +142,28 @@ void Fanout::remove(Subscriber& sub) {
   table.held.erase(&sub);
   auto lt = table.topics.find(sub.topic_id);
   if (lt == table.topics.end()) return;
-  swap_remove(lt->second.members, sub, [](Subscriber& s) -> std::size_t& { return s.slot; });
-  if (sub.receives_presence) {
-    swap_remove(lt->second.presence_members, sub, [](Subscriber& s) -> std::size_t& { return s.presence_slot; });
+  const auto slot = [](Subscriber& s) -> std::size_t& { return s.slot; };
+  const auto presence_slot = [](Subscriber& s) -> std::size_t& { return s.presence_slot; };
+  // Between two slices of a drain, the list being handed a run keeps its
+  // served members in front (remove_behind_cursor).
+  const bool mid_run = table.in_round && table.run_topic == sub.topic_id && table.run < table.run_end;
+  if (mid_run && table.run_kind == DeliveryKind::message) {
+    remove_behind_cursor(lt->second.members, sub, slot, table.next_member);
+  } else {
+    swap_remove(lt->second.members, sub, slot);
   }
-  if (lt->second.members.empty()) table.topics.erase(lt);
+  if (sub.receives_presence) {
+    if (mid_run && table.run_kind == DeliveryKind::presence) {
+      remove_behind_cursor(lt->second.presence_members, sub, presence_slot, table.next_member);
+    } else {
+      swap_remove(lt->second.presence_members, sub, presence_slot);
+    }
+  }
+  if (lt->second.members.empty()) {
+    table.topics.erase(lt);
+    // A member joining again makes a new list: every one in it is unserved.
+    if (mid_run) table.next_member = 0;
+  }
 }
 
 namespace {
@@ -160,62 +206,170 @@ void Fanout::flush_presence(std::uint64_t topic_id, std::string_view topic, pres
   queue(presence_per_thread, Delivery{topic_id, seq, 0, std::move(msg), DeliveryKind::presence});
 }
 
+// drain / resume / work: one batch of deliveries handed out in slices.
+//
+// drain() is the task queue() posts when a thread's inbox gets its first
+// item. It takes the inbox (take_inbox) and starts a round; if a round is
+// already in progress (the thread is between two slices), it only notes
+// that it came (`deferred`): the round takes the inbox again when it ends.
+// work() hands each run of the batch (consecutive deliveries of one topic
+// and kind) to the run's members in list order, one send_batch per member,
+// and returns after slice_sends_ calls with a resume() posted: the thread's
+// other handlers run in between. A round ends when the batch is handed out;
+// if a drain came meanwhile, the next round starts at once.
+//
+// resume() first lets the run grow (extend_run): when the run is the last of
+// the batch and of messages, the inbox's leading messages of the same topic
+// (copies; they stay queued) are appended to it, so the members not served
+// yet get them in this pass. A member handed such messages moves its start
+// to the last one's offset, and the next round, which hands out the queued
+// originals, skips them for it by the usual start filter. Only numbered
+// messages qualify (an unnumbered one could not be told apart), and only at
+// the batch's end, so no member sees a later delivery of one topic before an
+// earlier one of another that is still in the batch.
+//
+// Members removed between slices keep the served ones in front (remove());
+// members added go to the end and get the rest of the run through their
+// filters, as they would have from the next drain. A member whose join is
+// pending is held the run's own part [run, run_end_own), never the copies:
+// it is held the originals from the next round.
 void Fanout::drain(std::size_t thread) {
   ThreadTable& table = tables_[thread];
+  if (table.in_round) {
+    table.deferred = true;
+    return;
+  }
+  if (!take_inbox(thread)) return;
+  work(thread);
+}
+
+void Fanout::resume(std::size_t thread) {
+  ThreadTable& table = tables_[thread];
+  table.resume_posted = false;
+  if (!table.in_round) return;
+  extend_run(thread);
+  work(thread);
+}
+
+bool Fanout::take_inbox(std::size_t thread) {
+  ThreadTable& table = tables_[thread];
+  table.draining.clear();
   {
     Inbox& inbox = *inboxes_[thread];
     std::lock_guard lock(inbox.mu);
     std::swap(inbox.items, table.draining);
     inbox.scheduled = false;
   }
-  // Deliveries come in runs for one topic (a burst queues many). Each member
-  // gets its share of a run in one send_batch call, which writes it out at
-  // once: one pass over the members, one syscall each.
-  std::uint64_t delivered = 0;
+  table.copied = 0;
+  table.run = 0;
+  table.in_round = !table.draining.empty();
+  if (table.in_round) start_run(table);
+  return table.in_round;
+}
+
+void Fanout::start_run(ThreadTable& table) {
   const auto& items = table.draining;
-  for (std::size_t i = 0; i < items.size();) {
-    std::size_t j = i + 1;
-    while (j < items.size() && items[j].topic_id == items[i].topic_id && items[j].kind == items[i].kind) ++j;
-    auto it = table.topics.find(items[i].topic_id);
+  std::size_t j = table.run + 1;
+  while (j < items.size() && items[j].topic_id == items[table.run].topic_id &&
+         items[j].kind == items[table.run].kind) {
+    ++j;
+  }
+  table.run_end = table.run_end_own = j;
+  table.run_topic = items[table.run].topic_id;
+  table.run_kind = items[table.run].kind;
+  table.next_member = 0;
+}
+
+void Fanout::extend_run(std::size_t thread) {
+  ThreadTable& table = tables_[thread];
+  if (table.run_kind != DeliveryKind::message || table.run >= table.run_end ||
+      table.run_end != table.draining.size()) {
+    return;
+  }
+  Inbox& inbox = *inboxes_[thread];
+  std::lock_guard lock(inbox.mu);
+  std::size_t k = table.copied;
+  for (; k < inbox.items.size(); ++k) {
+    const Delivery& d = inbox.items[k];
+    if (d.topic_id != table.run_topic || d.kind != DeliveryKind::message || d.offset == unnumbered) break;
+    table.draining.push_back(d);
+    table.draining.back().queued_us = 0;  // observed once, when the original is handed out
+  }
+  table.copied = k;
+  table.run_end = table.draining.size();
+}
+
+void Fanout::work(std::size_t thread) {
+  ThreadTable& table = tables_[thread];
+  std::uint64_t delivered = 0;
+  std::size_t sends = 0;
+  for (;;) {
+    if (table.run >= table.draining.size()) {  // the round is over
+      table.in_round = false;
+      table.draining.clear();
+      if (!table.deferred) break;  // else the drain queue() posted is still to run
+      table.deferred = false;
+      if (!take_inbox(thread)) break;
+      continue;
+    }
+    const auto& items = table.draining;
+    const std::size_t i = table.run;
+    auto it = table.topics.find(table.run_topic);
     if (it != table.topics.end()) {
-      const DeliveryKind kind = items[i].kind;
+      const DeliveryKind kind = table.run_kind;
       if (kind == DeliveryKind::reset) {
         for (LocalMember& m : it->second.members) {
           if (m.sink) {
             m.start = 0;
           } else {
-            hold(table, m, i, j);  // replayed in order by activate()
+            hold(table, m, i, table.run_end_own);  // replayed in order by activate()
           }
         }
-        i = j;
-        continue;
-      }
-      const bool message = kind == DeliveryKind::message;
-      for (const LocalMember& m : message ? it->second.members : it->second.presence_members) {
-        if (!m.sink) {
-          hold(table, m, i, j);
-          continue;
+      } else {
+        const bool message = kind == DeliveryKind::message;
+        auto& list = message ? it->second.members : it->second.presence_members;
+        const std::size_t j = table.run_end;
+        const bool extended = j > table.run_end_own;
+        while (table.next_member < list.size()) {
+          if (sends >= slice_sends_) {
+            if (delivered) metrics::bump(metrics_.deliveries, delivered);
+            if (!table.resume_posted) {
+              table.resume_posted = true;
+              posters_[thread]([this, thread] { resume(thread); });
+            }
+            return;
+          }
+          LocalMember& m = list[table.next_member++];
+          if (!m.sink) {
+            hold(table, m, i, table.run_end_own);
+            continue;
+          }
+          table.batch.clear();
+          for (std::size_t k = i; k < j; ++k) {
+            const Delivery& d = items[k];
+            if (d.offset <= m.start || (message && m.connection_id == d.exclude_connection)) continue;
+            table.batch.push_back(&d.msg);
+          }
+          // The copies it gets now come again, as originals, in the next round.
+          if (extended) m.start = std::max(m.start, items[j - 1].offset);
+          if (table.batch.empty()) continue;
+          m.sink->send_batch(table.batch.data(), table.batch.size());
+          ++sends;
+          if (message) delivered += table.batch.size();
         }
-        table.batch.clear();
-        for (std::size_t k = i; k < j; ++k) {
-          const Delivery& d = items[k];
-          if (d.offset <= m.start || (message && m.connection_id == d.exclude_connection)) continue;
-          table.batch.push_back(&d.msg);
+        // One observation per message per thread, once every local member
+        // has it: three relaxed adds per message, not per delivery.
+        if (message && !list.empty()) {
+          const std::int64_t now_us = steady_us();
+          for (std::size_t k = i; k < table.run_end_own; ++k) {
+            if (items[k].queued_us != 0) metrics_.fanout_latency.observe_us(now_us - items[k].queued_us);
+          }
         }
-        if (table.batch.empty()) continue;
-        m.sink->send_batch(table.batch.data(), table.batch.size());
-        if (message) delivered += table.batch.size();
-      }
-      // One observation per message per thread, once every local member has
-      // it: three relaxed adds per message, not per delivery.
-      if (message && !it->second.members.empty()) {
-        const std::int64_t now_us = steady_us();
-        for (std::size_t k = i; k < j; ++k) metrics_.fanout_latency.observe_us(now_us - items[k].queued_us);
       }
     }
-    i = j;
+    table.run = table.run_end;
+    if (table.run < table.draining.size()) start_run(table);
   }
-  table.draining.clear();
   if (delivered) metrics::bump(metrics_.deliveries, delivered);
 }
 

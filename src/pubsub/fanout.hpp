@@ -12,6 +12,15 @@
 // for); a presence diff at or below presence_start is already in its
 // presence_state; the publisher's own connection is skipped.
 //
+// A drain yields: after `slice_sends` send_batch calls it posts its own
+// continuation and returns, so the thread reads its sockets (a publisher's
+// next messages, a heartbeat) between slices of a fan-out to thousands. When
+// it resumes on the last run of its batch, the messages queued meanwhile for
+// that run's topic join the run for the members not served yet; the members
+// served before get them from the next drain, and the ones that already got
+// them skip them there by offset (their start moves past them). A member's
+// latency is then one pass over the members, not two.
+//
 // A member whose join is still pending (the Redis broker's asynchronous
 // join) is listed from the join's start but has no start offset yet: the
 // drain holds its share, in order, and activate() replays it through the
@@ -58,7 +67,9 @@ struct Delivery {
 
 class Fanout {
  public:
-  Fanout(std::vector<Poster> threads, metrics::Metrics& metrics);
+  // slice_sends: send_batch calls per drain slice (see above).
+  Fanout(std::vector<Poster> threads, metrics::Metrics& metrics, std::size_t slice_sends = default_slice_sends);
+  static constexpr std::size_t default_slice_sends = 128;
   ~Fanout();
 
   std::size_t threads() const noexcept { return posters_.size(); }
@@ -109,14 +120,35 @@ class Fanout {
     std::vector<const wire::Message*> batch;  // one member's share of a run
     // Deliveries for members whose join is pending, in drain order.
     std::unordered_map<const Subscriber*, std::vector<Delivery>> held;
+    // The drain in progress (between slices): `draining` is its batch,
+    // [run, run_end) the run of one topic and kind being handed out, and
+    // members [0, next_member) of that run's list have their share.
+    bool in_round = false;
+    bool resume_posted = false;  // a continuation is queued on the thread
+    bool deferred = false;       // a drain task came mid-round; its inbox waits
+    std::size_t run = 0;
+    std::size_t run_end = 0;
+    std::size_t run_end_own = 0;  // run_end before messages queued meanwhile joined
+    std::size_t next_member = 0;
+    std::size_t copied = 0;  // inbox items already copied into the run
+    std::uint64_t run_topic = 0;
+    DeliveryKind run_kind = DeliveryKind::message;
   };
 
   void hold(ThreadTable& table, const LocalMember& m, std::size_t from, std::size_t to);
 
   void drain(std::size_t thread);
+  void resume(std::size_t thread);
+  // Hands out the batch from where it stopped until it ends or a slice is
+  // used up (then posts resume()).
+  void work(std::size_t thread);
+  bool take_inbox(std::size_t thread);
+  void start_run(ThreadTable& table);
+  void extend_run(std::size_t thread);
 
   std::vector<Poster> posters_;
   metrics::Metrics& metrics_;
+  std::size_t slice_sends_;
   std::vector<std::unique_ptr<Inbox>> inboxes_;
   std::vector<ThreadTable> tables_;
 };

@@ -72,6 +72,18 @@ class TaskQueue {
       ++n;
     }
   }
+  // Runs the oldest queued task, if any; returns whether one ran.
+  bool run_one() {
+    Task t;
+    {
+      std::lock_guard lock(state_->mu);
+      if (state_->tasks.empty()) return false;
+      t = std::move(state_->tasks.front());
+      state_->tasks.pop_front();
+    }
+    t();
+    return true;
+  }
   // Runs tasks as they arrive until `done()` holds or `timeout` passes;
   // returns done(). `done()` is checked after every batch and at least
   // every millisecond (it may depend on other threads, not only on tasks).

@@ -45,13 +45,13 @@ Delivery message(std::uint64_t topic, std::uint64_t offset, std::int64_t n, std:
 
 class FanoutTest : public ::testing::Test {
  protected:
-  void make(std::size_t threads) {
+  void make(std::size_t threads, std::size_t slice_sends = pubsub::Fanout::default_slice_sends) {
     std::vector<Poster> posters;
     for (std::size_t i = 0; i < threads; ++i) {
       queues.push_back(std::make_unique<TaskQueue>());
       posters.push_back(queues.back()->poster());
     }
-    fanout = std::make_unique<pubsub::Fanout>(std::move(posters), metrics);
+    fanout = std::make_unique<pubsub::Fanout>(std::move(posters), metrics, slice_sends);
   }
   void join(Member& m, std::size_t thread, std::uint64_t connection, std::uint64_t topic, std::uint64_t start = 0,
             bool presence = false, std::uint64_t presence_start = 0) {
@@ -364,4 +364,134 @@ TEST_F(FanoutTest, ConcurrentPublishersAndDrainingThreadsLoseAndDuplicateNothing
     }
   }
   EXPECT_EQ(metrics.deliveries.load(), expected * members.size());
+}
+
+// --- a drain in slices (fanout.hpp: "A drain yields") ---------------------------
+
+TEST_F(FanoutTest, ADrainYieldsAfterItsSliceAndResumesWhereItStopped) {
+  make(1, 2);
+  Member a, b, c, d, e;
+  for (Member* m : {&a, &b, &c, &d, &e}) join(*m, 0, 100 + static_cast<std::uint64_t>(m - &a), 1);
+  fanout->queue({5}, message(1, 1, 1));
+  ASSERT_TRUE(queues[0]->run_one());
+  std::size_t served = 0;
+  for (Member* m : {&a, &b, &c, &d, &e}) served += m->out.messages.size();
+  EXPECT_EQ(served, 2u) << "two sends, then the thread's other work";
+  EXPECT_EQ(queues[0]->pending(), 1u) << "its continuation is queued";
+  drain();
+  for (Member* m : {&a, &b, &c, &d, &e}) EXPECT_EQ(m->ns(), std::vector<std::int64_t>{1});
+}
+
+TEST_F(FanoutTest, MessagesQueuedBetweenSlicesReachTheMembersNotServedYetInThisPassAndTheOthersOnce) {
+  make(1, 1);
+  Member a, b, c;
+  join(a, 0, 1, 1);
+  join(b, 0, 2, 1);
+  join(c, 0, 3, 1);
+  fanout->queue({3}, message(1, 1, 1));
+  ASSERT_TRUE(queues[0]->run_one());  // a gets 1, then the drain yields
+  EXPECT_EQ(a.ns(), std::vector<std::int64_t>{1});
+  fanout->queue({3}, message(1, 2, 2));  // a publisher's next message, read between slices
+  fanout->queue({3}, message(1, 3, 3));
+  drain();
+  EXPECT_EQ(a.ns(), (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(b.ns(), (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(c.ns(), (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(b.out.calls, std::vector<std::size_t>{3}) << "b had all three in the first pass, in one batch";
+  EXPECT_EQ(c.out.calls, std::vector<std::size_t>{3});
+  EXPECT_EQ(a.out.calls, (std::vector<std::size_t>{1, 2})) << "a, served before they came, gets them next";
+  fanout->queue({3}, message(1, 4, 4));
+  drain();
+  for (Member* m : {&a, &b, &c}) EXPECT_EQ(m->ns(), (std::vector<std::int64_t>{1, 2, 3, 4}));
+}
+
+TEST_F(FanoutTest, OnlyTheSameTopicsNumberedMessagesAtTheInboxHeadJoinTheRun) {
+  make(1, 1);
+  Member a, b, other;
+  join(a, 0, 1, 1);
+  join(b, 0, 2, 1);
+  join(other, 0, 3, 2);
+  fanout->queue({3}, message(1, 1, 1));
+  ASSERT_TRUE(queues[0]->run_one());  // a served
+  fanout->queue({3}, message(1, 2, 2));
+  fanout->queue({3}, message(2, 1, 21));  // another topic: what follows it waits
+  fanout->queue({3}, message(1, 3, 3));
+  ASSERT_TRUE(queues[0]->run_one());  // b: 1 and 2, not 3
+  EXPECT_EQ(b.ns(), (std::vector<std::int64_t>{1, 2}));
+  drain();
+  EXPECT_EQ(a.ns(), (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(b.ns(), (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(other.ns(), std::vector<std::int64_t>{21});
+
+  // An unnumbered message cannot be told apart from its copy: it waits too.
+  fanout->queue({3}, message(1, 4, 4));
+  ASSERT_TRUE(queues[0]->run_one());  // a served first again
+  fanout->queue({3}, message(1, pubsub::unnumbered, 5));
+  drain();
+  EXPECT_EQ(a.ns(), (std::vector<std::int64_t>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(b.ns(), (std::vector<std::int64_t>{1, 2, 3, 4, 5}));
+}
+
+TEST_F(FanoutTest, MembersLeavingOrJoiningBetweenSlicesGetTheRunOnceOrNotAtAll) {
+  make(1, 1);
+  Member m[6];
+  for (std::uint64_t i = 0; i < 5; ++i) join(m[i], 0, i + 1, 1);
+  fanout->queue({5}, message(1, 1, 1));
+  ASSERT_TRUE(queues[0]->run_one());  // m0 served
+  ASSERT_TRUE(queues[0]->run_one());  // m1 served
+  fanout->remove(m[0]);  // served: the last served member takes its slot, the last member the freed one
+  fanout->remove(m[3]);  // not served yet
+  join(m[5], 0, 6, 1, 0);  // joins mid-pass, after the message (its start is 0 here)
+  drain();
+  EXPECT_EQ(m[0].ns(), std::vector<std::int64_t>{1});
+  EXPECT_EQ(m[1].ns(), std::vector<std::int64_t>{1});
+  EXPECT_EQ(m[2].ns(), std::vector<std::int64_t>{1});
+  EXPECT_TRUE(m[3].out.messages.empty());
+  EXPECT_EQ(m[4].ns(), std::vector<std::int64_t>{1});
+  EXPECT_EQ(m[5].ns(), std::vector<std::int64_t>{1});
+  fanout->queue({5}, message(1, 2, 2));
+  drain();
+  for (int i : {1, 2, 4, 5}) EXPECT_EQ(m[i].ns(), (std::vector<std::int64_t>{1, 2})) << i;
+  EXPECT_EQ(m[0].ns(), std::vector<std::int64_t>{1});
+}
+
+TEST_F(FanoutTest, EveryLeaveOrderBetweenSlicesServesEachRemainingMemberExactlyOnce) {
+  // Every (served count, leaver) pair over 6 members: the slot shuffling of
+  // a leave behind or ahead of the cursor never skips or repeats anyone.
+  for (std::size_t served = 1; served < 6; ++served) {
+    for (std::size_t leaver = 0; leaver < 6; ++leaver) {
+      queues.clear();
+      make(1, 1);
+      Member m[6];
+      for (std::uint64_t i = 0; i < 6; ++i) join(m[i], 0, i + 1, 1);
+      fanout->queue({6}, message(1, 1, 1));
+      for (std::size_t k = 0; k < served; ++k) ASSERT_TRUE(queues[0]->run_one());
+      fanout->remove(m[leaver]);
+      drain();
+      for (std::size_t i = 0; i < 6; ++i) {
+        const bool got_before = i < served;
+        if (i == leaver && !got_before) {
+          EXPECT_TRUE(m[i].out.messages.empty()) << served << " " << leaver;
+        } else {
+          EXPECT_EQ(m[i].ns(), std::vector<std::int64_t>{1}) << "member " << i << ", served " << served << ", leaver "
+                                                              << leaver;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(FanoutTest, PresenceRunsAreSlicedToo) {
+  make(1, 1);
+  Member a, b, c;
+  join(a, 0, 1, 1, 0, true);
+  join(b, 0, 2, 1, 0, true);
+  join(c, 0, 3, 1, 0, true);
+  fanout->queue({3}, Delivery{1, 1, 0, frame(7), DeliveryKind::presence});
+  ASSERT_TRUE(queues[0]->run_one());
+  fanout->remove(a);
+  drain();
+  EXPECT_EQ(a.ns(), std::vector<std::int64_t>{7});
+  EXPECT_EQ(b.ns(), std::vector<std::int64_t>{7});
+  EXPECT_EQ(c.ns(), std::vector<std::int64_t>{7});
 }
