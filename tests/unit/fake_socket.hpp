@@ -56,22 +56,6 @@ class TaskQueue {
       s->cv.notify_all();
     };
   }
-  // Runs every task queued, and those they queue, on this thread; returns
-  // how many ran.
-  std::size_t run_pending() {
-    std::size_t n = 0;
-    for (;;) {
-      Task t;
-      {
-        std::lock_guard lock(state_->mu);
-        if (state_->tasks.empty()) return n;
-        t = std::move(state_->tasks.front());
-        state_->tasks.pop_front();
-      }
-      t();
-      ++n;
-    }
-  }
   // Runs the oldest queued task, if any; returns whether one ran.
   bool run_one() {
     Task t;
@@ -83,6 +67,13 @@ class TaskQueue {
     }
     t();
     return true;
+  }
+  // Runs every task queued, and those they queue, on this thread; returns
+  // how many ran.
+  std::size_t run_pending() {
+    std::size_t n = 0;
+    while (run_one()) ++n;
+    return n;
   }
   // Runs tasks as they arrive until `done()` holds or `timeout` passes;
   // returns done(). `done()` is checked after every batch and at least
