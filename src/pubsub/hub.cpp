@@ -386,6 +386,13 @@ void Hub::leave(Subscriber& sub, std::string_view topic) {
 
 PublishResult Hub::publish(std::string_view topic, std::string_view event, std::string_view payload_json,
                            bool payload_empty, std::string_view from, std::uint64_t exclude_connection) {
+  if (!async_) {
+    // A synchronous backend completes inside the call: no handoff needed.
+    PublishResult out;
+    backend_.publish(topic, encode_body(event, payload_json, payload_empty, from, unix_ms()), exclude_connection,
+                     [&out](PublishResult r) { out = std::move(r); });
+    return out;
+  }
   auto handoff = std::make_shared<Handoff<PublishResult>>();
   backend_.publish(topic, encode_body(event, payload_json, payload_empty, from, unix_ms()), exclude_connection,
                    [handoff](PublishResult r) { handoff->set(std::move(r)); });
