@@ -39,7 +39,7 @@ class HistoryLog {
   struct Entry {
     std::uint64_t offset = 0;
     std::int64_t unix_ms = 0;
-    std::string frame;  // the text frame's payload exactly as it was sent
+    std::string frame;  // the message body as published (publish_frame.hpp), framed when read
   };
   struct TopicWindow {
     std::string topic;

@@ -286,8 +286,10 @@ void RedisBroker::finish_backfill(Topic& t, const redis::Reply& r) {
     std::uint64_t offset = 0, conn = 0;
     if (!parse_u64(std::string_view(id).substr(0, id.find('-')), offset)) continue;
     parse_u64(r.elements[i + 3].str, conn);
+    const auto body = decode_body(r.elements[i + 1].str);
+    if (!body) continue;  // not a body: a hole, reported as a gap like any other
     const std::uint64_t exclude = r.elements[i + 2].str == options_.node_id ? conn : 0;
-    merged.emplace(offset, Live{epoch, offset, exclude, wire::Message::text(r.elements[i + 1].str)});
+    merged.emplace(offset, Live{epoch, offset, exclude, frame_numbered(t.name, *body, epoch, offset)});
   }
   std::uint64_t count = 0;
   for (auto& [offset, live] : merged) {
@@ -393,7 +395,13 @@ void RedisBroker::on_message(const std::string& channel, const std::string& payl
     const auto parts = split_lines(std::string_view(payload).substr(1), 4);
     std::uint64_t offset = 0, conn = 0;
     if (parts.size() != 5 || !parse_u64(parts[1], offset) || !parse_u64(parts[3], conn)) return;
-    wire::Message msg = wire::Message::text(std::string(parts[4]));
+    const auto body = decode_body(parts[4]);
+    if (!body) {
+      spdlog::warn("topic {}: dropped a message of offset {} that is not a message body", name, offset);
+      return;
+    }
+    // Framed here, once for every member on this node: the delivery edge.
+    wire::Message msg = frame_numbered(name, *body, parts[0], offset);
     Shard& sh = shard_of(name);
     std::lock_guard lock(sh.mu);
     Topic* tp = find(sh, name);
@@ -661,7 +669,17 @@ JoinResult RedisBroker::finish_join(PendingJoin& pj, const redis::Reply& jr, std
     r.offset = static_cast<std::uint64_t>(std::max<std::int64_t>(0, jr.elements[0].as_int()));
     r.epoch = jr.elements[1].str;
     r.recovered = jr.elements[2].as_int() == 1;
-    for (std::size_t i = 3; i < jr.elements.size(); ++i) r.backlog.push_back(wire::Message::text(jr.elements[i].str));
+    // The script returns the bodies of recover.offset+1 .. offset, every
+    // one present: each is framed at its offset.
+    std::uint64_t at = pj.recover ? pj.recover->offset : 0;
+    for (std::size_t i = 3; i < jr.elements.size(); ++i) {
+      ++at;
+      if (const auto body = decode_body(jr.elements[i].str)) {
+        r.backlog.push_back(frame_numbered(pj.topic, *body, r.epoch, at));
+      } else {
+        spdlog::warn("topic {}: history entry {} is not a message body; not recovered", pj.topic, at);
+      }
+    }
     if (t.epoch.empty()) t.epoch = r.epoch;
   } else if (jr.unsent()) {
     // Redis is down: the member joins this node's local delivery; its
@@ -759,9 +777,9 @@ void RedisBroker::leave(Subscriber& sub, std::string_view topic) {
   drop_member(*t, sub);
 }
 
-std::vector<std::string> RedisBroker::publish_args(std::string_view topic, const std::string& head,
+std::vector<std::string> RedisBroker::publish_args(std::string_view topic, const std::string& body,
                                                    std::uint64_t exclude_connection) {
-  return {std::string(head), options_.node_id, std::to_string(exclude_connection),
+  return {body, options_.node_id, std::to_string(exclude_connection),
           std::to_string(options_.history_size),
           std::to_string(options_.history_ttl_ms > 0 ? options_.history_ttl_ms : keep_ms), new_epoch(),
           channel_prefix_ + std::string(topic), std::to_string(keep_ms)};
@@ -780,17 +798,17 @@ PublishResult RedisBroker::published(const redis::Reply& r) {
   return res;
 }
 
-PublishResult RedisBroker::publish_local(std::string_view topic, std::string head, std::uint64_t exclude_connection) {
+PublishResult RedisBroker::publish_local(std::string_view topic, const std::string& body,
+                                         std::uint64_t exclude_connection) {
   PublishResult res;
   res.reach = PublishResult::Reach::local;
-  head += local_tail;
+  const auto parts = decode_body(body);  // encode_body's: always decodes
   Shard& sh = shard_of(topic);
   std::lock_guard lock(sh.mu);
-  if (Topic* tp = find(sh, topic); tp && tp->members > 0) {
+  if (Topic* tp = find(sh, topic); tp && tp->members > 0 && parts) {
     Topic& t = *tp;
     fanout_.queue(t.members_per_thread,
-                  Delivery{t.id, unnumbered, exclude_connection, wire::Message::text(std::move(head)),
-                           DeliveryKind::message});
+                  Delivery{t.id, unnumbered, exclude_connection, frame_local(topic, *parts), DeliveryKind::message});
   }
   metrics::bump(metrics_.publishes);
   return res;
@@ -798,29 +816,29 @@ PublishResult RedisBroker::publish_local(std::string_view topic, std::string hea
 
 PublishResult RedisBroker::publish(std::string_view topic, std::string_view event, std::string_view payload_json,
                                    bool payload_empty, std::string_view from, std::uint64_t exclude_connection) {
-  std::string head = publish_head(topic, event, payload_json, payload_empty, from, unix_ms());
+  const std::string body = encode_body(event, payload_json, payload_empty, from, unix_ms());
   const auto r = redis::eval_call(link_, publish_script_, {key("o", topic), key("e", topic), key("h", topic)},
-                                  publish_args(topic, head, exclude_connection), options_.call_timeout);
-  if (r.unsent()) return publish_local(topic, std::move(head), exclude_connection);
+                                  publish_args(topic, body, exclude_connection), options_.call_timeout);
+  if (r.unsent()) return publish_local(topic, body, exclude_connection);
   return published(r);
 }
 
 void RedisBroker::publish_async(std::string_view topic, std::string_view event, std::string_view payload_json,
                                 bool payload_empty, std::string_view from, std::uint64_t exclude_connection,
                                 PublishDone done) {
-  std::string head = publish_head(topic, event, payload_json, payload_empty, from, unix_ms());
+  std::string body = encode_body(event, payload_json, payload_empty, from, unix_ms());
   if (!link_.up()) {
-    done(publish_local(topic, std::move(head), exclude_connection));
+    done(publish_local(topic, body, exclude_connection));
     return;
   }
-  auto args = publish_args(topic, head, exclude_connection);
+  auto args = publish_args(topic, body, exclude_connection);
   // Commands leave in order on one connection, so one client's publishes
   // get increasing offsets.
   redis::eval(link_, publish_script_, {key("o", topic), key("e", topic), key("h", topic)}, std::move(args),
-              [this, t = std::string(topic), head = std::move(head), exclude_connection,
+              [this, t = std::string(topic), body = std::move(body), exclude_connection,
                done = std::move(done)](redis::Reply r) mutable {
                 if (r.unsent()) {
-                  done(publish_local(t, std::move(head), exclude_connection));
+                  done(publish_local(t, body, exclude_connection));
                 } else {
                   done(published(r));
                 }

@@ -3,6 +3,9 @@
 // every message and presence change to every node on the topic's channel
 // (see redis_scripts.hpp for the keys and formats); each node subscribes to
 // the channels of topics it has members of and fans out locally (Fanout).
+// Redis carries and stores message bodies, not frames: a node frames each
+// message once when it receives it (live, backfilled or recovered) and
+// shares those bytes across its members (publish_frame.hpp).
 //
 // No I/O thread waits on Redis. A join, a publish and a presence read send
 // their commands and return; Redis's answers come on the link's thread,
@@ -234,11 +237,12 @@ class RedisBroker final : public Broker {
   // `to`: nothing after `from` will, the epoch ended (`next_epoch` began).
   void notify_gap(Topic& t, std::uint64_t from, std::optional<std::uint64_t> to, std::string_view next_epoch);
   void start_backfill(Topic& t);
-  std::vector<std::string> publish_args(std::string_view topic, const std::string& head,
+  // The publish script's arguments; `body` is encode_body()'s.
+  std::vector<std::string> publish_args(std::string_view topic, const std::string& body,
                                         std::uint64_t exclude_connection);
   PublishResult published(const redis::Reply& r);
   // Redis is down: this node's members only, unnumbered.
-  PublishResult publish_local(std::string_view topic, std::string head, std::uint64_t exclude_connection);
+  PublishResult publish_local(std::string_view topic, const std::string& body, std::uint64_t exclude_connection);
   void apply_presence(Topic& t, const PresenceEvent& ev);
   void apply_snapshot(Topic& t, const redis::Reply& r);
   void send_track(const Topic& t, const std::string& ref, const LocalEntry& e);

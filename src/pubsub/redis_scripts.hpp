@@ -5,17 +5,21 @@
 //
 // Keys (P = "synapse:<db>:"):
 //   P o:<topic>   last offset          P e:<topic>   epoch
-//   P h:<topic>   history stream, entry id "<offset>-1", fields m (frame),
-//                 t (Redis ms), n (publishing node), c (publishing connection)
+//   P h:<topic>   history stream, entry id "<offset>-1", fields m (message
+//                 body), t (Redis ms), n (publishing node), c (publishing connection)
 //   P p:<topic>   presence hash: phx_ref -> "<node>\n<agent as JSON>\n<meta JSON>"
 //   P pv:<topic>  presence version (one per change)
 //   P np:<node>   topics where the node has presence entries
 //   P nodes       sorted set: node -> expiry (Redis ms)
 //   P cc:<node>   the node's connection counts (see cluster/redis_connection_counts)
 // Channel P c:<topic> carries
-//   "m<epoch>\n<offset>\n<node>\n<connection>\n<frame>"          a message
+//   "m<epoch>\n<offset>\n<node>\n<connection>\n<body>"           a message
 //   "p<version>\n<j|l>\n<node>\n<phx_ref>\n<agent JSON>\n<meta>"  a presence change
-// Time always comes from Redis (TIME), so node clocks never disagree.
+// A message body is opaque here: the publishing node encodes it and every
+// node frames it for its clients when it delivers it (pubsub/publish_frame.hpp);
+// no script knows the Phoenix format. Time always comes from Redis (TIME),
+// so node clocks never disagree (the body's own timestamp is the publisher's
+// _meta.ts, not used here).
 #pragma once
 
 namespace synapse::pubsub::lua {
@@ -27,7 +31,7 @@ local function now_ms()
 end
 )";
 
-// KEYS o e h; ARGV head node connection history_size stream_ttl_ms
+// KEYS o e h; ARGV body node connection history_size stream_ttl_ms
 // candidate_epoch channel keep_ms. Returns {offset, epoch}.
 inline constexpr const char* publish = R"(
 local ep = redis.call('GET', KEYS[2])
@@ -39,21 +43,21 @@ if not ep then
   redis.call('DEL', KEYS[3])
 end
 local off = redis.call('INCR', KEYS[1])
-local frame = ARGV[1] .. ',"epoch":"' .. ep .. '","offset":' .. off .. '}}]'
 if tonumber(ARGV[4]) > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], off .. '-1', 'm', frame, 't', string.format('%d', now_ms()),
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], off .. '-1', 'm', ARGV[1], 't', string.format('%d', now_ms()),
              'n', ARGV[2], 'c', ARGV[3])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
-redis.call('PUBLISH', ARGV[7], 'm' .. ep .. '\n' .. off .. '\n' .. ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. frame)
+redis.call('PUBLISH', ARGV[7], 'm' .. ep .. '\n' .. off .. '\n' .. ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. ARGV[1])
 return {off, ep}
 )";
 
 // KEYS o e h; ARGV candidate_epoch recover(0|1) recover_offset
 // recover_epoch history_ttl_ms(0 = forever) keep_ms.
-// Returns {offset, epoch, recovered(0|1), frame...}.
+// Returns {offset, epoch, recovered(0|1), body...}: when recovered, the
+// bodies of offsets recover_offset+1 .. offset, in order, every one present.
 inline constexpr const char* join = R"(
 local ep = redis.call('GET', KEYS[2])
 if not ep then
@@ -88,7 +92,7 @@ return out
 
 // KEYS e h o; ARGV epoch first_offset candidate_epoch keep_ms. What a node
 // missed while its link was down, read after it subscribed again:
-// {epoch, id, frame, node, connection, ...} for every stored entry of the
+// {epoch, id, body, node, connection, ...} for every stored entry of the
 // topic's current epoch from first_offset on, or, when the epoch is no
 // longer `epoch` (Redis lost its data and a new epoch began while the node
 // was away), every stored entry of the new epoch from offset 1: the node's

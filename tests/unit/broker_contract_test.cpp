@@ -57,6 +57,7 @@
 #include "pubsub/broker.hpp"
 #include "pubsub/history_log.hpp"
 #include "pubsub/local_broker.hpp"
+#include "pubsub/publish_frame.hpp"
 #include "pubsub/redis_broker.hpp"
 #include "redis/link.hpp"
 #include "redis/url.hpp"
@@ -1608,6 +1609,35 @@ TEST_P(ContractTest, BackendPauseAndResume) {
   EXPECT_EQ(last.epoch, published[std::make_pair(0, 0)].epoch) << "Redis kept its data";
   ASSERT_TRUE(wait_for_offset(a, last.epoch, last.offset));
   check_stream(a, published, 0);
+}
+
+// Framing at the delivery edge (issue 18 item 1): the backend stores and
+// carries the message body, never a Phoenix frame, and the node's framing of
+// that stored body is byte for byte the frame its member received.
+TEST_P(ContractTest, TheBackendHoldsMessageBodiesAndTheNodeFramesThem) {
+  if (!traits().external_backend) GTEST_SKIP() << "in-process backend: no stored bytes to read from outside";
+  const std::string topic = "room:bodies";
+  Member& a = member(0);
+  join(a, topic);
+  const auto sent = publish_n(topic, 1);
+  ASSERT_TRUE(wait_for_offset(a, sent[0].epoch, sent[0].offset));
+  // The stored entry's m field; newlines as '|', to fit a one-line status reply.
+  const std::string script =
+      "local e = redis.call('XRANGE', KEYS[1], '-', '+') "
+      "return redis.status_reply((string.gsub(e[#e][2][2], '\\n', '|')))";
+  std::string stored = backend_->redis()->command({"EVAL", script, "1", "synapse:0:h:" + topic});
+  ASSERT_FALSE(stored.empty());
+  ASSERT_EQ(stored[0], '+') << stored;
+  stored.erase(0, 1);
+  for (auto& c : stored) c = c == '|' ? '\n' : c;
+  EXPECT_EQ(stored.find("[null,null,"), std::string::npos) << stored;
+  EXPECT_EQ(stored.find("_meta"), std::string::npos) << stored;
+  EXPECT_EQ(stored.find(sent[0].epoch), std::string::npos) << "the epoch is the stream's, not the body's";
+  const auto parts = synapse::pubsub::decode_body(stored);
+  ASSERT_TRUE(parts) << stored;
+  const auto got = a.messages();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(synapse::pubsub::frame_numbered(topic, *parts, sent[0].epoch, sent[0].offset).payload(), got[0].raw);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ContractTest, ::testing::Values(kLocalMemory, kLocalDisk, kRedis),

@@ -1,4 +1,5 @@
-// The in-process broker (pubsub/local_broker.*), for what only it does; the
+// The in-process broker (LocalBackend behind the Hub, pubsub/local_broker.hpp),
+// for what only it does; the
 // behaviour every backend shares (join/leave/publish ordering, offsets,
 // recovery) is broker_contract_test.cpp's. Here: per-thread membership (a
 // publish wakes only the threads with members), a publish racing a join on
@@ -139,7 +140,10 @@ TEST_F(LocalBrokerTest, APublishRacingAJoinOnTheSameThreadIsReceivedExactlyOnce)
   EXPECT_EQ(plain.offsets(), std::vector<std::uint64_t>{2});
 }
 
-TEST_F(LocalBrokerTest, OneFrameIsSharedByHistoryAndEveryMember) {
+// The history keeps the body (the backend's bytes) and the Hub frames it
+// once per message: every member on every thread gets the very same bytes,
+// and a recovered backlog, framed when read, has identical contents.
+TEST_F(LocalBrokerTest, OneFrameIsSharedByEveryMemberAndTheBacklogIsByteIdentical) {
   make(2);
   Member a, b;
   const auto j = join(a, 0, 1);
@@ -152,7 +156,7 @@ TEST_F(LocalBrokerTest, OneFrameIsSharedByHistoryAndEveryMember) {
   ASSERT_EQ(b.out.messages.size(), 1u);
   ASSERT_EQ(r.backlog.size(), 1u);
   EXPECT_EQ(a.out.messages[0].data(), b.out.messages[0].data());
-  EXPECT_EQ(a.out.messages[0].data(), r.backlog[0].data()) << "the history holds the very bytes delivered";
+  EXPECT_EQ(a.out.messages[0].payload(), r.backlog[0].payload()) << "recovery frames the same bytes as delivery";
 }
 
 TEST_F(LocalBrokerTest, APublishWithNoMemberIsNumberedAndKeptButQueuesNothing) {
