@@ -3,14 +3,16 @@
 namespace synapse::limits {
 
 Permit::Permit(Permit&& o) noexcept
-    : limiter_(std::exchange(o.limiter_, nullptr)), ip_(std::move(o.ip_)), key_(std::move(o.key_)) {}
+    : limiter_(std::exchange(o.limiter_, nullptr)),
+      ip_(std::exchange(o.ip_, nullptr)),
+      key_(std::exchange(o.key_, nullptr)) {}
 
 Permit& Permit::operator=(Permit&& o) noexcept {
   if (this != &o) {
     release();
     limiter_ = std::exchange(o.limiter_, nullptr);
-    ip_ = std::move(o.ip_);
-    key_ = std::move(o.key_);
+    ip_ = std::exchange(o.ip_, nullptr);
+    key_ = std::exchange(o.key_, nullptr);
   }
   return *this;
 }
@@ -27,12 +29,16 @@ AdmissionResult ConnectionLimiter::admit(std::string_view ip, std::string_view k
   std::unique_lock lock(mu_);
   auto [it, fresh] = ips_.try_emplace(std::string(ip));
   IpState& st = it->second;
+  const std::string* ip_name = &it->first;  // a pointer survives a rehash; `it` may not
   if (fresh) st.arrivals = TokenBucket(limits_.new_per_ip_min, limits_.new_per_ip_min, now);
 
   if (limits_.per_ip > 0 && st.open >= limits_.per_ip) return {Admission::too_many_connections, 1};
   std::int64_t* key_open = nullptr;
+  const std::string* key_name = nullptr;
   if (count_key && limits_.per_key > 0) {
-    key_open = &keys_[std::string(key)];
+    auto k = keys_.try_emplace(std::string(key)).first;
+    key_open = &k->second;
+    key_name = &k->first;
     if (*key_open >= limits_.per_key) {
       if (*key_open == 0) keys_.erase(std::string(key));
       return {Admission::too_many_connections, 1};
@@ -64,28 +70,39 @@ AdmissionResult ConnectionLimiter::admit(std::string_view ip, std::string_view k
   }
   out.release();
   out.limiter_ = this;
-  out.ip_ = std::string(ip);
-  out.key_ = key_open ? std::string(key) : std::string();
+  out.ip_ = ip_name;  // node-based maps: the keys stay where they are
+  out.key_ = key_name;
   return {Admission::ok, 0};
 }
 
-void ConnectionLimiter::give_back(const std::string& ip, const std::string& key) noexcept {
+void ConnectionLimiter::give_back(const std::string* ip, const std::string* key) noexcept {
+  // The fields first: `ip` and `key` are this limiter's map keys, gone once
+  // their entries are erased below.
+  std::string ipf, keyf;
+  bool fields = false;
+  if (shared_) {
+    try {
+      ipf = ip_field(*ip);
+      keyf = key ? key_field(*key) : std::string();
+      fields = true;
+    } catch (...) {
+      // Out of memory while building a field: the counts are written again
+      // in full on the next re-registration.
+    }
+  }
   {
     std::lock_guard lock(mu_);
-    if (auto it = ips_.find(ip); it != ips_.end() && it->second.open > 0) --it->second.open;
-    if (!key.empty()) {
-      if (auto it = keys_.find(key); it != keys_.end()) {
+    if (auto it = ips_.find(*ip); it != ips_.end() && it->second.open > 0) --it->second.open;
+    if (key) {
+      if (auto it = keys_.find(*key); it != keys_.end()) {
         if (--it->second <= 0) keys_.erase(it);
       }
     }
   }
-  if (shared_) {
+  if (fields && (!ipf.empty() || !keyf.empty())) {
     try {
-      const std::string ipf = ip_field(ip), keyf = key_field(key);
-      if (!ipf.empty() || !keyf.empty()) shared_->release(ipf, keyf);
+      shared_->release(ipf, keyf);
     } catch (...) {
-      // Out of memory while building a field: the counts are written again
-      // in full on the next re-registration.
     }
   }
 }

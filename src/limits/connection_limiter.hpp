@@ -42,9 +42,12 @@ class Permit {
 
  private:
   friend class ConnectionLimiter;
+  // The limiter's own map keys: an entry stays while a permit counts in it,
+  // so a permit holds no copy of the address or the key (every connection
+  // holds a permit).
   ConnectionLimiter* limiter_ = nullptr;
-  std::string ip_;
-  std::string key_;  // empty when the key is not counted (unlimited)
+  const std::string* ip_ = nullptr;
+  const std::string* key_ = nullptr;  // null when the key is not counted (unlimited)
 };
 
 struct AdmissionResult {
@@ -78,7 +81,7 @@ class ConnectionLimiter {
 
  private:
   friend class Permit;
-  void give_back(const std::string& ip, const std::string& key) noexcept;
+  void give_back(const std::string* ip, const std::string* key) noexcept;
   std::string ip_field(std::string_view ip) const;
   static std::string key_field(std::string_view key) { return key.empty() ? std::string() : "k:" + std::string(key); }
 
