@@ -1,6 +1,6 @@
 #include "channels/pubsub_channel.hpp"
 
-#include <deque>
+#include <list>
 #include <memory>
 #include <string>
 
@@ -78,7 +78,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
     body += "}";
     session_.services().hooks->call(
         hooks::Hook::publish, std::move(body),
-        [poster = session_.socket().poster(), alive = std::weak_ptr<int>(alive_), this](hooks::Verdict v) {
+        [poster = session_.socket().poster(), alive = alive_handle(), this](hooks::Verdict v) {
           poster([alive, this, v = std::move(v)]() mutable {
             if (alive.lock()) on_publish_verdict(std::move(v));
           });
@@ -276,11 +276,19 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
   bool pending_ = false;   // join_async has not answered yet
   bool starting_ = false;  // inside join_async
   std::optional<pubsub::JoinResult> early_;
+
+  std::weak_ptr<int> alive_handle() {
+    if (!alive_) alive_ = std::make_shared<int>(0);
+    return alive_;
+  }
+
   // Publishes waiting for the publish hook, as frames (the oldest is asked).
-  std::deque<std::string> waiting_;
+  // A list, not a deque: an empty std::deque already holds a 512-byte block
+  // and its map, and every member of a topic has a channel.
+  std::list<std::string> waiting_;
   // Hook answers find this channel through a weak handle: one that left
-  // and was destroyed is simply not found.
-  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
+  // and was destroyed is simply not found. Made by the first hook call.
+  std::shared_ptr<int> alive_;
 };
 
 bool nul_in(std::string_view s) { return s.find('\0') != std::string_view::npos; }

@@ -43,11 +43,11 @@ limits::ConnectionRates make_rates(const config::Config& cfg, const auth::Princi
 
 }  // namespace
 
-Session::Session(Socket& socket, Services& services, auth::Principal principal)
+Session::Session(Socket& socket, Services& services, std::shared_ptr<const auth::Principal> principal)
     : socket_(socket),
       services_(services),
       principal_(std::move(principal)),
-      rates_(make_rates(services.config, principal_)) {
+      rates_(make_rates(services.config, *principal_)) {
   // A token with little time left hears so at once, not at the first tick.
   on_tick(unix_ms());
 }
@@ -252,7 +252,7 @@ void Session::handle_phoenix(const protocol::Envelope& env) {
 
 void Session::handle_refresh(const protocol::Envelope& env) {
   const auto& cfg = services_.config;
-  if (!principal_.via_token) {
+  if (!principal_->via_token) {
     reply_error(env, reason::invalid_payload, "this connection is authenticated by API key; it has nothing to refresh");
     return;
   }
@@ -277,11 +277,11 @@ void Session::handle_refresh(const protocol::Envelope& env) {
                   auth::describe(r.status));
       return;
     }
-    if (r.claims.sub != principal_.agent_id) {
+    if (r.claims.sub != principal_->agent_id) {
       reply_error(env, reason::forbidden, "the new token names another sub");
       return;
     }
-    if ((r.claims.role == "worker") != principal_.worker) {
+    if ((r.claims.role == "worker") != principal_->worker) {
       reply_error(env, reason::forbidden, "the new token has another role");
       return;
     }
@@ -292,13 +292,15 @@ void Session::handle_refresh(const protocol::Envelope& env) {
         return;
       }
     }
-    principal_.token_exp = r.claims.exp;
-    principal_.has_topics = r.claims.has_topics;
-    principal_.topics = std::move(r.claims.topics);
-    principal_.token_caps = std::move(r.claims.caps);
-    principal_.via_idp = r.claims.from_idp;
+    auto renewed = std::make_shared<auth::Principal>(*principal_);  // the old one may be shared
+    renewed->token_exp = r.claims.exp;
+    renewed->has_topics = r.claims.has_topics;
+    renewed->topics = std::move(r.claims.topics);
+    renewed->token_caps = std::move(r.claims.caps);
+    renewed->via_idp = r.claims.from_idp;
+    principal_ = std::move(renewed);
     token_warned_ = false;
-    reply_ok(env, json::object{{"expires_at", principal_.token_exp}});
+    reply_ok(env, json::object{{"expires_at", principal_->token_exp}});
     return;
   }
   if (!env.payload->empty()) {
@@ -309,22 +311,24 @@ void Session::handle_refresh(const protocol::Envelope& env) {
     reply_error(env, reason::refresh_not_allowed, "self refresh is disabled on this server");
     return;
   }
-  if (principal_.via_idp) {
+  if (principal_->via_idp) {
     // The identity provider decides how long its sessions last.
     reply_error(env, reason::refresh_not_allowed, "identity-provider tokens are refreshed with a new token from it");
     return;
   }
   auth::TokenClaims c;
-  c.sub = principal_.agent_id;
+  c.sub = principal_->agent_id;
   c.iat = now;
   c.exp = now + cfg.token_default_ttl_s;
-  c.has_topics = principal_.has_topics;
-  c.topics = principal_.topics;
-  c.caps = principal_.token_caps;
-  c.tenant = principal_.tenant;
-  c.key_id = principal_.key_id;
-  if (principal_.worker) c.role = "worker";
-  principal_.token_exp = c.exp;
+  c.has_topics = principal_->has_topics;
+  c.topics = principal_->topics;
+  c.caps = principal_->token_caps;
+  c.tenant = principal_->tenant;
+  c.key_id = principal_->key_id;
+  if (principal_->worker) c.role = "worker";
+  auto renewed = std::make_shared<auth::Principal>(*principal_);
+  renewed->token_exp = c.exp;
+  principal_ = std::move(renewed);
   token_warned_ = false;
   reply_ok(env, json::object{{"token", auth::sign_jwt(c, services_.jwt_secret)}, {"expires_at", c.exp}});
 }
@@ -445,25 +449,30 @@ void Session::join_done(Channel& channel, bool ok) {
   }
 }
 
+std::weak_ptr<int> Session::alive_handle() {
+  if (!alive_) alive_ = std::make_shared<int>(0);
+  return alive_;
+}
+
 void Session::ask_join_hook(const protocol::Envelope& env) {
   // The frame is kept as text and decoded again when the answer comes: the
   // envelope's views point into a buffer that is gone by then.
   std::string frame = protocol::encode_raw(env.join_ref, env.ref, env.topic, env.event, env.payload_raw);
   std::string body = R"({"hook":"join","agent_id":)";
-  protocol::append_json_string(body, principal_.agent_id);
+  protocol::append_json_string(body, principal_->agent_id);
   body += R"(,"tenant":)";
-  protocol::append_json_string(body, principal_.tenant);
+  protocol::append_json_string(body, principal_->tenant);
   body += R"(,"key_id":)";
-  protocol::append_json_string(body, principal_.key_id);
+  protocol::append_json_string(body, principal_->key_id);
   body += R"(,"topic":)";
   protocol::append_json_string(body, env.topic);
   body += R"(,"payload":)";
   body += env.payload_raw;
   body += R"(,"data":)";
-  body += principal_.hook_data.empty() ? std::string("null") : principal_.hook_data;
+  body += principal_->hook_data.empty() ? std::string("null") : principal_->hook_data;
   body += "}";
   services_.hooks->call(hooks::Hook::join, std::move(body),
-                        [poster = socket_.poster(), alive = std::weak_ptr<int>(alive_), this,
+                        [poster = socket_.poster(), alive = alive_handle(), this,
                          frame = std::move(frame)](hooks::Verdict v) {
                           poster([alive, this, frame, v = std::move(v)] {
                             if (!alive.lock() || closed_) return;
@@ -524,8 +533,8 @@ bool Session::take_query_token(const protocol::Envelope& env) {
 }
 
 void Session::on_tick(std::int64_t now_ms) {
-  if (!principal_.via_token || closed_) return;
-  const std::int64_t exp_ms = principal_.token_exp * 1000;
+  if (!principal_->via_token || closed_) return;
+  const std::int64_t exp_ms = principal_->token_exp * 1000;
   if (now_ms >= exp_ms) {
     socket_.close(protocol::close_code::token_expired, "token expired");
     return;
