@@ -175,11 +175,11 @@ void Session::on_text(std::string_view text) {
   if (joined_[*index].pending) {
     // The join has not been answered yet: the event waits for it, in order,
     // as if the join had completed at once.
-    if (joined_[*index].waiting.size() >= max_waiting_frames) {
+    if (joined_[*index].pending->waiting.size() >= max_waiting_frames) {
       reply_error(env, reason::unmatched_topic, "the join of this topic is not complete yet; wait for its reply");
       return;
     }
-    joined_[*index].waiting.push_back(
+    joined_[*index].pending->waiting.push_back(
         protocol::encode_raw(env.join_ref, env.ref, env.topic, env.event, env.payload_raw));
     return;
   }
@@ -394,19 +394,20 @@ void Session::handle_join(const protocol::Envelope& env, bool hook_passed) {
   Joined j;
   j.topic = std::string(env.topic);
   if (env.join_ref) j.join_ref = std::string(*env.join_ref);
-  j.pending = channel->join_pending();
-  if (j.pending) {
-    j.started_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                       std::chrono::steady_clock::now().time_since_epoch())
-                       .count();
+  if (channel->join_pending()) {
+    j.pending = std::make_unique<Joined::Pending>();
+    j.pending->started_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::steady_clock::now().time_since_epoch())
+                                .count();
   }
   j.channel = std::move(channel);
   joined_.push_back(std::move(j));
 }
 
 void Session::abandon(Joined& j, std::string_view why) {
-  auto waiting = std::move(j.waiting);
-  j.waiting.clear();
+  if (!j.pending) return;
+  auto waiting = std::move(j.pending->waiting);
+  j.pending->waiting.clear();
   for (const auto& frame : waiting) {
     protocol::Envelope env;
     std::string error;
@@ -423,16 +424,15 @@ void Session::join_done(Channel& channel, bool ok) {
   const std::int64_t now_us =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
           .count();
-  services_.metrics.join_latency.observe_us(now_us - joined_[*index].started_us);
+  services_.metrics.join_latency.observe_us(now_us - joined_[*index].pending->started_us);
   if (!ok) {
     Joined j = std::move(joined_[*index]);
     remove(*index);
     abandon(j, "the join of this topic failed");
     return;  // the channel goes with `j`; its leave is a no-op
   }
-  joined_[*index].pending = false;
-  auto waiting = std::move(joined_[*index].waiting);
-  joined_[*index].waiting.clear();
+  auto waiting = std::move(joined_[*index].pending->waiting);
+  joined_[*index].pending.reset();
   for (const auto& frame : waiting) {
     protocol::Envelope env;
     std::string error;

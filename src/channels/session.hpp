@@ -72,10 +72,13 @@ class Session {
     std::optional<std::string> join_ref;
     std::unique_ptr<Channel> channel;
     // While the join is pending: when it started, and the client's events
-    // for the topic that wait for it, as frames.
-    bool pending = false;
-    std::int64_t started_us = 0;
-    std::vector<std::string> waiting;
+    // for the topic that wait for it, as frames. Null once joined: every
+    // member's entry would otherwise carry these 40 bytes for nothing.
+    struct Pending {
+      std::int64_t started_us = 0;
+      std::vector<std::string> waiting;
+    };
+    std::unique_ptr<Pending> pending;
   };
   // What a pending join holds at most; more is refused.
   static constexpr std::size_t max_waiting_frames = 64;
