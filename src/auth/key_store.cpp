@@ -135,7 +135,13 @@ auto KeyStore::guarded(F&& f) -> decltype(f()) {
 }
 
 void KeyStore::sync() {
-  store::Statement st(*db_, "PRAGMA data_version");
+  if (!data_version_stmt_) data_version_stmt_ = std::make_unique<store::Statement>(*db_, "PRAGMA data_version");
+  store::Statement& st = *data_version_stmt_;
+  // Reset whatever happens: a stepped statement keeps its read transaction.
+  struct Reset {
+    store::Statement& s;
+    ~Reset() { s.reset(); }
+  } reset{st};
   const std::int64_t v = st.step() ? st.int64(0) : -1;
   if (v != data_version_) {
     cache_.clear();

@@ -27,6 +27,7 @@
 
 namespace synapse::store {
 class Database;
+class Statement;
 }
 
 namespace synapse::auth {
@@ -117,6 +118,9 @@ class KeyStore {
   std::atomic<bool> healthy_{true};
   std::int64_t data_version_ = -1;
   std::unique_ptr<store::Database> db_;
+  // sync()'s statement, prepared once (every handshake runs it); declared
+  // after db_ so that it is finalized first.
+  std::unique_ptr<store::Statement> data_version_stmt_;
   std::unordered_map<std::string, Cached> cache_;
 };
 

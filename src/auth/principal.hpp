@@ -15,6 +15,7 @@ struct RateOverrides {
   std::int64_t msgs_per_min = -1;
   std::int64_t queries_per_min = -1;
   std::int64_t burst = -1;
+  bool operator==(const RateOverrides&) const = default;
 };
 
 struct Principal {
@@ -42,6 +43,8 @@ struct Principal {
   // The connect hook's `data`, as JSON object text (empty without one);
   // sent along to the join and publish hooks.
   std::string hook_data;
+
+  bool operator==(const Principal&) const = default;
 };
 
 }  // namespace synapse::auth

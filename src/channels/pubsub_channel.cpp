@@ -1,6 +1,6 @@
 #include "channels/pubsub_channel.hpp"
 
-#include <deque>
+#include <list>
 #include <memory>
 #include <string>
 
@@ -78,7 +78,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
     body += "}";
     session_.services().hooks->call(
         hooks::Hook::publish, std::move(body),
-        [poster = session_.socket().poster(), alive = std::weak_ptr<int>(alive_), this](hooks::Verdict v) {
+        [poster = session_.socket().poster(), alive = alive_handle(), this](hooks::Verdict v) {
           poster([alive, this, v = std::move(v)]() mutable {
             if (alive.lock()) on_publish_verdict(std::move(v));
           });
@@ -139,13 +139,13 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
   }
 
   // The broker's answer to a pending join, on this connection's thread.
-  void on_joined(pubsub::JoinResult r) {
+  void on_joined(pubsub::JoinResult r, std::optional<std::string_view> ref) {
     if (starting_) {
-      early_ = std::move(r);
+      early_ = std::make_unique<pubsub::JoinResult>(std::move(r));
       return;
     }
     pending_ = false;
-    const bool ok = answer(std::move(r));
+    const bool ok = answer(std::move(r), ref);
     // The session may destroy this channel in the call (a refused join is
     // dropped): nothing may touch it afterwards.
     session_.join_done(*this, ok);
@@ -153,10 +153,11 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
 
   // Sends the join's reply, then its backlog and presence_state; false for a
   // refusal (sent as the error reply; the broker recorded nothing).
-  bool answer(pubsub::JoinResult r) {
+  // `ref`: the join's own ref (its reply's; later frames carry join_ref only).
+  bool answer(pubsub::JoinResult r, std::optional<std::string_view> ref) {
     protocol::Envelope env;
     env.join_ref = view(join_ref_);
-    env.ref = view(ref_);
+    env.ref = ref;
     env.topic = topic_;
     env.event = "phx_join";
     if (r.presence_full) {
@@ -237,13 +238,12 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
   bool start(const protocol::Envelope& env, const pubsub::JoinRequest& req) {
     auto& broker = session_.services().broker;
     join_ref_ = copy(env.join_ref);
-    ref_ = copy(env.ref);
     wants_presence_ = req.presence;
     recover_ = req.recover.has_value();
     if (!broker.joins_async()) {
       pubsub::JoinResult r = broker.join(*this, req);
       joined_ = true;
-      return answer(std::move(r));
+      return answer(std::move(r), env.ref);
     }
     // The broker counts us from here on (leave() undoes it, or cancels the
     // join while it is pending). `this` outlives the callback: the broker
@@ -251,7 +251,10 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
     joined_ = true;
     pending_ = true;
     starting_ = true;
-    broker.join_async(*this, req, [this](pubsub::JoinResult r) { on_joined(std::move(r)); });
+    // The ref rides in the callback, held only while the join is pending.
+    broker.join_async(*this, req, [this, ref = copy(env.ref)](pubsub::JoinResult r) {
+      on_joined(std::move(r), view(ref));
+    });
     starting_ = false;
     if (early_) {
       // Answered inside the call (a broker that never waits): as a
@@ -259,7 +262,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
       pending_ = false;
       auto r = std::move(*early_);
       early_.reset();
-      return answer(std::move(r));
+      return answer(std::move(r), env.ref);
     }
     return true;
   }
@@ -269,18 +272,29 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
  private:
   Session& session_;
   std::string topic_;
-  // The join's envelope, for its reply (which may come later).
-  std::optional<std::string> join_ref_, ref_;
+  // The join's join_ref: its reply and every push carry it.
+  std::optional<std::string> join_ref_;
   bool wants_presence_ = false;
   bool recover_ = false;
   bool pending_ = false;   // join_async has not answered yet
   bool starting_ = false;  // inside join_async
-  std::optional<pubsub::JoinResult> early_;
+  // A join_async that answered inside the call; a pointer, not an optional:
+  // a JoinResult is about 120 bytes, held by every member's channel for
+  // nothing once the join is done.
+  std::unique_ptr<pubsub::JoinResult> early_;
+
+  std::weak_ptr<int> alive_handle() {
+    if (!alive_) alive_ = std::make_shared<int>(0);
+    return alive_;
+  }
+
   // Publishes waiting for the publish hook, as frames (the oldest is asked).
-  std::deque<std::string> waiting_;
+  // A list, not a deque: an empty std::deque already holds a 512-byte block
+  // and its map, and every member of a topic has a channel.
+  std::list<std::string> waiting_;
   // Hook answers find this channel through a weak handle: one that left
-  // and was destroyed is simply not found.
-  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
+  // and was destroyed is simply not found. Made by the first hook call.
+  std::shared_ptr<int> alive_;
 };
 
 bool nul_in(std::string_view s) { return s.find('\0') != std::string_view::npos; }

@@ -43,11 +43,11 @@ limits::ConnectionRates make_rates(const config::Config& cfg, const auth::Princi
 
 }  // namespace
 
-Session::Session(Socket& socket, Services& services, auth::Principal principal)
+Session::Session(Socket& socket, Services& services, std::shared_ptr<const auth::Principal> principal)
     : socket_(socket),
       services_(services),
       principal_(std::move(principal)),
-      rates_(make_rates(services.config, principal_)) {
+      rates_(make_rates(services.config, *principal_)) {
   // A token with little time left hears so at once, not at the first tick.
   on_tick(unix_ms());
 }
@@ -175,11 +175,11 @@ void Session::on_text(std::string_view text) {
   if (joined_[*index].pending) {
     // The join has not been answered yet: the event waits for it, in order,
     // as if the join had completed at once.
-    if (joined_[*index].waiting.size() >= max_waiting_frames) {
+    if (joined_[*index].pending->waiting.size() >= max_waiting_frames) {
       reply_error(env, reason::unmatched_topic, "the join of this topic is not complete yet; wait for its reply");
       return;
     }
-    joined_[*index].waiting.push_back(
+    joined_[*index].pending->waiting.push_back(
         protocol::encode_raw(env.join_ref, env.ref, env.topic, env.event, env.payload_raw));
     return;
   }
@@ -252,7 +252,7 @@ void Session::handle_phoenix(const protocol::Envelope& env) {
 
 void Session::handle_refresh(const protocol::Envelope& env) {
   const auto& cfg = services_.config;
-  if (!principal_.via_token) {
+  if (!principal_->via_token) {
     reply_error(env, reason::invalid_payload, "this connection is authenticated by API key; it has nothing to refresh");
     return;
   }
@@ -277,11 +277,11 @@ void Session::handle_refresh(const protocol::Envelope& env) {
                   auth::describe(r.status));
       return;
     }
-    if (r.claims.sub != principal_.agent_id) {
+    if (r.claims.sub != principal_->agent_id) {
       reply_error(env, reason::forbidden, "the new token names another sub");
       return;
     }
-    if ((r.claims.role == "worker") != principal_.worker) {
+    if ((r.claims.role == "worker") != principal_->worker) {
       reply_error(env, reason::forbidden, "the new token has another role");
       return;
     }
@@ -292,13 +292,15 @@ void Session::handle_refresh(const protocol::Envelope& env) {
         return;
       }
     }
-    principal_.token_exp = r.claims.exp;
-    principal_.has_topics = r.claims.has_topics;
-    principal_.topics = std::move(r.claims.topics);
-    principal_.token_caps = std::move(r.claims.caps);
-    principal_.via_idp = r.claims.from_idp;
+    auto renewed = std::make_shared<auth::Principal>(*principal_);  // the old one may be shared
+    renewed->token_exp = r.claims.exp;
+    renewed->has_topics = r.claims.has_topics;
+    renewed->topics = std::move(r.claims.topics);
+    renewed->token_caps = std::move(r.claims.caps);
+    renewed->via_idp = r.claims.from_idp;
+    principal_ = std::move(renewed);
     token_warned_ = false;
-    reply_ok(env, json::object{{"expires_at", principal_.token_exp}});
+    reply_ok(env, json::object{{"expires_at", principal_->token_exp}});
     return;
   }
   if (!env.payload->empty()) {
@@ -309,22 +311,24 @@ void Session::handle_refresh(const protocol::Envelope& env) {
     reply_error(env, reason::refresh_not_allowed, "self refresh is disabled on this server");
     return;
   }
-  if (principal_.via_idp) {
+  if (principal_->via_idp) {
     // The identity provider decides how long its sessions last.
     reply_error(env, reason::refresh_not_allowed, "identity-provider tokens are refreshed with a new token from it");
     return;
   }
   auth::TokenClaims c;
-  c.sub = principal_.agent_id;
+  c.sub = principal_->agent_id;
   c.iat = now;
   c.exp = now + cfg.token_default_ttl_s;
-  c.has_topics = principal_.has_topics;
-  c.topics = principal_.topics;
-  c.caps = principal_.token_caps;
-  c.tenant = principal_.tenant;
-  c.key_id = principal_.key_id;
-  if (principal_.worker) c.role = "worker";
-  principal_.token_exp = c.exp;
+  c.has_topics = principal_->has_topics;
+  c.topics = principal_->topics;
+  c.caps = principal_->token_caps;
+  c.tenant = principal_->tenant;
+  c.key_id = principal_->key_id;
+  if (principal_->worker) c.role = "worker";
+  auto renewed = std::make_shared<auth::Principal>(*principal_);
+  renewed->token_exp = c.exp;
+  principal_ = std::move(renewed);
   token_warned_ = false;
   reply_ok(env, json::object{{"token", auth::sign_jwt(c, services_.jwt_secret)}, {"expires_at", c.exp}});
 }
@@ -390,19 +394,20 @@ void Session::handle_join(const protocol::Envelope& env, bool hook_passed) {
   Joined j;
   j.topic = std::string(env.topic);
   if (env.join_ref) j.join_ref = std::string(*env.join_ref);
-  j.pending = channel->join_pending();
-  if (j.pending) {
-    j.started_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                       std::chrono::steady_clock::now().time_since_epoch())
-                       .count();
+  if (channel->join_pending()) {
+    j.pending = std::make_unique<Joined::Pending>();
+    j.pending->started_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::steady_clock::now().time_since_epoch())
+                                .count();
   }
   j.channel = std::move(channel);
   joined_.push_back(std::move(j));
 }
 
 void Session::abandon(Joined& j, std::string_view why) {
-  auto waiting = std::move(j.waiting);
-  j.waiting.clear();
+  if (!j.pending) return;
+  auto waiting = std::move(j.pending->waiting);
+  j.pending->waiting.clear();
   for (const auto& frame : waiting) {
     protocol::Envelope env;
     std::string error;
@@ -419,16 +424,15 @@ void Session::join_done(Channel& channel, bool ok) {
   const std::int64_t now_us =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
           .count();
-  services_.metrics.join_latency.observe_us(now_us - joined_[*index].started_us);
+  services_.metrics.join_latency.observe_us(now_us - joined_[*index].pending->started_us);
   if (!ok) {
     Joined j = std::move(joined_[*index]);
     remove(*index);
     abandon(j, "the join of this topic failed");
     return;  // the channel goes with `j`; its leave is a no-op
   }
-  joined_[*index].pending = false;
-  auto waiting = std::move(joined_[*index].waiting);
-  joined_[*index].waiting.clear();
+  auto waiting = std::move(joined_[*index].pending->waiting);
+  joined_[*index].pending.reset();
   for (const auto& frame : waiting) {
     protocol::Envelope env;
     std::string error;
@@ -445,25 +449,30 @@ void Session::join_done(Channel& channel, bool ok) {
   }
 }
 
+std::weak_ptr<int> Session::alive_handle() {
+  if (!alive_) alive_ = std::make_shared<int>(0);
+  return alive_;
+}
+
 void Session::ask_join_hook(const protocol::Envelope& env) {
   // The frame is kept as text and decoded again when the answer comes: the
   // envelope's views point into a buffer that is gone by then.
   std::string frame = protocol::encode_raw(env.join_ref, env.ref, env.topic, env.event, env.payload_raw);
   std::string body = R"({"hook":"join","agent_id":)";
-  protocol::append_json_string(body, principal_.agent_id);
+  protocol::append_json_string(body, principal_->agent_id);
   body += R"(,"tenant":)";
-  protocol::append_json_string(body, principal_.tenant);
+  protocol::append_json_string(body, principal_->tenant);
   body += R"(,"key_id":)";
-  protocol::append_json_string(body, principal_.key_id);
+  protocol::append_json_string(body, principal_->key_id);
   body += R"(,"topic":)";
   protocol::append_json_string(body, env.topic);
   body += R"(,"payload":)";
   body += env.payload_raw;
   body += R"(,"data":)";
-  body += principal_.hook_data.empty() ? std::string("null") : principal_.hook_data;
+  body += principal_->hook_data.empty() ? std::string("null") : principal_->hook_data;
   body += "}";
   services_.hooks->call(hooks::Hook::join, std::move(body),
-                        [poster = socket_.poster(), alive = std::weak_ptr<int>(alive_), this,
+                        [poster = socket_.poster(), alive = alive_handle(), this,
                          frame = std::move(frame)](hooks::Verdict v) {
                           poster([alive, this, frame, v = std::move(v)] {
                             if (!alive.lock() || closed_) return;
@@ -524,8 +533,8 @@ bool Session::take_query_token(const protocol::Envelope& env) {
 }
 
 void Session::on_tick(std::int64_t now_ms) {
-  if (!principal_.via_token || closed_) return;
-  const std::int64_t exp_ms = principal_.token_exp * 1000;
+  if (!principal_->via_token || closed_) return;
+  const std::int64_t exp_ms = principal_->token_exp * 1000;
   if (now_ms >= exp_ms) {
     socket_.close(protocol::close_code::token_expired, "token expired");
     return;

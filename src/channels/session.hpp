@@ -23,7 +23,9 @@ namespace synapse::channels {
 
 class Session {
  public:
-  Session(Socket& socket, Services& services, auth::Principal principal);
+  // `principal` may be shared with other connections of the same
+  // credential (auth::PrincipalPool); a refresh replaces this session's.
+  Session(Socket& socket, Services& services, std::shared_ptr<const auth::Principal> principal);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -44,7 +46,7 @@ class Session {
   // with phx_close. False when the topic is not joined.
   bool unsubscribe(std::string_view topic);
 
-  const auth::Principal& principal() const noexcept { return principal_; }
+  const auth::Principal& principal() const noexcept { return *principal_; }
   Socket& socket() noexcept { return socket_; }
   Services& services() noexcept { return services_; }
 
@@ -70,10 +72,13 @@ class Session {
     std::optional<std::string> join_ref;
     std::unique_ptr<Channel> channel;
     // While the join is pending: when it started, and the client's events
-    // for the topic that wait for it, as frames.
-    bool pending = false;
-    std::int64_t started_us = 0;
-    std::vector<std::string> waiting;
+    // for the topic that wait for it, as frames. Null once joined: every
+    // member's entry would otherwise carry these 40 bytes for nothing.
+    struct Pending {
+      std::int64_t started_us = 0;
+      std::vector<std::string> waiting;
+    };
+    std::unique_ptr<Pending> pending;
   };
   // What a pending join holds at most; more is refused.
   static constexpr std::size_t max_waiting_frames = 64;
@@ -97,14 +102,16 @@ class Session {
 
   Socket& socket_;
   Services& services_;
-  auth::Principal principal_;
+  std::shared_ptr<const auth::Principal> principal_;
   limits::ConnectionRates rates_;
   std::vector<std::int64_t> malformed_at_;  // ms; only misbehaving clients grow it
   std::vector<Joined> joined_;
   bool token_warned_ = false;
   bool closed_ = false;
-  // Hook answers find this session through a weak handle (it dies with it).
-  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
+  std::weak_ptr<int> alive_handle();
+  // Hook answers find this session through a weak handle (it dies with it);
+  // made by the first hook call.
+  std::shared_ptr<int> alive_;
 };
 
 }  // namespace synapse::channels

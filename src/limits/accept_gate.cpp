@@ -6,19 +6,19 @@
 namespace synapse::limits {
 
 SocketPermit::SocketPermit(SocketPermit&& o) noexcept
-    : gate_(std::exchange(o.gate_, nullptr)), ip_(std::move(o.ip_)) {}
+    : gate_(std::exchange(o.gate_, nullptr)), ip_(std::exchange(o.ip_, nullptr)) {}
 
 SocketPermit& SocketPermit::operator=(SocketPermit&& o) noexcept {
   if (this != &o) {
     release();
     gate_ = std::exchange(o.gate_, nullptr);
-    ip_ = std::move(o.ip_);
+    ip_ = std::exchange(o.ip_, nullptr);
   }
   return *this;
 }
 
 void SocketPermit::release() noexcept {
-  if (gate_) std::exchange(gate_, nullptr)->give_back(ip_);
+  if (gate_) std::exchange(gate_, nullptr)->give_back(*ip_);
 }
 
 AcceptVerdict AcceptGate::admit(std::string_view ip, SocketPermit& out) {
@@ -36,7 +36,7 @@ AcceptVerdict AcceptGate::admit(std::string_view ip, SocketPermit& out) {
   ++open_;
   out.release();
   out.gate_ = this;
-  out.ip_ = it->first;
+  out.ip_ = &it->first;
   return AcceptVerdict::ok;
 }
 

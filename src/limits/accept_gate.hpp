@@ -48,7 +48,7 @@ class SocketPermit {
  private:
   friend class AcceptGate;
   AcceptGate* gate_ = nullptr;
-  std::string ip_;
+  const std::string* ip_ = nullptr;  // the gate's map key: it stays while a permit counts in it
 };
 
 class AcceptGate {

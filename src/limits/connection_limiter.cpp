@@ -3,14 +3,16 @@
 namespace synapse::limits {
 
 Permit::Permit(Permit&& o) noexcept
-    : limiter_(std::exchange(o.limiter_, nullptr)), ip_(std::move(o.ip_)), key_(std::move(o.key_)) {}
+    : limiter_(std::exchange(o.limiter_, nullptr)),
+      ip_(std::exchange(o.ip_, nullptr)),
+      key_(std::exchange(o.key_, nullptr)) {}
 
 Permit& Permit::operator=(Permit&& o) noexcept {
   if (this != &o) {
     release();
     limiter_ = std::exchange(o.limiter_, nullptr);
-    ip_ = std::move(o.ip_);
-    key_ = std::move(o.key_);
+    ip_ = std::exchange(o.ip_, nullptr);
+    key_ = std::exchange(o.key_, nullptr);
   }
   return *this;
 }
@@ -66,9 +68,12 @@ void ConnectionLimiter::undo_local(std::string_view ip, std::string_view key, bo
 
 Permit ConnectionLimiter::make_permit(std::string_view ip, std::string_view key, bool key_counted) {
   Permit p;
+  std::lock_guard lock(mu_);
+  // Node-based maps: a key stays where it is (rehashes included) while its
+  // entry lives, and the counts taken for this permit keep it alive.
   p.limiter_ = this;
-  p.ip_ = std::string(ip);
-  p.key_ = key_counted ? std::string(key) : std::string();
+  p.ip_ = &ips_.find(std::string(ip))->first;
+  p.key_ = key_counted ? &keys_.find(std::string(key))->first : nullptr;
   return p;
 }
 
@@ -133,23 +138,34 @@ void ConnectionLimiter::admit_async(std::string_view ip, std::string_view key, b
                          });
 }
 
-void ConnectionLimiter::give_back(const std::string& ip, const std::string& key) noexcept {
+void ConnectionLimiter::give_back(const std::string* ip, const std::string* key) noexcept {
+  // The fields first: `ip` and `key` are this limiter's map keys, gone once
+  // their entries are erased below.
+  std::string ipf, keyf;
+  bool fields = false;
+  if (shared_) {
+    try {
+      ipf = ip_field(*ip);
+      keyf = key ? key_field(*key) : std::string();
+      fields = true;
+    } catch (...) {
+      // Out of memory while building a field: the counts are written again
+      // in full on the next re-registration.
+    }
+  }
   {
     std::lock_guard lock(mu_);
-    if (auto it = ips_.find(ip); it != ips_.end() && it->second.open > 0) --it->second.open;
-    if (!key.empty()) {
-      if (auto it = keys_.find(key); it != keys_.end()) {
+    if (auto it = ips_.find(*ip); it != ips_.end() && it->second.open > 0) --it->second.open;
+    if (key) {
+      if (auto it = keys_.find(*key); it != keys_.end()) {
         if (--it->second <= 0) keys_.erase(it);
       }
     }
   }
-  if (shared_) {
+  if (fields && (!ipf.empty() || !keyf.empty())) {
     try {
-      const std::string ipf = ip_field(ip), keyf = key_field(key);
-      if (!ipf.empty() || !keyf.empty()) shared_->release(ipf, keyf);
+      shared_->release(ipf, keyf);
     } catch (...) {
-      // Out of memory while building a field: the counts are written again
-      // in full on the next re-registration.
     }
   }
 }

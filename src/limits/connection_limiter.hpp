@@ -45,9 +45,12 @@ class Permit {
 
  private:
   friend class ConnectionLimiter;
+  // The limiter's own map keys: an entry stays while a permit counts in it,
+  // so a permit holds no copy of the address or the key (every connection
+  // holds a permit).
   ConnectionLimiter* limiter_ = nullptr;
-  std::string ip_;
-  std::string key_;  // empty when the key is not counted (unlimited)
+  const std::string* ip_ = nullptr;
+  const std::string* key_ = nullptr;  // null when the key is not counted (unlimited)
 };
 
 struct AdmissionResult {
@@ -89,13 +92,15 @@ class ConnectionLimiter {
 
  private:
   friend class Permit;
-  void give_back(const std::string& ip, const std::string& key) noexcept;
+  void give_back(const std::string* ip, const std::string* key) noexcept;
   // The local half of an admission, under the lock: refuses, or counts and
   // sets the shared fields to ask about (empty: nothing to ask).
   std::optional<AdmissionResult> admit_locally(std::string_view ip, std::string_view key, bool count_key,
                                                std::string& ipf, std::string& keyf, bool& key_counted);
   // The shared store refused: the local counts go back (under the lock).
   void undo_local(std::string_view ip, std::string_view key, bool key_counted);
+  // A permit for counts admit_locally() took (and holds, so the entries
+  // its pointers name stay): looks the map keys up under the lock.
   Permit make_permit(std::string_view ip, std::string_view key, bool key_counted);
   std::string ip_field(std::string_view ip) const;
   static std::string key_field(std::string_view key) { return key.empty() ? std::string() : "k:" + std::string(key); }

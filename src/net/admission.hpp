@@ -4,6 +4,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -57,6 +58,9 @@ std::string limit_key(const auth::Principal& p);
 // Whether the key behind an admitted principal was revoked since (checked
 // again when the connection is registered on its thread; see http_session).
 bool revoked_since_admission(const auth::Principal& p, auth::KeyStore& keys);
+inline bool revoked_since_admission(const std::shared_ptr<const auth::Principal>& p, auth::KeyStore& keys) {
+  return revoked_since_admission(*p, keys);
+}
 
 // The allow-list rule: "*" allows any Origin; otherwise an exact
 // (case-insensitive) match or a pattern (origin_pattern_matches); an empty

@@ -1,5 +1,9 @@
 #include "net/http_session.hpp"
 
+#include <sys/socket.h>
+
+#include <cerrno>
+
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
@@ -8,7 +12,7 @@
 #include <array>
 #include <cstdio>
 #include <cstring>
-#include <deque>
+#include <list>
 #include <optional>
 #include <string_view>
 #include <spdlog/spdlog.h>
@@ -217,10 +221,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // is answered as the plain route would answer it (404, 405, 200...).
   static bool upgrade_path(std::string_view target) { return on_path(target, websocket_path); }
 
-  static bool on_path(std::string_view target, std::string_view path) {
-    RequestTarget t;
-    return parse_target(target, t) && t.path == path;
-  }
+  static bool on_path(std::string_view target, std::string_view path) { return target_path_is(target, path); }
 
  public:
   // --- /mcp: the transport side (channels/mcp_endpoint.hpp is the protocol) ---
@@ -497,11 +498,13 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     // Admission may wait on the JWKS or the connect hook (never on this
     // thread): it continues in on_admitted, posted back here.
+    admitting_now_ = true;  // on_admitted called from inside admit_upgrade: judged in this handler
     admit_upgrade(
         u, ctx_, [self = shared_from_this()](Task t) { asio::post(self->thread_.ioc, std::move(t)); },
         [self = shared_from_this(), key, extensions = std::move(extensions)](AdmissionOutcome outcome) {
           self->on_admitted(key, extensions, std::move(outcome));
         });
+    admitting_now_ = false;
   }
 
   void on_admitted(const std::string& key, const std::string& extensions, AdmissionOutcome outcome) {
@@ -514,38 +517,65 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
 
     const auto digest = core::sha1(key + std::string(ws_guid));
-    auto response = std::make_shared<std::string>(
+    std::string response =
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Accept: " +
         core::base64_encode(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size())) +
-        (extensions.empty() ? std::string() : "\r\nSec-WebSocket-Extensions: " + extensions) + "\r\n\r\n");
+        (extensions.empty() ? std::string() : "\r\nSec-WebSocket-Extensions: " + extensions) + "\r\n\r\n";
     // Bytes the client sent after the request (its first frames) go along.
     std::string early(static_cast<const char*>(buffer_.data().data()), buffer_.size());
-    auto info = std::make_shared<ConnectionInfo>();
-    info->id = id_;
-    info->peer = peer_;
-    info->principal = std::move(outcome.principal);
-    info->permit = std::move(outcome.permit);
-    info->socket_permit = std::move(socket_permit_);
-    info->deflate = !extensions.empty();
+    ConnectionInfo info;
+    info.id = id_;
+    info.peer = peer_;
+    info.principal = thread_.principals.share(std::move(outcome.principal));
+    info.permit = std::move(outcome.permit);
+    info.socket_permit = std::move(socket_permit_);
+    info.deflate = !extensions.empty();
     timer_.cancel();
-    asio::async_write(socket_, asio::buffer(*response),
-                      [self = shared_from_this(), response, info, early = std::move(early)](
+    std::size_t sent = 0;
+    if (admitting_now_ && !socket_.tls() && socket_.socket().native_non_blocking()) {
+      // The usual case: admission judged the credential in this very
+      // handler (no hook, no key-set refresh), and a fresh socket's send
+      // buffer takes the 101 at once. The connection is then listed in this
+      // same handler as the check, so a revocation the check missed was
+      // committed after it and the poll that sees it posts its close behind
+      // this handler: no second look at the key store is needed. Not for
+      // TLS: its 101 is a record the session encrypts (async_write below).
+      const ssize_t n = ::send(socket_.socket().native_handle(), response.data(), response.size(), MSG_NOSIGNAL);
+      if (n == static_cast<ssize_t>(response.size())) {
+        become_websocket(std::move(info), std::move(early), false);
+        return;
+      }
+      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        error_code ignored;
+        socket_.close(ignored);  // the permits go with `info`
+        return;
+      }
+      if (n > 0) sent = static_cast<std::size_t>(n);
+    }
+    auto pending = std::make_shared<std::string>(std::move(response));
+    auto held = std::make_shared<ConnectionInfo>(std::move(info));
+    asio::async_write(socket_, asio::buffer(pending->data() + sent, pending->size() - sent),
+                      [self = shared_from_this(), pending, held, early = std::move(early)](
                           const error_code& ec, std::size_t) mutable {
-                        if (ec) return;  // the permit is released with `info`
-                        const bool revoked = revoked_since_admission(info->principal, self->ctx_.services.keys);
-                        info->tls = self->socket_.release_tls();
-                        auto conn = std::make_shared<Connection>(self->thread_, std::move(self->socket_.socket()),
-                                                                 std::move(*info), self->ctx_.services);
-                        self->thread_.connections.push_front(conn);
-                        conn->self_in_thread = self->thread_.connections.begin();
-                        conn->start(std::move(early));
+                        if (ec) return;  // the permit is released with `held`
                         // Registered first, checked second: a revocation the
                         // check misses was committed after it, so the poll
                         // that sees it posts its close to this thread after
                         // this handler, and finds the connection listed.
-                        if (revoked) conn->close(protocol::close_code::revoked, "credentials revoked");
+                        const bool revoked = revoked_since_admission(held->principal, self->ctx_.services.keys);
+                        self->become_websocket(std::move(*held), std::move(early), revoked);
                       });
+  }
+
+  // The 101 has left: the socket becomes a WebSocket connection of this thread.
+  void become_websocket(ConnectionInfo info, std::string early, bool revoked) {
+    info.tls = socket_.release_tls();
+    auto conn = std::make_shared<Connection>(thread_, std::move(socket_.socket()), std::move(info), ctx_.services);
+    thread_.connections.push_front(conn);
+    conn->self_in_thread = thread_.connections.begin();
+    conn->start(std::move(early));
+    if (revoked) conn->close(protocol::close_code::revoked, "credentials revoked");
   }
 
   void respond(HttpResponse r, bool keep_alive) {
@@ -617,13 +647,14 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::string peer_ip_;
   std::string peer_;
   bool served_any_ = false;
+  bool admitting_now_ = false;  // inside handle_upgrade's call of admit_upgrade
   // /mcp
   bool mcp_keep_alive_ = true;
   bool mcp_chunked_ = true;  // an HTTP/1.1 request: SSE answers use chunked encoding
   std::optional<std::string> mcp_origin_;  // an allowed Origin: CORS headers on the answer
   Sse sse_ = Sse::none;
   std::shared_ptr<channels::McpExchange> sse_ex_;  // held while its stream is open
-  std::deque<std::string> sse_out_;
+  std::list<std::string> sse_out_;  // not a deque: an empty one allocates 576 bytes, per upgrade
   std::size_t sse_queued_ = 0;  // bytes in sse_out_
   std::int64_t sse_last_write_ms_ = 0;
   bool sse_writing_ = false;

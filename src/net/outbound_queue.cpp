@@ -4,31 +4,52 @@
 
 namespace synapse::net {
 namespace {
-constexpr std::size_t initial_slots = 8;  // a power of two, as every capacity
-constexpr std::size_t kept_slots = 64;    // ring kept when the queue empties
+constexpr std::uint32_t initial_slots = 8;  // a power of two, as every capacity
+constexpr std::uint32_t kept_slots = 64;    // ring kept when the queue empties
 }  // namespace
 
 void OutboundQueue::grow() {
-  const std::size_t cap = ring_.empty() ? initial_slots : ring_.size() * 2;
-  std::vector<wire::Message> bigger(cap);
+  if (capacity_ == 0) {
+    ring_ = &one_;
+    capacity_ = 1;
+    head_ = 0;
+    return;
+  }
+  const std::uint32_t cap = capacity_ == 1 ? initial_slots : capacity_ * 2;
+  auto* bigger = new wire::Message[cap];
   for (std::size_t i = 0; i < count_; ++i) bigger[i] = std::move(ring_[slot(i)]);
-  ring_.swap(bigger);
+  if (capacity_ > 1) delete[] ring_;
+  ring_ = bigger;
+  capacity_ = cap;
+  head_ = 0;
+}
+
+void OutboundQueue::free_ring() noexcept {
+  if (capacity_ > 1) delete[] ring_;
+  one_ = wire::Message();
+  ring_ = nullptr;
+  capacity_ = 0;
   head_ = 0;
 }
 
 void OutboundQueue::push(wire::Message msg, bool exempt) {
-  if (count_ == ring_.size()) grow();
+  if (count_ == capacity_) grow();
   const std::size_t n = msg.size();
-  if (exempt && n > 0) exempt_.emplace_back(pushed_, pushed_ + n);
+  if (exempt && n > 0) {
+    if (!exempt_) exempt_ = std::make_unique<Exempt>();
+    exempt_->emplace_back(pushed_, pushed_ + n);
+  }
   pushed_ += n;
   bytes_ += n;
+  pushed_recently_ = true;
   ring_[slot(count_)] = std::move(msg);
   ++count_;
 }
 
 std::size_t OutboundQueue::exempt_bytes() const noexcept {
   std::size_t n = 0;
-  for (const auto& [begin, end] : exempt_) n += static_cast<std::size_t>(end - std::max(begin, consumed_));
+  if (!exempt_) return n;
+  for (const auto& [begin, end] : *exempt_) n += static_cast<std::size_t>(end - std::max(begin, consumed_));
   return n;
 }
 
@@ -48,11 +69,12 @@ std::size_t OutboundQueue::consume(std::size_t n) noexcept {
   std::size_t done = 0;
   bytes_ -= n;
   consumed_ += n;
-  if (!exempt_.empty()) {
+  if (exempt_) {
     // Ranges are in stream order; drop those written out completely.
     std::size_t gone = 0;
-    while (gone < exempt_.size() && exempt_[gone].second <= consumed_) ++gone;
-    exempt_.erase(exempt_.begin(), exempt_.begin() + static_cast<std::ptrdiff_t>(gone));
+    while (gone < exempt_->size() && (*exempt_)[gone].second <= consumed_) ++gone;
+    exempt_->erase(exempt_->begin(), exempt_->begin() + static_cast<std::ptrdiff_t>(gone));
+    if (exempt_->empty()) exempt_.reset();
   }
   while (n > 0 && count_ > 0) {
     wire::Message& m = ring_[head_];
@@ -64,13 +86,13 @@ std::size_t OutboundQueue::consume(std::size_t n) noexcept {
     n -= left;
     m = wire::Message();
     head_sent_ = 0;
-    head_ = (head_ + 1) & (ring_.size() - 1);
+    head_ = (head_ + 1) & (capacity_ - 1);
     --count_;
     ++done;
   }
   if (count_ == 0) {
     head_ = 0;
-    if (ring_.size() > kept_slots) std::vector<wire::Message>().swap(ring_);
+    if (capacity_ > kept_slots) free_ring();
   }
   return done;
 }
@@ -89,15 +111,24 @@ void OutboundQueue::drop_unsent() noexcept {
   count_ = 1;
   // Only the head's bytes remain in the stream.
   pushed_ = consumed_ + bytes_;
-  std::erase_if(exempt_, [&](const auto& r) { return r.first >= pushed_; });
-  for (auto& r : exempt_) r.second = std::min(r.second, pushed_);
+  if (exempt_) {
+    std::erase_if(*exempt_, [&](const auto& r) { return r.first >= pushed_; });
+    for (auto& r : *exempt_) r.second = std::min(r.second, pushed_);
+    if (exempt_->empty()) exempt_.reset();
+  }
+}
+
+void OutboundQueue::release_if_idle() noexcept {
+  if (count_ == 0 && !pushed_recently_ && capacity_ > 1) free_ring();
+  pushed_recently_ = false;
 }
 
 void OutboundQueue::clear() noexcept {
-  std::vector<wire::Message>().swap(ring_);
-  head_ = count_ = bytes_ = head_sent_ = 0;
+  free_ring();
+  count_ = 0;
+  bytes_ = head_sent_ = 0;
   pushed_ = consumed_ = 0;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>>().swap(exempt_);
+  exempt_.reset();
 }
 
 }  // namespace synapse::net

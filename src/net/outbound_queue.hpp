@@ -3,13 +3,16 @@
 //
 // A ring of Message handles (one pointer each, power-of-two capacity); a
 // queue that drains keeps a small ring (64 slots, 512 bytes) so bursts do not
-// regrow it, and returns anything larger.
+// regrow it, and returns anything larger. A queue that stays empty from one
+// release_if_idle() to the next (the thread's sweep, 4 times a second)
+// returns its ring too, so an idle connection holds none.
 #pragma once
 
 #include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -19,6 +22,11 @@ namespace synapse::net {
 
 class OutboundQueue {
  public:
+  OutboundQueue() = default;
+  ~OutboundQueue() { free_ring(); }
+  OutboundQueue(const OutboundQueue&) = delete;  // ring_ may point into the object
+  OutboundQueue& operator=(const OutboundQueue&) = delete;
+
   // `exempt`: the message's bytes are left out of counted_bytes() while
   // they wait (a join's initial output, see channels::Socket::send_initial).
   void push(wire::Message msg, bool exempt = false);
@@ -36,24 +44,38 @@ class OutboundQueue {
   std::size_t consume(std::size_t n) noexcept;
   // Drops everything and frees the ring.
   void clear() noexcept;
+  // Frees the ring if the queue is empty and nothing was pushed since the
+  // previous call.
+  void release_if_idle() noexcept;
   // Drops every message not yet started; a partly written head stays so the
   // byte stream never breaks inside a frame.
   void drop_unsent() noexcept;
 
  private:
-  void grow();
-  std::size_t slot(std::size_t i) const noexcept { return (head_ + i) & (ring_.size() - 1); }
+  using Exempt = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
 
-  std::vector<wire::Message> ring_;
-  std::size_t head_ = 0;
-  std::size_t count_ = 0;
+  void grow();
+  void free_ring() noexcept;
+  std::size_t slot(std::size_t i) const noexcept { return (head_ + i) & (capacity_ - 1); }
+
+  // Every connection has one of these: the fields are sized to keep it
+  // small (a ring of at most 2^32 slots; exempt ranges, rare, behind a
+  // pointer). The first slot is `one_`, inside the object: a queue that
+  // never holds more than one message at a time (a join reply, a heartbeat
+  // reply) allocates no ring at all; the second message moves it to the heap.
+  wire::Message* ring_ = nullptr;  // &one_ when capacity_ == 1, else owned
+  wire::Message one_;
+  std::uint32_t capacity_ = 0;
+  std::uint32_t head_ = 0;
+  std::uint32_t count_ = 0;
+  bool pushed_recently_ = false;  // since the last release_if_idle()
   std::size_t bytes_ = 0;
   std::size_t head_sent_ = 0;  // bytes of the head message already written
   // Exempt messages as [begin, end) positions in the byte stream (bytes
-  // ever pushed); usually none, so the write path only tests empty().
+  // ever pushed); usually none, so the write path only tests for them.
   std::uint64_t pushed_ = 0;
   std::uint64_t consumed_ = 0;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> exempt_;
+  std::unique_ptr<Exempt> exempt_;
 };
 
 }  // namespace synapse::net

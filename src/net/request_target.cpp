@@ -60,6 +60,29 @@ bool parse_target(std::string_view target, RequestTarget& out) {
   return true;
 }
 
+bool target_path_is(std::string_view target, std::string_view path) {
+  // The same checks as parse_target, in the same order.
+  thread_local std::string scratch;
+  if (target.empty() || target.front() != '/') return false;
+  const auto q = target.find('?');
+  const auto raw_path = target.substr(0, q);
+  if (raw_path.find('#') != std::string_view::npos) return false;
+  if (!decode(raw_path, false, scratch) || scratch != path) return false;
+  if (q == std::string_view::npos) return true;
+  auto rest = target.substr(q + 1);
+  if (const auto hash = rest.find('#'); hash != std::string_view::npos) rest = rest.substr(0, hash);
+  while (!rest.empty()) {
+    const auto amp = rest.find('&');
+    const auto pair = rest.substr(0, amp);
+    rest = amp == std::string_view::npos ? std::string_view() : rest.substr(amp + 1);
+    if (pair.empty()) continue;
+    const auto eq = pair.find('=');
+    if (!decode(pair.substr(0, eq), true, scratch)) return false;
+    if (eq != std::string_view::npos && !decode(pair.substr(eq + 1), true, scratch)) return false;
+  }
+  return true;
+}
+
 std::optional<std::string_view> query_param(const RequestTarget& t, std::string_view name) {
   for (const auto& [k, v] : t.query) {
     if (k == name) return std::string_view(v);

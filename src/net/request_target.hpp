@@ -19,6 +19,11 @@ struct RequestTarget {
 // decoded NUL or control characters.
 bool parse_target(std::string_view target, RequestTarget& out);
 
+// parse_target(target, t) && t.path == path, without keeping anything (no
+// allocation once the thread's scratch buffer has grown): which endpoint a
+// request is for.
+bool target_path_is(std::string_view target, std::string_view path);
+
 // The first value of `name`, if present.
 std::optional<std::string_view> query_param(const RequestTarget& t, std::string_view name);
 

@@ -2,7 +2,10 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -29,10 +32,32 @@ constexpr std::size_t max_iov = 512;
 constexpr int max_reads_per_wakeup = 16;
 }  // namespace
 
+namespace {
+// Takes the descriptor out of Asio (its reactor forgets it: one epoll_ctl
+// DEL) for the thread's own epoll set. Asio has made it non-blocking while
+// serving the upgrade; only if not, it is done here.
+int take_descriptor(asio::ip::tcp::socket& socket) {
+  const bool non_blocking = socket.native_non_blocking();
+  error_code ec;
+  const int fd = socket.release(ec);
+  if (ec || fd < 0) return -1;
+  if (!non_blocking) {
+    int on = 1;
+    ::ioctl(fd, FIONBIO, &on);
+  }
+  return fd;
+}
+}  // namespace
+
+void WsSocket::close() noexcept {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
 Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, ConnectionInfo info,
                        channels::Services& services)
     : thread_(thread),
-      socket_(std::move(socket)),
+      socket_(take_descriptor(socket)),
       info_(std::move(info)),
       services_(services),
       reader_(static_cast<std::size_t>(services.config.max_message_bytes), wire::Role::server),
@@ -52,19 +77,36 @@ Connection::~Connection() = default;
 
 void Connection::start(std::string early) {
   opened_ms_ = last_rx_ms_ = mono_ms();
-  // Reads and writes below are direct non-blocking syscalls. Asio has made
-  // the descriptor non-blocking already while serving the upgrade; only if
-  // not, do it here. TCP_NODELAY came from the listener.
-  error_code ec;
-  if (!socket_.native_non_blocking()) socket_.native_non_blocking(true, ec);
+  // Reads and writes below are direct non-blocking syscalls (the
+  // descriptor is non-blocking, see take_descriptor). TCP_NODELAY came from
+  // the listener.
   services_.metrics.connections_open.fetch_add(1, std::memory_order_relaxed);
   metrics::bump(services_.metrics.connections_total);
-  spdlog::info("conn {} opened peer={} agent={} thread={}", info_.id, info_.peer, info_.principal.agent_id,
+  spdlog::info("conn {} opened peer={} agent={} thread={}", info_.id, info_.peer, info_.principal->agent_id,
                thread_.index);
   session_.emplace(*this, services_, std::move(info_.principal));
-  info_.principal = auth::Principal{};
+  if (!socket_.is_open() || !thread_.watch(socket_.native_handle(), this)) {
+    abort(socket_.is_open() ? std::strerror(errno) : "the socket could not be taken from the upgrade");
+    return;
+  }
   if (!early.empty()) process(early.data(), early.size());
   read_some();
+}
+
+void Connection::on_ready(std::uint32_t events) {
+  if (state_ == State::closed) return;
+  auto self = shared_from_this();
+  // An error or hang-up wakes both sides: the read or write that follows
+  // meets it and ends the connection.
+  const bool failed = (events & (EPOLLERR | EPOLLHUP)) != 0;
+  if (write_armed_ && (failed || (events & EPOLLOUT))) {
+    write_armed_ = false;
+    flush();
+  }
+  if (read_armed_ && state_ != State::closed && (failed || (events & EPOLLIN))) {
+    read_armed_ = false;
+    read_some();
+  }
 }
 
 std::string_view Connection::key_id() const {
@@ -169,38 +211,33 @@ void Connection::write_out() {
   }
 }
 
-void Connection::arm_write() {
-  write_armed_ = true;
-  socket_.async_wait(asio::socket_base::wait_write, [self = shared_from_this()](const error_code& ec) {
-    self->write_armed_ = false;
-    if (self->state_ == State::closed) return;
-    if (ec) {
-      self->abort(ec.message());
-      return;
-    }
-    self->flush();
-  });
-}
+// The descriptor is in the thread's epoll set for output since start(): a
+// write that met EAGAIN only waits for the next EPOLLOUT edge.
+void Connection::arm_write() { write_armed_ = true; }
 
 // --- input ------------------------------------------------------------------
 
+// As arm_write: input edges arrive whatever is armed; an armed connection
+// reads on the next one. Every read drains the socket (or yields with a
+// read posted), so no edge is missed while unarmed.
 void Connection::arm_read() {
-  if (read_armed_ || state_ == State::closed) return;
+  if (state_ == State::closed) return;
   read_armed_ = true;
-  socket_.async_wait(asio::socket_base::wait_read, [self = shared_from_this()](const error_code& ec) {
-    self->read_armed_ = false;
-    if (self->state_ == State::closed) return;
-    if (ec) {
-      self->abort(ec.message());
-      return;
-    }
-    self->read_some();
-  });
 }
 
 // Reads until the socket is drained before waiting again: the reactor is
 // edge-triggered, so readiness that is not drained would not be reported a
 // second time.
+//
+// TLS connections take the same epoll path, not Asio's: TlsSession::read
+// keeps calling SSL_read until its buffer is full or SSL_read wants more
+// from the socket, and with read-ahead that happens only once the records
+// OpenSSL buffered (SSL_pending and any partial record) are used up and the
+// socket itself answered EAGAIN. So "drained" means the same thing for both,
+// and a record buffered inside OpenSSL never waits for an edge that will not
+// come. (A full buffer or the read budget loops or re-posts the read, as for
+// plain.) Its writes go to our own buffer BIO, so SSL_read never blocks on
+// the socket for output.
 void Connection::read_some() {
   auto self = shared_from_this();
   const int fd = socket_.native_handle();
@@ -336,8 +373,8 @@ void Connection::finalize() {
   services_.metrics.count_close(close_code_);
   spdlog::info("conn {} closed code={} reason=\"{}\" duration_ms={} peer={} agent={}", info_.id, close_code_,
                close_reason_, mono_ms() - opened_ms_, info_.peer, agent);
-  error_code ec;
-  socket_.close(ec);
+  thread_.forget(this);
+  socket_.close();
   thread_.connections.erase(self_in_thread);
 }
 
@@ -348,6 +385,7 @@ void Connection::tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms) {
       begin_close(protocol::close_code::idle_timeout, "idle timeout");
       return;
     }
+    out_.release_if_idle();
     session_->on_tick(now_unix_ms);
   } else if (state_ == State::closing && now_mono_ms - closing_since_ms_ >= close_wait_ms) {
     finalize();

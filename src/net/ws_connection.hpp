@@ -7,7 +7,9 @@
 //
 // Reads are readiness-based: wait until readable, then recv into the thread's
 // shared buffer until EAGAIN. Only a frame split across reads is copied into
-// the connection, so idle connections hold no read buffer.
+// the connection, so idle connections hold no read buffer. Readiness comes
+// from the thread's own epoll set (IoThread::watch), not from Asio: the
+// socket leaves Asio's reactor once upgraded.
 #pragma once
 
 #include <boost/asio/ip/tcp.hpp>
@@ -32,11 +34,28 @@ namespace synapse::net {
 struct ConnectionInfo {
   std::uint64_t id = 0;
   std::string peer;  // ip:port, for logs
-  auth::Principal principal;
+  std::shared_ptr<const auth::Principal> principal;  // shared by the credential's connections (IoThread::principals)
   limits::Permit permit;
   limits::SocketPermit socket_permit;  // from accept; held until the socket closes
   bool deflate = false;  // permessage-deflate was negotiated in the upgrade
   TlsPtr tls;  // the session's TLS, when the listener serves TLS (moved into the connection)
+};
+
+// The upgraded socket's descriptor, closed with it. Not an Asio socket: the
+// connection's thread watches it (IoThread::watch).
+class WsSocket {
+ public:
+  WsSocket() = default;
+  explicit WsSocket(int fd) noexcept : fd_(fd) {}
+  WsSocket(const WsSocket&) = delete;
+  WsSocket& operator=(const WsSocket&) = delete;
+  ~WsSocket() { close(); }
+  int native_handle() const noexcept { return fd_; }
+  bool is_open() const noexcept { return fd_ >= 0; }
+  void close() noexcept;
+
+ private:
+  int fd_ = -1;
 };
 
 class Connection final : public std::enable_shared_from_this<Connection>,
@@ -62,6 +81,9 @@ class Connection final : public std::enable_shared_from_this<Connection>,
 
   // Called by the I/O thread for connections marked dirty.
   void flush();
+  // Called by the I/O thread when the socket became readable or writable
+  // (epoll events, edge-triggered).
+  void on_ready(std::uint32_t events);
   void tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms);
   void server_shutdown();
   // The credential's key id (for revocation); empty once the connection ended.
@@ -104,7 +126,7 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   void schedule_flush();
 
   IoThread& thread_;
-  boost::asio::ip::tcp::socket socket_;
+  WsSocket socket_;
   ConnectionInfo info_;
   channels::Services& services_;
   wire::FrameReader reader_;
@@ -115,8 +137,8 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   TlsPtr tls_;  // null: plain, the path that pays nothing for TLS
 
   State state_ = State::open;
-  bool read_armed_ = false;
-  bool write_armed_ = false;
+  bool read_armed_ = false;   // waiting for input (the next EPOLLIN edge reads)
+  bool write_armed_ = false;  // a write met EAGAIN: the next EPOLLOUT edge flushes
   bool flush_pending_ = false;
   bool close_queued_ = false;   // our close frame is in the queue
   bool close_sent_ = false;     // ... and has been written

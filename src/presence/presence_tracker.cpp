@@ -1,21 +1,89 @@
 #include "presence/presence_tracker.hpp"
 
+#include <algorithm>
+
 #include "protocol/envelope.hpp"
 
 namespace synapse::presence {
 
 std::string meta_json(boost::json::object meta, const std::string& ref, std::int64_t online_at_ms) {
+  // Most members join without meta, and refs are ours (hex, '-', digits):
+  // the text serialize() would give, without building the object.
+  if (meta.empty() && std::all_of(ref.begin(), ref.end(), [](char c) {
+        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
+      })) {
+    std::string out = "{\"phx_ref\":\"";
+    out += ref;
+    out += "\",\"online_at\":";
+    out += std::to_string(online_at_ms);
+    out.push_back('}');
+    return out;
+  }
   meta["phx_ref"] = ref;
   meta["online_at"] = online_at_ms;
   return boost::json::serialize(meta);
 }
 
+namespace {
+
+// `"phx_ref":<ref>,"online_at":`, as meta_json() writes it.
+void append_ref_tail(std::string& out, const std::string& ref) {
+  out += "\"phx_ref\":";
+  protocol::append_json_string(out, ref);
+  out += ",\"online_at\":";
+}
+
+}  // namespace
+
+PresenceTracker::Meta PresenceTracker::pack(const std::string& ref, std::string json) {
+  Meta m;
+  // ...{<client fields>,}"phx_ref":"<ref>","online_at":<digits>}
+  if (json.size() >= 2 && json.back() == '}') {
+    std::size_t digits = json.size() - 1;
+    while (digits > 0 && json[digits - 1] >= '0' && json[digits - 1] <= '9') --digits;
+    const std::size_t n_digits = json.size() - 1 - digits;
+    std::string tail;
+    append_ref_tail(tail, ref);
+    if (n_digits > 0 && n_digits < 19 && digits >= tail.size() + 1 &&
+        json.compare(digits - tail.size(), tail.size(), tail) == 0) {
+      const std::size_t head_end = digits - tail.size();
+      const char before = json[head_end - 1];
+      const std::int64_t at = std::stoll(json.substr(digits, n_digits));
+      if ((before == '{' || before == ',') && std::to_string(at) == json.substr(digits, n_digits)) {
+        json.resize(head_end);
+        json.shrink_to_fit();
+        m.head = std::move(json);
+        m.online_at = at;
+        return m;
+      }
+    }
+  }
+  m.head = std::move(json);
+  return m;
+}
+
+void PresenceTracker::append(std::string& out, const std::string& ref, const Meta& m) {
+  out += m.head;
+  if (m.online_at < 0) return;
+  append_ref_tail(out, ref);
+  out += std::to_string(m.online_at);
+  out.push_back('}');
+}
+
+std::size_t PresenceTracker::kept_bytes(const std::string& agent, const std::string& ref, const Meta& m) {
+  if (m.online_at < 0) return entry_bytes(agent, m.head);
+  thread_local std::string text;
+  text.clear();
+  append(text, ref, m);
+  return entry_bytes(agent, text);
+}
+
 void PresenceTracker::track(const std::string& agent, const std::string& ref, std::string meta_json) {
   bytes_ += entry_bytes(agent, meta_json);
   Change& c = pending_joins_[ref];
-  if (!c.meta.empty()) bytes_ -= entry_bytes(c.agent, c.meta);  // the same ref again replaces it
+  if (!c.meta.head.empty()) bytes_ -= kept_bytes(c.agent, ref, c.meta);  // the same ref again replaces it
   else ++metas_;
-  c = Change{agent, std::move(meta_json)};
+  c = Change{agent, pack(ref, std::move(meta_json))};
 }
 
 void PresenceTracker::untrack(const std::string& agent, const std::string& ref) {
@@ -24,7 +92,7 @@ void PresenceTracker::untrack(const std::string& agent, const std::string& ref) 
     // But a member that joined meanwhile got it in its presence_state, so
     // then the leave is published (others ignore a leave of what they
     // never had, as phoenix.js does); otherwise neither is.
-    bytes_ -= entry_bytes(agent, it->second.meta);
+    bytes_ -= kept_bytes(agent, ref, it->second.meta);
     if (pending_shown_) pending_leaves_[ref] = std::move(it->second);
     pending_joins_.erase(it);
     --metas_;
@@ -36,7 +104,7 @@ void PresenceTracker::untrack(const std::string& agent, const std::string& ref) 
   if (m == a->second.end()) return;
   if (pending_leaves_.contains(ref)) return;  // already leaving
   pending_leaves_[ref] = Change{agent, m->second};
-  bytes_ -= entry_bytes(agent, m->second);
+  bytes_ -= kept_bytes(agent, ref, m->second);
   --metas_;
 }
 
@@ -46,7 +114,7 @@ void PresenceTracker::group(std::string& out, const std::map<std::string, Change
   for (const auto& [ref, change] : changes) {
     std::string& metas = by_agent[change.agent];
     if (!metas.empty()) metas.push_back(',');
-    metas += change.meta;
+    append(metas, ref, change.meta);
   }
   out.push_back('{');
   bool first = true;
@@ -94,7 +162,7 @@ std::string PresenceTracker::serialize(const State& s, std::unordered_map<std::s
     for (const auto& [ref, meta] : metas) {
       if (!first) out.push_back(',');
       first = false;
-      out += meta;
+      append(out, ref, meta);
     }
     if (ends) (*ends)[agent] = out.size();
     out += "]}";
@@ -129,11 +197,11 @@ std::string PresenceTracker::state_for_joiner() {
     if (auto end = cache_ends_.find(change.agent); end != cache_ends_.end()) {
       std::string& at = inserts[end->second];
       at.push_back(',');
-      at += change.meta;
+      append(at, ref, change.meta);
     } else {
       std::string& metas = fresh[change.agent];
       if (!metas.empty()) metas.push_back(',');
-      metas += change.meta;
+      append(metas, ref, change.meta);
     }
   }
   std::string out = "{";

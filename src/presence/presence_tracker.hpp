@@ -61,12 +61,26 @@ class PresenceTracker {
   bool empty() const noexcept { return metas_ == 0 && !has_pending(); }
 
  private:
-  using Metas = std::map<std::string, std::string>;  // phx_ref -> meta JSON
-  using State = std::map<std::string, Metas>;        // agent -> metas
+  // A meta as kept. Its text ends, almost always, with the phx_ref and
+  // online_at that meta_json() added, and the phx_ref is the key it is
+  // filed under: then only the part before them and online_at are kept,
+  // and the text is rebuilt byte for byte on output. A member that joined
+  // without meta so keeps no text of its own ("{" fits in the string).
+  struct Meta {
+    std::string head;
+    std::int64_t online_at = -1;  // -1: `head` is the whole text
+  };
+  using Metas = std::map<std::string, Meta>;  // phx_ref -> meta
+  using State = std::map<std::string, Metas>;  // agent -> metas
   struct Change {
     std::string agent;
-    std::string meta;
+    Meta meta;
   };
+
+  static Meta pack(const std::string& ref, std::string json);
+  static void append(std::string& out, const std::string& ref, const Meta& m);
+  // entry_bytes() of a kept meta.
+  static std::size_t kept_bytes(const std::string& agent, const std::string& ref, const Meta& m);
 
   // {"agent":{"metas":[...]},...}; `ends`, when given, receives for each
   // agent the offset of the `]` that closes its metas.

@@ -308,11 +308,19 @@ void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
     if (masked_) apply_mask(chunk, take, mask_, static_cast<std::size_t>(received_));
 
     if (is_control(op_)) {
-      std::memcpy(ctrl_ + ctrl_len_, chunk, take);
+      if (received_ == 0 && take == length_) {
+        // Whole in this read, as almost always: delivered in place.
+        received_ += take;
+        pos += take;
+        finish_frame(std::string_view(chunk, take), sink);
+        continue;
+      }
+      if (!ctrl_) ctrl_ = std::make_unique<char[]>(max_control_payload);
+      std::memcpy(ctrl_.get() + ctrl_len_, chunk, take);
       ctrl_len_ = static_cast<std::uint8_t>(ctrl_len_ + take);
       received_ += take;
       pos += take;
-      if (received_ == length_) finish_frame(std::string_view(ctrl_, ctrl_len_), sink);
+      if (received_ == length_) finish_frame(std::string_view(ctrl_.get(), ctrl_len_), sink);
       continue;
     }
 
@@ -344,9 +352,9 @@ void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
 }
 
 void FrameReader::shrink_if_idle() noexcept {
-  if (state_ == State::header && hdr_len_ == 0 && !fragmented_ && assembly_.capacity() != 0) {
-    std::string().swap(assembly_);
-  }
+  if (state_ != State::header || hdr_len_ != 0) return;
+  ctrl_.reset();  // a control frame is never open between frames
+  if (!fragmented_ && assembly_.capacity() != 0) std::string().swap(assembly_);
 }
 
 }  // namespace synapse::wire

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -83,7 +84,7 @@ class FrameReader {
   std::size_t buffered() const noexcept {
     // An empty std::string's inline capacity is not memory the reader holds.
     const std::size_t heap = assembly_.capacity() > std::string().capacity() ? assembly_.capacity() : 0;
-    return heap + hdr_len_;
+    return heap + hdr_len_ + (ctrl_ ? max_control_payload : 0);
   }
   // Returns memory kept after a large message, so an idle connection holds none.
   void shrink_if_idle() noexcept;
@@ -116,8 +117,10 @@ class FrameReader {
   std::uint8_t hdr_[max_header_size];
   std::uint8_t hdr_len_ = 0;
 
-  // A control frame's payload split across reads (at most 125 bytes).
-  char ctrl_[125];
+  // A control frame's payload split across reads (at most 125 bytes),
+  // allocated only then: a whole one is delivered in place.
+  static constexpr std::size_t max_control_payload = 125;
+  std::unique_ptr<char[]> ctrl_;
   std::uint8_t ctrl_len_ = 0;
 
   // A data message being assembled from fragments or from a split frame.

@@ -110,7 +110,8 @@ class CortexChannelTest : public ::testing::Test {
   }
   // Starts the session and joins cortex:alice.
   void join(auth::Principal p = alice()) {
-    session = std::make_unique<channels::Session>(socket, services, std::move(p));
+    session =
+        std::make_unique<channels::Session>(socket, services, std::make_shared<const auth::Principal>(std::move(p)));
     session->on_text(frame("j", "phx_join"));
     auto f = socket.take();
     ASSERT_EQ(f.size(), 1u);
@@ -185,7 +186,7 @@ class CortexChannelTest : public ::testing::Test {
 }  // namespace
 
 TEST_F(CortexChannelTest, TheJoinIsTheOwnAgentsOrAnAdminsAndNeverAWorkers) {
-  session = std::make_unique<channels::Session>(socket, services, alice());
+  session = std::make_unique<channels::Session>(socket, services, std::make_shared<const auth::Principal>(alice()));
   session->on_text(frame("j1", "phx_join", "{}", "cortex:bob"));
   auto f = socket.take();
   ASSERT_EQ(f.size(), 1u);
@@ -199,14 +200,14 @@ TEST_F(CortexChannelTest, TheJoinIsTheOwnAgentsOrAnAdminsAndNeverAWorkers) {
   fakes::FakeSocket admin_socket(2);
   auto admin = alice();
   admin.admin = true;
-  channels::Session as_admin(admin_socket, services, admin);
+  channels::Session as_admin(admin_socket, services, std::make_shared<const auth::Principal>(admin));
   as_admin.on_text(frame("j", "phx_join", "{}", "cortex:bob"));
   EXPECT_EQ(reply_status(admin_socket.take().at(0)), "ok");
 
   fakes::FakeSocket worker_socket(3);
   auto worker = alice();
   worker.worker = true;
-  channels::Session as_worker(worker_socket, services, worker);
+  channels::Session as_worker(worker_socket, services, std::make_shared<const auth::Principal>(worker));
   as_worker.on_text(frame("j", "phx_join"));
   EXPECT_EQ(reply_reason(worker_socket.take().at(0)), "forbidden");
 }
@@ -397,7 +398,7 @@ TEST_F(CortexChannelTest, AFullQueueIsOverloadedAndADrainingServerStartsNothing)
   s.channels = &registry;
   s.runs = &runs;
   s.draining = &draining;
-  session = std::make_unique<channels::Session>(socket, s, alice());
+  session = std::make_unique<channels::Session>(socket, s, std::make_shared<const auth::Principal>(alice()));
   session->on_text(frame("j", "phx_join"));
   socket.take();
   ASSERT_EQ(reply_status(request("h", "tool", R"({"tool":"test.hold","args":{},"ref":"hold"})")), "ok");

@@ -110,7 +110,8 @@ class SessionTest : public ::testing::Test {
     return p;
   }
   void start(auth::Principal p = api_key_principal()) {
-    session = std::make_unique<channels::Session>(socket, services, std::move(p));
+    session =
+        std::make_unique<channels::Session>(socket, services, std::make_shared<const auth::Principal>(std::move(p)));
   }
   void send(const std::string& text) { session->on_text(text); }
   // The single frame the last call sent.
