@@ -7,6 +7,7 @@
 
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
+#include "core/handoff.hpp"
 #include "metrics/metrics.hpp"
 #include "pubsub/publish_frame.hpp"
 
@@ -15,29 +16,9 @@ namespace json = boost::json;
 
 namespace {
 
-// A value handed from a backend's completion to a caller that blocks for it
-// (join() and publish() in front of an asynchronous backend; a synchronous
-// backend has set it before the wait starts).
-template <class T>
-struct Handoff {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::optional<T> value;
-
-  void set(T v) {
-    {
-      std::lock_guard lock(mu);
-      if (value) return;
-      value = std::move(v);
-    }
-    cv.notify_one();
-  }
-  std::optional<T> wait(std::chrono::milliseconds timeout) {
-    std::unique_lock lock(mu);
-    cv.wait_for(lock, timeout, [this] { return value.has_value(); });
-    return std::move(value);
-  }
-};
+// A backend's completion handed to a caller that blocks for it (join() and
+// publish() in front of an asynchronous backend).
+using core::Handoff;
 
 }  // namespace
 

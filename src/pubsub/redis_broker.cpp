@@ -8,6 +8,7 @@
 
 #include "core/crypto.hpp"
 #include "core/clock.hpp"
+#include "core/handoff.hpp"
 #include "metrics/metrics.hpp"
 #include "protocol/envelope.hpp"
 #include "pubsub/publish_frame.hpp"
@@ -70,25 +71,15 @@ std::string redis_prefix(int db) { return "synapse:" + std::to_string(db) + ":";
 
 namespace {
 
-// A reply handed from the link's thread to a blocking join().
+// A reply handed from the link's thread to a blocking join(); none in time
+// is a lost link.
 struct ReplyHandoff {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::optional<redis::Reply> value;
-
-  void set(redis::Reply r) {
-    {
-      std::lock_guard lock(mu);
-      if (value) return;
-      value = std::move(r);
-    }
-    cv.notify_one();
-  }
+  core::Handoff<redis::Reply> value;
+  void set(redis::Reply r) { value.set(std::move(r)); }
   redis::Reply wait(std::chrono::milliseconds timeout) {
-    std::unique_lock lock(mu);
-    cv.wait_for(lock, timeout, [this] { return value.has_value(); });
-    if (!value) return redis::Reply::failure(redis::Reply::Type::lost, "Redis did not answer in time");
-    return std::move(*value);
+    auto r = value.wait(timeout);
+    if (!r) return redis::Reply::failure(redis::Reply::Type::lost, "Redis did not answer in time");
+    return std::move(*r);
   }
 };
 

@@ -9,6 +9,7 @@
 #include <random>
 #include <spdlog/spdlog.h>
 
+#include "core/handoff.hpp"
 #include "redis/connection.hpp"
 
 namespace synapse::redis {
@@ -24,27 +25,8 @@ constexpr auto answer_deadline = std::chrono::milliseconds(3500);
 // the 1 s tick) cannot by itself push an answer past answer_deadline.
 constexpr auto pause_tolerance = std::chrono::milliseconds(500);
 
-// One reply handed from the link's thread to a blocked caller.
-template <class T>
-struct Handoff {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::optional<T> value;
-
-  void set(T v) {
-    {
-      std::lock_guard lock(mu);
-      if (value) return;
-      value = std::move(v);
-    }
-    cv.notify_one();
-  }
-  std::optional<T> wait(std::chrono::milliseconds timeout) {
-    std::unique_lock lock(mu);
-    cv.wait_for(lock, timeout, [this] { return value.has_value(); });
-    return value;
-  }
-};
+// Replies handed from the link's thread to a blocked caller.
+using core::Handoff;
 }  // namespace
 
 template <class T>
