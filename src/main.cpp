@@ -353,6 +353,7 @@ int serve(const config::Config& cfg) {
     ro.history_size = static_cast<std::size_t>(cfg.history_size);
     ro.history_ttl_ms = cfg.history_ttl_s * 1000;
     ro.node_ttl_ms = cfg.node_ttl_ms;
+    ro.max_presence_bytes_per_topic = static_cast<std::size_t>(cfg.max_presence_bytes_per_topic);
     link = std::make_unique<redis::Link>(url, "synapse:" + ro.node_id);
     redis_broker = std::make_unique<pubsub::RedisBroker>(ro, *link, threads.posters(), metrics);
     auto* rb = redis_broker.get();

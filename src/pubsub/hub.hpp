@@ -31,9 +31,27 @@
 // on T, and only while pending_[T] still lists that join. leave() removes
 // it, so a completion that comes afterwards does nothing.
 //
+// With a shared backend (Redis), the first member's subscription is
+// followed, before the gate opens, by the topic's presence snapshot (the
+// other nodes' entries; changes that arrive meanwhile wait for it, then
+// apply in version order), and a backend that loses its transport returns
+// with on_backend_back(missed).
+//
+// Ordering, once for every backend (deliver): a topic's messages reach the
+// members once each and in offset order. One at or below the last one
+// handed on is dropped (a read-back overlapping the live stream); a jump
+// within an epoch is a gap, reported to the members as a `phx_gap` push
+// (docs/protocol.md §9) before what follows; a new epoch first reports
+// what the old one may have lost after the last offset handed on
+// (open-ended) and then resets the members' filters. From on_backend_lost
+// on, live messages are held; on_backend_back(true) reads what the stream
+// holds after the last offset handed on (read_missed) and hands on the
+// union of the two in offset order before anything newer. Presence is read
+// again after every on_backend_back.
+//
 // Framing: a message body is framed once per message when the backend hands
 // it to on_message, and those bytes are shared by every member on every
-// thread; a recovered or inspected body is framed when it is read.
+// thread; a recovered, read-back or inspected body is framed when it is read.
 //
 // Locking: topics live in 32 shards by the hash of their name, each with a
 // mutex guarding its topics (counts, Gate, presence, the epoch last seen).
@@ -70,9 +88,12 @@ struct HubOptions {
   // Bytes of presence metas one topic may track; a join past it is refused
   // (presence_full). 0 = no bound.
   std::size_t max_presence_bytes_per_topic = 8u << 20;
-  // How long a blocking join() or publish() waits for an asynchronous
-  // backend's answer (the backend's own deadlines come first).
-  std::chrono::milliseconds call_timeout{2500};
+  // The deadline of a join's steps (an asynchronous backend answers each
+  // by then), and of a blocking publish() or presence_state().
+  std::chrono::milliseconds call_timeout{2000};
+  // Starts every phx_ref this node makes; unique per process across the
+  // cluster (the node's id). Empty: random, per Hub.
+  std::string presence_ref_prefix;
 };
 
 class Hub final : public Broker, private BackendEvents {
@@ -92,6 +113,8 @@ class Hub final : public Broker, private BackendEvents {
                      bool payload_empty, std::string_view from, std::uint64_t exclude_connection,
                      PublishDone done) override;
   std::string presence_state(std::string_view topic) override;
+  bool presence_async() const override { return shared_; }
+  void presence_state_async(std::string_view topic, PresenceDone done) override;
   void tick() override;
   BrokerStats stats() override;
   void make_durable() noexcept override { backend_.make_durable(); }
@@ -102,10 +125,29 @@ class Hub final : public Broker, private BackendEvents {
   struct Gate;         // joiners of a topic wait here while its first member subscribes
   struct PendingJoin;  // one join between its start and its completion on the member's thread
 
+  // A message received while the topic reads back what it missed.
+  struct Held {
+    std::string epoch;
+    std::uint64_t offset = 0;
+    std::uint64_t exclude = 0;
+    wire::Message msg;
+  };
+
   struct Topic {
     std::uint64_t id = 0;
     std::string name;
     std::string epoch;  // as last handed on; a different one means offsets started again
+    std::string prior_epoch;  // the previous membership's, for a join while the backend is down
+    std::uint64_t last_offset = 0;  // the last message of `epoch` handed on
+    // Whether last_offset is a position the members have: false from a first
+    // join until its first message (the joiners start at the join's offset,
+    // not at a stale last_offset), so that first message is not a gap.
+    bool synced = false;
+    // After the backend lost its transport, what the node missed is read
+    // back first; live messages wait in `held` meanwhile, so order is kept.
+    bool backfilling = false;
+    std::uint64_t backfill_seq = 0;  // the read-back whose answer counts
+    std::vector<Held> held;
     std::vector<std::uint32_t> members_per_thread;
     std::vector<std::uint32_t> presence_per_thread;
     std::size_t members = 0;
@@ -114,6 +156,12 @@ class Hub final : public Broker, private BackendEvents {
     presence::PresenceTracker presence;
     std::uint64_t presence_seq = 0;  // diffs published so far
     bool presence_dirty = false;
+    // A shared backend's presence: the other nodes' entries (phx_ref ->
+    // agent), the version applied, and the changes that wait for a snapshot.
+    std::unordered_map<std::string, std::string> remote;
+    std::uint64_t presence_version = 0;
+    bool snapshot_pending = false;
+    std::vector<PresenceChange> buffered;
   };
 
   static constexpr std::size_t shard_count = 32;
@@ -129,6 +177,22 @@ class Hub final : public Broker, private BackendEvents {
 
   void on_message(std::string_view topic, std::string_view epoch, std::uint64_t offset, std::uint64_t exclude,
                   std::string_view body) override;
+  void on_local_message(std::string_view topic, std::uint64_t exclude, std::string_view body) override;
+  void on_presence(std::string_view topic, const PresenceChange& change) override;
+  void on_backend_lost() override;
+  void on_backend_back(bool missed) override;
+
+  // Under the topic's shard lock (see Ordering at the top of this file).
+  void adopt_epoch(Topic& t, std::string_view epoch);
+  void deliver(Topic& t, std::string_view epoch, std::uint64_t offset, std::uint64_t exclude, wire::Message msg);
+  // Tells the members that offsets from..to of the current epoch will not
+  // be delivered (a `phx_gap` push, queued in order with the messages); no
+  // `to`: nothing after `from` will, the epoch ended (`next_epoch` began).
+  void notify_gap(Topic& t, std::uint64_t from, std::optional<std::uint64_t> to, std::string_view next_epoch);
+  void finish_backfill(Topic& t, Missed missed);
+  void apply_presence(Topic& t, const PresenceChange& change);
+  // A snapshot read (nullopt: it failed), then the changes that waited for it.
+  void apply_snapshot(Topic& t, const std::optional<PresenceSnapshot>& snap);
 
   Shard& shard_of(std::string_view name);
   static Topic* find(Shard& sh, std::string_view name, std::uint64_t id = 0);
@@ -140,7 +204,8 @@ class Hub final : public Broker, private BackendEvents {
 
   // The join's steps (see the top of this file).
   std::shared_ptr<PendingJoin> begin_join(Subscriber& sub, const JoinRequest& req, JoinDone done);
-  void open_gate(const std::shared_ptr<PendingJoin>& pj, const std::shared_ptr<Gate>& gate);
+  void open_gate(const std::shared_ptr<PendingJoin>& pj, const std::shared_ptr<Gate>& gate,
+                 const std::optional<PresenceSnapshot>* snap);
   void read_position(const std::shared_ptr<PendingJoin>& pj);
   void complete_join(const std::shared_ptr<PendingJoin>& pj, const Position& pos);
   // On the member's thread, the join still listed: records the result in
@@ -150,6 +215,7 @@ class Hub final : public Broker, private BackendEvents {
   HubOptions options_;
   Backend& backend_;
   const bool async_;
+  const bool shared_;
   metrics::Metrics& metrics_;
   Fanout fanout_;
   std::vector<Poster> posters_;  // the I/O threads, as the Fanout's

@@ -160,7 +160,7 @@ void LocalBackend::publish(std::string_view topic, std::string body, std::uint64
   done(std::move(r));
 }
 
-void LocalBackend::subscribe(std::string_view topic, std::function<void(bool)> done) {
+void LocalBackend::subscribe(std::string_view topic, Deadline /*answers at once*/, std::function<void(bool)> done) {
   {
     Shard& shard = shard_for(topic);
     std::lock_guard lock(shard.mu);
@@ -180,7 +180,7 @@ void LocalBackend::unsubscribe(std::string_view topic) {
   if (--t.subscribed == 0) t.idle_since_ms = mono_ms();
 }
 
-void LocalBackend::position(std::string_view topic, const std::optional<Recover>& recover,
+void LocalBackend::position(std::string_view topic, const std::optional<Recover>& recover, Deadline /*at once*/,
                             std::function<void(Position)> done) {
   Position p;
   {

@@ -58,9 +58,9 @@ class LocalBackend final : public Backend {
   void attach(BackendEvents& events) override { events_ = &events; }
   void publish(std::string_view topic, std::string body, std::uint64_t exclude_connection,
                PublishDone done) override;
-  void subscribe(std::string_view topic, std::function<void(bool)> done) override;
+  void subscribe(std::string_view topic, Deadline deadline, std::function<void(bool)> done) override;
   void unsubscribe(std::string_view topic) override;
-  void position(std::string_view topic, const std::optional<Recover>& recover,
+  void position(std::string_view topic, const std::optional<Recover>& recover, Deadline deadline,
                 std::function<void(Position)> done) override;
   void tick() override;
   void stats(BrokerStats& s) override;

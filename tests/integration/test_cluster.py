@@ -556,7 +556,7 @@ async def test_messages_published_while_a_nodes_link_was_down_reach_its_members_
     got = [f[4]["_meta"]["offset"] for f in await events(sub, topic, "m", 31)]
     assert got == missed + later
     assert await no_more(sub, topic, "m", quiet=0.3) == []
-    assert any("missed while the link was down" in l for l in b.log_lines), "\n".join(b.log_lines[-20:])
+    assert any("missed while the backend was away" in l for l in b.log_lines), "\n".join(b.log_lines[-20:])
     await close_all(pub, sub)
 
 
@@ -886,7 +886,7 @@ async def test_redis_restarted_empty_under_steady_publish_every_node_gets_the_ne
         stop = asyncio.Event()
         task = asyncio.ensure_future(steady_publish(pub, topic, 50, stop))
         await asyncio.sleep(0.7)
-        backfills = count_lines(b, "missed while the link was down")
+        backfills = count_lines(b, "missed while the backend was away")
         late = rnd % 2 == 1
         cl.redis.kill()
         if late:
@@ -919,6 +919,6 @@ async def test_redis_restarted_empty_under_steady_publish_every_node_gets_the_ne
             assert got.get(new, []) == acked[new], f"round {rnd}, subscriber {i}: {got.get(new, [])[:5]}"
             assert all(g[0] == old and g[2] == float("inf") for g in gaps), gaps
         if late:
-            assert count_lines(b, "missed while the link was down") > backfills, \
+            assert count_lines(b, "missed while the backend was away") > backfills, \
                 f"round {rnd}: b did not read the new epoch's start from the stream"
         await close_all(pub, *(s for s, _ in subs))
