@@ -61,7 +61,8 @@ struct RedisBackendOptions {
   std::size_t history_size = 100;
   std::int64_t history_ttl_ms = 300'000;  // 0 = forever
   std::int64_t node_ttl_ms = 10'000;
-  std::chrono::milliseconds call_timeout{2000};  // blocking calls (register_node)
+  // The deadline of a join's steps, of a blocking publish and of a presence read.
+  std::chrono::milliseconds call_timeout{2000};
 };
 
 class RedisBackend final : public Backend {

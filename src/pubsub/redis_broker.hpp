@@ -13,14 +13,8 @@
 
 namespace synapse::pubsub {
 
-struct RedisBrokerOptions {
-  std::string node_id;
-  std::string prefix;  // key and channel prefix, "synapse:<db>:"
-  std::size_t history_size = 100;
-  std::int64_t history_ttl_ms = 300'000;  // 0 = forever
-  std::int64_t node_ttl_ms = 10'000;
-  // The deadline of a join's steps, of a blocking publish and of a presence read.
-  std::chrono::milliseconds call_timeout{2000};
+// The backend's options (node, prefix, history, heartbeat, deadlines) and the Hub's presence bound.
+struct RedisBrokerOptions : RedisBackendOptions {
   // Bytes of presence metas one topic may track, every node's entries
   // counted; a join past it is refused (presence_full). 0 = no bound.
   std::size_t max_presence_bytes_per_topic = 8u << 20;
@@ -29,9 +23,7 @@ struct RedisBrokerOptions {
 class RedisBroker final : public Broker {
  public:
   RedisBroker(const RedisBrokerOptions& o, redis::Link& link, std::vector<Poster> threads, metrics::Metrics& metrics)
-      : backend_(RedisBackendOptions{o.node_id, o.prefix, o.history_size, o.history_ttl_ms, o.node_ttl_ms,
-                                     o.call_timeout},
-                 link, metrics),
+      : backend_(static_cast<const RedisBackendOptions&>(o), link, metrics),
         hub_(hub_options(o), backend_, std::move(threads), metrics) {}
 
   // The link's handlers (on the link's thread).

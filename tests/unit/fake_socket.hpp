@@ -132,6 +132,12 @@ class RecordingSink final : public MessageSink {
     for (const auto& m : messages) out.emplace_back(m.payload());
     return out;
   }
+  // Each message parsed as a Phoenix V2 frame [join_ref, ref, topic, event, payload].
+  std::vector<boost::json::array> frames() const {
+    std::vector<boost::json::array> out;
+    for (const auto& m : messages) out.push_back(boost::json::parse(m.payload()).as_array());
+    return out;
+  }
   std::vector<wire::Message> messages;
   std::vector<std::size_t> calls;  // messages per send / send_batch call
   std::function<void()> on_batch;  // runs after each send_batch (tests of re-entrancy)

@@ -89,11 +89,7 @@ class ScriptedBackend final : public pubsub::Backend {
 struct Member : pubsub::Subscriber {
   RecordingSink out;
   Member() { sink = &out; }
-  std::vector<json::array> frames() const {
-    std::vector<json::array> v;
-    for (const auto& p : out.payloads()) v.push_back(json::parse(p).as_array());
-    return v;
-  }
+  std::vector<json::array> frames() const { return out.frames(); }
   // Each frame as "<offset>" (a message), "gap <from>-<to>" or "<event>".
   std::vector<std::string> seen() const {
     std::vector<std::string> v;

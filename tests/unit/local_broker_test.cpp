@@ -30,11 +30,7 @@ namespace {
 struct Member : pubsub::Subscriber {
   RecordingSink out;
   Member() { sink = &out; }
-  std::vector<json::array> frames() const {
-    std::vector<json::array> v;
-    for (const auto& p : out.payloads()) v.push_back(json::parse(p).as_array());
-    return v;
-  }
+  std::vector<json::array> frames() const { return out.frames(); }
   // The offsets of the messages received (presence traffic left out).
   std::vector<std::uint64_t> offsets() const {
     std::vector<std::uint64_t> v;
