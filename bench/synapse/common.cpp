@@ -258,9 +258,12 @@ Json PhaseClock::finish() {
   j.num("bench_cpu_s", bench, 3).num("bench_cpu_pct", bench_cpu_pct, 1);
   if (srv.ok && srv0_.ok) {
     server_cpu_s = srv.cpu_s - srv0_.cpu_s;
+    server_user_s = srv.user_s - srv0_.user_s;
+    server_sys_s = srv.sys_s - srv0_.sys_s;
     j.num("server_cpu_s", server_cpu_s, 3).num("server_cpu_pct", wall > 0 ? 100.0 * server_cpu_s / wall : 0, 1);
+    j.num("server_user_s", server_user_s, 3).num("server_sys_s", server_sys_s, 3);
   } else {
-    j.null("server_cpu_s").null("server_cpu_pct");
+    j.null("server_cpu_s").null("server_cpu_pct").null("server_user_s").null("server_sys_s");
   }
   // A load generator busy more than 90 % of the time may be what limits the result.
   j.boolean("bench_saturated", bench_cpu_pct > 90.0);

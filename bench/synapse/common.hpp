@@ -94,6 +94,7 @@ struct PhaseClock {
   Json finish();  // wall_s, bench_cpu_s, bench_cpu_pct, server_cpu_s, server_cpu_pct, bench_saturated
   double wall_s() const { return ns_s(now_ns() - t0_); }
   double bench_cpu_pct = 0, server_cpu_s = -1;
+  double server_user_s = -1, server_sys_s = -1;  // server_cpu_s split: user space and kernel
 
  private:
   const Context& c_;

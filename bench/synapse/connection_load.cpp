@@ -20,7 +20,7 @@ int run_connection_load(Context& ctx) {
   const std::string topic = ctx.args.str("topic", "bench:conn");
 
   Table table({"connections", "ok", "failed", "wall s", "conn/s", "p50 ms", "p99 ms", "max ms", "RSS MB",
-               "RSS/conn B", "server CPU s", "bench CPU %"});
+               "RSS/conn B", "server CPU s", "user/kernel us/conn", "bench CPU %"});
   std::vector<Json> rows;
   const auto base = ctx.server();
   std::uint64_t unexpected = 0, unparsed = 0;
@@ -61,6 +61,10 @@ int run_connection_load(Context& ctx) {
                fmt(ns_ms(stats.per_conn.quantile(0.5)), 2), fmt(ns_ms(stats.per_conn.quantile(0.99)), 2),
                fmt(ns_ms(stats.per_conn.max()), 2), after.ok ? fmt(static_cast<double>(after.rss_kb) / 1024, 1) : "-",
                per_conn >= 0 ? fmt(per_conn, 0) : "-", clock.server_cpu_s >= 0 ? fmt(clock.server_cpu_s, 2) : "-",
+               clock.server_user_s >= 0 && stats.ok
+                   ? fmt(1e6 * clock.server_user_s / static_cast<double>(stats.ok), 1) + " / " +
+                         fmt(1e6 * clock.server_sys_s / static_cast<double>(stats.ok), 1)
+                   : "-",
                fmt(clock.bench_cpu_pct, 0)});
     for (const auto& [why, count] : stats.errors) {
       std::cout << "  " << n << " connections: " << count << " failed: " << why << "\n";

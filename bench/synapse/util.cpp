@@ -138,7 +138,9 @@ ProcSample sample_proc(int pid) {
       // fields[0] is field 3 (state); utime is field 14, stime 15.
       if (fields.size() > 13) {
         const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
-        s.cpu_s = (std::strtod(fields[11].c_str(), nullptr) + std::strtod(fields[12].c_str(), nullptr)) / tick;
+        s.user_s = std::strtod(fields[11].c_str(), nullptr) / tick;
+        s.sys_s = std::strtod(fields[12].c_str(), nullptr) / tick;
+        s.cpu_s = s.user_s + s.sys_s;
       }
     }
   }

@@ -89,6 +89,7 @@ struct ProcSample {
   bool ok = false;
   std::uint64_t rss_kb = 0;
   double cpu_s = 0;  // user + system, all threads
+  double user_s = 0, sys_s = 0;  // the two parts (system: the kernel's work for it, TCP included)
 };
 ProcSample sample_proc(int pid);
 
