@@ -2,6 +2,8 @@
 // connection's thread.
 #pragma once
 
+#include <optional>
+#include <string>
 #include <string_view>
 
 #include "protocol/envelope.hpp"
@@ -9,9 +11,19 @@
 
 namespace synapse::channels {
 
+class Session;
+
 class Channel {
  public:
   virtual ~Channel() = default;
+  // The joined topic and the join's join_ref (every reply and push of the
+  // join carries it). Kept here once, for the channel and for the session's
+  // routing alike; set by the channel's constructor (Channel(env)) or, for
+  // a channel that did not, by the session once the join returned it.
+  const std::string& topic() const noexcept { return topic_; }
+  std::optional<std::string_view> join_ref() const noexcept {
+    return has_join_ref_ ? std::optional<std::string_view>(join_ref_) : std::nullopt;
+  }
   // A client event other than phx_join / phx_leave on this topic.
   virtual void handle_in(const protocol::Envelope& env) = 0;
   // The hot-path variant (protocol/flat_frame.hpp): a channel that answers
@@ -42,6 +54,24 @@ class Channel {
   // the session with Session::join_done. Meanwhile the session holds the
   // client's events for the topic.
   virtual bool join_pending() const { return false; }
+
+ protected:
+  Channel() = default;
+  explicit Channel(const protocol::Envelope& join) { bind(join); }
+
+ private:
+  friend class Session;
+  void bind(const protocol::Envelope& join) {
+    topic_ = std::string(join.topic);
+    has_join_ref_ = join.join_ref.has_value();
+    join_ref_ = has_join_ref_ ? std::string(*join.join_ref) : std::string();
+    bound_ = true;
+  }
+
+  std::string topic_;
+  std::string join_ref_;  // meaningful when has_join_ref_ (a join may have none)
+  bool has_join_ref_ = false;
+  bool bound_ = false;
 };
 
 }  // namespace synapse::channels

@@ -67,14 +67,16 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   ~Connection();
 
   // Takes ownership; `early` holds bytes read past the upgrade request.
-  void start(std::string early);
+  // `principal` is the session's (info.principal, which the constructor
+  // leaves where it is).
+  void start(std::shared_ptr<const auth::Principal> principal, std::string early);
 
   // channels::Socket (MessageSink)
   void send(wire::Message msg) override;
   void send_batch(const wire::Message* const* msgs, std::size_t n) override;
   void send_initial(wire::Message msg) override;
   void close(std::uint16_t code, std::string_view reason) override;
-  std::uint64_t id() const override { return info_.id; }
+  std::uint64_t id() const override { return id_; }
   std::size_t thread_index() const override { return thread_.index; }
   Poster poster() override;
   void after(std::int64_t delay_ms, Task task) override;
@@ -92,7 +94,8 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   ConnectionView view() const;
   bool admin_unsubscribe(std::string_view topic);
 
-  std::list<std::shared_ptr<Connection>>::iterator self_in_thread;
+  // Its entry in the thread's list (IoThread::connections).
+  ConnectionLink in_thread;
 
  private:
   enum class State : std::uint8_t { open, closing, closed };
@@ -127,12 +130,20 @@ class Connection final : public std::enable_shared_from_this<Connection>,
 
   IoThread& thread_;
   WsSocket socket_;
-  ConnectionInfo info_;
+  // What the connection keeps of its ConnectionInfo (the principal goes to
+  // the session, the TLS session to tls_, deflate to deflate_).
+  std::uint64_t id_;
+  std::string peer_;
+  limits::Permit permit_;
+  limits::SocketPermit socket_permit_;
   channels::Services& services_;
   wire::FrameReader reader_;
   OutboundQueue out_;
-  std::size_t queue_limit_;  // outbound_queue_bytes, 0 = unlimited
-  std::size_t initial_allowance_;  // exempt bytes of join output (send_initial)
+  // From the configuration, read when needed rather than kept in every
+  // connection: outbound_queue_bytes (0 = unlimited), and the exempt bytes
+  // of join output (send_initial).
+  std::size_t queue_limit() const noexcept;
+  std::size_t initial_allowance() const noexcept;
   std::optional<channels::Session> session_;
   TlsPtr tls_;  // null: plain, the path that pays nothing for TLS
 
@@ -146,7 +157,10 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   bool session_closed_ = false;
   bool deflate_ = false;  // permessage-deflate: data frames leave compressed (Message::deflated)
   std::uint16_t close_code_ = wire::close_code::abnormal;
-  std::string close_reason_;
+  // Set when the connection starts closing, for the close log line; null
+  // while open (an empty reason), so an open connection keeps no string.
+  std::unique_ptr<std::string> close_reason_;
+  void set_close_reason(std::string_view reason) { close_reason_ = std::make_unique<std::string>(reason); }
   std::int64_t opened_ms_ = 0;
   std::int64_t last_rx_ms_ = 0;
   std::int64_t closing_since_ms_ = 0;
