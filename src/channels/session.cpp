@@ -557,7 +557,7 @@ void Session::on_tick(std::int64_t now_ms) {
 std::vector<std::string> Session::topics() const {
   std::vector<std::string> out;
   out.reserve(joined_.size());
-  for (const auto& j : joined_) out.push_back(j.channel->topic());
+  for (const auto& j : joined_) out.emplace_back(j.channel->topic());
   return out;
 }
 

@@ -58,13 +58,13 @@ Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, Connectio
                        channels::Services& services)
     : thread_(thread),
       socket_(take_descriptor(socket)),
+      deflate_(info.deflate),
       id_(info.id),
       peer_(std::move(info.peer)),
       permit_(std::move(info.permit)),
       socket_permit_(std::move(info.socket_permit)),
       services_(services),
-      reader_(static_cast<std::size_t>(services.config.max_message_bytes), wire::Role::server),
-      deflate_(info.deflate) {
+      reader_(static_cast<std::size_t>(services.config.max_message_bytes), wire::Role::server) {
   if (deflate_) reader_.enable_deflate();
   tls_ = std::move(info.tls);
 }
@@ -315,9 +315,8 @@ void Connection::on_close(std::uint16_t code, std::string_view reason) {
     // The client closes: echo its code, leave every topic, then let the
     // flush finish the handshake.
     state_ = State::closing;
-    closing_since_ms_ = mono_ms();
     close_code_ = code;
-    set_close_reason(reason);
+    set_closing(reason, mono_ms());
     teardown_session();
     // Replies to the frames that came before the close are already queued
     // and leave ahead of our close frame (RFC 6455 section 5.5.1: the
@@ -340,9 +339,8 @@ void Connection::close(std::uint16_t code, std::string_view reason) { begin_clos
 void Connection::begin_close(std::uint16_t code, std::string_view reason) {
   if (state_ != State::open) return;
   state_ = State::closing;
-  closing_since_ms_ = mono_ms();
   close_code_ = code;
-  set_close_reason(reason);
+  set_closing(reason, mono_ms());
   // A slow consumer's backlog is dropped at once: that is the memory the
   // limit protects. A partly written head stays, so the close frame never
   // follows half a frame.
@@ -364,7 +362,7 @@ void Connection::abort(std::string_view why) {
   if (state_ == State::closed) return;
   if (state_ == State::open) {
     close_code_ = wire::close_code::abnormal;
-    set_close_reason(why);
+    set_closing(why, 0);
   }
   finalize();
 }
@@ -381,7 +379,7 @@ void Connection::finalize() {
   services_.metrics.connections_open.fetch_sub(1, std::memory_order_relaxed);
   services_.metrics.count_close(close_code_);
   spdlog::info("conn {} closed code={} reason=\"{}\" duration_ms={} peer={} agent={}", id_, close_code_,
-               close_reason_ ? std::string_view(*close_reason_) : std::string_view(), mono_ms() - opened_ms_, peer_,
+               closing_ ? std::string_view(closing_->reason) : std::string_view(), mono_ms() - opened_ms_, peer_,
                agent);
   thread_.forget(this);
   socket_.close();
@@ -397,7 +395,7 @@ void Connection::tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms) {
     }
     out_.release_if_idle();
     session_->on_tick(now_unix_ms);
-  } else if (state_ == State::closing && now_mono_ms - closing_since_ms_ >= close_wait_ms) {
+  } else if (state_ == State::closing && closing_ && now_mono_ms - closing_->since_ms >= close_wait_ms) {
     finalize();
   }
 }

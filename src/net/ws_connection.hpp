@@ -130,6 +130,17 @@ class Connection final : public std::enable_shared_from_this<Connection>,
 
   IoThread& thread_;
   WsSocket socket_;
+  // The flags share the descriptor's 8 bytes (no padding between them).
+  State state_ = State::open;
+  bool read_armed_ = false;   // waiting for input (the next EPOLLIN edge reads)
+  bool write_armed_ = false;  // a write met EAGAIN: the next EPOLLOUT edge flushes
+  bool flush_pending_ = false;
+  bool close_queued_ = false;   // our close frame is in the queue
+  bool close_sent_ = false;     // ... and has been written
+  bool peer_closed_ = false;    // the client's close frame arrived
+  bool session_closed_ = false;
+  bool deflate_ = false;  // permessage-deflate: data frames leave compressed (Message::deflated)
+  std::uint16_t close_code_ = wire::close_code::abnormal;
   // What the connection keeps of its ConnectionInfo (the principal goes to
   // the session, the TLS session to tls_, deflate to deflate_).
   std::uint64_t id_;
@@ -147,23 +158,21 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   std::optional<channels::Session> session_;
   TlsPtr tls_;  // null: plain, the path that pays nothing for TLS
 
-  State state_ = State::open;
-  bool read_armed_ = false;   // waiting for input (the next EPOLLIN edge reads)
-  bool write_armed_ = false;  // a write met EAGAIN: the next EPOLLOUT edge flushes
-  bool flush_pending_ = false;
-  bool close_queued_ = false;   // our close frame is in the queue
-  bool close_sent_ = false;     // ... and has been written
-  bool peer_closed_ = false;    // the client's close frame arrived
-  bool session_closed_ = false;
-  bool deflate_ = false;  // permessage-deflate: data frames leave compressed (Message::deflated)
-  std::uint16_t close_code_ = wire::close_code::abnormal;
-  // Set when the connection starts closing, for the close log line; null
-  // while open (an empty reason), so an open connection keeps no string.
-  std::unique_ptr<std::string> close_reason_;
-  void set_close_reason(std::string_view reason) { close_reason_ = std::make_unique<std::string>(reason); }
+  // Made when the connection starts closing: the reason, for the close log
+  // line, and since when (the close handshake's bound). Null while open, so
+  // an open connection keeps neither.
+  struct Closing {
+    std::string reason;
+    std::int64_t since_ms = 0;
+  };
+  std::unique_ptr<Closing> closing_;
+  // Starts the closing state's record (begin_close, on_close), or only
+  // notes the reason (abort, which closes at once).
+  void set_closing(std::string_view reason, std::int64_t since_ms) {
+    closing_ = std::make_unique<Closing>(Closing{std::string(reason), since_ms});
+  }
   std::int64_t opened_ms_ = 0;
   std::int64_t last_rx_ms_ = 0;
-  std::int64_t closing_since_ms_ = 0;
 };
 
 }  // namespace synapse::net
