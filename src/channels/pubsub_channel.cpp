@@ -268,10 +268,10 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
     return true;
   }
 
-  bool joined_ = false;
-
  private:
   Session& session_;
+  // The flags together, after the reference: no padding between them.
+  bool joined_ = false;
   bool wants_presence_ = false;
   bool recover_ = false;
   bool pending_ = false;   // join_async has not answered yet
