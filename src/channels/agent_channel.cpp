@@ -47,8 +47,7 @@ bool valid_tool_name(std::string_view n) {
 class AgentChannel final : public Channel {
  public:
   AgentChannel(Session& session, const protocol::Envelope& env, cortex::AgentHub& hub)
-      : session_(session), hub_(hub), topic_(env.topic), board_(std::make_shared<Board>()) {
-    if (env.join_ref) join_ref_ = std::string(*env.join_ref);
+      : Channel(env), session_(session), hub_(hub), board_(std::make_shared<Board>()) {
     board_->channel = this;
   }
   ~AgentChannel() override { leave(); }
@@ -93,14 +92,14 @@ class AgentChannel final : public Channel {
   }
 
   void push(std::string_view event, const json::object& payload) {
-    session_.push(topic_, join_ref_ ? std::optional<std::string_view>(*join_ref_) : std::nullopt, event, payload);
+    session_.push(topic(), join_ref(), event, payload);
   }
 
   // A call_tool answer, on this thread.
   void tool_answer(const std::optional<std::string>& ref, bool ok, const json::object& response) {
     if (!ref) return;
     session_.socket().send(wire::Message::text(protocol::encode_reply(
-        join_ref_ ? std::optional<std::string_view>(*join_ref_) : std::nullopt, std::string_view(*ref), topic_, ok,
+        join_ref(), std::string_view(*ref), topic(), ok,
         response)));
   }
 
@@ -127,7 +126,7 @@ class AgentChannel final : public Channel {
       return;
     }
     if (env.ref) session_.reply_error(env, r.reason, r.message, r.errors);
-    spdlog::debug("conn={} agent worker {} {} on {}: {} ({})", session_.socket().id(), worker_, env.event, topic_,
+    spdlog::debug("conn={} agent worker {} {} on {}: {} ({})", session_.socket().id(), worker_, env.event, topic(),
                   r.reason, r.message);
     const std::int64_t budget = session_.services().config.worker_error_budget;
     if (budget <= 0) return;
@@ -136,15 +135,13 @@ class AgentChannel final : public Channel {
     errors_at_.push_back(now);
     if (static_cast<std::int64_t>(errors_at_.size()) > budget) {
       spdlog::warn("conn={} agent worker {} on {} closed: more than {} errors in a minute", session_.socket().id(),
-                   worker_, topic_, budget);
+                   worker_, topic(), budget);
       session_.socket().close(wire::close_code::policy_violation, "too many worker errors");
     }
   }
 
   Session& session_;
   cortex::AgentHub& hub_;
-  std::string topic_;
-  std::optional<std::string> join_ref_;
   std::shared_ptr<Board> board_;
   std::uint64_t worker_ = 0;
   std::vector<std::int64_t> errors_at_;  // ms; only a misbehaving worker grows it

@@ -2,6 +2,9 @@
 // connection's thread.
 #pragma once
 
+#include <cstdint>
+#include <optional>
+#include <string>
 #include <string_view>
 
 #include "protocol/envelope.hpp"
@@ -9,9 +12,20 @@
 
 namespace synapse::channels {
 
+class Session;
+
 class Channel {
  public:
   virtual ~Channel() = default;
+  // The joined topic and the join's join_ref (every reply and push of the
+  // join carries it). Kept here once, for the channel and for the session's
+  // routing alike; set by the channel's constructor (Channel(env)) or, for
+  // a channel that did not, by the session once the join returned it.
+  std::string_view topic() const noexcept { return std::string_view(ident_).substr(0, topic_size_); }
+  std::optional<std::string_view> join_ref() const noexcept {
+    return has_join_ref_ ? std::optional<std::string_view>(std::string_view(ident_).substr(topic_size_))
+                         : std::nullopt;
+  }
   // A client event other than phx_join / phx_leave on this topic.
   virtual void handle_in(const protocol::Envelope& env) = 0;
   // The hot-path variant (protocol/flat_frame.hpp): a channel that answers
@@ -42,6 +56,28 @@ class Channel {
   // the session with Session::join_done. Meanwhile the session holds the
   // client's events for the topic.
   virtual bool join_pending() const { return false; }
+
+ protected:
+  Channel() = default;
+  explicit Channel(const protocol::Envelope& join) { bind(join); }
+
+ private:
+  friend class Session;
+  void bind(const protocol::Envelope& join) {
+    ident_.assign(join.topic);
+    topic_size_ = static_cast<std::uint32_t>(join.topic.size());
+    has_join_ref_ = join.join_ref.has_value();
+    if (has_join_ref_) ident_.append(*join.join_ref);
+    bound_ = true;
+  }
+
+  // The topic followed by the join_ref, in one string: a short pair (as
+  // `room:lobby` and `3`) fits in the string itself, and one string is 32
+  // bytes less in every channel than two.
+  std::string ident_;
+  std::uint32_t topic_size_ = 0;
+  bool has_join_ref_ = false;  // a join may have no join_ref (null)
+  bool bound_ = false;
 };
 
 }  // namespace synapse::channels

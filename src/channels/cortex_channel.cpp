@@ -79,23 +79,22 @@ bool int_field(const json::object& p, std::string_view key, std::int64_t lo, std
 class CortexChannel final : public Channel {
  public:
   CortexChannel(Session& session, const protocol::Envelope& env, std::string agent)
-      : session_(session),
+      : Channel(env),
+        session_(session),
         cortex_(session.services().cortex),
         registry_(*session.services().runs),
-        topic_(env.topic),
         agent_(std::move(agent)),
         board_(std::make_shared<Board>()) {
-    if (env.join_ref) join_ref_ = std::string(*env.join_ref);
     board_->channel = this;
     // [join_ref, null, topic, " : every event's frame starts so.
     frame_head_ = "[";
-    if (join_ref_) {
-      protocol::append_json_string(frame_head_, *join_ref_);
+    if (const auto jr = join_ref()) {
+      protocol::append_json_string(frame_head_, *jr);
     } else {
       frame_head_ += "null";
     }
     frame_head_ += ",null,";
-    protocol::append_json_string(frame_head_, topic_);
+    protocol::append_json_string(frame_head_, topic());
     frame_head_ += ",\"";
   }
 
@@ -208,7 +207,7 @@ class CortexChannel final : public Channel {
       return wire::Message::text_parts({frame_head_, ev.event, "\",", ev.payload, "]"});
     }
     return wire::Message::text(protocol::encode_raw(
-        join_ref_ ? std::optional<std::string_view>(*join_ref_) : std::nullopt, std::nullopt, topic_, ev.event,
+        join_ref(), std::nullopt, topic(), ev.event,
         ev.payload));
   }
 
@@ -226,7 +225,7 @@ class CortexChannel final : public Channel {
   }
 
   void push(std::string_view event, const json::object& payload) {
-    session_.push(topic_, join_ref_ ? std::optional<std::string_view>(*join_ref_) : std::nullopt, event, payload);
+    session_.push(topic(), join_ref(), event, payload);
   }
 
   Follow* find_follow(std::string_view run_id) {
@@ -285,7 +284,7 @@ class CortexChannel final : public Channel {
     auto& m = session_.services().metrics;
     m.runs_active.fetch_add(1, std::memory_order_relaxed);
     const std::uint64_t conn = session_.socket().id();
-    return [&m, conn, topic = topic_](const cortex::Run& run, RunEnd o) {
+    return [&m, conn, topic = std::string(topic())](const cortex::Run& run, RunEnd o) {
       m.run_duration.observe_us((mono_ms() - run.started_mono_ms()) * 1000);
       m.runs_active.fetch_sub(1, std::memory_order_relaxed);
       metrics::RunEnd e = metrics::RunEnd::cancelled;
@@ -307,11 +306,11 @@ class CortexChannel final : public Channel {
     metrics::RunRecord rec;
     rec.id = run.id();
     rec.connection_id = session_.socket().id();
-    rec.topic = topic_;
+    rec.topic = topic();
     rec.ref = run.ref();
     rec.agent_id = session_.principal().agent_id;
     rec.started_at_ms = unix_ms();
-    spdlog::debug("conn={} topic={} run={} ref={} started", rec.connection_id, topic_, rec.id, rec.ref);
+    spdlog::debug("conn={} topic={} run={} ref={} started", rec.connection_id, topic(), rec.id, rec.ref);
     session_.services().metrics.runs.started(std::move(rec));
   }
 
@@ -811,9 +810,7 @@ class CortexChannel final : public Channel {
   Session& session_;
   cortex::Cortex& cortex_;
   cortex::RunRegistry& registry_;
-  std::string topic_;
   std::string agent_;
-  std::optional<std::string> join_ref_;
   std::shared_ptr<Board> board_;
   std::vector<Follow> follows_;
   std::uint64_t next_ref_ = 1;

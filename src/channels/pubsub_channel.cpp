@@ -19,7 +19,7 @@ namespace {
 
 class PubSubChannel final : public Channel, public pubsub::Subscriber {
  public:
-  PubSubChannel(Session& session, std::string_view topic) : session_(session), topic_(topic) {
+  PubSubChannel(Session& session, const protocol::Envelope& join) : Channel(join), session_(session) {
     sink = &session.socket();
   }
 
@@ -39,7 +39,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
                            {{"payload._meta", "must not be set by the publisher"}});
       return;
     }
-    if (!auth::permitted(session_.principal(), auth::Capability::publish, topic_)) {
+    if (!auth::permitted(session_.principal(), auth::Capability::publish, topic())) {
       session_.reply_error(env, reason::forbidden, "this credential's publish capability does not cover this topic");
       return;
     }
@@ -47,8 +47,9 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
     if (hooks && hooks->enabled(hooks::Hook::publish)) {
       // One hook call at a time per channel, in arrival order, so the
       // publishes of one client keep their order whatever the backend does.
-      waiting_.push_back(protocol::encode_raw(env.join_ref, env.ref, env.topic, env.event, env.payload_raw));
-      if (waiting_.size() == 1) ask_publish_hook();
+      auto& waiting = hooked().waiting;
+      waiting.push_back(protocol::encode_raw(env.join_ref, env.ref, env.topic, env.event, env.payload_raw));
+      if (waiting.size() == 1) ask_publish_hook();
       return;
     }
     publish(env, env.payload_raw, env.payload->empty());
@@ -59,7 +60,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
   void ask_publish_hook() {
     protocol::Envelope env;
     std::string error;
-    protocol::decode(waiting_.front(), env, error);
+    protocol::decode(hooked_->waiting.front(), env, error);
     const auto& p = session_.principal();
     std::string body = R"({"hook":"publish","agent_id":)";
     protocol::append_json_string(body, p.agent_id);
@@ -68,7 +69,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
     body += R"(,"key_id":)";
     protocol::append_json_string(body, p.key_id);
     body += R"(,"topic":)";
-    protocol::append_json_string(body, topic_);
+    protocol::append_json_string(body, topic());
     body += R"(,"event":)";
     protocol::append_json_string(body, env.event);
     body += R"(,"payload":)";
@@ -86,8 +87,9 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
   }
 
   void on_publish_verdict(hooks::Verdict v) {
-    const std::string frame = std::move(waiting_.front());
-    waiting_.pop_front();
+    auto& waiting = hooked_->waiting;
+    const std::string frame = std::move(waiting.front());
+    waiting.pop_front();
     protocol::Envelope env;
     std::string error;
     if (joined_ && protocol::decode(frame, env, error)) {
@@ -102,7 +104,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
         publish(env, env.payload_raw, env.payload->empty());
       }
     }
-    if (!waiting_.empty()) ask_publish_hook();
+    if (!waiting.empty()) ask_publish_hook();
   }
 
   // The backend's replacement payload obeys the client's rules (section 5).
@@ -121,7 +123,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
   void publish(const protocol::Envelope& env, std::string_view payload_raw, bool payload_empty) {
     auto& broker = session_.services().broker;
     if (!broker.publishes_async()) {
-      const auto r = broker.publish(topic_, env.event, payload_raw, payload_empty,
+      const auto r = broker.publish(topic(), env.event, payload_raw, payload_empty,
                                     session_.principal().agent_id, session_.socket().id());
       session_.socket().send(wire::Message::text(encode_publish_reply(env.join_ref, env.ref, env.topic, r)));
       return;
@@ -130,9 +132,9 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
     // connection's thread, if the connection is still open by then.
     Socket* socket = &session_.socket();
     broker.publish_async(
-        topic_, env.event, payload_raw, payload_empty, session_.principal().agent_id, socket->id(),
+        topic(), env.event, payload_raw, payload_empty, session_.principal().agent_id, socket->id(),
         [poster = socket->poster(), socket, join_ref = copy(env.join_ref), ref = copy(env.ref),
-         topic = topic_](pubsub::PublishResult r) {
+         topic = std::string(topic())](pubsub::PublishResult r) {
           wire::Message msg = wire::Message::text(encode_publish_reply(view(join_ref), view(ref), topic, r));
           poster([socket, msg = std::move(msg)]() mutable { socket->send(std::move(msg)); });
         });
@@ -156,9 +158,9 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
   // `ref`: the join's own ref (its reply's; later frames carry join_ref only).
   bool answer(pubsub::JoinResult r, std::optional<std::string_view> ref) {
     protocol::Envelope env;
-    env.join_ref = view(join_ref_);
+    env.join_ref = join_ref();
     env.ref = ref;
-    env.topic = topic_;
+    env.topic = topic();
     env.event = "phx_join";
     if (r.presence_full) {
       joined_ = false;
@@ -182,13 +184,13 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
       // Framed straight from the state text: one copy of a state that may be
       // megabytes, not two.
       std::string head = "[";
-      if (join_ref_) {
-        protocol::append_json_string(head, *join_ref_);
+      if (const auto jr = join_ref()) {
+        protocol::append_json_string(head, *jr);
       } else {
         head += "null";
       }
       head += ",null,";
-      protocol::append_json_string(head, topic_);
+      protocol::append_json_string(head, topic());
       head += ",\"presence_state\",";
       session_.socket().send_initial(wire::Message::text_parts({head, r.presence_state_json, "]"}));
     }
@@ -224,7 +226,7 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
   void leave() override {
     if (joined_) {
       joined_ = false;
-      session_.services().broker.leave(*this, topic_);
+      session_.services().broker.leave(*this, topic());
     }
   }
 
@@ -237,7 +239,6 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
   // not joined.
   bool start(const protocol::Envelope& env, const pubsub::JoinRequest& req) {
     auto& broker = session_.services().broker;
-    join_ref_ = copy(env.join_ref);
     wants_presence_ = req.presence;
     recover_ = req.recover.has_value();
     if (!broker.joins_async()) {
@@ -267,13 +268,10 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
     return true;
   }
 
-  bool joined_ = false;
-
  private:
   Session& session_;
-  std::string topic_;
-  // The join's join_ref: its reply and every push carry it.
-  std::optional<std::string> join_ref_;
+  // The flags together, after the reference: no padding between them.
+  bool joined_ = false;
   bool wants_presence_ = false;
   bool recover_ = false;
   bool pending_ = false;   // join_async has not answered yet
@@ -284,17 +282,27 @@ class PubSubChannel final : public Channel, public pubsub::Subscriber {
   std::unique_ptr<pubsub::JoinResult> early_;
 
   std::weak_ptr<int> alive_handle() {
-    if (!alive_) alive_ = std::make_shared<int>(0);
-    return alive_;
+    auto& alive = hooked().alive;
+    if (!alive) alive = std::make_shared<int>(0);
+    return alive;
   }
 
-  // Publishes waiting for the publish hook, as frames (the oldest is asked).
-  // A list, not a deque: an empty std::deque already holds a 512-byte block
-  // and its map, and every member of a topic has a channel.
-  std::list<std::string> waiting_;
-  // Hook answers find this channel through a weak handle: one that left
-  // and was destroyed is simply not found. Made by the first hook call.
-  std::shared_ptr<int> alive_;
+  // The publish hook's state, made by the first publish that asks it: every
+  // member of a topic has a channel, and most never publish through a hook.
+  struct Hooked {
+    // Publishes waiting for the publish hook, as frames (the oldest is
+    // asked). A list, not a deque: an empty std::deque already holds a
+    // 512-byte block and its map.
+    std::list<std::string> waiting;
+    // Hook answers find this channel through a weak handle: one that left
+    // and was destroyed is simply not found.
+    std::shared_ptr<int> alive;
+  };
+  Hooked& hooked() {
+    if (!hooked_) hooked_ = std::make_unique<Hooked>();
+    return *hooked_;
+  }
+  std::unique_ptr<Hooked> hooked_;
 };
 
 bool nul_in(std::string_view s) { return s.find('\0') != std::string_view::npos; }
@@ -412,7 +420,7 @@ std::unique_ptr<Channel> join_pubsub(Session& session, const protocol::Envelope&
     return nullptr;
   }
 
-  auto channel = std::make_unique<PubSubChannel>(session, env.topic);
+  auto channel = std::make_unique<PubSubChannel>(session, env);
   if (!channel->start(env, req)) return nullptr;
   return channel;
 }

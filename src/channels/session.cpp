@@ -85,9 +85,10 @@ void Session::on_malformed(std::string_view why) {
   const std::int64_t now = mono_ms();
   if (cfg.malformed_limit > 0) {
     // A sliding window: forget what fell out of it, then count this one.
-    std::erase_if(malformed_at_, [&](std::int64_t t) { return now - t >= cfg.malformed_window_ms; });
-    malformed_at_.push_back(now);
-    if (static_cast<std::int64_t>(malformed_at_.size()) > cfg.malformed_limit) {
+    auto& malformed_at = rare().malformed_at;
+    std::erase_if(malformed_at, [&](std::int64_t t) { return now - t >= cfg.malformed_window_ms; });
+    malformed_at.push_back(now);
+    if (static_cast<std::int64_t>(malformed_at.size()) > cfg.malformed_limit) {
       socket_.close(wire::close_code::policy_violation, "too many malformed frames");
       return;
     }
@@ -147,7 +148,7 @@ void Session::on_text(std::string_view text) {
     const auto started = std::chrono::steady_clock::now();
     handle_join(env);
     // A join that waits for its broker is measured when it completes (join_done).
-    if (joined_.empty() || !joined_.back().pending || joined_.back().topic != env.topic) {
+    if (joined_.empty() || !joined_.back().pending || joined_.back().channel->topic() != env.topic) {
       services_.metrics.join_latency.observe_us(
           std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count());
     }
@@ -158,13 +159,14 @@ void Session::on_text(std::string_view text) {
     reply_error(env, reason::unmatched_topic, "join the topic first");
     return;
   }
-  if (env.join_ref && joined_[*index].join_ref && *env.join_ref != *joined_[*index].join_ref) {
+  const auto current_join_ref = joined_[*index].channel->join_ref();
+  if (env.join_ref && current_join_ref && *env.join_ref != *current_join_ref) {
     // A message of an earlier join of this topic (the client rejoined since):
     // as Phoenix does, it is not handed to the channel, a phx_leave included
     // (it must not end the current join), and is answered as an unmatched
     // topic. A message without join_ref is taken as the current join's.
     spdlog::debug("conn={} topic={} event={} stale join_ref {} (current {}): dropped", socket_.id(), env.topic,
-                  env.event, *env.join_ref, *joined_[*index].join_ref);
+                  env.event, *env.join_ref, *current_join_ref);
     reply_error(env, reason::unmatched_topic, "stale join_ref: the topic was joined again since");
     return;
   }
@@ -213,7 +215,8 @@ bool Session::on_flat(std::string_view text) {
   if (f.topic == "phoenix" || f.event == "phx_join" || f.event == "phx_leave") return false;
   const auto index = find(f.topic);
   if (!index) return false;
-  if (f.join_ref && joined_[*index].join_ref && *f.join_ref != *joined_[*index].join_ref) return false;
+  const auto current_join_ref = joined_[*index].channel->join_ref();
+  if (f.join_ref && current_join_ref && *f.join_ref != *current_join_ref) return false;
   if (!joined_[*index].channel->takes_flat(f.event)) return false;
   protocol::Envelope env;
   env.join_ref = f.join_ref;
@@ -335,7 +338,7 @@ void Session::handle_refresh(const protocol::Envelope& env) {
 
 std::optional<std::size_t> Session::find(std::string_view topic) const {
   for (std::size_t i = 0; i < joined_.size(); ++i) {
-    if (joined_[i].topic == topic) return i;
+    if (joined_[i].channel->topic() == topic) return i;
   }
   return std::nullopt;
 }
@@ -369,12 +372,11 @@ void Session::handle_join(const protocol::Envelope& env, bool hook_passed) {
     try {
       old.channel->leave();
     } catch (const std::exception& e) {
-      spdlog::warn("conn {} leaving {} on rejoin threw: {}", socket_.id(), old.topic, e.what());
+      spdlog::warn("conn {} leaving {} on rejoin threw: {}", socket_.id(), old.channel->topic(), e.what());
     }
     abandon(old, "the topic was joined again");
-    const std::optional<std::string_view> ref =
-        old.join_ref ? std::optional<std::string_view>(*old.join_ref) : std::nullopt;
-    socket_.send(wire::Message::text(protocol::encode_raw(ref, ref, old.topic, "phx_close", "{}")));
+    const std::optional<std::string_view> ref = old.channel->join_ref();
+    socket_.send(wire::Message::text(protocol::encode_raw(ref, ref, old.channel->topic(), "phx_close", "{}")));
   }
   const auto& cfg = services_.config;
   if (cfg.max_topics > 0 && static_cast<std::int64_t>(joined_.size()) >= cfg.max_topics) {
@@ -391,9 +393,10 @@ void Session::handle_join(const protocol::Envelope& env, bool hook_passed) {
     return;
   }
   if (!channel) return;  // the join code replied with the error
+  // A channel that did not record its topic and join_ref (Channel(env))
+  // gets them here.
+  if (!channel->bound_) channel->bind(env);
   Joined j;
-  j.topic = std::string(env.topic);
-  if (env.join_ref) j.join_ref = std::string(*env.join_ref);
   if (channel->join_pending()) {
     j.pending = std::make_unique<Joined::Pending>();
     j.pending->started_us = std::chrono::duration_cast<std::chrono::microseconds>(
@@ -449,9 +452,15 @@ void Session::join_done(Channel& channel, bool ok) {
   }
 }
 
+Session::Rare& Session::rare() {
+  if (!rare_) rare_ = std::make_unique<Rare>();
+  return *rare_;
+}
+
 std::weak_ptr<int> Session::alive_handle() {
-  if (!alive_) alive_ = std::make_shared<int>(0);
-  return alive_;
+  auto& alive = rare().alive;
+  if (!alive) alive = std::make_shared<int>(0);
+  return alive;
 }
 
 void Session::ask_join_hook(const protocol::Envelope& env) {
@@ -497,7 +506,7 @@ void Session::handle_leave(const protocol::Envelope& env, std::size_t index) {
   try {
     j.channel->leave();  // a pending join is cancelled, never answered
   } catch (const std::exception& e) {
-    spdlog::warn("conn {} leave of {} threw: {}", socket_.id(), j.topic, e.what());
+    spdlog::warn("conn {} leave of {} threw: {}", socket_.id(), j.channel->topic(), e.what());
   }
   abandon(j, "the topic was left before its join completed");
   reply_ok(env, {});
@@ -507,18 +516,17 @@ void Session::crash(std::size_t index, const protocol::Envelope* env, std::strin
   metrics::bump(services_.metrics.channel_crashes);
   Joined j = std::move(joined_[index]);
   remove(index);
-  spdlog::error("conn {} channel {} crashed: {}", socket_.id(), j.topic, what);
+  spdlog::error("conn {} channel {} crashed: {}", socket_.id(), j.channel->topic(), what);
   try {
     j.channel->leave();
   } catch (const std::exception& e) {
-    spdlog::error("conn {} channel {} threw again while leaving: {}", socket_.id(), j.topic, e.what());
+    spdlog::error("conn {} channel {} threw again while leaving: {}", socket_.id(), j.channel->topic(), e.what());
   }
   if (env) reply_error(*env, reason::internal, "the channel crashed and was closed; rejoin it");
   // Phoenix tells the client its channel died with phx_error, ref = join_ref;
   // the official client then rejoins by itself.
-  const std::optional<std::string_view> ref =
-      j.join_ref ? std::optional<std::string_view>(*j.join_ref) : std::nullopt;
-  socket_.send(wire::Message::text(protocol::encode_raw(ref, ref, j.topic, "phx_error", "{}")));
+  const std::optional<std::string_view> ref = j.channel->join_ref();
+  socket_.send(wire::Message::text(protocol::encode_raw(ref, ref, j.channel->topic(), "phx_error", "{}")));
 }
 
 bool Session::take_query_token(const protocol::Envelope& env) {
@@ -549,7 +557,7 @@ void Session::on_tick(std::int64_t now_ms) {
 std::vector<std::string> Session::topics() const {
   std::vector<std::string> out;
   out.reserve(joined_.size());
-  for (const auto& j : joined_) out.push_back(j.topic);
+  for (const auto& j : joined_) out.emplace_back(j.channel->topic());
   return out;
 }
 
@@ -561,15 +569,14 @@ bool Session::unsubscribe(std::string_view topic) {
   try {
     j.channel->leave();
   } catch (const std::exception& e) {
-    spdlog::warn("conn {} server-side leave of {} threw: {}", socket_.id(), j.topic, e.what());
+    spdlog::warn("conn {} server-side leave of {} threw: {}", socket_.id(), j.channel->topic(), e.what());
   }
   abandon(j, "the topic was unsubscribed by an admin");
   // The client hears it as Phoenix's phx_close on the topic (join_ref as ref),
   // which the official client takes as the channel closed by the server.
-  const std::optional<std::string_view> ref =
-      j.join_ref ? std::optional<std::string_view>(*j.join_ref) : std::nullopt;
-  socket_.send(wire::Message::text(protocol::encode_raw(ref, ref, j.topic, "phx_close", "{}")));
-  spdlog::info("conn={} topic={} unsubscribed by an admin", socket_.id(), j.topic);
+  const std::optional<std::string_view> ref = j.channel->join_ref();
+  socket_.send(wire::Message::text(protocol::encode_raw(ref, ref, j.channel->topic(), "phx_close", "{}")));
+  spdlog::info("conn={} topic={} unsubscribed by an admin", socket_.id(), j.channel->topic());
   return true;
 }
 
@@ -578,7 +585,7 @@ void Session::shutdown() {
     try {
       j.channel->shutdown();
     } catch (const std::exception& e) {
-      spdlog::warn("conn {} channel {} shutdown threw: {}", socket_.id(), j.topic, e.what());
+      spdlog::warn("conn {} channel {} shutdown threw: {}", socket_.id(), j.channel->topic(), e.what());
     }
   }
 }
@@ -590,7 +597,7 @@ void Session::close_channels() {
     try {
       j.channel->leave();
     } catch (const std::exception& e) {
-      spdlog::warn("conn {} channel {} leave threw: {}", socket_.id(), j.topic, e.what());
+      spdlog::warn("conn {} channel {} leave threw: {}", socket_.id(), j.channel->topic(), e.what());
     }
   }
   joined_.clear();

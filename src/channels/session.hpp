@@ -67,9 +67,9 @@ class Session {
   void join_done(Channel& channel, bool ok);
 
  private:
+  // The topic and join_ref are the channel's (Channel::topic, join_ref):
+  // kept once, not here and in the channel.
   struct Joined {
-    std::string topic;
-    std::optional<std::string> join_ref;
     std::unique_ptr<Channel> channel;
     // While the join is pending: when it started, and the client's events
     // for the topic that wait for it, as frames. Null once joined: every
@@ -104,14 +104,20 @@ class Session {
   Services& services_;
   std::shared_ptr<const auth::Principal> principal_;
   limits::ConnectionRates rates_;
-  std::vector<std::int64_t> malformed_at_;  // ms; only misbehaving clients grow it
   std::vector<Joined> joined_;
   bool token_warned_ = false;
   bool closed_ = false;
   std::weak_ptr<int> alive_handle();
-  // Hook answers find this session through a weak handle (it dies with it);
-  // made by the first hook call.
-  std::shared_ptr<int> alive_;
+  // What most sessions never use, made on first use: a pointer that is null
+  // in an idle session instead of 40 bytes in every one.
+  struct Rare {
+    std::vector<std::int64_t> malformed_at;  // ms; only misbehaving clients grow it
+    // Hook answers find this session through a weak handle (it dies with
+    // it); made by the first hook call.
+    std::shared_ptr<int> alive;
+  };
+  Rare& rare();
+  std::unique_ptr<Rare> rare_;
 };
 
 }  // namespace synapse::channels

@@ -15,8 +15,8 @@ namespace asio = boost::asio;
 
 ConnectionView Connection::view() const {
   ConnectionView v;
-  v.id = info_.id;
-  v.peer = info_.peer;
+  v.id = id_;
+  v.peer = peer_;
   const auto colon = v.peer.rfind(':');
   v.ip = colon == std::string::npos ? v.peer : v.peer.substr(0, colon);
   if (session_) {

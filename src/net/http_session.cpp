@@ -571,10 +571,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // The 101 has left: the socket becomes a WebSocket connection of this thread.
   void become_websocket(ConnectionInfo info, std::string early, bool revoked) {
     info.tls = socket_.release_tls();
+    auto principal = std::move(info.principal);
     auto conn = std::make_shared<Connection>(thread_, std::move(socket_.socket()), std::move(info), ctx_.services);
-    thread_.connections.push_front(conn);
-    conn->self_in_thread = thread_.connections.begin();
-    conn->start(std::move(early));
+    thread_.connections.push_front(conn->in_thread, conn);
+    conn->start(std::move(principal), std::move(early));
     if (revoked) conn->close(protocol::close_code::revoked, "credentials revoked");
   }
 

@@ -8,7 +8,6 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <list>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -20,6 +19,76 @@ namespace synapse::net {
 
 class Connection;
 
+// A connection's links in its thread's list (a member of the Connection):
+// listing a connection allocates nothing (a std::list node was 32 bytes
+// more, and a malloc chunk, per connection).
+struct ConnectionLink {
+  ConnectionLink* prev = nullptr;
+  ConnectionLink* next = nullptr;
+  std::shared_ptr<Connection> owner;  // the list's reference, while listed
+};
+
+// The thread's connections, newest first; each listed one is owned by its
+// link. Erasing one never invalidates an iterator to another, so a loop may
+// step past the current entry first and let it erase itself (as with
+// std::list).
+class ConnectionList {
+ public:
+  class iterator {
+   public:
+    explicit iterator(ConnectionLink* l = nullptr) noexcept : l_(l) {}
+    const std::shared_ptr<Connection>& operator*() const noexcept { return l_->owner; }
+    iterator& operator++() noexcept {
+      l_ = l_->next;
+      return *this;
+    }
+    iterator operator++(int) noexcept {
+      iterator was = *this;
+      l_ = l_->next;
+      return was;
+    }
+    bool operator==(const iterator& o) const noexcept { return l_ == o.l_; }
+
+   private:
+    ConnectionLink* l_;
+  };
+
+  ConnectionList() = default;
+  ConnectionList(const ConnectionList&) = delete;
+  ConnectionList& operator=(const ConnectionList&) = delete;
+  ~ConnectionList() { clear(); }
+
+  // `link` is c's own (Connection::in_thread); not listed yet.
+  void push_front(ConnectionLink& link, std::shared_ptr<Connection> c) noexcept {
+    link.owner = std::move(c);
+    link.prev = nullptr;
+    link.next = head_;
+    if (head_) head_->prev = &link;
+    head_ = &link;
+  }
+  // Unlists and drops the list's reference; the caller holds its own if the
+  // connection must outlive the call. A link not listed is left alone.
+  void erase(ConnectionLink& link) noexcept {
+    if (!link.owner) return;
+    if (link.prev) {
+      link.prev->next = link.next;
+    } else {
+      head_ = link.next;
+    }
+    if (link.next) link.next->prev = link.prev;
+    link.prev = link.next = nullptr;
+    auto owner = std::move(link.owner);
+  }
+  void clear() noexcept {
+    while (head_) erase(*head_);
+  }
+  iterator begin() const noexcept { return iterator(head_); }
+  iterator end() const noexcept { return iterator(); }
+
+ private:
+  ConnectionLink* head_ = nullptr;
+};
+
 struct IoThread {
   explicit IoThread(std::size_t i);
   ~IoThread();
@@ -28,7 +97,7 @@ struct IoThread {
   std::size_t index;
   // Every read lands here first, so an idle connection owns no read buffer.
   std::vector<char> read_buffer;
-  std::list<std::shared_ptr<Connection>> connections;
+  ConnectionList connections;
   // Connections with output waiting; flushed together after the current
   // batch of handlers, so messages queued in that batch share one write.
   std::vector<std::shared_ptr<Connection>> dirty;

@@ -58,33 +58,42 @@ Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, Connectio
                        channels::Services& services)
     : thread_(thread),
       socket_(take_descriptor(socket)),
-      info_(std::move(info)),
+      deflate_(info.deflate),
+      id_(info.id),
+      peer_(std::move(info.peer)),
+      permit_(std::move(info.permit)),
+      socket_permit_(std::move(info.socket_permit)),
       services_(services),
-      reader_(static_cast<std::size_t>(services.config.max_message_bytes), wire::Role::server),
-      queue_limit_(static_cast<std::size_t>(services.config.outbound_queue_bytes)),
-      // The most one join can produce: a full history and a full presence,
-      // plus framing. A client joining several such topics at once counts
-      // the rest against the bound as usual.
-      initial_allowance_(static_cast<std::size_t>(services.config.history_max_bytes_per_topic +
-                                                  services.config.max_presence_bytes_per_topic) +
-                         (64u << 10)),
-      deflate_(info_.deflate) {
+      reader_(static_cast<std::size_t>(services.config.max_message_bytes), wire::Role::server) {
   if (deflate_) reader_.enable_deflate();
-  tls_ = std::move(info_.tls);
+  tls_ = std::move(info.tls);
+}
+
+std::size_t Connection::queue_limit() const noexcept {
+  return static_cast<std::size_t>(services_.config.outbound_queue_bytes);
+}
+
+// The most one join can produce: a full history and a full presence, plus
+// framing. A client joining several such topics at once counts the rest
+// against the bound as usual.
+std::size_t Connection::initial_allowance() const noexcept {
+  return static_cast<std::size_t>(services_.config.history_max_bytes_per_topic +
+                                  services_.config.max_presence_bytes_per_topic) +
+         (64u << 10);
 }
 
 Connection::~Connection() = default;
 
-void Connection::start(std::string early) {
+void Connection::start(std::shared_ptr<const auth::Principal> principal, std::string early) {
   opened_ms_ = last_rx_ms_ = mono_ms();
   // Reads and writes below are direct non-blocking syscalls (the
   // descriptor is non-blocking, see take_descriptor). TCP_NODELAY came from
   // the listener.
   services_.metrics.connections_open.fetch_add(1, std::memory_order_relaxed);
   metrics::bump(services_.metrics.connections_total);
-  spdlog::info("conn {} opened peer={} agent={} thread={}", info_.id, info_.peer, info_.principal->agent_id,
+  spdlog::info("conn {} opened peer={} agent={} thread={}", id_, peer_, principal->agent_id,
                thread_.index);
-  session_.emplace(*this, services_, std::move(info_.principal));
+  session_.emplace(*this, services_, std::move(principal));
   if (!socket_.is_open() || !thread_.watch(socket_.native_handle(), this)) {
     abort(socket_.is_open() ? std::strerror(errno) : "the socket could not be taken from the upgrade");
     return;
@@ -123,7 +132,7 @@ bool Connection::enqueue(wire::Message msg) {
     msg = msg.deflated(static_cast<std::size_t>(services_.config.deflate_threshold_bytes),
                        static_cast<int>(services_.config.deflate_level));
   }
-  if (queue_limit_ > 0 && out_.counted_bytes() + msg.size() > queue_limit_) {
+  if (const std::size_t limit = queue_limit(); limit > 0 && out_.counted_bytes() + msg.size() > limit) {
     begin_close(protocol::close_code::slow_consumer, "slow consumer: outbound queue over limit");
     return false;
   }
@@ -146,7 +155,7 @@ void Connection::send_batch(const wire::Message* const* msgs, std::size_t n) {
 
 void Connection::send_initial(wire::Message msg) {
   if (state_ != State::open) return;
-  if (queue_limit_ == 0 || out_.exempt_bytes() + msg.size() > initial_allowance_) {
+  if (queue_limit() == 0 || out_.exempt_bytes() + msg.size() > initial_allowance()) {
     send(std::move(msg));
     return;
   }
@@ -306,9 +315,8 @@ void Connection::on_close(std::uint16_t code, std::string_view reason) {
     // The client closes: echo its code, leave every topic, then let the
     // flush finish the handshake.
     state_ = State::closing;
-    closing_since_ms_ = mono_ms();
     close_code_ = code;
-    close_reason_ = std::string(reason);
+    set_closing(reason, mono_ms());
     teardown_session();
     // Replies to the frames that came before the close are already queued
     // and leave ahead of our close frame (RFC 6455 section 5.5.1: the
@@ -331,9 +339,8 @@ void Connection::close(std::uint16_t code, std::string_view reason) { begin_clos
 void Connection::begin_close(std::uint16_t code, std::string_view reason) {
   if (state_ != State::open) return;
   state_ = State::closing;
-  closing_since_ms_ = mono_ms();
   close_code_ = code;
-  close_reason_ = std::string(reason);
+  set_closing(reason, mono_ms());
   // A slow consumer's backlog is dropped at once: that is the memory the
   // limit protects. A partly written head stays, so the close frame never
   // follows half a frame.
@@ -355,7 +362,7 @@ void Connection::abort(std::string_view why) {
   if (state_ == State::closed) return;
   if (state_ == State::open) {
     close_code_ = wire::close_code::abnormal;
-    close_reason_ = std::string(why);
+    set_closing(why, 0);
   }
   finalize();
 }
@@ -368,14 +375,15 @@ void Connection::finalize() {
   const std::string agent = session_ ? session_->principal().agent_id : std::string();
   session_.reset();
   out_.clear();
-  info_.permit.release();
+  permit_.release();
   services_.metrics.connections_open.fetch_sub(1, std::memory_order_relaxed);
   services_.metrics.count_close(close_code_);
-  spdlog::info("conn {} closed code={} reason=\"{}\" duration_ms={} peer={} agent={}", info_.id, close_code_,
-               close_reason_, mono_ms() - opened_ms_, info_.peer, agent);
+  spdlog::info("conn {} closed code={} reason=\"{}\" duration_ms={} peer={} agent={}", id_, close_code_,
+               closing_ ? std::string_view(closing_->reason) : std::string_view(), mono_ms() - opened_ms_, peer_,
+               agent);
   thread_.forget(this);
   socket_.close();
-  thread_.connections.erase(self_in_thread);
+  thread_.connections.erase(in_thread);
 }
 
 void Connection::tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms) {
@@ -387,7 +395,7 @@ void Connection::tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms) {
     }
     out_.release_if_idle();
     session_->on_tick(now_unix_ms);
-  } else if (state_ == State::closing && now_mono_ms - closing_since_ms_ >= close_wait_ms) {
+  } else if (state_ == State::closing && closing_ && now_mono_ms - closing_->since_ms >= close_wait_ms) {
     finalize();
   }
 }

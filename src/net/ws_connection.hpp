@@ -67,14 +67,16 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   ~Connection();
 
   // Takes ownership; `early` holds bytes read past the upgrade request.
-  void start(std::string early);
+  // `principal` is the session's (info.principal, which the constructor
+  // leaves where it is).
+  void start(std::shared_ptr<const auth::Principal> principal, std::string early);
 
   // channels::Socket (MessageSink)
   void send(wire::Message msg) override;
   void send_batch(const wire::Message* const* msgs, std::size_t n) override;
   void send_initial(wire::Message msg) override;
   void close(std::uint16_t code, std::string_view reason) override;
-  std::uint64_t id() const override { return info_.id; }
+  std::uint64_t id() const override { return id_; }
   std::size_t thread_index() const override { return thread_.index; }
   Poster poster() override;
   void after(std::int64_t delay_ms, Task task) override;
@@ -92,7 +94,8 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   ConnectionView view() const;
   bool admin_unsubscribe(std::string_view topic);
 
-  std::list<std::shared_ptr<Connection>>::iterator self_in_thread;
+  // Its entry in the thread's list (IoThread::connections).
+  ConnectionLink in_thread;
 
  private:
   enum class State : std::uint8_t { open, closing, closed };
@@ -127,15 +130,7 @@ class Connection final : public std::enable_shared_from_this<Connection>,
 
   IoThread& thread_;
   WsSocket socket_;
-  ConnectionInfo info_;
-  channels::Services& services_;
-  wire::FrameReader reader_;
-  OutboundQueue out_;
-  std::size_t queue_limit_;  // outbound_queue_bytes, 0 = unlimited
-  std::size_t initial_allowance_;  // exempt bytes of join output (send_initial)
-  std::optional<channels::Session> session_;
-  TlsPtr tls_;  // null: plain, the path that pays nothing for TLS
-
+  // The flags share the descriptor's 8 bytes (no padding between them).
   State state_ = State::open;
   bool read_armed_ = false;   // waiting for input (the next EPOLLIN edge reads)
   bool write_armed_ = false;  // a write met EAGAIN: the next EPOLLOUT edge flushes
@@ -146,10 +141,38 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   bool session_closed_ = false;
   bool deflate_ = false;  // permessage-deflate: data frames leave compressed (Message::deflated)
   std::uint16_t close_code_ = wire::close_code::abnormal;
-  std::string close_reason_;
+  // What the connection keeps of its ConnectionInfo (the principal goes to
+  // the session, the TLS session to tls_, deflate to deflate_).
+  std::uint64_t id_;
+  std::string peer_;
+  limits::Permit permit_;
+  limits::SocketPermit socket_permit_;
+  channels::Services& services_;
+  wire::FrameReader reader_;
+  OutboundQueue out_;
+  // From the configuration, read when needed rather than kept in every
+  // connection: outbound_queue_bytes (0 = unlimited), and the exempt bytes
+  // of join output (send_initial).
+  std::size_t queue_limit() const noexcept;
+  std::size_t initial_allowance() const noexcept;
+  std::optional<channels::Session> session_;
+  TlsPtr tls_;  // null: plain, the path that pays nothing for TLS
+
+  // Made when the connection starts closing: the reason, for the close log
+  // line, and since when (the close handshake's bound). Null while open, so
+  // an open connection keeps neither.
+  struct Closing {
+    std::string reason;
+    std::int64_t since_ms = 0;
+  };
+  std::unique_ptr<Closing> closing_;
+  // Starts the closing state's record (begin_close, on_close), or only
+  // notes the reason (abort, which closes at once).
+  void set_closing(std::string_view reason, std::int64_t since_ms) {
+    closing_ = std::make_unique<Closing>(Closing{std::string(reason), since_ms});
+  }
   std::int64_t opened_ms_ = 0;
   std::int64_t last_rx_ms_ = 0;
-  std::int64_t closing_since_ms_ = 0;
 };
 
 }  // namespace synapse::net

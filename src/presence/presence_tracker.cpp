@@ -50,20 +50,18 @@ PresenceTracker::Meta PresenceTracker::pack(const std::string& ref, std::string 
       const char before = json[head_end - 1];
       const std::int64_t at = std::stoll(json.substr(digits, n_digits));
       if ((before == '{' || before == ',') && std::to_string(at) == json.substr(digits, n_digits)) {
-        json.resize(head_end);
-        json.shrink_to_fit();
-        m.head = std::move(json);
+        m.head = std::string_view(json).substr(0, head_end);
         m.online_at = at;
         return m;
       }
     }
   }
-  m.head = std::move(json);
+  m.head = std::string_view(json);
   return m;
 }
 
 void PresenceTracker::append(std::string& out, const std::string& ref, const Meta& m) {
-  out += m.head;
+  out += m.head.view();
   if (m.online_at < 0) return;
   append_ref_tail(out, ref);
   out += std::to_string(m.online_at);

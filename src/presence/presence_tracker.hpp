@@ -24,6 +24,8 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "core/small_text.hpp"
+
 namespace synapse::presence {
 
 // A member's meta as tracked: the client's meta plus phx_ref and online_at.
@@ -66,8 +68,10 @@ class PresenceTracker {
   // filed under: then only the part before them and online_at are kept,
   // and the text is rebuilt byte for byte on output. A member that joined
   // without meta so keeps no text of its own ("{" fits in the string).
+  // 24 bytes: every tracked member has one (a std::string head made the
+  // member's map node 16 bytes bigger; most heads are `{`).
   struct Meta {
-    std::string head;
+    SmallText head;
     std::int64_t online_at = -1;  // -1: `head` is the whole text
   };
   using Metas = std::map<std::string, Meta>;  // phx_ref -> meta

@@ -37,11 +37,13 @@ class Subscriber {
   std::uint64_t connection_id = 0;  // the publisher's own connection is skipped
   std::uint64_t start_offset = 0;   // messages at or below it predate the join
   std::uint64_t topic_id = 0;
-  std::size_t thread = 0;
-  std::size_t slot = 0;           // index in the thread's member list
-  std::size_t presence_slot = 0;  // index in the thread's presence member list
-  std::uint64_t presence_start = 0;  // presence diffs at or below it predate the join
+  // 32-bit, and the flag beside them: every member of every topic has one,
+  // and no thread count or per-thread member list comes near 2^32.
+  std::uint32_t thread = 0;
+  std::uint32_t slot = 0;           // index in the thread's member list
+  std::uint32_t presence_slot = 0;  // index in the thread's presence member list
   bool receives_presence = false;
+  std::uint64_t presence_start = 0;  // presence diffs at or below it predate the join
   std::string presence_ref;  // phx_ref of this member's meta
   std::string agent_id;
 

@@ -16,7 +16,7 @@ void swap_remove(std::vector<Member>& list, Subscriber& sub, SlotOf slot_of) {
   const std::size_t i = slot_of(sub);
   if (i >= list.size() || list[i].sub != &sub) return;
   list[i] = list.back();
-  slot_of(*list[i].sub) = i;
+  slot_of(*list[i].sub) = static_cast<std::uint32_t>(i);
   list.pop_back();
 }
 
@@ -36,11 +36,11 @@ void remove_behind_cursor(std::vector<Member>& list, Subscriber& sub, SlotOf slo
   const std::size_t last = list.size() - 1;
   if (i != last_served) {
     list[i] = list[last_served];
-    slot_of(*list[i].sub) = i;
+    slot_of(*list[i].sub) = static_cast<std::uint32_t>(i);
   }
   if (last_served != last) {
     list[last_served] = list[last];
-    slot_of(*list[last_served].sub) = last_served;
+    slot_of(*list[last_served].sub) = static_cast<std::uint32_t>(last_served);
   }
   list.pop_back();
   --served;
@@ -62,16 +62,16 @@ void Fanout::add(Subscriber& sub, const JoinRequest& req, std::uint64_t topic_id
   sub.connection_id = req.connection_id;
   sub.start_offset = start_offset;
   sub.topic_id = topic_id;
-  sub.thread = req.thread;
+  sub.thread = static_cast<std::uint32_t>(req.thread);
   sub.receives_presence = req.presence;
   sub.agent_id = std::string(req.agent_id);
   sub.presence_start = presence_start;
   const bool presence = req.presence;
   LocalTopic& local = tables_[sub.thread].topics[sub.topic_id];
-  sub.slot = local.members.size();
+  sub.slot = static_cast<std::uint32_t>(local.members.size());
   local.members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, sub.start_offset});
   if (presence) {
-    sub.presence_slot = local.presence_members.size();
+    sub.presence_slot = static_cast<std::uint32_t>(local.presence_members.size());
     local.presence_members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, sub.presence_start});
   }
 }
@@ -142,8 +142,8 @@ void Fanout::remove(Subscriber& sub) {
   table.held.erase(&sub);
   auto lt = table.topics.find(sub.topic_id);
   if (lt == table.topics.end()) return;
-  const auto slot = [](Subscriber& s) -> std::size_t& { return s.slot; };
-  const auto presence_slot = [](Subscriber& s) -> std::size_t& { return s.presence_slot; };
+  const auto slot = [](Subscriber& s) -> std::uint32_t& { return s.slot; };
+  const auto presence_slot = [](Subscriber& s) -> std::uint32_t& { return s.presence_slot; };
   // Between two slices of a drain, the list being handed a run keeps its
   // served members in front (remove_behind_cursor).
   const bool mid_run = table.in_round && table.run_topic == sub.topic_id && table.run < table.run_end;
