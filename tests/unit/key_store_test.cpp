@@ -57,17 +57,24 @@ TEST(KeyStore, CreateAuthenticateListRevoke) {
 
 TEST(KeyStore, StoresNoSecret) {
   TempDb tmp;
-  std::string secret;
+  std::string secret, id;
   {
     auth::KeyStore store(tmp.path());
     auth::NewKey spec;
     spec.name = "n";
-    secret = store.create(spec).second;
+    auto [key, s] = store.create(spec);
+    secret = s;
+    id = key.id;
   }
   store::Database db(tmp.path());
   store::Statement st(db, "SELECT * FROM api_keys");
   ASSERT_TRUE(st.step());
-  const std::string secret_part = secret.substr(secret.rfind('_') + 1);
+  // The random part follows "syn_<id>_". Not after the last '_': base64url
+  // has '_' too, and a tail of a few characters may occur in a hash by chance.
+  const std::string head = "syn_" + id + "_";
+  ASSERT_EQ(secret.rfind(head, 0), 0u) << secret;
+  const std::string secret_part = secret.substr(head.size());
+  ASSERT_GE(secret_part.size(), 40u);
   for (int col = 0; col < 13; ++col) {
     const std::string value = st.is_null(col) ? "" : st.blob(col);
     EXPECT_EQ(value.find(secret_part), std::string::npos) << "column " << col;
