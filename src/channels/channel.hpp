@@ -12,15 +12,12 @@
 
 namespace synapse::channels {
 
-class Session;
-
 class Channel {
  public:
   virtual ~Channel() = default;
   // The joined topic and the join's join_ref (every reply and push of the
   // join carries it). Kept here once, for the channel and for the session's
-  // routing alike; set by the channel's constructor (Channel(env)) or, for
-  // a channel that did not, by the session once the join returned it.
+  // routing alike; set from the join by the constructor.
   std::string_view topic() const noexcept { return std::string_view(ident_).substr(0, topic_size_); }
   std::optional<std::string_view> join_ref() const noexcept {
     return has_join_ref_ ? std::optional<std::string_view>(std::string_view(ident_).substr(topic_size_))
@@ -58,26 +55,20 @@ class Channel {
   virtual bool join_pending() const { return false; }
 
  protected:
-  Channel() = default;
-  explicit Channel(const protocol::Envelope& join) { bind(join); }
-
- private:
-  friend class Session;
-  void bind(const protocol::Envelope& join) {
-    ident_.assign(join.topic);
-    topic_size_ = static_cast<std::uint32_t>(join.topic.size());
-    has_join_ref_ = join.join_ref.has_value();
+  explicit Channel(const protocol::Envelope& join)
+      : ident_(join.topic),
+        topic_size_(static_cast<std::uint32_t>(join.topic.size())),
+        has_join_ref_(join.join_ref.has_value()) {
     if (has_join_ref_) ident_.append(*join.join_ref);
-    bound_ = true;
   }
 
+ private:
   // The topic followed by the join_ref, in one string: a short pair (as
   // `room:lobby` and `3`) fits in the string itself, and one string is 32
   // bytes less in every channel than two.
   std::string ident_;
   std::uint32_t topic_size_ = 0;
   bool has_join_ref_ = false;  // a join may have no join_ref (null)
-  bool bound_ = false;
 };
 
 }  // namespace synapse::channels

@@ -393,9 +393,6 @@ void Session::handle_join(const protocol::Envelope& env, bool hook_passed) {
     return;
   }
   if (!channel) return;  // the join code replied with the error
-  // A channel that did not record its topic and join_ref (Channel(env))
-  // gets them here.
-  if (!channel->bound_) channel->bind(env);
   Joined j;
   if (channel->join_pending()) {
     j.pending = std::make_unique<Joined::Pending>();

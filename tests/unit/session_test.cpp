@@ -49,7 +49,7 @@ struct Log {
 
 class RecordingChannel final : public channels::Channel {
  public:
-  RecordingChannel(Log& log, std::string topic) : log_(log), topic_(std::move(topic)) {}
+  RecordingChannel(Log& log, const protocol::Envelope& join) : Channel(join), log_(log), topic_(join.topic) {}
   void handle_in(const protocol::Envelope& env) override {
     if (env.event == "throw") throw std::runtime_error("the channel failed");
     log_.events.push_back(topic_ + " " + std::string(env.event) + " " +
@@ -67,7 +67,7 @@ channels::JoinChannel recording_join(Log& log, std::string kind) {
   return [&log, kind](channels::Session& s, const protocol::Envelope& env) -> std::unique_ptr<channels::Channel> {
     log.joins.push_back(kind + " " + std::string(env.topic));
     s.reply_ok(env, json::object{{"kind", kind}});
-    return std::make_unique<RecordingChannel>(log, std::string(env.topic));
+    return std::make_unique<RecordingChannel>(log, env);
   };
 }
 
