@@ -7,7 +7,6 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <charconv>
 #include <map>
 
 #include "auth/authenticator.hpp"
@@ -15,6 +14,7 @@
 #include "channels/services.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
+#include "core/parse.hpp"
 #include "metrics/metrics.hpp"
 #include "net/admin_backend.hpp"
 #include "net/dashboard_assets.hpp"
@@ -25,6 +25,7 @@
 
 namespace synapse::net {
 namespace json = boost::json;
+using core::parse_u64;
 
 namespace {
 
@@ -111,11 +112,6 @@ json::object message_json(std::uint64_t offset, const wire::Message& m) {
     o["raw"] = std::string(m.payload());
   }
   return o;
-}
-
-bool parse_u64(std::string_view s, std::uint64_t& out) {
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  return ec == std::errc() && end == s.data() + s.size() && !s.empty();
 }
 
 std::optional<json::object> body_object(const HttpRequest& req) {

@@ -5,6 +5,7 @@
 
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
+#include "core/parse.hpp"
 #include "metrics/metrics.hpp"
 #include "protocol/envelope.hpp"
 #include "pubsub/redis_scripts.hpp"
@@ -12,6 +13,7 @@
 
 namespace synapse::pubsub {
 namespace json = boost::json;
+using core::parse_u64;
 
 namespace {
 
@@ -34,17 +36,6 @@ std::vector<std::string_view> split_lines(std::string_view s, std::size_t n) {
   }
   out.push_back(s);
   return out;
-}
-
-bool parse_u64(std::string_view s, std::uint64_t& out) {
-  if (s.empty()) return false;
-  std::uint64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    v = v * 10 + static_cast<std::uint64_t>(c - '0');
-  }
-  out = v;
-  return true;
 }
 
 std::string json_string(std::string_view s) {
