@@ -662,8 +662,26 @@ class CortexChannel final : public Channel {
       session_.reply_error(env, r);
       return;
     }
-    session_.reply_ok(env, json::object{{"ref", run->ref()}, {"run_id", run->id()}});
-    if (auto ev = run->finish(RunEnd::interrupted, json::object{{"reason", why}})) deliver(run->id(), ev);
+    json::object ok_reply{{"ref", run->ref()}, {"run_id", run->id()}};
+    if (run->remote()) {
+      // A proxy: its node decides, and the `interrupted` (or the result that
+      // beat it) comes back through replay(); finish() only forwards.
+      session_.reply_ok(env, std::move(ok_reply));
+      run->finish(RunEnd::interrupted, json::object{{"reason", why}});
+      return;
+    }
+    // Decided here, first: a worker may finish the run between running()
+    // above and this line. Only the call that ends the run answers ok, so a
+    // client never reads `ok` and then a `result` (the race seen under ASan).
+    if (auto ev = run->finish(RunEnd::interrupted, json::object{{"reason", why}})) {
+      session_.reply_ok(env, std::move(ok_reply));
+      deliver(run->id(), ev);
+      return;
+    }
+    json::object r = protocol::error_response(reason::not_found, "the run ended before the interrupt");
+    if (rv && rv->is_string()) r["ref"] = rv->get_string();
+    if (iv && iv->is_string()) r["run_id"] = iv->get_string();
+    session_.reply_error(env, r);
   }
 
   bool visible(const cortex::Run& run) const {
