@@ -50,9 +50,10 @@ RULES = [
 FILE_DEFAULT = {"compat-js": "protocol", "sdk-js": "protocol", "sdk-python": "protocol", "unit": "protocol",
                 "unit-asan": "protocol",
                 "browser": "security"}
-# Result files scripts/run-tests writes; these four always run. unit-asan is
-# the unit suite again in the ASan+UBSan build (build/debug).
-REQUIRED_FILES = ["unit", "unit-asan", "integration", "integration-asan"]
+# Result files scripts/run-tests writes; these five always run. unit-asan is
+# the unit suite again in the ASan+UBSan build (build/debug); integration-soak
+# is the 10-round cluster soaks, run beside integration.
+REQUIRED_FILES = ["unit", "unit-asan", "integration", "integration-soak", "integration-asan"]
 # Result files written by ctest (gtest cases named Suite.Test).
 CTEST_FILES = ("unit", "unit-asan")
 OPTIONAL_FILES = {"compat-js": REPO / "tests" / "js", "sdk-js": REPO / "clients" / "js" / "test",

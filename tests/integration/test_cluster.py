@@ -841,6 +841,7 @@ async def paused_node_rounds(cl, pause_s, rate):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.asyncio
 async def test_a_node_paused_5s_under_50_msgs_loses_no_acknowledged_message_10_rounds(new_cluster):
     """SIGSTOP node b for 5 s while a publishes at 50 msg/s (250 messages,
@@ -853,6 +854,7 @@ async def test_a_node_paused_5s_under_50_msgs_loses_no_acknowledged_message_10_r
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.asyncio
 async def test_a_node_paused_13s_under_20_msgs_loses_no_acknowledged_message_10_rounds(new_cluster):
     """As above, 13 s at 20 msg/s: longer than b's node TTL, so b is also
@@ -863,6 +865,7 @@ async def test_a_node_paused_13s_under_20_msgs_loses_no_acknowledged_message_10_
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.asyncio
 async def test_redis_restarted_empty_under_steady_publish_every_node_gets_the_new_epoch_from_1_10_rounds(
         new_cluster):
