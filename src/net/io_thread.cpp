@@ -65,6 +65,10 @@ void IoThread::dispatch_ready() {
   }
   dispatching_ = -1;
   batch_size_ = 0;
+  // What the batch queued goes out now, before the wait is armed again:
+  // a posted flush would first cost Asio a reactor poll (epoll_wait with
+  // timeout 0) and the re-arm's epoll_ctl, both on the way of every reply.
+  if (!dirty.empty()) flush_dirty();
   if (n == max_events) {
     // Perhaps more are ready: take them after the handlers queued meanwhile.
     boost::asio::post(ioc, [this] { dispatch_ready(); });
@@ -75,7 +79,9 @@ void IoThread::dispatch_ready() {
 
 void IoThread::mark_dirty(std::shared_ptr<Connection> c) {
   dirty.push_back(std::move(c));
-  if (!flush_posted) {
+  // Inside a batch of ready connections, dispatch_ready flushes when the
+  // batch ends; elsewhere (posted work, timers) a flush is posted.
+  if (!flush_posted && dispatching_ < 0) {
     flush_posted = true;
     boost::asio::post(ioc, [this] { flush_dirty(); });
   }

@@ -99,7 +99,9 @@ struct IoThread {
   std::vector<char> read_buffer;
   ConnectionList connections;
   // Connections with output waiting; flushed together after the current
-  // batch of handlers, so messages queued in that batch share one write.
+  // batch of handlers, so messages queued in that batch share one write:
+  // at the end of a batch of ready connections (dispatch_ready), or by a
+  // posted flush_dirty for what other handlers queue.
   std::vector<std::shared_ptr<Connection>> dirty;
   std::vector<std::shared_ptr<Connection>> flushing;
   bool flush_posted = false;
