@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/message_sink.hpp"
+#include "core/small_text.hpp"
 #include "wire/message.hpp"
 
 namespace synapse::pubsub {
@@ -44,8 +45,11 @@ class Subscriber {
   std::uint32_t presence_slot = 0;  // index in the thread's presence member list
   bool receives_presence = false;
   std::uint64_t presence_start = 0;  // presence diffs at or below it predate the join
-  std::string presence_ref;  // phx_ref of this member's meta
-  std::string agent_id;
+  // SmallText, not std::string (16 bytes less each): both are short (a
+  // phx_ref is "<6 hex>-<counter>", an agent id usually a name), so they
+  // live inside the object, and only join and leave read them.
+  SmallText presence_ref;  // phx_ref of this member's meta; empty: not tracked
+  SmallText agent_id;
 
  protected:
   ~Subscriber() = default;

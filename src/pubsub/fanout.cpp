@@ -64,7 +64,7 @@ void Fanout::add(Subscriber& sub, const JoinRequest& req, std::uint64_t topic_id
   sub.topic_id = topic_id;
   sub.thread = static_cast<std::uint32_t>(req.thread);
   sub.receives_presence = req.presence;
-  sub.agent_id = std::string(req.agent_id);
+  sub.agent_id = req.agent_id;
   sub.presence_start = presence_start;
   const bool presence = req.presence;
   LocalTopic& local = tables_[sub.thread].topics[sub.topic_id];
