@@ -12,6 +12,7 @@
 #include "core/small_text.hpp"
 #include "net/ws_connection.hpp"
 #include "pubsub/broker.hpp"
+#include "wire/ws_frame.hpp"
 
 using namespace synapse;
 
@@ -25,6 +26,8 @@ TEST(MemoryLayout, PerConnectionObjectsStayWithinTheirBounds) {
   // Connection: 520 + 16 B of make_shared control block = a 544 B chunk.
   EXPECT_LE(sizeof(net::Connection), 520u);
   EXPECT_LE(sizeof(channels::Session), 120u);
+  // The frame reader: no padding, the assembly string behind a pointer.
+  EXPECT_LE(sizeof(wire::FrameReader), 80u);
   // Channel: topic and join_ref in one string; Subscriber: 32-bit slots,
   // its phx_ref and agent id SmallTexts. PubSubChannel (both, plus 24 B)
   // is then 168 B.
