@@ -28,6 +28,8 @@ TEST(MemoryLayout, PerConnectionObjectsStayWithinTheirBounds) {
   EXPECT_LE(sizeof(channels::Session), 120u);
   // The frame reader: no padding, the assembly string behind a pointer.
   EXPECT_LE(sizeof(wire::FrameReader), 80u);
+  // The outbound queue: no stream positions outside the exempt record.
+  EXPECT_LE(sizeof(net::OutboundQueue), 56u);
   // Channel: topic and join_ref in one string; Subscriber: 32-bit slots,
   // its phx_ref and agent id SmallTexts. PubSubChannel (both, plus 24 B)
   // is then 168 B.
