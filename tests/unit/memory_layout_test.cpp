@@ -10,6 +10,7 @@
 #include "channels/channel.hpp"
 #include "channels/session.hpp"
 #include "core/small_text.hpp"
+#include "net/peer_address.hpp"
 #include "net/ws_connection.hpp"
 #include "pubsub/broker.hpp"
 #include "wire/ws_frame.hpp"
@@ -23,8 +24,10 @@ TEST(MemoryLayout, PerConnectionObjectsStayWithinTheirBounds) {
   // Measured on x86-64 with libstdc++ (std::string 32 B). malloc rounds a
   // block up to 16 bytes with 8 of its own, so growing one of these past
   // its bound costs 16 bytes per connection.
-  // Connection: 520 + 16 B of make_shared control block = a 544 B chunk.
-  EXPECT_LE(sizeof(net::Connection), 520u);
+  // Connection: 456 + 16 B of make_shared control block = a 480 B chunk
+  // (its peer a 23-byte PeerAddress, its session in place with the flag
+  // among the connection's flags).
+  EXPECT_LE(sizeof(net::Connection), 456u);
   EXPECT_LE(sizeof(channels::Session), 120u);
   // The frame reader: no padding, the assembly string behind a pointer.
   EXPECT_LE(sizeof(wire::FrameReader), 80u);
@@ -38,6 +41,36 @@ TEST(MemoryLayout, PerConnectionObjectsStayWithinTheirBounds) {
 #else
   GTEST_SKIP() << "bounds measured for x86-64 libstdc++";
 #endif
+}
+
+TEST(PeerAddress, FormatsAsTheEndpointDid) {
+  namespace ip = boost::asio::ip;
+  // What the connection used to keep: address().to_string() + ":" + port.
+  const auto old_text = [](const ip::tcp::endpoint& ep) {
+    return ep.address().to_string() + ":" + std::to_string(ep.port());
+  };
+  for (const char* a : {"127.0.0.1", "0.0.0.0", "255.255.255.255", "10.1.2.3", "::1", "::",
+                        "::ffff:127.0.0.1", "2001:db8:85a3::8a2e:370:7334",
+                        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "fe80::1"}) {
+    for (std::uint16_t port : {std::uint16_t{0}, std::uint16_t{1}, std::uint16_t{8080}, std::uint16_t{65535}}) {
+      const ip::tcp::endpoint ep(ip::make_address(a), port);
+      const net::PeerAddress p(ep);
+      EXPECT_FALSE(p.empty());
+      EXPECT_EQ(p.to_string(), old_text(ep)) << a;
+      EXPECT_EQ(p.ip(), ep.address().to_string()) << a;
+      EXPECT_EQ(p.port(), port);
+    }
+  }
+  // An IPv6 scope id is kept.
+  ip::address_v6 scoped = ip::make_address_v6("fe80::1");
+  scoped.scope_id(7);
+  const ip::tcp::endpoint ep(scoped, 443);
+  EXPECT_EQ(net::PeerAddress(ep).to_string(), old_text(ep));
+  // No peer formats as nothing, as the empty string it replaces.
+  EXPECT_TRUE(net::PeerAddress().empty());
+  EXPECT_EQ(net::PeerAddress().to_string(), "");
+  EXPECT_EQ(net::PeerAddress().ip(), "");
+  EXPECT_EQ(sizeof(net::PeerAddress), 23u);
 }
 
 TEST(SmallText, KeepsShortTextInlineAndLongTextExactly) {
