@@ -35,7 +35,7 @@ TEST(MemoryLayout, PerConnectionObjectsStayWithinTheirBounds) {
   EXPECT_LE(sizeof(net::OutboundQueue), 56u);
   // Channel: topic and join_ref in one string; Subscriber: 32-bit slots,
   // its phx_ref and agent id SmallTexts, its start offsets only in the
-  // Fanout's member slot. PubSubChannel (both, plus 24 B) is then 144 B.
+  // Fanout's member slot. PubSubChannel (both, plus 32 B) is then 152 B.
   EXPECT_LE(sizeof(channels::Channel), 48u);
   EXPECT_LE(sizeof(pubsub::Subscriber), 72u);
 #else
