@@ -42,6 +42,7 @@ class SmallText {
     return *this;
   }
   ~SmallText() { release(); }
+  void clear() noexcept { release(); }
 
   std::string_view view() const noexcept {
     if (!on_heap()) return std::string_view(b_, static_cast<unsigned char>(b_[tag_at]));

@@ -16,16 +16,15 @@ namespace asio = boost::asio;
 ConnectionView Connection::view() const {
   ConnectionView v;
   v.id = id_;
-  v.peer = peer_;
-  const auto colon = v.peer.rfind(':');
-  v.ip = colon == std::string::npos ? v.peer : v.peer.substr(0, colon);
-  if (session_) {
-    const auto& p = session_->principal();
+  v.peer = peer_.to_string();
+  v.ip = peer_.ip();
+  if (const channels::Session* s = session()) {
+    const auto& p = s->principal();
     v.key_id = p.key_id;
     v.agent_id = p.agent_id;
     v.tenant = p.tenant;
     v.via_token = p.via_token;
-    v.topics = session_->topics();
+    v.topics = s->topics();
   }
   v.opened_at_ms = unix_ms() - (mono_ms() - opened_ms_);
   v.thread = thread_.index;
@@ -33,7 +32,7 @@ ConnectionView Connection::view() const {
 }
 
 bool Connection::admin_unsubscribe(std::string_view topic) {
-  return state_ == State::open && session_ && session_->unsubscribe(topic);
+  return state_ == State::open && has_session_ && session_.unsubscribe(topic);
 }
 
 namespace {

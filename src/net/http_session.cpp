@@ -107,7 +107,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         socket_permit_(std::move(permit)),
         timer_(thread.ioc),
         peer_ip_(peer.address().to_string()),
-        peer_(peer_ip_ + ":" + std::to_string(peer.port())) {}
+        peer_(peer_ip_ + ":" + std::to_string(peer.port())),
+        peer_address_(peer) {}
 
   void start() { read_request(); }
 
@@ -526,7 +527,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     std::string early(static_cast<const char*>(buffer_.data().data()), buffer_.size());
     ConnectionInfo info;
     info.id = id_;
-    info.peer = peer_;
+    info.peer = peer_address_;
     info.principal = thread_.principals.share(std::move(outcome.principal));
     info.permit = std::move(outcome.permit);
     info.socket_permit = std::move(socket_permit_);
@@ -646,6 +647,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::optional<RequestParser> parser_;
   std::string peer_ip_;
   std::string peer_;
+  PeerAddress peer_address_;  // what the connection keeps
   bool served_any_ = false;
   bool admitting_now_ = false;  // inside handle_upgrade's call of admit_upgrade
   // /mcp

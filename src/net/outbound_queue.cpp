@@ -37,9 +37,9 @@ void OutboundQueue::push(wire::Message msg, bool exempt) {
   const std::size_t n = msg.size();
   if (exempt && n > 0) {
     if (!exempt_) exempt_ = std::make_unique<Exempt>();
-    exempt_->emplace_back(pushed_, pushed_ + n);
+    const std::uint64_t end = exempt_->consumed + bytes_;  // the stream's end, in the record's positions
+    exempt_->ranges.emplace_back(end, end + n);
   }
-  pushed_ += n;
   bytes_ += n;
   pushed_recently_ = true;
   ring_[slot(count_)] = std::move(msg);
@@ -49,7 +49,7 @@ void OutboundQueue::push(wire::Message msg, bool exempt) {
 std::size_t OutboundQueue::exempt_bytes() const noexcept {
   std::size_t n = 0;
   if (!exempt_) return n;
-  for (const auto& [begin, end] : *exempt_) n += static_cast<std::size_t>(end - std::max(begin, consumed_));
+  for (const auto& [begin, end] : exempt_->ranges) n += static_cast<std::size_t>(end - std::max(begin, exempt_->consumed));
   return n;
 }
 
@@ -68,13 +68,14 @@ std::size_t OutboundQueue::gather(iovec* iov, std::size_t max) const noexcept {
 std::size_t OutboundQueue::consume(std::size_t n) noexcept {
   std::size_t done = 0;
   bytes_ -= n;
-  consumed_ += n;
   if (exempt_) {
+    exempt_->consumed += n;
     // Ranges are in stream order; drop those written out completely.
+    auto& ranges = exempt_->ranges;
     std::size_t gone = 0;
-    while (gone < exempt_->size() && (*exempt_)[gone].second <= consumed_) ++gone;
-    exempt_->erase(exempt_->begin(), exempt_->begin() + static_cast<std::ptrdiff_t>(gone));
-    if (exempt_->empty()) exempt_.reset();
+    while (gone < ranges.size() && ranges[gone].second <= exempt_->consumed) ++gone;
+    ranges.erase(ranges.begin(), ranges.begin() + static_cast<std::ptrdiff_t>(gone));
+    if (ranges.empty()) exempt_.reset();
   }
   while (n > 0 && count_ > 0) {
     wire::Message& m = ring_[head_];
@@ -110,11 +111,12 @@ void OutboundQueue::drop_unsent() noexcept {
   }
   count_ = 1;
   // Only the head's bytes remain in the stream.
-  pushed_ = consumed_ + bytes_;
   if (exempt_) {
-    std::erase_if(*exempt_, [&](const auto& r) { return r.first >= pushed_; });
-    for (auto& r : *exempt_) r.second = std::min(r.second, pushed_);
-    if (exempt_->empty()) exempt_.reset();
+    const std::uint64_t end = exempt_->consumed + bytes_;
+    auto& ranges = exempt_->ranges;
+    std::erase_if(ranges, [&](const auto& r) { return r.first >= end; });
+    for (auto& r : ranges) r.second = std::min(r.second, end);
+    if (ranges.empty()) exempt_.reset();
   }
 }
 
@@ -127,7 +129,6 @@ void OutboundQueue::clear() noexcept {
   free_ring();
   count_ = 0;
   bytes_ = head_sent_ = 0;
-  pushed_ = consumed_ = 0;
   exempt_.reset();
 }
 

@@ -52,7 +52,15 @@ class OutboundQueue {
   void drop_unsent() noexcept;
 
  private:
-  using Exempt = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+  // Exempt messages as [begin, end) positions in the byte stream, counted
+  // from where `consumed` was 0 (when the record was made; the stream's
+  // end is then always consumed + bytes_). Usually there is none, so the
+  // write path only tests for the pointer, and a queue keeps no stream
+  // positions of its own (16 bytes of every connection).
+  struct Exempt {
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+    std::uint64_t consumed = 0;  // bytes written since the record was made
+  };
 
   void grow();
   void free_ring() noexcept;
@@ -71,11 +79,7 @@ class OutboundQueue {
   bool pushed_recently_ = false;  // since the last release_if_idle()
   std::size_t bytes_ = 0;
   std::size_t head_sent_ = 0;  // bytes of the head message already written
-  // Exempt messages as [begin, end) positions in the byte stream (bytes
-  // ever pushed); usually none, so the write path only tests for them.
-  std::uint64_t pushed_ = 0;
-  std::uint64_t consumed_ = 0;
-  std::unique_ptr<Exempt> exempt_;
+  std::unique_ptr<Exempt> exempt_;  // null: no exempt message waits
 };
 
 }  // namespace synapse::net

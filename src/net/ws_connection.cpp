@@ -60,7 +60,7 @@ Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, Connectio
       socket_(take_descriptor(socket)),
       deflate_(info.deflate),
       id_(info.id),
-      peer_(std::move(info.peer)),
+      peer_(info.peer),
       permit_(std::move(info.permit)),
       socket_permit_(std::move(info.socket_permit)),
       services_(services),
@@ -82,7 +82,9 @@ std::size_t Connection::initial_allowance() const noexcept {
          (64u << 10);
 }
 
-Connection::~Connection() = default;
+// A session still alive (the connection never finalized) ends first: as a
+// member it ended after closing_ and tls_, now with every member still whole.
+Connection::~Connection() { end_session(); }
 
 void Connection::start(std::shared_ptr<const auth::Principal> principal, std::string early) {
   opened_ms_ = last_rx_ms_ = mono_ms();
@@ -91,9 +93,10 @@ void Connection::start(std::shared_ptr<const auth::Principal> principal, std::st
   // the listener.
   services_.metrics.connections_open.fetch_add(1, std::memory_order_relaxed);
   metrics::bump(services_.metrics.connections_total);
-  spdlog::info("conn {} opened peer={} agent={} thread={}", id_, peer_, principal->agent_id,
+  spdlog::info("conn {} opened peer={} agent={} thread={}", id_, peer_.to_string(), principal->agent_id,
                thread_.index);
-  session_.emplace(*this, services_, std::move(principal));
+  std::construct_at(&session_, *this, services_, std::move(principal));
+  has_session_ = true;
   if (!socket_.is_open() || !thread_.watch(socket_.native_handle(), this)) {
     abort(socket_.is_open() ? std::strerror(errno) : "the socket could not be taken from the upgrade");
     return;
@@ -119,7 +122,8 @@ void Connection::on_ready(std::uint32_t events) {
 }
 
 std::string_view Connection::key_id() const {
-  return session_ ? std::string_view(session_->principal().key_id) : std::string_view();
+  const channels::Session* s = session();
+  return s ? std::string_view(s->principal().key_id) : std::string_view();
 }
 
 // --- output -----------------------------------------------------------------
@@ -297,9 +301,9 @@ void Connection::on_message(wire::Opcode op, std::string_view payload) {
   if (state_ != State::open) return;
   metrics::bump(services_.metrics.frames_in);
   if (op == wire::Opcode::binary) {
-    session_->on_malformed("binary frames are not part of the protocol; send JSON text frames");
+    session()->on_malformed("binary frames are not part of the protocol; send JSON text frames");
   } else {
-    session_->on_text(payload);
+    session()->on_text(payload);
   }
 }
 
@@ -353,9 +357,9 @@ void Connection::begin_close(std::uint16_t code, std::string_view reason) {
 }
 
 void Connection::teardown_session() {
-  if (session_closed_ || !session_) return;
+  if (session_closed_ || !has_session_) return;
   session_closed_ = true;
-  session_->close_channels();
+  session_.close_channels();
 }
 
 void Connection::abort(std::string_view why) {
@@ -372,14 +376,14 @@ void Connection::finalize() {
   auto self = shared_from_this();  // the thread's list may hold the last reference
   state_ = State::closed;
   teardown_session();
-  const std::string agent = session_ ? session_->principal().agent_id : std::string();
-  session_.reset();
+  const std::string agent = has_session_ ? session_.principal().agent_id : std::string();
+  end_session();
   out_.clear();
   permit_.release();
   services_.metrics.connections_open.fetch_sub(1, std::memory_order_relaxed);
   services_.metrics.count_close(close_code_);
   spdlog::info("conn {} closed code={} reason=\"{}\" duration_ms={} peer={} agent={}", id_, close_code_,
-               closing_ ? std::string_view(closing_->reason) : std::string_view(), mono_ms() - opened_ms_, peer_,
+               closing_ ? std::string_view(closing_->reason) : std::string_view(), mono_ms() - opened_ms_, peer_.to_string(),
                agent);
   thread_.forget(this);
   socket_.close();
@@ -394,7 +398,7 @@ void Connection::tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms) {
       return;
     }
     out_.release_if_idle();
-    session_->on_tick(now_unix_ms);
+    session()->on_tick(now_unix_ms);
   } else if (state_ == State::closing && closing_ && now_mono_ms - closing_->since_ms >= close_wait_ms) {
     finalize();
   }
@@ -402,7 +406,7 @@ void Connection::tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms) {
 
 void Connection::server_shutdown() {
   if (state_ != State::open) return;
-  session_->shutdown();
+  session()->shutdown();
   begin_close(wire::close_code::going_away, "server shutting down");
 }
 

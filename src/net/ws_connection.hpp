@@ -26,6 +26,7 @@
 #include "net/admin_backend.hpp"
 #include "net/io_thread.hpp"
 #include "net/outbound_queue.hpp"
+#include "net/peer_address.hpp"
 #include "net/tls.hpp"
 #include "wire/ws_frame.hpp"
 
@@ -33,7 +34,7 @@ namespace synapse::net {
 
 struct ConnectionInfo {
   std::uint64_t id = 0;
-  std::string peer;  // ip:port, for logs
+  PeerAddress peer;  // for logs and the admin API
   std::shared_ptr<const auth::Principal> principal;  // shared by the credential's connections (IoThread::principals)
   limits::Permit permit;
   limits::SocketPermit socket_permit;  // from accept; held until the socket closes
@@ -130,7 +131,7 @@ class Connection final : public std::enable_shared_from_this<Connection>,
 
   IoThread& thread_;
   WsSocket socket_;
-  // The flags share the descriptor's 8 bytes (no padding between them).
+  // The flags share the descriptor's 16 bytes (no padding between them).
   State state_ = State::open;
   bool read_armed_ = false;   // waiting for input (the next EPOLLIN edge reads)
   bool write_armed_ = false;  // a write met EAGAIN: the next EPOLLOUT edge flushes
@@ -140,11 +141,12 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   bool peer_closed_ = false;    // the client's close frame arrived
   bool session_closed_ = false;
   bool deflate_ = false;  // permessage-deflate: data frames leave compressed (Message::deflated)
+  bool has_session_ = false;  // session_ lives (start() to finalize())
   std::uint16_t close_code_ = wire::close_code::abnormal;
   // What the connection keeps of its ConnectionInfo (the principal goes to
   // the session, the TLS session to tls_, deflate to deflate_).
   std::uint64_t id_;
-  std::string peer_;
+  PeerAddress peer_;  // 23 bytes; the padding after it is the only padding left
   limits::Permit permit_;
   limits::SocketPermit socket_permit_;
   channels::Services& services_;
@@ -155,7 +157,20 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   // of join output (send_initial).
   std::size_t queue_limit() const noexcept;
   std::size_t initial_allowance() const noexcept;
-  std::optional<channels::Session> session_;
+  // The session, made in start() and ended in finalize() (or with the
+  // connection). Kept in place with its flag among the flags above, not in
+  // a std::optional, whose flag took 8 bytes of padding of every connection.
+  union {
+    channels::Session session_;
+  };
+  channels::Session* session() noexcept { return has_session_ ? &session_ : nullptr; }
+  const channels::Session* session() const noexcept { return has_session_ ? &session_ : nullptr; }
+  // As std::optional::reset: the flag drops before the session's destructor runs.
+  void end_session() noexcept {
+    if (!has_session_) return;
+    has_session_ = false;
+    std::destroy_at(&session_);
+  }
   TlsPtr tls_;  // null: plain, the path that pays nothing for TLS
 
   // Made when the connection starts closing: the reason, for the close log

@@ -27,7 +27,7 @@ std::string meta_json(boost::json::object meta, const std::string& ref, std::int
 namespace {
 
 // `"phx_ref":<ref>,"online_at":`, as meta_json() writes it.
-void append_ref_tail(std::string& out, const std::string& ref) {
+void append_ref_tail(std::string& out, std::string_view ref) {
   out += "\"phx_ref\":";
   protocol::append_json_string(out, ref);
   out += ",\"online_at\":";
@@ -60,7 +60,7 @@ PresenceTracker::Meta PresenceTracker::pack(const std::string& ref, std::string 
   return m;
 }
 
-void PresenceTracker::append(std::string& out, const std::string& ref, const Meta& m) {
+void PresenceTracker::append(std::string& out, std::string_view ref, const Meta& m) {
   out += m.head.view();
   if (m.online_at < 0) return;
   append_ref_tail(out, ref);
@@ -68,7 +68,7 @@ void PresenceTracker::append(std::string& out, const std::string& ref, const Met
   out.push_back('}');
 }
 
-std::size_t PresenceTracker::kept_bytes(const std::string& agent, const std::string& ref, const Meta& m) {
+std::size_t PresenceTracker::kept_bytes(const std::string& agent, std::string_view ref, const Meta& m) {
   if (m.online_at < 0) return entry_bytes(agent, m.head);
   thread_local std::string text;
   text.clear();
@@ -137,10 +137,10 @@ std::optional<std::string> PresenceTracker::flush() {
   for (auto& [ref, change] : pending_leaves_) {
     auto a = published_.find(change.agent);
     if (a == published_.end()) continue;
-    a->second.erase(ref);
+    if (auto m = a->second.find(ref); m != a->second.end()) a->second.erase(m);
     if (a->second.empty()) published_.erase(a);
   }
-  for (auto& [ref, change] : pending_joins_) published_[change.agent][ref] = std::move(change.meta);
+  for (auto& [ref, change] : pending_joins_) published_[change.agent].insert_or_assign(SmallText(ref), std::move(change.meta));
   pending_joins_.clear();
   pending_leaves_.clear();
   pending_shown_ = false;
@@ -228,10 +228,10 @@ std::string PresenceTracker::current_json() const {
   for (const auto& [ref, change] : pending_leaves_) {
     auto a = s.find(change.agent);
     if (a == s.end()) continue;
-    a->second.erase(ref);
+    if (auto m = a->second.find(ref); m != a->second.end()) a->second.erase(m);
     if (a->second.empty()) s.erase(a);
   }
-  for (const auto& [ref, change] : pending_joins_) s[change.agent][ref] = change.meta;
+  for (const auto& [ref, change] : pending_joins_) s[change.agent].insert_or_assign(SmallText(ref), change.meta);
   return serialize(s, nullptr);
 }
 

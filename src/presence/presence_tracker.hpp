@@ -74,7 +74,14 @@ class PresenceTracker {
     SmallText head;
     std::int64_t online_at = -1;  // -1: `head` is the whole text
   };
-  using Metas = std::map<std::string, Meta>;  // phx_ref -> meta
+  // phx_ref -> meta. The key is a SmallText (a ref, "<6 hex>-<counter>",
+  // fits inside it): the member's map node is 72 bytes, not 88. Looked up
+  // by any text (transparent), in std::string's order.
+  struct RefLess {
+    using is_transparent = void;
+    bool operator()(std::string_view a, std::string_view b) const noexcept { return a < b; }
+  };
+  using Metas = std::map<SmallText, Meta, RefLess>;
   using State = std::map<std::string, Metas>;  // agent -> metas
   struct Change {
     std::string agent;
@@ -82,9 +89,9 @@ class PresenceTracker {
   };
 
   static Meta pack(const std::string& ref, std::string json);
-  static void append(std::string& out, const std::string& ref, const Meta& m);
+  static void append(std::string& out, std::string_view ref, const Meta& m);
   // entry_bytes() of a kept meta.
-  static std::size_t kept_bytes(const std::string& agent, const std::string& ref, const Meta& m);
+  static std::size_t kept_bytes(const std::string& agent, std::string_view ref, const Meta& m);
 
   // {"agent":{"metas":[...]},...}; `ends`, when given, receives for each
   // agent the offset of the `]` that closes its metas.

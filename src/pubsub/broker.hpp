@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/message_sink.hpp"
+#include "core/small_text.hpp"
 #include "wire/message.hpp"
 
 namespace synapse::pubsub {
@@ -35,7 +36,9 @@ class Subscriber {
   // subscriber on the fan-out path); it never re-enters the broker.
   MessageSink* sink = nullptr;
   std::uint64_t connection_id = 0;  // the publisher's own connection is skipped
-  std::uint64_t start_offset = 0;   // messages at or below it predate the join
+  // The join's start offsets (messages and presence diffs at or below them
+  // predate the join) are not kept here: the Fanout's member slot, which
+  // the drain loop reads, holds them (LocalMember::start).
   std::uint64_t topic_id = 0;
   // 32-bit, and the flag beside them: every member of every topic has one,
   // and no thread count or per-thread member list comes near 2^32.
@@ -43,9 +46,11 @@ class Subscriber {
   std::uint32_t slot = 0;           // index in the thread's member list
   std::uint32_t presence_slot = 0;  // index in the thread's presence member list
   bool receives_presence = false;
-  std::uint64_t presence_start = 0;  // presence diffs at or below it predate the join
-  std::string presence_ref;  // phx_ref of this member's meta
-  std::string agent_id;
+  // SmallText, not std::string (16 bytes less each): both are short (a
+  // phx_ref is "<6 hex>-<counter>", an agent id usually a name), so they
+  // live inside the object, and only join and leave read them.
+  SmallText presence_ref;  // phx_ref of this member's meta; empty: not tracked
+  SmallText agent_id;
 
  protected:
   ~Subscriber() = default;

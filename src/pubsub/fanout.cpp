@@ -60,19 +60,17 @@ Fanout::~Fanout() = default;
 void Fanout::add(Subscriber& sub, const JoinRequest& req, std::uint64_t topic_id, std::uint64_t start_offset,
                  std::uint64_t presence_start) {
   sub.connection_id = req.connection_id;
-  sub.start_offset = start_offset;
   sub.topic_id = topic_id;
   sub.thread = static_cast<std::uint32_t>(req.thread);
   sub.receives_presence = req.presence;
-  sub.agent_id = std::string(req.agent_id);
-  sub.presence_start = presence_start;
+  sub.agent_id = req.agent_id;
   const bool presence = req.presence;
   LocalTopic& local = tables_[sub.thread].topics[sub.topic_id];
   sub.slot = static_cast<std::uint32_t>(local.members.size());
-  local.members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, sub.start_offset});
+  local.members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, start_offset});
   if (presence) {
     sub.presence_slot = static_cast<std::uint32_t>(local.presence_members.size());
-    local.presence_members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, sub.presence_start});
+    local.presence_members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, presence_start});
   }
 }
 
@@ -120,8 +118,6 @@ void Fanout::activate(Subscriber& sub, std::uint64_t start_offset, std::uint64_t
         break;
     }
   }
-  sub.start_offset = start;
-  sub.presence_start = presence_start;
   LocalTopic& local = lt->second;
   if (sub.slot < local.members.size() && local.members[sub.slot].sub == &sub) {
     local.members[sub.slot].sink = sub.sink;

@@ -569,9 +569,10 @@ JoinResult Hub::finish_join(PendingJoin& pj, const Position& pos, std::uint64_t&
       // empty presence_ref then makes its leave untrack nothing); only
       // presence members receive presence traffic.
       if (pj.tracked) {
-        sub.presence_ref = std::move(ref);
-        if (shared_) backend_.presence_add(pj.topic, sub.presence_ref, sub.agent_id, meta);
-        t.presence.track(sub.agent_id, sub.presence_ref, std::move(meta));
+        sub.presence_ref = ref;
+        const std::string agent(sub.agent_id.view());
+        if (shared_) backend_.presence_add(pj.topic, ref, agent, meta);
+        t.presence.track(agent, ref, std::move(meta));
         t.presence_dirty = true;
       }
       presence_start = t.presence_seq;
@@ -612,8 +613,11 @@ bool Hub::drop_member(Topic& t, Subscriber& sub) {
   if (sub.receives_presence) --t.presence_per_thread[sub.thread];
   --t.members;
   if (!sub.presence_ref.empty()) {  // empty: never tracked (see finish_join)
-    t.presence.untrack(sub.agent_id, sub.presence_ref);
-    if (shared_) backend_.presence_remove(t.name, sub.presence_ref, sub.agent_id);
+    // The tracker and the backend take std::strings: copies made on leave
+    // only, so the member keeps its 16-byte SmallTexts.
+    const std::string agent(sub.agent_id.view()), ref(sub.presence_ref.view());
+    t.presence.untrack(agent, ref);
+    if (shared_) backend_.presence_remove(t.name, ref, agent);
     t.presence_dirty = true;
   }
   sub.topic_id = 0;

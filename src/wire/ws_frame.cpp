@@ -116,7 +116,7 @@ std::size_t FrameReader::parse_header(const std::uint8_t* p, std::size_t n) noex
 
 void FrameReader::fail(FrameSink& sink, std::uint16_t code, std::string_view why) {
   finished_ = true;
-  std::string().swap(assembly_);
+  assembly_.reset();
   sink.on_violation(code, why);
 }
 
@@ -165,7 +165,7 @@ bool FrameReader::check_header(FrameSink& sink) {
   }
   // The size limit is checked on the header, before any of the payload is
   // stored, so an oversized message is refused without being buffered.
-  const std::uint64_t so_far = fragmented_ ? assembly_.size() : 0;
+  const std::uint64_t so_far = fragmented_ ? assembled().size() : 0;
   if (max_message_ != 0 && (length_ > max_message_ || so_far + length_ > max_message_)) {
     fail(sink, close_code::too_big, "message exceeds max_message_bytes");
     return false;
@@ -229,9 +229,9 @@ void FrameReader::finish_frame(std::string_view payload, FrameSink& sink) {
   } else {
     sink.on_message(message_op_, payload);
   }
-  if (finished_) return;
-  assembly_.clear();
-  if (assembly_.capacity() > keep_assembly_bytes) std::string().swap(assembly_);
+  if (finished_ || !assembly_) return;
+  assembly_->clear();
+  if (assembly_->capacity() > keep_assembly_bytes) assembly_.reset();
 }
 
 // A compressed message's whole payload: inflated into this thread's buffer
@@ -292,7 +292,7 @@ void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
       state_ = State::payload;
       if (length_ == 0) {
         if (op_ == Opcode::continuation || !is_control(op_)) {
-          finish_frame(assembly_, sink);
+          finish_frame(assembled(), sink);
         } else {
           finish_frame(std::string_view(), sink);
         }
@@ -343,18 +343,19 @@ void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
     // Reserve for the rest of a small frame at once; a large one grows with
     // the bytes that actually arrive, so a header that declares much and
     // sends little (or a 2^40-byte frame when unlimited) costs nothing.
-    if (remaining <= reserve_ahead_bytes && assembly_.capacity() < assembly_.size() + remaining) {
-      assembly_.reserve(assembly_.size() + static_cast<std::size_t>(remaining));
+    std::string& a = assembly();
+    if (remaining <= reserve_ahead_bytes && a.capacity() < a.size() + remaining) {
+      a.reserve(a.size() + static_cast<std::size_t>(remaining));
     }
-    assembly_.append(chunk, take);
-    if (received_ == length_) finish_frame(assembly_, sink);
+    a.append(chunk, take);
+    if (received_ == length_) finish_frame(a, sink);
   }
 }
 
 void FrameReader::shrink_if_idle() noexcept {
   if (state_ != State::header || hdr_len_ != 0) return;
   ctrl_.reset();  // a control frame is never open between frames
-  if (!fragmented_ && assembly_.capacity() != 0) std::string().swap(assembly_);
+  if (!fragmented_) assembly_.reset();
 }
 
 }  // namespace synapse::wire

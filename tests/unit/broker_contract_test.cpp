@@ -1251,7 +1251,7 @@ TEST_P(ContractTest, PresenceStateAndCoalescedDiffs) {
   Member& dave2 = member(1);
   join(dave1, spec("dave", false, true));
   join(dave2, spec("dave", false, true));
-  const std::string dave2_ref = dave2.presence_ref;
+  const std::string dave2_ref(dave2.presence_ref.view());
   leave(dave2);
   leave(bob);
   broker().tick();
@@ -1271,7 +1271,7 @@ TEST_P(ContractTest, PresenceStateAndCoalescedDiffs) {
   EXPECT_EQ(agents_in(alice_diffs[1].body.at("joins")), (std::set<std::string>{"bob"}));
   const auto& last = alice_diffs[2].body;
   EXPECT_EQ(agents_in(last.at("joins")), (std::set<std::string>{"dave"}));
-  EXPECT_EQ(PresenceView::refs_of(last.at("joins").at("dave")), (std::set<std::string>{dave1.presence_ref}))
+  EXPECT_EQ(PresenceView::refs_of(last.at("joins").at("dave")), (std::set<std::string>{std::string(dave1.presence_ref.view())}))
       << "dave's second join and its leave cancel out within the interval";
   EXPECT_EQ(agents_in(last.at("leaves")), (std::set<std::string>{"bob"}));
   EXPECT_EQ(carol_diffs[1].raw, alice_diffs[2].raw) << "every presence member gets the same diff";
@@ -1279,8 +1279,8 @@ TEST_P(ContractTest, PresenceStateAndCoalescedDiffs) {
   // Each presence member's view ends equal to the topic's presence.
   const auto now = PresenceView::state(json::parse(broker().presence_state(topic)));
   EXPECT_EQ(now.agents(), (std::set<std::string>{"alice", "dave"}));
-  EXPECT_EQ(now.refs.at("dave"), (std::set<std::string>{dave1.presence_ref}));
-  EXPECT_EQ(now.refs.at("alice"), (std::set<std::string>{alice.presence_ref}));
+  EXPECT_EQ(now.refs.at("dave"), (std::set<std::string>{std::string(dave1.presence_ref.view())}));
+  EXPECT_EQ(now.refs.at("alice"), (std::set<std::string>{std::string(alice.presence_ref.view())}));
   auto view_a = PresenceView::state(json::parse(ra.presence_state_json));
   for (const auto& d : alice_diffs) view_a.apply(d.body);
   EXPECT_EQ(view_a.refs, now.refs);

@@ -131,6 +131,51 @@ TEST(OutboundQueueExempt, DropUnsentAndClearForgetExemptMessages) {
   EXPECT_EQ(q.counted_bytes(), big.size());
 }
 
+TEST(OutboundQueueExempt, ExemptRangesStartWhereTheStreamIsNotAtZero) {
+  // The exempt record counts positions from its own start (the queue keeps
+  // no stream positions): a record made behind unsent, partly written and
+  // already written bytes, freed and made again, still counts exactly.
+  net::OutboundQueue q;
+  const wire::Message small = wire::Message::text("hello");
+  const wire::Message big = wire::Message::text(std::string(10'000, 's'));
+  q.push(small);
+  q.consume(small.size());  // written before any exempt message
+  q.push(small);
+  q.consume(2);  // the head is partly written
+  q.push(big, true);
+  EXPECT_EQ(q.exempt_bytes(), big.size());
+  EXPECT_EQ(q.counted_bytes(), small.size() - 2);
+  q.consume(small.size() - 2 + 10);
+  EXPECT_EQ(q.exempt_bytes(), big.size() - 10);
+  EXPECT_EQ(q.counted_bytes(), 0u);
+  q.push(small);
+  q.push(big, true);  // a second range in the same record
+  EXPECT_EQ(q.exempt_bytes(), 2 * big.size() - 10);
+  EXPECT_EQ(q.counted_bytes(), small.size());
+  q.consume(big.size() - 10 + small.size() + 1);  // the first range is done
+  EXPECT_EQ(q.exempt_bytes(), big.size() - 1);
+  EXPECT_EQ(q.counted_bytes(), 0u);
+  q.consume(big.size() - 1);  // the record goes
+  EXPECT_TRUE(q.empty());
+  EXPECT_EQ(q.exempt_bytes(), 0u);
+  q.push(small);
+  q.push(big, true);  // a new record, behind a counted message
+  q.consume(3);
+  EXPECT_EQ(q.exempt_bytes(), big.size());
+  EXPECT_EQ(q.counted_bytes(), small.size() - 3);
+  q.push(big, true);
+  q.consume(small.size() - 3 + 5);
+  q.drop_unsent();  // keeps the partly written head, the first exempt one
+  EXPECT_EQ(q.bytes(), big.size() - 5);
+  EXPECT_EQ(q.exempt_bytes(), big.size() - 5);
+  EXPECT_EQ(q.counted_bytes(), 0u);
+  q.push(small);
+  EXPECT_EQ(q.counted_bytes(), small.size());
+  q.consume(big.size() - 5);
+  EXPECT_EQ(q.exempt_bytes(), 0u);
+  EXPECT_EQ(q.counted_bytes(), small.size());
+}
+
 // --- presence byte accounting ------------------------------------------------
 
 TEST(PresenceBytes, CountsTrackedMetasAndBoundsTheJoinerState) {

@@ -128,7 +128,7 @@ class HubTest : public ::testing::Test {
     req.connection_id = connection;
     req.agent_id = agent;
     req.presence = presence;
-    m.agent_id = std::string(agent);
+    m.agent_id = agent;
     hub->join_async(m, req, [this](pubsub::JoinResult r) { result = std::move(r); });
   }
   // A join whose snapshot is answered at once with nobody else present.
@@ -289,7 +289,7 @@ TEST_F(HubTest, PresenceChangesThatComeWhileTheSnapshotLoadsApplyAfterItInVersio
   ASSERT_TRUE(state.contains("alice"));
   EXPECT_EQ(state.at("alice").at("metas").as_array().size(), 1u) << "only the member's own entry, not x-1";
   ASSERT_EQ(backend.added.size(), 1u) << "the member's entry is added to the backend";
-  EXPECT_EQ(backend.added[0], m.presence_ref);
+  EXPECT_EQ(backend.added[0], m.presence_ref.view());
   // A change older than what is applied is ignored; a newer leave applies.
   backend.events->on_presence("room:a", pubsub::PresenceChange{4, false, false, "n2-9", "carol", ""});
   EXPECT_TRUE(json::parse(hub->presence_state("room:a")).as_object().contains("carol"));

@@ -10,8 +10,10 @@
 #include "channels/channel.hpp"
 #include "channels/session.hpp"
 #include "core/small_text.hpp"
+#include "net/peer_address.hpp"
 #include "net/ws_connection.hpp"
 #include "pubsub/broker.hpp"
+#include "wire/ws_frame.hpp"
 
 using namespace synapse;
 
@@ -22,16 +24,53 @@ TEST(MemoryLayout, PerConnectionObjectsStayWithinTheirBounds) {
   // Measured on x86-64 with libstdc++ (std::string 32 B). malloc rounds a
   // block up to 16 bytes with 8 of its own, so growing one of these past
   // its bound costs 16 bytes per connection.
-  // Connection: 520 + 16 B of make_shared control block = a 544 B chunk.
-  EXPECT_LE(sizeof(net::Connection), 520u);
+  // Connection: 456 + 16 B of make_shared control block = a 480 B chunk
+  // (its peer a 23-byte PeerAddress, its session in place with the flag
+  // among the connection's flags).
+  EXPECT_LE(sizeof(net::Connection), 456u);
   EXPECT_LE(sizeof(channels::Session), 120u);
-  // Channel: topic and join_ref in one string; Subscriber: 32-bit slots.
-  // PubSubChannel (both, plus 24 B) is then 200 B.
+  // The frame reader: no padding, the assembly string behind a pointer.
+  EXPECT_LE(sizeof(wire::FrameReader), 80u);
+  // The outbound queue: no stream positions outside the exempt record.
+  EXPECT_LE(sizeof(net::OutboundQueue), 56u);
+  // Channel: topic and join_ref in one string; Subscriber: 32-bit slots,
+  // its phx_ref and agent id SmallTexts, its start offsets only in the
+  // Fanout's member slot. PubSubChannel (both, plus 32 B) is then 152 B.
   EXPECT_LE(sizeof(channels::Channel), 48u);
-  EXPECT_LE(sizeof(pubsub::Subscriber), 120u);
+  EXPECT_LE(sizeof(pubsub::Subscriber), 72u);
 #else
   GTEST_SKIP() << "bounds measured for x86-64 libstdc++";
 #endif
+}
+
+TEST(PeerAddress, FormatsAsTheEndpointDid) {
+  namespace ip = boost::asio::ip;
+  // What the connection used to keep: address().to_string() + ":" + port.
+  const auto old_text = [](const ip::tcp::endpoint& ep) {
+    return ep.address().to_string() + ":" + std::to_string(ep.port());
+  };
+  for (const char* a : {"127.0.0.1", "0.0.0.0", "255.255.255.255", "10.1.2.3", "::1", "::",
+                        "::ffff:127.0.0.1", "2001:db8:85a3::8a2e:370:7334",
+                        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "fe80::1"}) {
+    for (std::uint16_t port : {std::uint16_t{0}, std::uint16_t{1}, std::uint16_t{8080}, std::uint16_t{65535}}) {
+      const ip::tcp::endpoint ep(ip::make_address(a), port);
+      const net::PeerAddress p(ep);
+      EXPECT_FALSE(p.empty());
+      EXPECT_EQ(p.to_string(), old_text(ep)) << a;
+      EXPECT_EQ(p.ip(), ep.address().to_string()) << a;
+      EXPECT_EQ(p.port(), port);
+    }
+  }
+  // An IPv6 scope id is kept.
+  ip::address_v6 scoped = ip::make_address_v6("fe80::1");
+  scoped.scope_id(7);
+  const ip::tcp::endpoint ep(scoped, 443);
+  EXPECT_EQ(net::PeerAddress(ep).to_string(), old_text(ep));
+  // No peer formats as nothing, as the empty string it replaces.
+  EXPECT_TRUE(net::PeerAddress().empty());
+  EXPECT_EQ(net::PeerAddress().to_string(), "");
+  EXPECT_EQ(net::PeerAddress().ip(), "");
+  EXPECT_EQ(sizeof(net::PeerAddress), 23u);
 }
 
 TEST(SmallText, KeepsShortTextInlineAndLongTextExactly) {
@@ -60,6 +99,12 @@ TEST(SmallText, KeepsShortTextInlineAndLongTextExactly) {
     assigned = assigned;  // self-assignment keeps the text
     EXPECT_EQ(assigned.view(), s);
   }
+  // clear() frees a long text and leaves it empty.
+  SmallText cleared(std::string(40, 'x'));
+  cleared.clear();
+  EXPECT_TRUE(cleared.empty());
+  cleared = std::string_view("n1-7");
+  EXPECT_EQ(cleared.view(), "n1-7");
   // Embedded NULs are text like any other.
   const std::string nul("a\0b", 3);
   EXPECT_EQ(SmallText(nul).view(), nul);

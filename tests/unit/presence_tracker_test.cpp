@@ -113,3 +113,30 @@ TEST(Presence, AgentNamesAreEscaped) {
   EXPECT_EQ(diff.at("joins").at("we\"ird\\name").at("metas").as_array().size(), 1u);
   EXPECT_EQ(metas_of(parse(p.published_json()), "we\"ird\\name"), 1u);
 }
+
+TEST(Presence, RefsLongerThanASmallTextsInlineTextAreKeptAndOrderedAsStrings) {
+  // A published meta is filed under its phx_ref as a SmallText: a ref of a
+  // Redis node with a long node id is on the heap, a short one inline;
+  // both are found, removed, and listed in std::string's order.
+  PresenceTracker p;
+  const std::string long_a = "node-with-a-long-id-a-1", long_b = "node-with-a-long-id-a-2";
+  p.track("alice", long_b, meta(long_b.c_str()));
+  p.track("alice", "short-1", meta("short-1"));
+  p.track("alice", long_a, meta(long_a.c_str()));
+  ASSERT_TRUE(p.flush());
+  const auto metas = parse(p.published_json()).at("alice").at("metas").as_array();
+  ASSERT_EQ(metas.size(), 3u);
+  EXPECT_EQ(metas[0].at("phx_ref"), long_a.c_str());
+  EXPECT_EQ(metas[1].at("phx_ref"), long_b.c_str());
+  EXPECT_EQ(metas[2].at("phx_ref"), "short-1");
+  p.untrack("alice", long_a);
+  p.untrack("alice", "short-1");
+  auto diff = p.flush();
+  ASSERT_TRUE(diff);
+  EXPECT_EQ(parse(*diff).at("leaves").at("alice").at("metas").as_array().size(), 2u);
+  const auto left = parse(p.published_json()).at("alice").at("metas").as_array();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].at("phx_ref"), long_b.c_str());
+  EXPECT_EQ(p.size(), 1u);
+  EXPECT_EQ(p.current_json(), p.published_json());
+}

@@ -257,6 +257,29 @@ TEST(WsFrame, ShrinkReleasesAssemblyAfterLargeMessage) {
   EXPECT_EQ(reader.buffered(), 0u);
 }
 
+TEST(WsFrame, HoldsNoAssemblyForWholeMessagesAndEmptyFragments) {
+  // The assembly buffer is made on first use (FrameReader::assembly_): a
+  // message delivered in place, or fragments that are all empty, make none.
+  FrameReader reader(1 << 20, Role::server);
+  Recorder rec;
+  std::string bytes = frame(Opcode::text, "whole") + frame(Opcode::text, "", false) +
+                      frame(Opcode::continuation, "", false) + frame(Opcode::continuation, "");
+  reader.feed(bytes.data(), bytes.size(), rec);
+  ASSERT_EQ(rec.events.size(), 2u);
+  EXPECT_EQ(rec.events[0].payload, "whole");
+  EXPECT_EQ(rec.events[1].kind, "text");
+  EXPECT_EQ(rec.events[1].payload, "");
+  EXPECT_EQ(reader.buffered(), 0u);
+  // A fragmented message makes it, and keeps it (small) until idle.
+  std::string parts = frame(Opcode::text, "ab", false) + frame(Opcode::continuation, "cd");
+  reader.feed(parts.data(), parts.size(), rec);
+  ASSERT_EQ(rec.events.size(), 3u);
+  EXPECT_EQ(rec.events[2].payload, "abcd");
+  EXPECT_GT(reader.buffered(), 0u);
+  reader.shrink_if_idle();
+  EXPECT_EQ(reader.buffered(), 0u);
+}
+
 TEST(WsFrame, ClientRoleReadsUnmaskedServerFrames) {
   FrameReader reader(1 << 20, Role::client);
   Recorder rec;
