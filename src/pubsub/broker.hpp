@@ -35,10 +35,10 @@ class Subscriber {
   // The member's connection. Deliveries go straight to it (one call per
   // subscriber on the fan-out path); it never re-enters the broker.
   MessageSink* sink = nullptr;
-  std::uint64_t connection_id = 0;  // the publisher's own connection is skipped
-  // The join's start offsets (messages and presence diffs at or below them
-  // predate the join) are not kept here: the Fanout's member slot, which
-  // the drain loop reads, holds them (LocalMember::start).
+  // Neither the join's start offsets (messages and presence diffs at or
+  // below them predate the join) nor the member's connection id (the
+  // publisher's own connection is skipped) are kept here: the Fanout's
+  // member slot, which the drain loop reads, holds them (LocalMember).
   std::uint64_t topic_id = 0;
   // 32-bit, and the flag beside them: every member of every topic has one,
   // and no thread count or per-thread member list comes near 2^32.

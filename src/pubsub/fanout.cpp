@@ -59,7 +59,6 @@ Fanout::~Fanout() = default;
 
 void Fanout::add(Subscriber& sub, const JoinRequest& req, std::uint64_t topic_id, std::uint64_t start_offset,
                  std::uint64_t presence_start) {
-  sub.connection_id = req.connection_id;
   sub.topic_id = topic_id;
   sub.thread = static_cast<std::uint32_t>(req.thread);
   sub.receives_presence = req.presence;
@@ -67,10 +66,10 @@ void Fanout::add(Subscriber& sub, const JoinRequest& req, std::uint64_t topic_id
   const bool presence = req.presence;
   LocalTopic& local = tables_[sub.thread].topics[sub.topic_id];
   sub.slot = static_cast<std::uint32_t>(local.members.size());
-  local.members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, start_offset});
+  local.members.push_back(LocalMember{sub.sink, &sub, req.connection_id, start_offset});
   if (presence) {
     sub.presence_slot = static_cast<std::uint32_t>(local.presence_members.size());
-    local.presence_members.push_back(LocalMember{sub.sink, &sub, sub.connection_id, presence_start});
+    local.presence_members.push_back(LocalMember{sub.sink, &sub, req.connection_id, presence_start});
   }
 }
 
@@ -96,6 +95,13 @@ void Fanout::activate(Subscriber& sub, std::uint64_t start_offset, std::uint64_t
     held = std::move(h->second);
     table.held.erase(h);
   }
+  // The member's slot holds its connection id (the Subscriber keeps no
+  // copy). A member is in its topic's list from add_pending() until
+  // remove(), so the slot is there; were it not, the member would receive
+  // no live message either, and gets none of the held ones.
+  LocalTopic& local = lt->second;
+  if (sub.slot >= local.members.size() || local.members[sub.slot].sub != &sub) return;
+  LocalMember& member = local.members[sub.slot];
   // The same filters as drain(), over what came while the join was pending.
   std::uint64_t start = start_offset;
   std::vector<const wire::Message*> batch;
@@ -108,7 +114,7 @@ void Fanout::activate(Subscriber& sub, std::uint64_t start_offset, std::uint64_t
         start = 0;
         break;
       case DeliveryKind::message:
-        if (d.offset > start && d.exclude_connection != sub.connection_id) {
+        if (d.offset > start && d.exclude_connection != member.connection_id) {
           batch.push_back(&d.msg);
           ++messages;
         }
@@ -118,11 +124,8 @@ void Fanout::activate(Subscriber& sub, std::uint64_t start_offset, std::uint64_t
         break;
     }
   }
-  LocalTopic& local = lt->second;
-  if (sub.slot < local.members.size() && local.members[sub.slot].sub == &sub) {
-    local.members[sub.slot].sink = sub.sink;
-    local.members[sub.slot].start = start;
-  }
+  member.sink = sub.sink;
+  member.start = start;
   if (sub.receives_presence && sub.presence_slot < local.presence_members.size() &&
       local.presence_members[sub.presence_slot].sub == &sub) {
     local.presence_members[sub.presence_slot].sink = sub.sink;

@@ -33,11 +33,13 @@ TEST(MemoryLayout, PerConnectionObjectsStayWithinTheirBounds) {
   EXPECT_LE(sizeof(wire::FrameReader), 80u);
   // The outbound queue: no stream positions outside the exempt record.
   EXPECT_LE(sizeof(net::OutboundQueue), 56u);
-  // Channel: topic and join_ref in one string; Subscriber: 32-bit slots,
-  // its phx_ref and agent id SmallTexts, its start offsets only in the
-  // Fanout's member slot. PubSubChannel (both, plus 32 B) is then 152 B.
-  EXPECT_LE(sizeof(channels::Channel), 48u);
-  EXPECT_LE(sizeof(pubsub::Subscriber), 72u);
+  // Channel: topic and join_ref in one SmallText; Subscriber: 32-bit
+  // slots, its phx_ref and agent id SmallTexts, its start offsets and
+  // connection id only in the Fanout's member slot. PubSubChannel (both,
+  // plus 24 B: the session reference, the flags, the publish hook's
+  // pointer) is then 120 B, a 128 B malloc chunk.
+  EXPECT_LE(sizeof(channels::Channel), 32u);
+  EXPECT_LE(sizeof(pubsub::Subscriber), 64u);
 #else
   GTEST_SKIP() << "bounds measured for x86-64 libstdc++";
 #endif
@@ -108,6 +110,39 @@ TEST(SmallText, KeepsShortTextInlineAndLongTextExactly) {
   // Embedded NULs are text like any other.
   const std::string nul("a\0b", 3);
   EXPECT_EQ(SmallText(nul).view(), nul);
+}
+
+// A channel keeps its topic and join_ref in one SmallText: inline up to 15
+// characters together, on the heap past that, and a null join_ref stays
+// null (not empty).
+class ProbeChannel final : public channels::Channel {
+ public:
+  explicit ProbeChannel(const protocol::Envelope& join) : Channel(join) {}
+  void handle_in(const protocol::Envelope&) override {}
+  void leave() override {}
+};
+
+TEST(ChannelIdent, TopicAndJoinRefSurviveEveryLength) {
+  for (std::size_t topic_len : {1u, 10u, 14u, 15u, 16u, 40u, 255u}) {
+    for (int ref_kind = 0; ref_kind < 4; ++ref_kind) {
+      const std::string topic = "t:" + std::string(topic_len, 'a');
+      protocol::Envelope join;
+      join.topic = topic;
+      std::string ref;
+      if (ref_kind == 1) ref = "";                   // an empty join_ref is not null
+      if (ref_kind == 2) ref = "3";
+      if (ref_kind == 3) ref = std::string(64, '9');  // protocol::max_ref_bytes
+      if (ref_kind > 0) join.join_ref = std::string_view(ref);
+      const ProbeChannel ch(join);
+      EXPECT_EQ(ch.topic(), topic);
+      if (ref_kind == 0) {
+        EXPECT_FALSE(ch.join_ref().has_value());
+      } else {
+        ASSERT_TRUE(ch.join_ref().has_value());
+        EXPECT_EQ(*ch.join_ref(), ref);
+      }
+    }
+  }
 }
 
 }  // namespace
