@@ -4,17 +4,44 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
-#include <openssl/sha.h>
 
 #include <stdexcept>
+#include <string>
 
 namespace synapse::core {
 
-Digest sha256(std::string_view data) {
-  Digest d;
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), d.data());
+namespace {
+
+// The digests, fetched from the default provider once. SHA256() and SHA1()
+// fetch the algorithm on every call (OpenSSL 3's implicit fetch: a lookup
+// under a lock), which costs more than hashing a key or a handshake nonce:
+// 0.43 against 0.20 us for a 60-byte key on this machine. Every connection
+// hashes twice (its API key, its Sec-WebSocket-Key), so they are fetched
+// here once and kept for the process's life: never freed, because an
+// EVP_MD must outlive every use, including any at exit.
+struct Algorithms {
+  EVP_MD* sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  EVP_MD* sha1 = EVP_MD_fetch(nullptr, "SHA1", nullptr);
+};
+
+const Algorithms& algorithms() {
+  static const Algorithms a;  // an immutable cache of library handles, thread-safe to initialise
+  return a;
+}
+
+template <std::size_t N>
+std::array<std::uint8_t, N> digest(const EVP_MD* md, std::string_view data, const char* what) {
+  std::array<std::uint8_t, N> d;
+  unsigned int len = 0;
+  if (!md || !EVP_Digest(data.data(), data.size(), d.data(), &len, md, nullptr) || len != N) {
+    throw std::runtime_error(std::string(what) + " failed");
+  }
   return d;
 }
+
+}  // namespace
+
+Digest sha256(std::string_view data) { return digest<32>(algorithms().sha256, data, "SHA-256"); }
 
 Digest hmac_sha256(std::string_view key, std::string_view data) {
   Digest d;
@@ -27,11 +54,7 @@ Digest hmac_sha256(std::string_view key, std::string_view data) {
   return d;
 }
 
-std::array<std::uint8_t, 20> sha1(std::string_view data) {
-  std::array<std::uint8_t, 20> d;
-  SHA1(reinterpret_cast<const unsigned char*>(data.data()), data.size(), d.data());
-  return d;
-}
+std::array<std::uint8_t, 20> sha1(std::string_view data) { return digest<20>(algorithms().sha1, data, "SHA-1"); }
 
 std::string random_bytes(std::size_t n) {
   std::string out(n, '\0');

@@ -106,7 +106,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         id_(id),
         socket_permit_(std::move(permit)),
         timer_(thread.ioc),
-        peer_ip_(peer.address().to_string()),
+        peer_ip_(PeerAddress(peer).ip()),
         peer_(peer_ip_ + ":" + std::to_string(peer.port())),
         peer_address_(peer) {}
 

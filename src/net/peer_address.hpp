@@ -45,9 +45,20 @@ class PeerAddress {
   // The address as text ("" when empty).
   std::string ip() const {
     if (family_ == 4) {
-      boost::asio::ip::address_v4::bytes_type b;
-      std::memcpy(b.data(), addr_, b.size());
-      return boost::asio::ip::address_v4(b).to_string();
+      // By hand: Asio's to_string goes through inet_ntop and sprintf, and
+      // every connection formats its address (the accept gate's and the
+      // limiter's per-address key, the log lines). Same text: four decimal
+      // octets without leading zeros.
+      char buf[15];
+      char* p = buf;
+      for (int i = 0; i < 4; ++i) {
+        if (i) *p++ = '.';
+        const unsigned v = addr_[i];
+        if (v >= 100) *p++ = static_cast<char>('0' + v / 100);
+        if (v >= 10) *p++ = static_cast<char>('0' + v / 10 % 10);
+        *p++ = static_cast<char>('0' + v % 10);
+      }
+      return std::string(buf, static_cast<std::size_t>(p - buf));
     }
     if (family_ == 6) {
       boost::asio::ip::address_v6::bytes_type b;

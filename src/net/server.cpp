@@ -19,6 +19,7 @@
 #include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
 #include "net/http_session.hpp"
+#include "net/peer_address.hpp"
 #include "net/tls.hpp"
 #include "net/ws_connection.hpp"
 #include "pubsub/broker.hpp"
@@ -106,7 +107,7 @@ void Server::accept_next() {
     }
     limits::SocketPermit permit;
     if (http_.accept_gate) {
-      const auto verdict = http_.accept_gate->admit(accept_peer_.address().to_string(), permit);
+      const auto verdict = http_.accept_gate->admit(PeerAddress(accept_peer_).ip(), permit);
       if (verdict != limits::AcceptVerdict::ok) {
         refuse_at_accept(socket, static_cast<int>(verdict));
         accept_next();

@@ -63,6 +63,17 @@ TEST(PeerAddress, FormatsAsTheEndpointDid) {
       EXPECT_EQ(p.port(), port);
     }
   }
+  // Every octet value in every position formats as Asio formats it (the
+  // IPv4 text is made by hand).
+  for (unsigned v = 0; v < 256; ++v) {
+    for (int pos = 0; pos < 4; ++pos) {
+      ip::address_v4::bytes_type b{{1, 20, 3, 240}};
+      b[static_cast<std::size_t>(pos)] = static_cast<unsigned char>(v);
+      const ip::tcp::endpoint ep(ip::address_v4(b), 9);
+      ASSERT_EQ(net::PeerAddress(ep).ip(), ep.address().to_string()) << v << " at " << pos;
+      ASSERT_EQ(net::PeerAddress(ep).to_string(), old_text(ep));
+    }
+  }
   // An IPv6 scope id is kept.
   ip::address_v6 scoped = ip::make_address_v6("fe80::1");
   scoped.scope_id(7);
