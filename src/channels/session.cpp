@@ -22,23 +22,29 @@ namespace reason = protocol::reason;
 
 namespace {
 
-limits::ConnectionRates make_rates(const config::Config& cfg, const auth::Principal& p) {
-  limits::ConnectionRates r;
-  if (p.unlimited) return r;
-  const auto now = limits::Clock::now();
+// The rates of a session's two buckets, derived from the configuration
+// and the credential on every take instead of kept in every session (a
+// bucket keeps only its state, limits::BucketState). Both inputs are
+// fixed for the session's life: the configuration is, and a token refresh
+// copies the principal with its rate fields (unlimited, worker, rates)
+// unchanged. The cost is a few branches and one division per rate-limited
+// client message, beside the clock read it already takes.
+limits::Rate message_rate(const config::Config& cfg, const auth::Principal& p) noexcept {
+  if (p.unlimited) return {};
   if (p.worker) {
-    // An agent worker streams many frames for many clients: its own budget,
-    // and no query bucket (it does not query).
-    r.messages = limits::TokenBucket(p.rates.msgs_per_min >= 0 ? p.rates.msgs_per_min : cfg.worker_msgs_per_min,
-                                     p.rates.burst >= 0 ? p.rates.burst : cfg.worker_burst, now);
-    return r;
+    // An agent worker streams many frames for many clients: its own budget.
+    return limits::Rate::per_minute(p.rates.msgs_per_min >= 0 ? p.rates.msgs_per_min : cfg.worker_msgs_per_min,
+                                    p.rates.burst >= 0 ? p.rates.burst : cfg.worker_burst);
   }
-  const std::int64_t msgs = p.rates.msgs_per_min >= 0 ? p.rates.msgs_per_min : cfg.messages_per_min;
-  const std::int64_t burst = p.rates.burst >= 0 ? p.rates.burst : cfg.message_burst;
-  const std::int64_t queries = p.rates.queries_per_min >= 0 ? p.rates.queries_per_min : cfg.queries_per_min;
-  r.messages = limits::TokenBucket(msgs, burst, now);
-  r.queries = limits::TokenBucket(queries, p.rates.queries_per_min >= 0 ? queries : cfg.query_burst, now);
-  return r;
+  return limits::Rate::per_minute(p.rates.msgs_per_min >= 0 ? p.rates.msgs_per_min : cfg.messages_per_min,
+                                  p.rates.burst >= 0 ? p.rates.burst : cfg.message_burst);
+}
+
+limits::Rate query_rate(const config::Config& cfg, const auth::Principal& p) noexcept {
+  // A worker has no query bucket (it does not query).
+  if (p.unlimited || p.worker) return {};
+  if (p.rates.queries_per_min >= 0) return limits::Rate::per_minute(p.rates.queries_per_min, p.rates.queries_per_min);
+  return limits::Rate::per_minute(cfg.queries_per_min, cfg.query_burst);
 }
 
 }  // namespace
@@ -46,8 +52,7 @@ limits::ConnectionRates make_rates(const config::Config& cfg, const auth::Princi
 Session::Session(Socket& socket, Services& services, std::shared_ptr<const auth::Principal> principal)
     : socket_(socket),
       services_(services),
-      principal_(std::move(principal)),
-      rates_(make_rates(services.config, *principal_)) {
+      principal_(std::move(principal)) {
   // A token with little time left hears so at once, not at the first tick.
   on_tick(unix_ms());
 }
@@ -119,7 +124,7 @@ void Session::on_text(std::string_view text) {
     reply_ok(env, {});
     return;
   }
-  if (auto take = rates_.messages.take(limits::Clock::now()); !take.ok) {
+  if (auto take = messages_.take(message_rate(services_.config, *principal_), limits::Clock::now()); !take.ok) {
     metrics::bump(services_.metrics.rate_limited[static_cast<std::size_t>(metrics::RateBucket::messages)]);
     json::object r = protocol::error_response(reason::rate_limited, "message rate limit exceeded");
     r["retry_after_ms"] = take.retry_after_ms;
@@ -228,7 +233,7 @@ bool Session::on_flat(std::string_view text) {
     spdlog::debug("conn={} frame topic={} event={} ref={} join_ref={} ({} bytes, flat)", socket_.id(), env.topic,
                   env.event, env.ref.value_or(""), env.join_ref.value_or(""), text.size());
   }
-  if (auto take = rates_.messages.take(limits::Clock::now()); !take.ok) {
+  if (auto take = messages_.take(message_rate(services_.config, *principal_), limits::Clock::now()); !take.ok) {
     metrics::bump(services_.metrics.rate_limited[static_cast<std::size_t>(metrics::RateBucket::messages)]);
     json::object r = protocol::error_response(reason::rate_limited, "message rate limit exceeded");
     r["retry_after_ms"] = take.retry_after_ms;
@@ -527,7 +532,9 @@ void Session::crash(std::size_t index, const protocol::Envelope* env, std::strin
 }
 
 bool Session::take_query_token(const protocol::Envelope& env) {
-  auto take = rates_.queries.take(limits::Clock::now());
+  const limits::Rate rate = query_rate(services_.config, *principal_);
+  if (rate.unlimited()) return true;  // no bucket to make
+  const auto take = rare().queries.take(rate, limits::Clock::now());
   if (take.ok) return true;
   metrics::bump(services_.metrics.rate_limited[static_cast<std::size_t>(metrics::RateBucket::queries)]);
   json::object r = protocol::error_response(reason::rate_limited, "query rate limit exceeded");

@@ -103,7 +103,10 @@ class Session {
   Socket& socket_;
   Services& services_;
   std::shared_ptr<const auth::Principal> principal_;
-  limits::ConnectionRates rates_;
+  // The message bucket's state (protocol section 7); its rate, like the
+  // query bucket's, is derived from the configuration and the principal on
+  // each take (session.cpp), not kept here. The query bucket is in Rare.
+  limits::BucketState messages_;
   std::vector<Joined> joined_;
   bool token_warned_ = false;
   bool closed_ = false;
@@ -115,6 +118,10 @@ class Session {
     // Hook answers find this session through a weak handle (it dies with
     // it); made by the first hook call.
     std::shared_ptr<int> alive;
+    // The query bucket, spent only by queries and tools, which most
+    // sessions never send. Made full by the first limited query, as it was
+    // full when it was made with the session.
+    limits::BucketState queries;
   };
   Rare& rare();
   std::unique_ptr<Rare> rare_;

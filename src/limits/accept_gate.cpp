@@ -5,45 +5,47 @@
 
 namespace synapse::limits {
 
-SocketPermit::SocketPermit(SocketPermit&& o) noexcept
-    : gate_(std::exchange(o.gate_, nullptr)), ip_(std::exchange(o.ip_, nullptr)) {}
-
 SocketPermit& SocketPermit::operator=(SocketPermit&& o) noexcept {
   if (this != &o) {
     release();
-    gate_ = std::exchange(o.gate_, nullptr);
-    ip_ = std::exchange(o.ip_, nullptr);
+    entry_ = std::exchange(o.entry_, nullptr);
   }
   return *this;
 }
 
 void SocketPermit::release() noexcept {
-  if (gate_) std::exchange(gate_, nullptr)->give_back(*ip_);
+  // Cleared first: this permit holds nothing once give_back runs. The
+  // entry's gate is written once, under the lock, before a permit names it.
+  if (entry_) {
+    AcceptGate::Entry& e = *std::exchange(entry_, nullptr);
+    e.second.gate->give_back(e);
+  }
 }
 
 AcceptVerdict AcceptGate::admit(std::string_view ip, SocketPermit& out) {
   std::lock_guard lock(mu_);
   auto it = per_ip_.find(std::string(ip));
-  const std::int64_t held = it == per_ip_.end() ? 0 : it->second;
+  const std::int64_t held = it == per_ip_.end() ? 0 : it->second.open;
   if (limits_.per_ip > 0 && held >= limits_.per_ip) return AcceptVerdict::per_ip_full;
   if (limits_.capacity > 0) {
     if (open_ >= limits_.capacity) return AcceptVerdict::full;
     const std::int64_t reserve = std::min(limits_.reserve, limits_.capacity / 2);
     if (open_ >= limits_.capacity - reserve && held >= limits_.reserve_share) return AcceptVerdict::reserved;
   }
-  if (it == per_ip_.end()) it = per_ip_.emplace(std::string(ip), 0).first;
-  ++it->second;
+  if (it == per_ip_.end()) it = per_ip_.emplace(std::string(ip), IpCount{this, 0}).first;
+  ++it->second.open;
   ++open_;
   out.release();
-  out.gate_ = this;
-  out.ip_ = &it->first;
+  out.entry_ = &*it;
   return AcceptVerdict::ok;
 }
 
-void AcceptGate::give_back(const std::string& ip) noexcept {
+void AcceptGate::give_back(Entry& entry) noexcept {
   std::lock_guard lock(mu_);
   if (open_ > 0) --open_;
-  if (auto it = per_ip_.find(ip); it != per_ip_.end() && --it->second <= 0) per_ip_.erase(it);
+  // Counted down in place; found again by its key only to be erased with
+  // the address's last socket.
+  if (--entry.second.open <= 0) per_ip_.erase(per_ip_.find(entry.first));
 }
 
 bool AcceptGate::under_pressure() const noexcept {

@@ -19,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 
 namespace synapse::limits {
 
@@ -31,25 +32,7 @@ struct AcceptLimits {
 
 enum class AcceptVerdict { ok, per_ip_full, reserved, full };
 
-class AcceptGate;
-
-// One accepted socket's place in the counts; given back when destroyed.
-class SocketPermit {
- public:
-  SocketPermit() = default;
-  SocketPermit(SocketPermit&& o) noexcept;
-  SocketPermit& operator=(SocketPermit&& o) noexcept;
-  SocketPermit(const SocketPermit&) = delete;
-  SocketPermit& operator=(const SocketPermit&) = delete;
-  ~SocketPermit() { release(); }
-  void release() noexcept;
-  explicit operator bool() const noexcept { return gate_ != nullptr; }
-
- private:
-  friend class AcceptGate;
-  AcceptGate* gate_ = nullptr;
-  const std::string* ip_ = nullptr;  // the gate's map key: it stays while a permit counts in it
-};
+class SocketPermit;
 
 class AcceptGate {
  public:
@@ -63,12 +46,39 @@ class AcceptGate {
 
  private:
   friend class SocketPermit;
-  void give_back(const std::string& ip) noexcept;
+  // An address's entry names its gate, for the permits that point at it.
+  struct IpCount {
+    AcceptGate* gate = nullptr;
+    std::int64_t open = 0;
+  };
+  using Entry = std::pair<const std::string, IpCount>;
+  void give_back(Entry& entry) noexcept;
 
   AcceptLimits limits_;
   mutable std::mutex mu_;
   std::int64_t open_ = 0;
-  std::unordered_map<std::string, std::int64_t> per_ip_;
+  std::unordered_map<std::string, IpCount> per_ip_;
+};
+
+// One accepted socket's place in the counts: given back exactly once, by
+// release() or the destructor; a moved-from permit holds nothing. One
+// pointer (every connection holds one): the gate's map entry for the
+// address, whose node holds the address and names the gate. The entry
+// stays, in place (a node-based map), while a permit counts in it.
+class SocketPermit {
+ public:
+  SocketPermit() = default;
+  SocketPermit(SocketPermit&& o) noexcept : entry_(std::exchange(o.entry_, nullptr)) {}
+  SocketPermit& operator=(SocketPermit&& o) noexcept;
+  SocketPermit(const SocketPermit&) = delete;
+  SocketPermit& operator=(const SocketPermit&) = delete;
+  ~SocketPermit() { release(); }
+  void release() noexcept;
+  explicit operator bool() const noexcept { return entry_ != nullptr; }
+
+ private:
+  friend class AcceptGate;
+  AcceptGate::Entry* entry_ = nullptr;
 };
 
 // The capacity for a process whose descriptor limit is `nofile`: what is

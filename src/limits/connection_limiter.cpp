@@ -2,15 +2,11 @@
 
 namespace synapse::limits {
 
-Permit::Permit(Permit&& o) noexcept
-    : limiter_(std::exchange(o.limiter_, nullptr)),
-      ip_(std::exchange(o.ip_, nullptr)),
-      key_(std::exchange(o.key_, nullptr)) {}
+Permit::Permit(Permit&& o) noexcept : ip_(std::exchange(o.ip_, nullptr)), key_(std::exchange(o.key_, nullptr)) {}
 
 Permit& Permit::operator=(Permit&& o) noexcept {
   if (this != &o) {
     release();
-    limiter_ = std::exchange(o.limiter_, nullptr);
     ip_ = std::exchange(o.ip_, nullptr);
     key_ = std::exchange(o.key_, nullptr);
   }
@@ -20,7 +16,13 @@ Permit& Permit::operator=(Permit&& o) noexcept {
 Permit::~Permit() { release(); }
 
 void Permit::release() noexcept {
-  if (limiter_) std::exchange(limiter_, nullptr)->give_back(ip_, key_);
+  if (!ip_) return;
+  // Cleared first: whatever give_back does, this permit holds nothing after.
+  ConnectionLimiter::IpEntry& ip = *std::exchange(ip_, nullptr);
+  ConnectionLimiter::KeyEntry* key = std::exchange(key_, nullptr);
+  // The entry's limiter field is written once, under the lock, before any
+  // permit can point at the entry, and never changes.
+  ip.second.limiter->give_back(ip, key);
 }
 
 std::optional<AdmissionResult> ConnectionLimiter::admit_locally(std::string_view ip, std::string_view key,
@@ -31,19 +33,19 @@ std::optional<AdmissionResult> ConnectionLimiter::admit_locally(std::string_view
   std::lock_guard lock(mu_);
   auto [it, fresh] = ips_.try_emplace(std::string(ip));
   IpState& st = it->second;
-  if (fresh) st.arrivals = TokenBucket(limits_.new_per_ip_min, limits_.new_per_ip_min, now);
+  if (fresh) st.limiter = this;  // a new address's bucket starts full
 
   if (limits_.per_ip > 0 && st.open >= limits_.per_ip) return AdmissionResult{Admission::too_many_connections, 1};
   std::int64_t* key_open = nullptr;
   if (count_key && limits_.per_key > 0) {
-    key_open = &keys_[std::string(key)];
+    key_open = &keys_[std::string(key)].open;
     if (*key_open >= limits_.per_key) {
       if (*key_open == 0) keys_.erase(std::string(key));
       return AdmissionResult{Admission::too_many_connections, 1};
     }
   }
   // Only an admissible connection spends an arrival token.
-  const auto take = st.arrivals.take(now);
+  const auto take = st.arrivals.take(arrivals_, now);
   if (!take.ok) {
     if (key_open && *key_open == 0) keys_.erase(std::string(key));
     return AdmissionResult{Admission::connection_rate_exceeded, (take.retry_after_ms + 999) / 1000};
@@ -62,18 +64,17 @@ void ConnectionLimiter::undo_local(std::string_view ip, std::string_view key, bo
   std::lock_guard lock(mu_);
   if (auto i = ips_.find(std::string(ip)); i != ips_.end() && i->second.open > 0) --i->second.open;
   if (key_counted) {
-    if (auto k = keys_.find(std::string(key)); k != keys_.end() && --k->second <= 0) keys_.erase(k);
+    if (auto k = keys_.find(std::string(key)); k != keys_.end() && --k->second.open <= 0) keys_.erase(k);
   }
 }
 
 Permit ConnectionLimiter::make_permit(std::string_view ip, std::string_view key, bool key_counted) {
   Permit p;
   std::lock_guard lock(mu_);
-  // Node-based maps: a key stays where it is (rehashes included) while its
-  // entry lives, and the counts taken for this permit keep it alive.
-  p.limiter_ = this;
-  p.ip_ = &ips_.find(std::string(ip))->first;
-  p.key_ = key_counted ? &keys_.find(std::string(key))->first : nullptr;
+  // Node-based maps: an entry stays where it is (rehashes included) while
+  // it lives, and the counts taken for this permit keep it alive.
+  p.ip_ = &*ips_.find(std::string(ip));
+  p.key_ = key_counted ? &*keys_.find(std::string(key)) : nullptr;
   return p;
 }
 
@@ -138,15 +139,15 @@ void ConnectionLimiter::admit_async(std::string_view ip, std::string_view key, b
                          });
 }
 
-void ConnectionLimiter::give_back(const std::string* ip, const std::string* key) noexcept {
-  // The fields first: `ip` and `key` are this limiter's map keys, gone once
-  // their entries are erased below.
+void ConnectionLimiter::give_back(IpEntry& ip, KeyEntry* key) noexcept {
+  // The fields first: `ip` and `key` are this limiter's map entries; the
+  // key's is gone once erased below (and the address's once swept after).
   std::string ipf, keyf;
   bool fields = false;
   if (shared_) {
     try {
-      ipf = ip_field(*ip);
-      keyf = key ? key_field(*key) : std::string();
+      ipf = ip_field(ip.first);
+      keyf = key ? key_field(key->first) : std::string();
       fields = true;
     } catch (...) {
       // Out of memory while building a field: the counts are written again
@@ -155,12 +156,11 @@ void ConnectionLimiter::give_back(const std::string* ip, const std::string* key)
   }
   {
     std::lock_guard lock(mu_);
-    if (auto it = ips_.find(*ip); it != ips_.end() && it->second.open > 0) --it->second.open;
-    if (key) {
-      if (auto it = keys_.find(*key); it != keys_.end()) {
-        if (--it->second <= 0) keys_.erase(it);
-      }
-    }
+    // The address's entry is counted down in place (only sweep() erases
+    // one, once it counts nothing); the key's is found again to be erased
+    // with its last connection.
+    if (ip.second.open > 0) --ip.second.open;
+    if (key && --key->second.open <= 0) keys_.erase(keys_.find(key->first));
   }
   if (fields && (!ipf.empty() || !keyf.empty())) {
     try {
@@ -182,8 +182,8 @@ std::vector<std::pair<std::string, std::int64_t>> ConnectionLimiter::shared_snap
       if (st.open > 0) out.emplace_back("i:" + ip, st.open);
     }
   }
-  for (const auto& [k, n] : keys_) {
-    if (n > 0) out.emplace_back(key_field(k), n);
+  for (const auto& [k, st] : keys_) {
+    if (st.open > 0) out.emplace_back(key_field(k), st.open);
   }
   return out;
 }
@@ -192,7 +192,7 @@ LimiterCounts ConnectionLimiter::counts() {
   std::lock_guard lock(mu_);
   LimiterCounts c;
   for (const auto& [ip, st] : ips_) c.ip_connections += st.open;
-  for (const auto& [k, n] : keys_) c.key_connections += n;
+  for (const auto& [k, st] : keys_) c.key_connections += st.open;
   c.tracked_ips = static_cast<std::int64_t>(ips_.size());
   c.tracked_keys = static_cast<std::int64_t>(keys_.size());
   return c;
@@ -202,8 +202,8 @@ void ConnectionLimiter::sweep() {
   const auto now = Clock::now();
   std::lock_guard lock(mu_);
   for (auto it = ips_.begin(); it != ips_.end();) {
-    const bool refilled = it->second.arrivals.unlimited() ||
-                          it->second.arrivals.available(now) >= static_cast<double>(limits_.new_per_ip_min);
+    const bool refilled = arrivals_.unlimited() ||
+                          it->second.arrivals.available(arrivals_, now) >= static_cast<double>(limits_.new_per_ip_min);
     if (it->second.open == 0 && refilled) {
       it = ips_.erase(it);
     } else {

@@ -16,6 +16,8 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "limits/rate_limiter.hpp"
 #include "limits/shared_counts.hpp"
@@ -30,28 +32,7 @@ struct ConnectionLimits {
 
 enum class Admission { ok, too_many_connections, connection_rate_exceeded };
 
-class ConnectionLimiter;
-
-class Permit {
- public:
-  Permit() = default;
-  Permit(Permit&& other) noexcept;
-  Permit& operator=(Permit&& other) noexcept;
-  Permit(const Permit&) = delete;
-  Permit& operator=(const Permit&) = delete;
-  ~Permit();
-  void release() noexcept;
-  explicit operator bool() const noexcept { return limiter_ != nullptr; }
-
- private:
-  friend class ConnectionLimiter;
-  // The limiter's own map keys: an entry stays while a permit counts in it,
-  // so a permit holds no copy of the address or the key (every connection
-  // holds a permit).
-  ConnectionLimiter* limiter_ = nullptr;
-  const std::string* ip_ = nullptr;
-  const std::string* key_ = nullptr;  // null when the key is not counted (unlimited)
-};
+class Permit;
 
 struct AdmissionResult {
   Admission verdict = Admission::ok;
@@ -67,7 +48,8 @@ struct LimiterCounts {
 
 class ConnectionLimiter {
  public:
-  explicit ConnectionLimiter(ConnectionLimits limits) : limits_(limits) {}
+  explicit ConnectionLimiter(ConnectionLimits limits)
+      : limits_(limits), arrivals_(Rate::per_minute(limits.new_per_ip_min, limits.new_per_ip_min)) {}
 
   // Counts across the nodes of a cluster too (not owned; set before use).
   void share(SharedCounts* shared) { shared_ = shared; }
@@ -92,7 +74,11 @@ class ConnectionLimiter {
 
  private:
   friend class Permit;
-  void give_back(const std::string* ip, const std::string* key) noexcept;
+  struct IpState;
+  struct KeyState;
+  using IpEntry = std::pair<const std::string, IpState>;
+  using KeyEntry = std::pair<const std::string, KeyState>;
+  void give_back(IpEntry& ip, KeyEntry* key) noexcept;
   // The local half of an admission, under the lock: refuses, or counts and
   // sets the shared fields to ask about (empty: nothing to ask).
   std::optional<AdmissionResult> admit_locally(std::string_view ip, std::string_view key, bool count_key,
@@ -105,16 +91,47 @@ class ConnectionLimiter {
   std::string ip_field(std::string_view ip) const;
   static std::string key_field(std::string_view key) { return key.empty() ? std::string() : "k:" + std::string(key); }
 
+  // An address's entry names its limiter, for the permits that point at it.
   struct IpState {
+    ConnectionLimiter* limiter = nullptr;
     std::int64_t open = 0;
-    TokenBucket arrivals;
+    BucketState arrivals;  // at arrivals_ (new_per_ip_min)
+  };
+  struct KeyState {
+    std::int64_t open = 0;
   };
 
   ConnectionLimits limits_;
+  Rate arrivals_;
   SharedCounts* shared_ = nullptr;
   std::mutex mu_;
   std::unordered_map<std::string, IpState> ips_;
-  std::unordered_map<std::string, std::int64_t> keys_;
+  std::unordered_map<std::string, KeyState> keys_;
+};
+
+// One admitted connection's place in the counts: released exactly once, by
+// release() or the destructor, whichever comes first; a moved-from permit
+// holds nothing. 16 bytes (every connection holds one): it points at the
+// limiter's map entries themselves, whose nodes hold the address and the
+// key, and the address's entry names its limiter, so the permit keeps no
+// limiter pointer and no copy of either text. An entry stays, at the same
+// address (node-based maps keep nodes in place through rehashes), while a
+// permit counts in it.
+class Permit {
+ public:
+  Permit() = default;
+  Permit(Permit&& other) noexcept;
+  Permit& operator=(Permit&& other) noexcept;
+  Permit(const Permit&) = delete;
+  Permit& operator=(const Permit&) = delete;
+  ~Permit();
+  void release() noexcept;
+  explicit operator bool() const noexcept { return ip_ != nullptr; }
+
+ private:
+  friend class ConnectionLimiter;
+  ConnectionLimiter::IpEntry* ip_ = nullptr;    // null: holds nothing
+  ConnectionLimiter::KeyEntry* key_ = nullptr;  // null when the key is not counted (unlimited)
 };
 
 }  // namespace synapse::limits

@@ -10,37 +10,43 @@ std::int64_t ns(Clock::time_point t) noexcept {
 constexpr std::int64_t minute_ns = 60'000'000'000;
 }  // namespace
 
-TokenBucket::TokenBucket(std::int64_t per_minute, std::int64_t burst, Clock::time_point now) noexcept {
-  if (per_minute <= 0) return;  // unlimited
+Rate Rate::per_minute(std::int64_t per_minute, std::int64_t burst) noexcept {
+  Rate r;
+  if (per_minute <= 0) return r;  // unlimited
   if (burst <= 0) burst = per_minute;
-  ns_per_token_ = std::max<std::int64_t>(1, minute_ns / per_minute);
-  capacity_ns_ = ns_per_token_ * burst;
-  full_at_ = ns(now);  // starts full
+  r.ns_per_token = std::max<std::int64_t>(1, minute_ns / per_minute);
+  r.capacity_ns = r.ns_per_token * burst;
+  return r;
 }
 
 // The bucket holds (capacity - (full_at - now)) / ns_per_token tokens. Taking
 // one moves full_at forward by one token's refill time.
-TokenBucket::Take TokenBucket::peek(Clock::time_point now) const noexcept {
-  if (unlimited()) return {true, 0};
+Take BucketState::peek(const Rate& rate, Clock::time_point now) const noexcept {
+  if (rate.unlimited()) return {true, 0};
   const std::int64_t t = ns(now);
   const std::int64_t full_at = std::max(full_at_, t);
-  const std::int64_t after = full_at + ns_per_token_;
-  const std::int64_t over = after - t - capacity_ns_;
+  const std::int64_t after = full_at + rate.ns_per_token;
+  const std::int64_t over = after - t - rate.capacity_ns;
   if (over <= 0) return {true, 0};
   return {false, (over + 999'999) / 1'000'000};
 }
 
-TokenBucket::Take TokenBucket::take(Clock::time_point now) noexcept {
-  const Take r = peek(now);
-  if (r.ok && !unlimited()) full_at_ = std::max(full_at_, ns(now)) + ns_per_token_;
+Take BucketState::take(const Rate& rate, Clock::time_point now) noexcept {
+  const Take r = peek(rate, now);
+  if (r.ok && !rate.unlimited()) full_at_ = std::max(full_at_, ns(now)) + rate.ns_per_token;
   return r;
 }
 
-double TokenBucket::available(Clock::time_point now) const noexcept {
-  if (unlimited()) return 1e18;
-  const std::int64_t t = ns(now);
-  const std::int64_t owed = std::max<std::int64_t>(0, full_at_ - t);
-  return static_cast<double>(capacity_ns_ - owed) / static_cast<double>(ns_per_token_);
+double BucketState::available(const Rate& rate, Clock::time_point now) const noexcept {
+  if (rate.unlimited()) return 1e18;
+  const std::int64_t owed = std::max<std::int64_t>(0, full_at_ - ns(now));
+  return static_cast<double>(rate.capacity_ns - owed) / static_cast<double>(rate.ns_per_token);
+}
+
+TokenBucket::TokenBucket(std::int64_t per_minute, std::int64_t burst, Clock::time_point now) noexcept
+    : rate_(Rate::per_minute(per_minute, burst)) {
+  // Full from `now` on, as from any earlier instant: the state starts full.
+  (void)now;
 }
 
 }  // namespace synapse::limits

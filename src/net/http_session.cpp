@@ -573,7 +573,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void become_websocket(ConnectionInfo info, std::string early, bool revoked) {
     info.tls = socket_.release_tls();
     auto principal = std::move(info.principal);
-    auto conn = std::make_shared<Connection>(thread_, std::move(socket_.socket()), std::move(info), ctx_.services);
+    auto conn = std::make_shared<Connection>(thread_, std::move(socket_.socket()), std::move(info));
     thread_.connections.push_front(conn->in_thread, conn);
     conn->start(std::move(principal), std::move(early));
     if (revoked) conn->close(protocol::close_code::revoked, "credentials revoked");

@@ -15,6 +15,13 @@
 #include "auth/principal_pool.hpp"
 #include "core/poster.hpp"
 
+namespace synapse::channels {
+struct Services;
+}
+namespace synapse::config {
+struct Config;
+}
+
 namespace synapse::net {
 
 class Connection;
@@ -108,6 +115,13 @@ struct IoThread {
   boost::asio::steady_timer sweep_timer{ioc};
   // The principals of this thread's connections, one copy per credential.
   auth::PrincipalPool principals;
+  // The services this thread's connections serve with, the server's (set
+  // by net::Server before it accepts): a pointer per thread rather than a
+  // reference in every connection. `config` is services->config, kept
+  // beside it so that a connection reads its bounds (queue limit, deflate
+  // settings) through as many pointers as when it held the services itself.
+  channels::Services* services = nullptr;
+  const config::Config* config = nullptr;
   std::thread thread;
 
   void mark_dirty(std::shared_ptr<Connection> c);

@@ -66,6 +66,11 @@ Server::Server(IoThreads& threads, HttpContext& http, std::atomic<bool>& drainin
       housekeeping_timer_(main_.ioc),
       drain_timer_(main_.ioc),
       accept_retry_timer_(main_.ioc) {
+  // Every connection reaches the services through its thread (IoThread::services).
+  for (std::size_t i = 0; i < threads_.size(); ++i) {
+    threads_[i].services = &http_.services;
+    threads_[i].config = &http_.services.config;
+  }
   spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   // Before "listening on" is printed: a SIGHUP from then on reloads.
   if (http_.tls) signals_.add(SIGHUP);

@@ -24,7 +24,7 @@ constexpr std::size_t tls_batch_iov = 512;  // as the plain path's max_iov
 
 bool Connection::write_out_tls() {
   const int fd = socket_.native_handle();
-  auto& m = services_.metrics;
+  auto& m = services().metrics;
   iovec iov[tls_batch_iov];
   for (;;) {
     std::uint64_t bytes = 0, calls = 0;

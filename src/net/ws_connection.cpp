@@ -54,8 +54,7 @@ void WsSocket::close() noexcept {
   fd_ = -1;
 }
 
-Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, ConnectionInfo info,
-                       channels::Services& services)
+Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, ConnectionInfo info)
     : thread_(thread),
       socket_(take_descriptor(socket)),
       deflate_(info.deflate),
@@ -63,22 +62,21 @@ Connection::Connection(IoThread& thread, asio::ip::tcp::socket socket, Connectio
       peer_(info.peer),
       permit_(std::move(info.permit)),
       socket_permit_(std::move(info.socket_permit)),
-      services_(services),
-      reader_(static_cast<std::size_t>(services.config.max_message_bytes), wire::Role::server) {
+      reader_(static_cast<std::size_t>(thread.config->max_message_bytes), wire::Role::server) {
   if (deflate_) reader_.enable_deflate();
   tls_ = std::move(info.tls);
 }
 
 std::size_t Connection::queue_limit() const noexcept {
-  return static_cast<std::size_t>(services_.config.outbound_queue_bytes);
+  return static_cast<std::size_t>(config().outbound_queue_bytes);
 }
 
 // The most one join can produce: a full history and a full presence, plus
 // framing. A client joining several such topics at once counts the rest
 // against the bound as usual.
 std::size_t Connection::initial_allowance() const noexcept {
-  return static_cast<std::size_t>(services_.config.history_max_bytes_per_topic +
-                                  services_.config.max_presence_bytes_per_topic) +
+  return static_cast<std::size_t>(config().history_max_bytes_per_topic +
+                                  config().max_presence_bytes_per_topic) +
          (64u << 10);
 }
 
@@ -91,11 +89,11 @@ void Connection::start(std::shared_ptr<const auth::Principal> principal, std::st
   // Reads and writes below are direct non-blocking syscalls (the
   // descriptor is non-blocking, see take_descriptor). TCP_NODELAY came from
   // the listener.
-  services_.metrics.connections_open.fetch_add(1, std::memory_order_relaxed);
-  metrics::bump(services_.metrics.connections_total);
+  services().metrics.connections_open.fetch_add(1, std::memory_order_relaxed);
+  metrics::bump(services().metrics.connections_total);
   spdlog::info("conn {} opened peer={} agent={} thread={}", id_, peer_.to_string(), principal->agent_id,
                thread_.index);
-  std::construct_at(&session_, *this, services_, std::move(principal));
+  std::construct_at(&session_, *this, services(), std::move(principal));
   has_session_ = true;
   if (!socket_.is_open() || !thread_.watch(socket_.native_handle(), this)) {
     abort(socket_.is_open() ? std::strerror(errno) : "the socket could not be taken from the upgrade");
@@ -133,8 +131,8 @@ bool Connection::enqueue(wire::Message msg) {
   // The compressed variant is shared by every subscriber of the message:
   // computed by the first, a reference for the rest.
   if (deflate_) {
-    msg = msg.deflated(static_cast<std::size_t>(services_.config.deflate_threshold_bytes),
-                       static_cast<int>(services_.config.deflate_level));
+    msg = msg.deflated(static_cast<std::size_t>(config().deflate_threshold_bytes),
+                       static_cast<int>(config().deflate_level));
   }
   if (const std::size_t limit = queue_limit(); limit > 0 && out_.counted_bytes() + msg.size() > limit) {
     begin_close(protocol::close_code::slow_consumer, "slow consumer: outbound queue over limit");
@@ -164,8 +162,8 @@ void Connection::send_initial(wire::Message msg) {
     return;
   }
   if (deflate_) {
-    msg = msg.deflated(static_cast<std::size_t>(services_.config.deflate_threshold_bytes),
-                       static_cast<int>(services_.config.deflate_level));
+    msg = msg.deflated(static_cast<std::size_t>(config().deflate_threshold_bytes),
+                       static_cast<int>(config().deflate_level));
   }
   out_.push(std::move(msg), true);
   schedule_flush();
@@ -190,7 +188,7 @@ void Connection::write_out() {
   if (state_ == State::closed || write_armed_) return;
   // What this connection is about to read must survive a crash first (a
   // no-op unless history is kept on disk; see Broker::make_durable).
-  services_.broker.make_durable();
+  services().broker.make_durable();
   if (tls_ && !write_out_tls()) return;  // with TLS, the queue is empty past this point
   const int fd = socket_.native_handle();
   iovec iov[max_iov];
@@ -208,7 +206,7 @@ void Connection::write_out() {
       end_later(std::strerror(errno));
       return;
     }
-    auto& m = services_.metrics;
+    auto& m = services().metrics;
     metrics::bump(m.write_syscalls);
     metrics::bump(m.bytes_out, static_cast<std::uint64_t>(n));
     metrics::bump(m.frames_out, out_.consume(static_cast<std::size_t>(n)));
@@ -292,14 +290,14 @@ void Connection::read_some() {
 }
 
 void Connection::process(char* data, std::size_t n) {
-  metrics::bump(services_.metrics.bytes_in, n);
+  metrics::bump(services().metrics.bytes_in, n);
   if (reader_.finished()) return;  // after a close or violation, input is ignored
   reader_.feed(data, n, *this);
 }
 
 void Connection::on_message(wire::Opcode op, std::string_view payload) {
   if (state_ != State::open) return;
-  metrics::bump(services_.metrics.frames_in);
+  metrics::bump(services().metrics.frames_in);
   if (op == wire::Opcode::binary) {
     session()->on_malformed("binary frames are not part of the protocol; send JSON text frames");
   } else {
@@ -380,8 +378,8 @@ void Connection::finalize() {
   end_session();
   out_.clear();
   permit_.release();
-  services_.metrics.connections_open.fetch_sub(1, std::memory_order_relaxed);
-  services_.metrics.count_close(close_code_);
+  services().metrics.connections_open.fetch_sub(1, std::memory_order_relaxed);
+  services().metrics.count_close(close_code_);
   spdlog::info("conn {} closed code={} reason=\"{}\" duration_ms={} peer={} agent={}", id_, close_code_,
                closing_ ? std::string_view(closing_->reason) : std::string_view(), mono_ms() - opened_ms_, peer_.to_string(),
                agent);
@@ -392,7 +390,7 @@ void Connection::finalize() {
 
 void Connection::tick(std::int64_t now_mono_ms, std::int64_t now_unix_ms) {
   if (state_ == State::open) {
-    const auto idle = services_.config.idle_timeout_ms;
+    const auto idle = config().idle_timeout_ms;
     if (idle > 0 && now_mono_ms - last_rx_ms_ >= idle) {
       begin_close(protocol::close_code::idle_timeout, "idle timeout");
       return;

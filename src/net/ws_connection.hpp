@@ -63,8 +63,8 @@ class Connection final : public std::enable_shared_from_this<Connection>,
                          public channels::Socket,
                          private wire::FrameSink {
  public:
-  Connection(IoThread& thread, boost::asio::ip::tcp::socket socket, ConnectionInfo info,
-             channels::Services& services);
+  // Serves with its thread's services (IoThread::services).
+  Connection(IoThread& thread, boost::asio::ip::tcp::socket socket, ConnectionInfo info);
   ~Connection();
 
   // Takes ownership; `early` holds bytes read past the upgrade request.
@@ -149,7 +149,9 @@ class Connection final : public std::enable_shared_from_this<Connection>,
   PeerAddress peer_;  // 23 bytes; the padding after it is the only padding left
   limits::Permit permit_;
   limits::SocketPermit socket_permit_;
-  channels::Services& services_;
+  // The services and configuration, its thread's (no copy per connection).
+  channels::Services& services() const noexcept { return *thread_.services; }
+  const config::Config& config() const noexcept { return *thread_.config; }
   wire::FrameReader reader_;
   OutboundQueue out_;
   // From the configuration, read when needed rather than kept in every

@@ -2,6 +2,7 @@
 // counted from accept, with a reserve for addresses holding few sockets.
 #include <gtest/gtest.h>
 
+#include <string>
 #include <vector>
 
 #include "limits/accept_gate.hpp"
@@ -70,6 +71,56 @@ TEST(AcceptGate, PermitsGiveBackOnceWhenMovedAndReleased) {
   moved.release();
   EXPECT_EQ(g.open(), 0);
   EXPECT_EQ(g.admit("10.0.0.1", p), AcceptVerdict::ok);
+}
+
+// A permit is one pointer, to the gate's entry for its address (which names
+// the gate): it gives back once, to its own gate, and the per-address
+// counts are exact after many sockets opened and closed over many
+// addresses (the map rehashing under the permits that point into it).
+TEST(AcceptGate, PermitsPointAtTheirAddressEntryThroughManyOpensAndCloses) {
+  EXPECT_EQ(sizeof(SocketPermit), sizeof(void*));
+  AcceptGate g({.per_ip = 40, .capacity = 0, .reserve = 0, .reserve_share = 1});
+  AcceptGate h({.per_ip = 1, .capacity = 0, .reserve = 0, .reserve_share = 1});
+  SocketPermit mine, theirs;
+  ASSERT_EQ(g.admit("10.0.0.1", mine), AcceptVerdict::ok);
+  ASSERT_EQ(h.admit("10.0.0.1", theirs), AcceptVerdict::ok);
+  mine = std::move(theirs);  // gives g's back, holds h's
+  EXPECT_EQ(g.open(), 0);
+  EXPECT_EQ(h.open(), 1);
+  SocketPermit again;
+  EXPECT_EQ(h.admit("10.0.0.1", again), AcceptVerdict::per_ip_full);
+  mine.release();
+  EXPECT_EQ(h.open(), 0);
+  EXPECT_EQ(h.admit("10.0.0.1", again), AcceptVerdict::ok);
+
+  std::vector<std::vector<SocketPermit>> by_ip(300);
+  for (int round = 0; round < 40; ++round) {
+    for (std::size_t i = 0; i < by_ip.size(); ++i) {
+      const std::string ip = "10.9." + std::to_string(i / 256) + "." + std::to_string(i % 256);
+      SocketPermit p;
+      ASSERT_EQ(g.admit(ip, p), AcceptVerdict::ok) << ip << " round " << round;
+      by_ip[i].push_back(std::move(p));
+      if ((round + i) % 4 == 0) by_ip[i].erase(by_ip[i].begin());  // one closes
+    }
+  }
+  std::int64_t held = 0;
+  for (std::size_t i = 0; i < by_ip.size(); ++i) {
+    held += static_cast<std::int64_t>(by_ip[i].size());
+    // Up to the per-address bound, and no further: the address's count is exact.
+    const std::string ip = "10.9." + std::to_string(i / 256) + "." + std::to_string(i % 256);
+    std::vector<SocketPermit> more;
+    for (std::size_t n = by_ip[i].size(); n < 40; ++n) {
+      more.emplace_back();
+      ASSERT_EQ(g.admit(ip, more.back()), AcceptVerdict::ok) << ip;
+    }
+    SocketPermit over;
+    EXPECT_EQ(g.admit(ip, over), AcceptVerdict::per_ip_full) << ip;
+  }
+  EXPECT_EQ(g.open(), held);
+  by_ip.clear();
+  EXPECT_EQ(g.open(), 0);
+  SocketPermit fresh;
+  EXPECT_EQ(g.admit("10.9.0.7", fresh), AcceptVerdict::ok);
 }
 
 TEST(AcceptGate, CapacityLeavesTheProcessItsOwnDescriptors) {

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "limits/connection_limiter.hpp"
@@ -80,6 +82,101 @@ TEST(ConnectionLimiter, CountsReturnToZero) {
   EXPECT_EQ(c.tracked_keys, 0);
   lim.sweep();
   EXPECT_EQ(lim.counts().tracked_ips, 0);
+}
+
+// A permit points at the limiter's map entries (their nodes hold the
+// address and the key) and reaches its limiter through the address's
+// entry: moved, it has one owner; released, it gives back once; and the
+// entries stay where they are while thousands of others come and go
+// (rehashes included).
+TEST(ConnectionLimiter, PermitsGiveBackOnceThroughTheirEntriesAcrossRehashes) {
+  ConnectionLimiter lim({0, 0, 0});
+  ConnectionLimiter other({0, 0, 5});
+  EXPECT_EQ(sizeof(Permit), 16u);
+
+  Permit a, b;
+  ASSERT_EQ(lim.admit("10.1.1.1", "k", true, a).verdict, Admission::ok);  // per_key 0: the key is not counted
+  ASSERT_EQ(other.admit("10.1.1.1", "k", true, b).verdict, Admission::ok);
+  EXPECT_EQ(lim.counts().tracked_keys, 0);
+  EXPECT_EQ(other.counts().key_connections, 1);
+  // Move construction and assignment: exactly one owner, nothing given back.
+  Permit moved(std::move(a));
+  EXPECT_FALSE(a);
+  EXPECT_TRUE(moved);
+  Permit assigned;
+  assigned = std::move(moved);
+  EXPECT_FALSE(moved);
+  EXPECT_EQ(lim.counts().ip_connections, 1);
+  // Assigning onto a holding permit gives its own counts back, to its limiter.
+  assigned = std::move(b);
+  EXPECT_EQ(lim.counts().ip_connections, 0);
+  EXPECT_EQ(other.counts().ip_connections, 1);
+  EXPECT_EQ(other.counts().key_connections, 1);
+  assigned.release();
+  assigned.release();
+  moved.release();  // moved-from: nothing
+  a = Permit{};
+  EXPECT_EQ(other.counts().ip_connections, 0);
+  EXPECT_EQ(other.counts().key_connections, 0);
+  EXPECT_EQ(other.counts().tracked_keys, 0);
+
+  // Many connects and closes over many addresses and keys, checked against
+  // a count kept here.
+  ConnectionLimiter big({1000, 0, 1000});
+  std::vector<Permit> held;
+  std::map<std::string, std::int64_t> by_ip, by_key;
+  auto ip_of = [](std::size_t i) { return "10.2." + std::to_string(i % 97) + "." + std::to_string(i % 13); };
+  auto key_of = [](std::size_t i) { return "key-" + std::to_string(i % 211); };
+  std::vector<std::size_t> who;
+  for (std::size_t i = 0; i < 5000; ++i) {
+    held.emplace_back();
+    ASSERT_EQ(big.admit(ip_of(i), key_of(i), true, held.back()).verdict, Admission::ok) << i;
+    who.push_back(i);
+    ++by_ip[ip_of(i)];
+    ++by_key[key_of(i)];
+    if (i % 3 == 2) {  // close one from the middle, the vector moving the rest
+      const std::size_t j = held.size() / 2;
+      --by_ip[ip_of(who[j])];
+      if (--by_key[key_of(who[j])] == 0) by_key.erase(key_of(who[j]));
+      held.erase(held.begin() + static_cast<std::ptrdiff_t>(j));
+      who.erase(who.begin() + static_cast<std::ptrdiff_t>(j));
+    }
+  }
+  auto c = big.counts();
+  EXPECT_EQ(c.ip_connections, static_cast<std::int64_t>(held.size()));
+  EXPECT_EQ(c.key_connections, static_cast<std::int64_t>(held.size()));
+  EXPECT_EQ(c.tracked_keys, static_cast<std::int64_t>(by_key.size()));
+  // Each address's and key's own count, as the shared store would be told.
+  auto snap = big.shared_snapshot();
+  std::sort(snap.begin(), snap.end());
+  std::vector<std::pair<std::string, std::int64_t>> want;
+  for (const auto& [ip, n] : by_ip) {
+    if (n > 0) want.emplace_back("i:" + ip, n);
+  }
+  for (const auto& [k, n] : by_key) want.emplace_back("k:" + k, n);
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(snap, want);
+  held.clear();
+  c = big.counts();
+  EXPECT_EQ(c.ip_connections, 0);
+  EXPECT_EQ(c.key_connections, 0);
+  EXPECT_EQ(c.tracked_keys, 0);
+  big.sweep();
+  EXPECT_EQ(big.counts().tracked_ips, 0);
+}
+
+// The arrival buckets of all addresses spend at the limiter's one rate,
+// each address on its own.
+TEST(ConnectionLimiter, EveryAddressHasItsOwnArrivalsAtTheSharedRate) {
+  ConnectionLimiter lim({0, 2, 0});
+  for (const char* ip : {"10.3.0.1", "10.3.0.2", "10.3.0.3"}) {
+    Permit a, b, c;
+    EXPECT_EQ(lim.admit(ip, "k", true, a).verdict, Admission::ok) << ip;
+    EXPECT_EQ(lim.admit(ip, "k", true, b).verdict, Admission::ok) << ip;
+    EXPECT_EQ(lim.admit(ip, "k", true, c).verdict, Admission::connection_rate_exceeded) << ip;
+  }
+  lim.sweep();  // not refilled yet: the addresses stay tracked
+  EXPECT_EQ(lim.counts().tracked_ips, 3);
 }
 
 namespace {

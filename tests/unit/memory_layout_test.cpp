@@ -10,6 +10,9 @@
 #include "channels/channel.hpp"
 #include "channels/session.hpp"
 #include "core/small_text.hpp"
+#include "limits/accept_gate.hpp"
+#include "limits/connection_limiter.hpp"
+#include "limits/rate_limiter.hpp"
 #include "net/peer_address.hpp"
 #include "net/ws_connection.hpp"
 #include "pubsub/broker.hpp"
@@ -24,11 +27,20 @@ TEST(MemoryLayout, PerConnectionObjectsStayWithinTheirBounds) {
   // Measured on x86-64 with libstdc++ (std::string 32 B). malloc rounds a
   // block up to 16 bytes with 8 of its own, so growing one of these past
   // its bound costs 16 bytes per connection.
-  // Connection: 456 + 16 B of make_shared control block = a 480 B chunk
+  // Connection: 392 + 16 B of make_shared control block = a 416 B chunk
   // (its peer a 23-byte PeerAddress, its session in place with the flag
-  // among the connection's flags).
-  EXPECT_LE(sizeof(net::Connection), 456u);
-  EXPECT_LE(sizeof(channels::Session), 120u);
+  // among the connection's flags, its services its thread's). 400 would be
+  // a 432 B chunk: the next 8 bytes matter.
+  EXPECT_LE(sizeof(net::Connection), 392u);
+  // Session: its message bucket's state only (the rates derived on use, the
+  // query bucket in its Rare record).
+  EXPECT_LE(sizeof(channels::Session), 80u);
+  // The buckets' per-connection part: when it is full again.
+  EXPECT_LE(sizeof(limits::BucketState), 8u);
+  // The permits point at the limiter's and the gate's map entries (which
+  // name their limiter or gate): 16 + 8 B where they were 24 + 16.
+  EXPECT_LE(sizeof(limits::Permit), 16u);
+  EXPECT_LE(sizeof(limits::SocketPermit), 8u);
   // The frame reader: no padding, the assembly string behind a pointer.
   EXPECT_LE(sizeof(wire::FrameReader), 80u);
   // The outbound queue: no stream positions outside the exempt record.

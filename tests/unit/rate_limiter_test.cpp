@@ -58,3 +58,40 @@ TEST(TokenBucket, PeekDoesNotConsume) {
   EXPECT_TRUE(b.take(t0).ok);
   EXPECT_FALSE(b.peek(t0).ok);
 }
+
+// The state-only bucket: many states spend tokens at one shared Rate, each
+// on its own, exactly as a TokenBucket with that rate of its own does.
+TEST(BucketState, StatesShareOneRateAndKeepTheirOwnTokens) {
+  const auto t0 = Clock::time_point{} + 1000s;
+  const Rate rate = Rate::per_minute(60, 3);  // 1 per second, burst 3
+  EXPECT_EQ(rate.ns_per_token, 1'000'000'000);
+  EXPECT_EQ(rate.capacity_ns, 3'000'000'000);
+  EXPECT_EQ(sizeof(BucketState), 8u);
+  BucketState a, b;
+  TokenBucket reference(60, 3, t0);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(a.take(rate, t0).ok) << i;
+    EXPECT_TRUE(reference.take(t0).ok) << i;
+  }
+  EXPECT_FALSE(a.take(rate, t0).ok);
+  EXPECT_FALSE(reference.take(t0).ok);
+  EXPECT_DOUBLE_EQ(b.available(rate, t0), 3.0) << "a new state is full";
+  EXPECT_TRUE(b.take(rate, t0).ok) << "the other state is untouched";
+  // The same answers as the self-contained bucket along a sequence of takes.
+  for (auto t = t0; t < t0 + 10s; t += 250ms) {
+    const Take x = a.take(rate, t);
+    const Take y = reference.take(t);
+    EXPECT_EQ(x.ok, y.ok);
+    EXPECT_EQ(x.retry_after_ms, y.retry_after_ms);
+    EXPECT_DOUBLE_EQ(a.available(rate, t), reference.available(t));
+  }
+  EXPECT_EQ(a.peek(rate, t0 + 10s).ok, reference.peek(t0 + 10s).ok);
+  // An unlimited rate never refuses and leaves the state alone.
+  const Rate none = Rate::per_minute(0, 5);
+  EXPECT_TRUE(none.unlimited());
+  BucketState c;
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(c.take(none, t0).ok);
+  EXPECT_DOUBLE_EQ(c.available(rate, t0), 3.0);
+  // A zero burst is the rate itself.
+  EXPECT_EQ(Rate::per_minute(30, 0).capacity_ns, Rate::per_minute(30, 30).capacity_ns);
+}

@@ -25,6 +25,7 @@
 #include "fake_socket.hpp"
 #include "metrics/metrics.hpp"
 #include "protocol/close_codes.hpp"
+#include "protocol/envelope.hpp"
 #include "pubsub/local_broker.hpp"
 #include "wire/ws_frame.hpp"
 
@@ -238,6 +239,79 @@ TEST_F(SessionTest, HeartbeatIsAnsweredOkEmptyAndIsNotRateLimited) {
   EXPECT_GT(reply_response(f).at("retry_after_ms").to_number<std::int64_t>(), 0);
   EXPECT_TRUE(log.events.empty()) << "a rate-limited message is not processed";
   EXPECT_EQ(metrics.rate_limited[0].load(), 1u);
+}
+
+// The buckets keep only their state; their rates come from the shared
+// configuration, or the credential's overrides, on every take.
+TEST_F(SessionTest, EachSessionSpendsItsOwnBucketsAtTheConfiguredOrTheKeysRate) {
+  cfg.messages_per_min = 60;  // one a second: nothing refills during the test
+  cfg.message_burst = 2;
+  cfg.queries_per_min = 60;
+  cfg.query_burst = 1;
+  auto p = api_key_principal();
+  p.unlimited = false;
+  start(p);
+  send(frame("1", "1", "test:a", "phx_join"));
+  EXPECT_EQ(reply_status(only()), "ok");
+  send(frame("1", "2", "test:a", "hello"));
+  EXPECT_TRUE(socket.take().empty());
+  send(frame("1", "3", "test:a", "hello"));
+  EXPECT_EQ(reply_reason(only()), "rate_limited");
+
+  // A second session of the same credential: the same rate, a full bucket.
+  fakes::FakeSocket socket2(2);
+  channels::Session other(socket2, services, std::make_shared<const auth::Principal>(p));
+  other.on_text(frame("1", "1", "test:b", "phx_join"));
+  other.on_text(frame("1", "2", "test:b", "hello"));
+  auto f = socket2.take();
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(reply_status(f[0]), "ok");
+  other.on_text(frame("1", "3", "test:b", "hello"));
+  f = socket2.take();
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(reply_reason(f[0]), "rate_limited");
+
+  // The query bucket: one token at the configured burst, made on first use.
+  protocol::Envelope env;
+  std::string error;
+  const std::string q = frame("1", "q1", "test:a", "query", R"({"ref":"r1"})");
+  ASSERT_TRUE(protocol::decode(q, env, error)) << error;
+  EXPECT_TRUE(session->take_query_token(env));
+  EXPECT_TRUE(socket.take().empty());
+  EXPECT_FALSE(session->take_query_token(env));
+  f = socket.take();
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(reply_reason(f[0]), "rate_limited");
+  EXPECT_EQ(reply_response(f[0]).at("ref").as_string(), "r1");
+  EXPECT_TRUE(other.take_query_token(env)) << "the other session's query bucket is its own";
+  EXPECT_EQ(metrics.rate_limited[0].load(), 2u);
+  EXPECT_EQ(metrics.rate_limited[1].load(), 1u);
+
+  // A key's own rates replace the configuration's; a worker has no query bucket.
+  auto own = p;
+  own.rates.msgs_per_min = 600;
+  own.rates.burst = 3;
+  own.rates.queries_per_min = 2;  // its burst is its rate
+  own.worker = false;
+  fakes::FakeSocket socket3(3);
+  channels::Session keyed(socket3, services, std::make_shared<const auth::Principal>(own));
+  keyed.on_text(frame("1", "1", "test:c", "phx_join"));
+  keyed.on_text(frame("1", "2", "test:c", "hello"));
+  keyed.on_text(frame("1", "3", "test:c", "hello"));
+  EXPECT_EQ(socket3.take().size(), 1u) << "three messages within the key's burst";
+  keyed.on_text(frame("1", "4", "test:c", "hello"));
+  f = socket3.take();
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(reply_reason(f[0]), "rate_limited");
+  EXPECT_TRUE(keyed.take_query_token(env));
+  EXPECT_TRUE(keyed.take_query_token(env));
+  EXPECT_FALSE(keyed.take_query_token(env));
+  auto worker = p;
+  worker.worker = true;
+  fakes::FakeSocket socket4(4);
+  channels::Session w(socket4, services, std::make_shared<const auth::Principal>(worker));
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(w.take_query_token(env)) << i;
+  socket3.take();
 }
 
 TEST_F(SessionTest, ThePhoenixTopicNeedsNoJoinAndTakesOnlyItsEvents) {
