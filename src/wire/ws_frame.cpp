@@ -81,7 +81,7 @@ std::string encode_client_frame(Opcode op, std::string_view payload, const std::
   return out;
 }
 
-std::size_t FrameReader::parse_header(const std::uint8_t* p, std::size_t n) noexcept {
+std::size_t FrameReader::parse_header(Open& f, const std::uint8_t* p, std::size_t n) noexcept {
   if (n < 2) return 0;
   std::size_t need = 2;
   const std::uint8_t len7 = p[1] & 0x7F;
@@ -91,46 +91,46 @@ std::size_t FrameReader::parse_header(const std::uint8_t* p, std::size_t n) noex
   if (masked) need += 4;
   if (n < need) return 0;
 
-  fin_ = (p[0] & 0x80) != 0;
-  rsv_ = static_cast<std::uint8_t>(p[0] & 0x70);
-  op_ = static_cast<Opcode>(p[0] & 0x0F);
-  masked_ = masked;
+  f.fin = (p[0] & 0x80) != 0;
+  f.rsv = static_cast<std::uint8_t>(p[0] & 0x70);
+  f.op = static_cast<Opcode>(p[0] & 0x0F);
+  f.masked = masked;
   std::size_t i = 2;
   if (len7 < 126) {
-    length_ = len7;
+    f.length = len7;
   } else if (len7 == 126) {
-    length_ = (std::uint64_t{p[2]} << 8) | p[3];
+    f.length = (std::uint64_t{p[2]} << 8) | p[3];
     i = 4;
   } else {
-    length_ = 0;
-    for (int k = 0; k < 8; ++k) length_ = (length_ << 8) | p[2 + k];
+    f.length = 0;
+    for (int k = 0; k < 8; ++k) f.length = (f.length << 8) | p[2 + k];
     i = 10;
   }
   if (masked) {
-    std::memcpy(mask_, p + i, 4);
+    std::memcpy(f.mask, p + i, 4);
     i += 4;
   }
-  received_ = 0;
+  f.received = 0;
   return i;
 }
 
 void FrameReader::fail(FrameSink& sink, std::uint16_t code, std::string_view why) {
+  // feed() drops the open state once finished_ is set.
   finished_ = true;
-  assembly_.reset();
   sink.on_violation(code, why);
 }
 
-bool FrameReader::check_header(FrameSink& sink) {
-  const auto opbits = static_cast<std::uint8_t>(op_);
+bool FrameReader::check_header(Open& f, FrameSink& sink) {
+  const auto opbits = static_cast<std::uint8_t>(f.op);
   // RSV1 is permessage-deflate's "compressed" bit, allowed only once it was
   // negotiated and only on a message's first frame (RFC 7692 section 6.1);
   // RSV2 and RSV3 belong to no extension of ours.
-  const bool rsv1 = (rsv_ & 0x40) != 0;
-  if ((rsv_ & 0x30) != 0 || (rsv1 && !deflate_)) {
+  const bool rsv1 = (f.rsv & 0x40) != 0;
+  if ((f.rsv & 0x30) != 0 || (rsv1 && !deflate_)) {
     fail(sink, close_code::protocol_error, "reserved bits set without a negotiated extension");
     return false;
   }
-  if (rsv1 && (is_control(op_) || op_ == Opcode::continuation)) {
+  if (rsv1 && (is_control(f.op) || f.op == Opcode::continuation)) {
     fail(sink, close_code::protocol_error, "RSV1 is allowed on the first frame of a data message only");
     return false;
   }
@@ -138,49 +138,49 @@ bool FrameReader::check_header(FrameSink& sink) {
     fail(sink, close_code::protocol_error, "unknown opcode");
     return false;
   }
-  if (role_ == Role::server && !masked_) {
+  if (role_ == Role::server && !f.masked) {
     fail(sink, close_code::protocol_error, "client frames must be masked");
     return false;
   }
-  if (role_ == Role::client && masked_) {
+  if (role_ == Role::client && f.masked) {
     fail(sink, close_code::protocol_error, "server frames must not be masked");
     return false;
   }
-  if (is_control(op_)) {
-    if (!fin_ || length_ > 125) {
+  if (is_control(f.op)) {
+    if (!f.fin || f.length > 125) {
       fail(sink, close_code::protocol_error, "control frames must be whole and at most 125 bytes");
       return false;
     }
-    ctrl_len_ = 0;
+    f.ctrl_len = 0;
     return true;
   }
-  if (op_ == Opcode::continuation) {
-    if (!fragmented_) {
+  if (f.op == Opcode::continuation) {
+    if (!f.fragmented) {
       fail(sink, close_code::protocol_error, "continuation without a message to continue");
       return false;
     }
-  } else if (fragmented_) {
+  } else if (f.fragmented) {
     fail(sink, close_code::protocol_error, "new message before the previous one finished");
     return false;
   }
   // The size limit is checked on the header, before any of the payload is
   // stored, so an oversized message is refused without being buffered.
-  const std::uint64_t so_far = fragmented_ ? assembled().size() : 0;
-  if (max_message_ != 0 && (length_ > max_message_ || so_far + length_ > max_message_)) {
+  const std::uint64_t so_far = f.fragmented ? f.assembly.size() : 0;
+  if (max_message_ != 0 && (f.length > max_message_ || so_far + f.length > max_message_)) {
     fail(sink, close_code::too_big, "message exceeds max_message_bytes");
     return false;
   }
-  if (op_ != Opcode::continuation) {
-    message_op_ = op_;
-    compressed_ = rsv1;
-    utf8_.reset();
+  if (f.op != Opcode::continuation) {
+    f.message_op = f.op;
+    f.compressed = rsv1;
+    f.utf8.reset();
   }
   return true;
 }
 
-void FrameReader::finish_frame(std::string_view payload, FrameSink& sink) {
-  state_ = State::header;
-  switch (op_) {
+void FrameReader::finish_frame(Open& f, std::string_view payload, FrameSink& sink) {
+  f.state = State::header;
+  switch (f.op) {
     case Opcode::ping:
       sink.on_ping(payload);
       return;
@@ -215,29 +215,29 @@ void FrameReader::finish_frame(std::string_view payload, FrameSink& sink) {
       break;
   }
   // A data frame (text, binary or continuation).
-  if (!fin_) {
-    fragmented_ = true;
+  if (!f.fin) {
+    f.fragmented = true;
     return;
   }
-  fragmented_ = false;
-  if (compressed_) {
-    deliver_inflated(payload, sink);
-  } else if (message_op_ == Opcode::text && !utf8_.complete()) {
+  f.fragmented = false;
+  if (f.compressed) {
+    deliver_inflated(f, payload, sink);
+  } else if (f.message_op == Opcode::text && !f.utf8.complete()) {
     // The message ends inside a character (RFC 6455 section 8.1).
     fail(sink, close_code::invalid_payload, "text message is not valid UTF-8");
     return;
   } else {
-    sink.on_message(message_op_, payload);
+    sink.on_message(f.message_op, payload);
   }
-  if (finished_ || !assembly_) return;
-  assembly_->clear();
-  if (assembly_->capacity() > keep_assembly_bytes) assembly_.reset();
+  if (finished_) return;
+  f.assembly.clear();
+  if (f.assembly.capacity() > keep_assembly_bytes) std::string().swap(f.assembly);
 }
 
 // A compressed message's whole payload: inflated into this thread's buffer
 // (no connection keeps one), bounded by max_message_bytes, validated as a
 // text message's UTF-8 only once inflated, then delivered.
-void FrameReader::deliver_inflated(std::string_view payload, FrameSink& sink) {
+void FrameReader::deliver_inflated(Open& f, std::string_view payload, FrameSink& sink) {
   thread_local std::string buffer;
   thread_local bool in_use = false;
   std::string local;  // a sink that feeds another reader from on_message gets its own
@@ -249,10 +249,10 @@ void FrameReader::deliver_inflated(std::string_view payload, FrameSink& sink) {
     fail(sink, close_code::too_big, "message exceeds max_message_bytes once inflated");
   } else if (r == InflateResult::corrupt) {
     fail(sink, close_code::protocol_error, "compressed message does not inflate");
-  } else if (message_op_ == Opcode::text && !is_valid_utf8(out)) {
+  } else if (f.message_op == Opcode::text && !is_valid_utf8(out)) {
     fail(sink, close_code::invalid_payload, "text message is not valid UTF-8");
   } else {
-    sink.on_message(message_op_, out);
+    sink.on_message(f.message_op, out);
   }
   if (owner) {
     in_use = false;
@@ -262,39 +262,58 @@ void FrameReader::deliver_inflated(std::string_view payload, FrameSink& sink) {
 }
 
 void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
+  if (open_) {
+    // Continues the frame or message the last input ended in.
+    feed_frames(*open_, data, n, sink);
+    if (finished_ || open_->at_boundary()) open_.reset();
+    return;
+  }
+  Open local;
+  feed_frames(local, data, n, sink);
+  if (!finished_ && !local.at_boundary()) open_ = std::make_unique<Open>(std::move(local));
+}
+
+// Contract: parses and delivers frames from `data` over the state `f` until
+// the input ends or the stream finished (a close frame or a violation). On
+// return, `f` holds whatever a frame or message split across inputs needs
+// (a partial header in hdr, a partial control payload in ctrl, an
+// assembled data message, the UTF-8 validator's position); the caller
+// keeps it in open_ unless it is at a boundary. Views passed to the sink
+// point into `data` or into `f`, and are valid only during the call.
+void FrameReader::feed_frames(Open& f, char* data, std::size_t n, FrameSink& sink) {
   auto* bytes = reinterpret_cast<std::uint8_t*>(data);
   std::size_t pos = 0;
   while (pos < n && !finished_) {
-    if (state_ == State::header) {
+    if (f.state == State::header) {
       std::size_t used = 0;
-      if (hdr_len_ == 0) {
-        used = parse_header(bytes + pos, n - pos);
+      if (f.hdr_len == 0) {
+        used = parse_header(f, bytes + pos, n - pos);
         if (used == 0) {
           // Keep the partial header; it is at most 13 bytes.
-          hdr_len_ = static_cast<std::uint8_t>(n - pos);
-          std::memcpy(hdr_, bytes + pos, hdr_len_);
+          f.hdr_len = static_cast<std::uint8_t>(n - pos);
+          std::memcpy(f.hdr, bytes + pos, f.hdr_len);
           return;
         }
         pos += used;
       } else {
-        const std::size_t take = std::min<std::size_t>(max_header_size - hdr_len_, n - pos);
-        std::memcpy(hdr_ + hdr_len_, bytes + pos, take);
-        const std::size_t have = hdr_len_ + take;
-        used = parse_header(hdr_, have);
+        const std::size_t take = std::min<std::size_t>(max_header_size - f.hdr_len, n - pos);
+        std::memcpy(f.hdr + f.hdr_len, bytes + pos, take);
+        const std::size_t have = f.hdr_len + take;
+        used = parse_header(f, f.hdr, have);
         if (used == 0) {
-          hdr_len_ = static_cast<std::uint8_t>(have);
+          f.hdr_len = static_cast<std::uint8_t>(have);
           return;
         }
-        pos += used - hdr_len_;
-        hdr_len_ = 0;
+        pos += used - f.hdr_len;
+        f.hdr_len = 0;
       }
-      if (!check_header(sink)) return;
-      state_ = State::payload;
-      if (length_ == 0) {
-        if (op_ == Opcode::continuation || !is_control(op_)) {
-          finish_frame(assembled(), sink);
+      if (!check_header(f, sink)) return;
+      f.state = State::payload;
+      if (f.length == 0) {
+        if (f.op == Opcode::continuation || !is_control(f.op)) {
+          finish_frame(f, f.assembly, sink);
         } else {
-          finish_frame(std::string_view(), sink);
+          finish_frame(f, std::string_view(), sink);
         }
         continue;
       }
@@ -302,60 +321,57 @@ void FrameReader::feed(char* data, std::size_t n, FrameSink& sink) {
 
     // Payload bytes.
     const std::size_t avail = n - pos;
-    const std::uint64_t remaining = length_ - received_;
+    const std::uint64_t remaining = f.length - f.received;
     const std::size_t take = remaining < avail ? static_cast<std::size_t>(remaining) : avail;
     char* chunk = data + pos;
-    if (masked_) apply_mask(chunk, take, mask_, static_cast<std::size_t>(received_));
+    if (f.masked) apply_mask(chunk, take, f.mask, static_cast<std::size_t>(f.received));
 
-    if (is_control(op_)) {
-      if (received_ == 0 && take == length_) {
+    if (is_control(f.op)) {
+      if (f.received == 0 && take == f.length) {
         // Whole in this read, as almost always: delivered in place.
-        received_ += take;
+        f.received += take;
         pos += take;
-        finish_frame(std::string_view(chunk, take), sink);
+        finish_frame(f, std::string_view(chunk, take), sink);
         continue;
       }
-      if (!ctrl_) ctrl_ = std::make_unique<char[]>(max_control_payload);
-      std::memcpy(ctrl_.get() + ctrl_len_, chunk, take);
-      ctrl_len_ = static_cast<std::uint8_t>(ctrl_len_ + take);
-      received_ += take;
+      std::memcpy(f.ctrl + f.ctrl_len, chunk, take);
+      f.ctrl_len = static_cast<std::uint8_t>(f.ctrl_len + take);
+      f.received += take;
       pos += take;
-      if (received_ == length_) finish_frame(std::string_view(ctrl_.get(), ctrl_len_), sink);
+      if (f.received == f.length) finish_frame(f, std::string_view(f.ctrl, f.ctrl_len), sink);
       continue;
     }
 
     // Invalid text fails the connection at the offending fragment, as soon
     // as the bytes that make it invalid arrive (RFC 6455 section 8.1: 1007).
-    if (message_op_ == Opcode::text && !compressed_ && !utf8_.feed(reinterpret_cast<const unsigned char*>(chunk), take)) {
+    if (f.message_op == Opcode::text && !f.compressed && !f.utf8.feed(reinterpret_cast<const unsigned char*>(chunk), take)) {
       fail(sink, close_code::invalid_payload, "text message is not valid UTF-8");
       return;
     }
 
-    const bool whole_in_place = received_ == 0 && take == length_ && fin_ && !fragmented_;
-    received_ += take;
+    const bool whole_in_place = f.received == 0 && take == f.length && f.fin && !f.fragmented;
+    f.received += take;
     pos += take;
     if (whole_in_place) {
       // The common case: one unfragmented frame entirely in this read. Deliver
       // it from the caller's buffer without copying.
-      finish_frame(std::string_view(chunk, take), sink);
+      finish_frame(f, std::string_view(chunk, take), sink);
       continue;
     }
     // Reserve for the rest of a small frame at once; a large one grows with
     // the bytes that actually arrive, so a header that declares much and
     // sends little (or a 2^40-byte frame when unlimited) costs nothing.
-    std::string& a = assembly();
+    std::string& a = f.assembly;
     if (remaining <= reserve_ahead_bytes && a.capacity() < a.size() + remaining) {
       a.reserve(a.size() + static_cast<std::size_t>(remaining));
     }
     a.append(chunk, take);
-    if (received_ == length_) finish_frame(a, sink);
+    if (f.received == f.length) finish_frame(f, a, sink);
   }
 }
 
 void FrameReader::shrink_if_idle() noexcept {
-  if (state_ != State::header || hdr_len_ != 0) return;
-  ctrl_.reset();  // a control frame is never open between frames
-  if (!fragmented_) assembly_.reset();
+  if (open_ && open_->at_boundary()) open_.reset();
 }
 
 }  // namespace synapse::wire

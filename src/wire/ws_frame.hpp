@@ -4,6 +4,7 @@
 // server's connections and the load generator both use it, and it is fuzzed.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -64,8 +65,12 @@ enum class Role : std::uint8_t { server, client };
 
 class FrameReader {
  public:
+  // `max_message_bytes`: 0 is unlimited; kept in 32 bits (every reader is
+  // in a connection, and the configuration bounds it at 1 GiB), so a larger
+  // bound saturates at 4 GiB - 1.
   FrameReader(std::size_t max_message_bytes, Role role) noexcept
-      : max_message_(max_message_bytes), role_(role) {}
+      : max_message_(static_cast<std::uint32_t>(std::min<std::size_t>(max_message_bytes, UINT32_MAX))),
+        role_(role) {}
 
   // Consumes `n` bytes, which may be modified in place (unmasking). Complete
   // messages are delivered without a copy when they arrive in one piece.
@@ -80,77 +85,68 @@ class FrameReader {
 
   // True once a close frame or a violation ended the stream.
   bool finished() const noexcept { return finished_; }
-  // Bytes held for incomplete frames or fragmented messages.
+  // Bytes held for incomplete frames or fragmented messages: none at a
+  // frame boundary.
   std::size_t buffered() const noexcept {
-    // The assembly string's own block, and its buffer when that is not the
-    // string's inline one.
-    std::size_t heap = 0;
-    if (assembly_) {
-      heap = sizeof(std::string);
-      if (assembly_->capacity() > std::string().capacity()) heap += assembly_->capacity();
-    }
-    return heap + hdr_len_ + (ctrl_ ? max_control_payload : 0);
+    if (!open_) return 0;
+    std::size_t heap = sizeof(Open);
+    if (open_->assembly.capacity() > std::string().capacity()) heap += open_->assembly.capacity();
+    return heap;
   }
-  // Returns memory kept after a large message, so an idle connection holds none.
+  // Returns memory kept after a large message, so an idle connection holds
+  // none. The reader already keeps nothing at a frame boundary (feed()
+  // drops its open state there); kept for callers that ask.
   void shrink_if_idle() noexcept;
 
  private:
   enum class State : std::uint8_t { header, payload };
 
+  // Everything about the frame and the message being read. It means
+  // something only between a frame's first byte and a message's end, and
+  // every connection has a reader, so it is not kept in the reader: feed()
+  // parses into a local one, and only when its input ends inside a frame
+  // (a split header or payload) or inside a fragmented message does it move
+  // the local into `open_`, a heap record the next feed() continues from
+  // and drops again at the next frame boundary. An idle reader is 16 bytes
+  // (it was 80); a frame that arrives whole still costs no allocation.
+  struct Open {
+    std::uint64_t length = 0;    // the current frame's payload length
+    std::uint64_t received = 0;  // ... and how much of it was read
+    // A data message assembled from fragments or from a split frame.
+    std::string assembly;
+    Utf8Validator utf8;
+    State state = State::header;
+    bool fin = false;
+    std::uint8_t rsv = 0;
+    Opcode op = Opcode::continuation;
+    bool masked = false;
+    bool fragmented = false;   // a message with FIN unset is open
+    bool compressed = false;   // the current message is compressed (RSV1 on its first frame)
+    Opcode message_op = Opcode::text;
+    std::uint8_t mask[4] = {0, 0, 0, 0};
+    std::uint8_t hdr_len = 0;  // bytes in hdr: a header split across reads
+    std::uint8_t ctrl_len = 0;  // bytes in ctrl: a control payload split across reads
+    std::uint8_t hdr[max_header_size];
+    char ctrl[125];             // at most 125 bytes (RFC 6455 section 5.5)
+
+    // Nothing is open: the next byte starts a frame of a new message.
+    bool at_boundary() const noexcept { return state == State::header && hdr_len == 0 && !fragmented; }
+  };
+
+  // feed() over `f`, the local or the continued open state.
+  void feed_frames(Open& f, char* data, std::size_t n, FrameSink& sink);
   // Parses a header from `p`; returns bytes used, 0 when more bytes are needed.
-  std::size_t parse_header(const std::uint8_t* p, std::size_t n) noexcept;
-  bool check_header(FrameSink& sink);
-  void finish_frame(std::string_view payload, FrameSink& sink);
-  void deliver_inflated(std::string_view payload, FrameSink& sink);
+  static std::size_t parse_header(Open& f, const std::uint8_t* p, std::size_t n) noexcept;
+  bool check_header(Open& f, FrameSink& sink);
+  void finish_frame(Open& f, std::string_view payload, FrameSink& sink);
+  void deliver_inflated(Open& f, std::string_view payload, FrameSink& sink);
   void fail(FrameSink& sink, std::uint16_t code, std::string_view why);
 
-  // Every connection has a reader, so the fields are ordered to leave no
-  // padding (the 8-byte ones first, the bytes after them: 112 -> 80 bytes),
-  // and the assembly buffer is made only for a message that needs one.
-  std::size_t max_message_;
-
-  // Current frame.
-  std::uint64_t length_ = 0;
-  std::uint64_t received_ = 0;
-
-  // A control frame's payload split across reads (at most 125 bytes),
-  // allocated only then: a whole one is delivered in place.
-  static constexpr std::size_t max_control_payload = 125;
-  std::unique_ptr<char[]> ctrl_;
-
-  // A data message being assembled from fragments or from a split frame.
-  // Behind a pointer (8 bytes instead of a std::string's 32): almost every
-  // message arrives whole and is delivered in place, so most connections
-  // never make it. Null means empty.
-  std::unique_ptr<std::string> assembly_;
-  std::string& assembly() {
-    if (!assembly_) assembly_ = std::make_unique<std::string>();
-    return *assembly_;
-  }
-  std::string_view assembled() const noexcept { return assembly_ ? std::string_view(*assembly_) : std::string_view(); }
-  Utf8Validator utf8_;
-
+  std::unique_ptr<Open> open_;  // null at a frame boundary
+  std::uint32_t max_message_;
   Role role_;
-  State state_ = State::header;
   bool finished_ = false;
-
-  // Current frame.
-  bool fin_ = false;
-  std::uint8_t rsv_ = 0;
-  Opcode op_ = Opcode::continuation;
-  bool masked_ = false;
-  std::uint8_t mask_[4] = {0, 0, 0, 0};
-
-  // A header split across reads.
-  std::uint8_t hdr_[max_header_size];
-  std::uint8_t hdr_len_ = 0;
-
-  std::uint8_t ctrl_len_ = 0;  // bytes in ctrl_
-
-  bool fragmented_ = false;  // a message with FIN unset is open
-  bool deflate_ = false;     // permessage-deflate negotiated
-  bool compressed_ = false;  // the current message is compressed (RSV1 on its first frame)
-  Opcode message_op_ = Opcode::text;
+  bool deflate_ = false;  // permessage-deflate negotiated
 };
 
 }  // namespace synapse::wire

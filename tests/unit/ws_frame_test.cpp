@@ -270,13 +270,85 @@ TEST(WsFrame, HoldsNoAssemblyForWholeMessagesAndEmptyFragments) {
   EXPECT_EQ(rec.events[1].kind, "text");
   EXPECT_EQ(rec.events[1].payload, "");
   EXPECT_EQ(reader.buffered(), 0u);
-  // A fragmented message makes it, and keeps it (small) until idle.
+  // A fragmented message that arrives in one read is assembled in the
+  // read's own state: nothing is held once it is delivered.
   std::string parts = frame(Opcode::text, "ab", false) + frame(Opcode::continuation, "cd");
   reader.feed(parts.data(), parts.size(), rec);
   ASSERT_EQ(rec.events.size(), 3u);
   EXPECT_EQ(rec.events[2].payload, "abcd");
+  EXPECT_EQ(reader.buffered(), 0u);
+  // Across reads, the open message is held between them and dropped at its end.
+  std::string first = frame(Opcode::text, "ef", false);
+  std::string second = frame(Opcode::continuation, "gh");
+  reader.feed(first.data(), first.size(), rec);
   EXPECT_GT(reader.buffered(), 0u);
+  reader.feed(second.data(), second.size(), rec);
+  ASSERT_EQ(rec.events.size(), 4u);
+  EXPECT_EQ(rec.events[3].payload, "efgh");
+  EXPECT_EQ(reader.buffered(), 0u);
   reader.shrink_if_idle();
+  EXPECT_EQ(reader.buffered(), 0u);
+}
+
+TEST(WsFrame, IdleReaderIsSmallAndHoldsNothingBetweenFrames) {
+#if defined(__GLIBCXX__) && defined(__x86_64__)
+  EXPECT_LE(sizeof(FrameReader), 16u);
+#endif
+  // A stream of frames of every kind, cut at every byte offset: the same
+  // events as one read, and nothing held whenever a cut falls on a frame
+  // boundary of a finished message.
+  const std::string bytes = frame(Opcode::text, "hello") + frame(Opcode::ping, "p") +
+                            frame(Opcode::text, "caf\xC3\xA9 ", false) + frame(Opcode::ping, "") +
+                            frame(Opcode::continuation, "\xF0\x9F\x98\x80") + frame(Opcode::binary, std::string(300, 'b')) +
+                            frame(Opcode::pong, std::string(125, 'q'));
+  std::vector<std::size_t> boundaries;  // offsets where a message has just ended
+  {
+    std::size_t at = 0;
+    for (const std::string& f : {frame(Opcode::text, "hello"), frame(Opcode::ping, "p")}) boundaries.push_back(at += f.size());
+  }
+  std::string one = bytes;
+  FrameReader whole(1 << 20, Role::server);
+  Recorder expected;
+  whole.feed(one.data(), one.size(), expected);
+  ASSERT_EQ(expected.events.size(), 6u);  // the empty ping arrives inside the text message
+  EXPECT_EQ(expected.events[2].kind, "ping");
+  EXPECT_EQ(expected.events[3].payload, "caf\xC3\xA9 \xF0\x9F\x98\x80");
+  EXPECT_EQ(whole.buffered(), 0u);
+  for (std::size_t cut = 1; cut < bytes.size(); ++cut) {
+    std::string copy = bytes;
+    FrameReader reader(1 << 20, Role::server);
+    Recorder rec;
+    reader.feed(copy.data(), cut, rec);
+    for (std::size_t b : boundaries) {
+      if (b == cut) {
+        EXPECT_EQ(reader.buffered(), 0u) << "cut at " << cut;
+      }
+    }
+    reader.feed(copy.data() + cut, copy.size() - cut, rec);
+    ASSERT_EQ(rec.events.size(), expected.events.size()) << "cut at " << cut;
+    for (std::size_t k = 0; k < rec.events.size(); ++k) {
+      EXPECT_EQ(rec.events[k].kind, expected.events[k].kind) << "cut at " << cut;
+      EXPECT_EQ(rec.events[k].payload, expected.events[k].payload) << "cut at " << cut;
+    }
+    EXPECT_EQ(reader.buffered(), 0u) << "cut at " << cut;
+  }
+}
+
+TEST(WsFrame, InvalidUtf8SplitAcrossReadsFailsAtTheOffendingBytes) {
+  // The validator's position survives the read boundary: a 4-byte character
+  // cut after its first byte, then a bad continuation byte in the next read.
+  FrameReader reader(1 << 20, Role::server);
+  Recorder rec;
+  std::string bytes = frame(Opcode::text, "ok\xF0\x9F", false) + frame(Opcode::continuation, "\x41");
+  const std::size_t cut = bytes.size() - 3;  // inside the continuation frame's payload area
+  reader.feed(bytes.data(), cut, rec);
+  EXPECT_TRUE(rec.events.empty());
+  EXPECT_GT(reader.buffered(), 0u);
+  reader.feed(bytes.data() + cut, bytes.size() - cut, rec);
+  ASSERT_EQ(rec.events.size(), 1u);
+  EXPECT_EQ(rec.events[0].kind, "violation");
+  EXPECT_EQ(rec.events[0].code, close_code::invalid_payload);
+  EXPECT_TRUE(reader.finished());
   EXPECT_EQ(reader.buffered(), 0u);
 }
 
