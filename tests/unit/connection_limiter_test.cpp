@@ -10,6 +10,17 @@
 
 using namespace synapse::limits;
 
+// Every permit was given back: nothing counted, and a sweep forgets every
+// address.
+void expect_drained(ConnectionLimiter& lim) {
+  const auto c = lim.counts();
+  EXPECT_EQ(c.ip_connections, 0);
+  EXPECT_EQ(c.key_connections, 0);
+  EXPECT_EQ(c.tracked_keys, 0);
+  lim.sweep();
+  EXPECT_EQ(lim.counts().tracked_ips, 0);
+}
+
 TEST(ConnectionLimiter, PerKeyConcurrentLimit) {
   ConnectionLimiter lim({0, 0, 2});
   Permit a, b, c;
@@ -76,12 +87,7 @@ TEST(ConnectionLimiter, CountsReturnToZero) {
     EXPECT_FALSE(permits[0]);
     EXPECT_TRUE(moved);
   }
-  const auto c = lim.counts();
-  EXPECT_EQ(c.ip_connections, 0);
-  EXPECT_EQ(c.key_connections, 0);
-  EXPECT_EQ(c.tracked_keys, 0);
-  lim.sweep();
-  EXPECT_EQ(lim.counts().tracked_ips, 0);
+  expect_drained(lim);
 }
 
 // A permit points at the limiter's map entries (their nodes hold the
@@ -157,12 +163,7 @@ TEST(ConnectionLimiter, PermitsGiveBackOnceThroughTheirEntriesAcrossRehashes) {
   std::sort(want.begin(), want.end());
   EXPECT_EQ(snap, want);
   held.clear();
-  c = big.counts();
-  EXPECT_EQ(c.ip_connections, 0);
-  EXPECT_EQ(c.key_connections, 0);
-  EXPECT_EQ(c.tracked_keys, 0);
-  big.sweep();
-  EXPECT_EQ(big.counts().tracked_ips, 0);
+  expect_drained(big);
 }
 
 // The arrival buckets of all addresses spend at the limiter's one rate,
