@@ -291,10 +291,14 @@ int serve(const config::Config& cfg) {
   const std::size_t n_threads =
       cfg.threads > 0 ? static_cast<std::size_t>(cfg.threads) : std::max(1u, std::thread::hardware_concurrency());
   metrics::Metrics metrics;
-  net::IoThreads threads(n_threads);
-
+  // The limiter and the accept gate before the threads: a permit points at
+  // their map entries, and the sockets and HTTP sessions still waiting in a
+  // thread's io_context at shutdown give theirs back only when the threads
+  // are destroyed, so both must outlive them.
   limits::ConnectionLimiter limiter(
       limits::ConnectionLimits{cfg.ip_max_connections, cfg.ip_new_per_min, cfg.key_max_connections});
+  limits::AcceptGate accept_gate(accept_limits(cfg));
+  net::IoThreads threads(n_threads);
 
   // One broker: in process, or shared with the other nodes through Redis.
   // The link is stopped before the broker it calls goes away.
@@ -613,7 +617,6 @@ int serve(const config::Config& cfg) {
       return v;
     };
   }
-  limits::AcceptGate accept_gate(accept_limits(cfg));
   http.accept_gate = &accept_gate;
   const auto admin_backend = net::make_admin_backend(threads);
   http.admin = admin_backend.get();
