@@ -20,6 +20,7 @@
 #include "cortex/arg_schema.hpp"
 #include "cortex/cortex.hpp"
 #include "cortex/runs.hpp"
+#include "channels/rates.hpp"
 #include "limits/rate_limiter.hpp"
 #include "metrics/metrics.hpp"
 #include "protocol/envelope.hpp"
@@ -293,11 +294,6 @@ namespace {
 
 Owner owner_of(const auth::Principal& p) { return Owner{p.tenant, p.agent_id, p.key_id}; }
 
-limits::TokenBucket query_bucket(const config::Config& cfg, const auth::Principal& p) {
-  if (p.unlimited) return {};
-  const std::int64_t per_min = p.rates.queries_per_min >= 0 ? p.rates.queries_per_min : cfg.queries_per_min;
-  return limits::TokenBucket(per_min, p.rates.queries_per_min >= 0 ? per_min : cfg.query_burst, limits::Clock::now());
-}
 
 McpHeaders session_header(const std::string& id) { return McpHeaders{{"Mcp-Session-Id", id}}; }
 
@@ -581,7 +577,7 @@ void McpEndpoint::State::initialize(const json::object& msg, const auth::Princip
   s->owner = owner_of(who);
   s->protocol_version = version;
   s->opened_ms = s->last_active_ms = unix_ms();
-  s->queries = query_bucket(cfg(), who);
+  s->queries = limits::TokenBucket(query_rate(cfg(), who));
   s->tools_sig = tools_signature(s->owner);  // the list this initialize's client is about to read
   {
     std::lock_guard lock(mu);

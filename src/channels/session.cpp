@@ -9,6 +9,7 @@
 #include "auth/key_store.hpp"
 #include "hooks/hooks.hpp"
 #include "channels/channel_registry.hpp"
+#include "channels/rates.hpp"
 #include "config/config.hpp"
 #include "core/clock.hpp"
 #include "metrics/metrics.hpp"
@@ -40,11 +41,11 @@ limits::Rate message_rate(const config::Config& cfg, const auth::Principal& p) n
                                   p.rates.burst >= 0 ? p.rates.burst : cfg.message_burst);
 }
 
-limits::Rate query_rate(const config::Config& cfg, const auth::Principal& p) noexcept {
-  // A worker has no query bucket (it does not query).
-  if (p.unlimited || p.worker) return {};
-  if (p.rates.queries_per_min >= 0) return limits::Rate::per_minute(p.rates.queries_per_min, p.rates.queries_per_min);
-  return limits::Rate::per_minute(cfg.queries_per_min, cfg.query_burst);
+// A worker has no query bucket (it does not query); others spend at
+// channels::query_rate.
+limits::Rate session_query_rate(const config::Config& cfg, const auth::Principal& p) noexcept {
+  if (p.worker) return {};
+  return query_rate(cfg, p);
 }
 
 }  // namespace
@@ -532,7 +533,7 @@ void Session::crash(std::size_t index, const protocol::Envelope* env, std::strin
 }
 
 bool Session::take_query_token(const protocol::Envelope& env) {
-  const limits::Rate rate = query_rate(services_.config, *principal_);
+  const limits::Rate rate = session_query_rate(services_.config, *principal_);
   if (rate.unlimited()) return true;  // no bucket to make
   const auto take = rare().queries.take(rate, limits::Clock::now());
   if (take.ok) return true;

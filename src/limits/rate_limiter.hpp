@@ -57,6 +57,8 @@ class TokenBucket {
   TokenBucket() noexcept = default;
   // Full at `now`; the rate as Rate::per_minute.
   TokenBucket(std::int64_t per_minute, std::int64_t burst, Clock::time_point now) noexcept;
+  // Full, at `rate`.
+  explicit TokenBucket(Rate rate) noexcept : rate_(rate) {}
 
   Take take(Clock::time_point now) noexcept { return state_.take(rate_, now); }
   Take peek(Clock::time_point now) const noexcept { return state_.peek(rate_, now); }
