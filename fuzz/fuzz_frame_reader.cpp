@@ -241,7 +241,6 @@ std::vector<Event> run(std::string stream, std::size_t limit, Role role, const s
     FUZZ_CHECK(reader.finished() == rec.ended, "finished() disagrees with the events reported");
     FUZZ_CHECK(reader.buffered() <= bound, "reader holds " + std::to_string(reader.buffered()) +
                                                " bytes with a limit of " + std::to_string(limit));
-    reader.shrink_if_idle();
   }
   return rec.events;
 }

@@ -91,8 +91,11 @@ void Connection::start(std::shared_ptr<const auth::Principal> principal, std::st
   // the listener.
   services().metrics.connections_open.fetch_add(1, std::memory_order_relaxed);
   metrics::bump(services().metrics.connections_total);
-  spdlog::info("conn {} opened peer={} agent={} thread={}", id_, peer_.to_string(), principal->agent_id,
-               thread_.index);
+  // Guarded: the peer's text is made only for a line that is written.
+  if (spdlog::should_log(spdlog::level::info)) {
+    spdlog::info("conn {} opened peer={} agent={} thread={}", id_, peer_.to_string(), principal->agent_id,
+                 thread_.index);
+  }
   std::construct_at(&session_, *this, services(), std::move(principal));
   has_session_ = true;
   if (!socket_.is_open() || !thread_.watch(socket_.native_handle(), this)) {
@@ -285,7 +288,6 @@ void Connection::read_some() {
   }
   if (state_ == State::closed) return;
   if (tls_ && tls_->has_output()) schedule_flush();  // a TLS reply the read produced (key update)
-  reader_.shrink_if_idle();
   arm_read();
 }
 
@@ -374,15 +376,19 @@ void Connection::finalize() {
   auto self = shared_from_this();  // the thread's list may hold the last reference
   state_ = State::closed;
   teardown_session();
-  const std::string agent = has_session_ ? session_.principal().agent_id : std::string();
+  // The close line's fields, made only when the line is written.
+  const bool log_close = spdlog::should_log(spdlog::level::info);
+  const std::string agent = log_close && has_session_ ? session_.principal().agent_id : std::string();
   end_session();
   out_.clear();
   permit_.release();
   services().metrics.connections_open.fetch_sub(1, std::memory_order_relaxed);
   services().metrics.count_close(close_code_);
-  spdlog::info("conn {} closed code={} reason=\"{}\" duration_ms={} peer={} agent={}", id_, close_code_,
-               closing_ ? std::string_view(closing_->reason) : std::string_view(), mono_ms() - opened_ms_, peer_.to_string(),
-               agent);
+  if (log_close) {
+    spdlog::info("conn {} closed code={} reason=\"{}\" duration_ms={} peer={} agent={}", id_, close_code_,
+                 closing_ ? std::string_view(closing_->reason) : std::string_view(), mono_ms() - opened_ms_,
+                 peer_.to_string(), agent);
+  }
   thread_.forget(this);
   socket_.close();
   thread_.connections.erase(in_thread);

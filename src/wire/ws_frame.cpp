@@ -370,8 +370,4 @@ void FrameReader::feed_frames(Open& f, char* data, std::size_t n, FrameSink& sin
   }
 }
 
-void FrameReader::shrink_if_idle() noexcept {
-  if (open_ && open_->at_boundary()) open_.reset();
-}
-
 }  // namespace synapse::wire

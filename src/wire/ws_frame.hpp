@@ -93,10 +93,6 @@ class FrameReader {
     if (open_->assembly.capacity() > std::string().capacity()) heap += open_->assembly.capacity();
     return heap;
   }
-  // Returns memory kept after a large message, so an idle connection holds
-  // none. The reader already keeps nothing at a frame boundary (feed()
-  // drops its open state there); kept for callers that ask.
-  void shrink_if_idle() noexcept;
 
  private:
   enum class State : std::uint8_t { header, payload };
