@@ -196,10 +196,18 @@ void Connection::write_out() {
   const int fd = socket_.native_handle();
   iovec iov[max_iov];
   while (!out_.empty()) {
-    msghdr mh{};
-    mh.msg_iov = iov;
-    mh.msg_iovlen = out_.gather(iov, max_iov);
-    const ssize_t n = ::sendmsg(fd, &mh, MSG_NOSIGNAL);
+    // One frame waiting (a paced fan-out's usual case) leaves by send():
+    // the kernel then imports no msghdr and no iovec array.
+    const std::size_t parts = out_.gather(iov, max_iov);
+    ssize_t n;
+    if (parts == 1) {
+      n = ::send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+    } else {
+      msghdr mh{};
+      mh.msg_iov = iov;
+      mh.msg_iovlen = parts;
+      n = ::sendmsg(fd, &mh, MSG_NOSIGNAL);
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
