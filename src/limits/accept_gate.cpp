@@ -23,6 +23,10 @@ void SocketPermit::release() noexcept {
 }
 
 AcceptVerdict AcceptGate::admit(std::string_view ip, SocketPermit& out) {
+  // What `out` held is given back once the lock is released (`previous` is
+  // destroyed after `lock`): giving back takes the same mutex when it was a
+  // permit of this gate.
+  SocketPermit previous;
   std::lock_guard lock(mu_);
   auto it = per_ip_.find(std::string(ip));
   const std::int64_t held = it == per_ip_.end() ? 0 : it->second.open;
@@ -35,7 +39,7 @@ AcceptVerdict AcceptGate::admit(std::string_view ip, SocketPermit& out) {
   if (it == per_ip_.end()) it = per_ip_.emplace(std::string(ip), IpCount{this, 0}).first;
   ++it->second.open;
   ++open_;
-  out.release();
+  previous = std::move(out);
   out.entry_ = &*it;
   return AcceptVerdict::ok;
 }

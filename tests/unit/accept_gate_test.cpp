@@ -73,6 +73,26 @@ TEST(AcceptGate, PermitsGiveBackOnceWhenMovedAndReleased) {
   EXPECT_EQ(g.admit("10.0.0.1", p), AcceptVerdict::ok);
 }
 
+// Admitting into a permit that already counts in the same gate gives the old
+// one back after the gate's lock is released (giving back takes that lock:
+// done under it, this deadlocked), and a refusal leaves the old one held.
+TEST(AcceptGate, AdmittingIntoAHeldPermitOfTheSameGateGivesTheOldOneBack) {
+  AcceptGate g({.per_ip = 1, .capacity = 0, .reserve = 0, .reserve_share = 1});
+  SocketPermit p;
+  ASSERT_EQ(g.admit("10.0.0.1", p), AcceptVerdict::ok);
+  ASSERT_EQ(g.admit("10.0.0.2", p), AcceptVerdict::ok);  // 10.0.0.1's socket is given back
+  EXPECT_TRUE(p);
+  EXPECT_EQ(g.open(), 1);
+  SocketPermit other;
+  EXPECT_EQ(g.admit("10.0.0.1", other), AcceptVerdict::ok);  // its count went back to 0
+  EXPECT_EQ(g.admit("10.0.0.1", p), AcceptVerdict::per_ip_full);
+  EXPECT_TRUE(p);  // refused: still 10.0.0.2's
+  EXPECT_EQ(g.open(), 2);
+  p.release();
+  other.release();
+  EXPECT_EQ(g.open(), 0);
+}
+
 // A permit is one pointer, to the gate's entry for its address (which names
 // the gate): it gives back once, to its own gate, and the per-address
 // counts are exact after many sockets opened and closed over many
