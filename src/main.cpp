@@ -643,6 +643,11 @@ int serve(const config::Config& cfg) {
   // threads have stopped), while the broker and the limiter they leave and
   // give their counts back to still exist.
   for (std::size_t i = 0; i < threads.size(); ++i) threads[i].connections.clear();
+  // HTTP sessions and sockets still queued in the stopped threads' io_contexts
+  // give their permits back only when `threads` is destroyed, which is after
+  // the cluster's shared counts and their link: from here on a permit counts
+  // down locally only (the node's counts in Redis go with its heartbeat).
+  limiter.share(nullptr);
   // The mirror's work runs on the link's thread: both stop before the run
   // registry they use goes away.
   if (run_mirror) {

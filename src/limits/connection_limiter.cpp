@@ -53,7 +53,7 @@ std::optional<AdmissionResult> ConnectionLimiter::admit_locally(std::string_view
   ++st.open;
   if (key_open) ++*key_open;
   key_counted = key_open != nullptr;
-  if (shared_) {
+  if (shared_.load(std::memory_order_acquire)) {
     ipf = ip_field(ip);
     keyf = key_counted ? key_field(key) : std::string();
   }
@@ -83,9 +83,10 @@ AdmissionResult ConnectionLimiter::admit(std::string_view ip, std::string_view k
   std::string ipf, keyf;
   bool key_counted = false;
   if (auto refused = admit_locally(ip, key, count_key, ipf, keyf, key_counted)) return *refused;
-  if (!ipf.empty() || !keyf.empty()) {
+  SharedCounts* const shared = shared_.load(std::memory_order_acquire);
+  if (shared && (!ipf.empty() || !keyf.empty())) {
     // A blocking round trip to the shared store; the lock is not held.
-    const auto v = shared_->acquire(ipf, limits_.per_ip, keyf, limits_.per_key);
+    const auto v = shared->acquire(ipf, limits_.per_ip, keyf, limits_.per_key);
     if (v == SharedCounts::Verdict::ip_full || v == SharedCounts::Verdict::key_full) {
       undo_local(ip, key, key_counted);
       return {Admission::too_many_connections, 1};
@@ -102,7 +103,8 @@ void ConnectionLimiter::admit_async(std::string_view ip, std::string_view key, b
     done(*refused, Permit{});
     return;
   }
-  if (ipf.empty() && keyf.empty()) {
+  SharedCounts* const shared = shared_.load(std::memory_order_acquire);
+  if (!shared || (ipf.empty() && keyf.empty())) {
     done({Admission::ok, 0}, make_permit(ip, key, key_counted));
     return;
   }
@@ -123,7 +125,7 @@ void ConnectionLimiter::admit_async(std::string_view ip, std::string_view key, b
   held->key = std::string(key);
   held->key_counted = key_counted;
   held->armed = true;
-  shared_->acquire_async(ipf, limits_.per_ip, keyf, limits_.per_key,
+  shared->acquire_async(ipf, limits_.per_ip, keyf, limits_.per_key,
                          [held, done = std::move(done)](SharedCounts::Verdict v) {
                            held->armed = false;
                            ConnectionLimiter& self = *held->limiter;
@@ -144,7 +146,8 @@ void ConnectionLimiter::give_back(IpEntry& ip, KeyEntry* key) noexcept {
   // key's is gone once erased below (and the address's once swept after).
   std::string ipf, keyf;
   bool fields = false;
-  if (shared_) {
+  SharedCounts* const shared = shared_.load(std::memory_order_acquire);
+  if (shared) {
     try {
       ipf = ip_field(ip.first);
       keyf = key ? key_field(key->first) : std::string();
@@ -164,7 +167,7 @@ void ConnectionLimiter::give_back(IpEntry& ip, KeyEntry* key) noexcept {
   }
   if (fields && (!ipf.empty() || !keyf.empty())) {
     try {
-      shared_->release(ipf, keyf);
+      shared->release(ipf, keyf);
     } catch (...) {
     }
   }

@@ -8,6 +8,7 @@
 // without waiting (what an I/O thread uses), by admit() blocking.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -52,9 +53,13 @@ class ConnectionLimiter {
       : limits_(limits), arrivals_(Rate::per_minute(limits.new_per_ip_min, limits.new_per_ip_min)) {}
 
   // Counts across the nodes of a cluster too (not owned; set before use).
-  void share(SharedCounts* shared) { shared_ = shared; }
+  // share(nullptr) before the counts go away: a permit given back later
+  // (one held by a task still queued on a stopped thread, released when
+  // that thread is destroyed, maybe on another thread) then counts down
+  // here only.
+  void share(SharedCounts* shared) noexcept { shared_.store(shared, std::memory_order_release); }
   // Whether admissions ask the shared counts (then use admit_async on an I/O thread).
-  bool shares() const noexcept { return shared_ != nullptr; }
+  bool shares() const noexcept { return shared_.load(std::memory_order_acquire) != nullptr; }
   // This node's counts as the shared store keeps them: ("i:<ip>", n) and
   // ("k:<key>", n) for the limits that are on.
   std::vector<std::pair<std::string, std::int64_t>> shared_snapshot();
@@ -103,7 +108,7 @@ class ConnectionLimiter {
 
   ConnectionLimits limits_;
   Rate arrivals_;
-  SharedCounts* shared_ = nullptr;
+  std::atomic<SharedCounts*> shared_{nullptr};  // read once per call: share() may clear it meanwhile
   std::mutex mu_;
   std::unordered_map<std::string, IpState> ips_;
   std::unordered_map<std::string, KeyState> keys_;

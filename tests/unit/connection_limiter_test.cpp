@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -222,6 +223,29 @@ TEST(ConnectionLimiter, SharedCountsRefuseAcrossNodesAndUndoTheLocalCount) {
   ASSERT_EQ(shared.released.size(), 1u);
   EXPECT_EQ(shared.released[0], "|k:k");
   EXPECT_EQ(lim.counts().key_connections, 0);
+}
+
+TEST(ConnectionLimiter, APermitGivenBackAfterShareNullptrCountsDownLocallyOnly) {
+  // The server's shutdown: permits still held by tasks queued on stopped
+  // threads are released after the cluster's shared counts are destroyed.
+  ConnectionLimiter lim({5, 0, 3});
+  Permit held, again;
+  {
+    auto shared = std::make_unique<FakeShared>();
+    lim.share(shared.get());
+    ASSERT_EQ(lim.admit("1.1.1.1", "k", true, held).verdict, Admission::ok);
+    ASSERT_EQ(shared->acquired.size(), 1u);
+    lim.share(nullptr);
+    EXPECT_FALSE(lim.shares());
+    EXPECT_TRUE(shared->released.empty());
+  }  // the counts are gone; a release through them would touch freed memory (ASan)
+  EXPECT_EQ(lim.counts().key_connections, 1);
+  held.release();
+  EXPECT_EQ(lim.counts().key_connections, 0);
+  EXPECT_EQ(lim.counts().ip_connections, 0);
+  // Admission goes on on the local counts alone.
+  EXPECT_EQ(lim.admit("1.1.1.1", "k", true, again).verdict, Admission::ok);
+  EXPECT_EQ(lim.counts().key_connections, 1);
 }
 
 TEST(ConnectionLimiter, SharedStoreDownAdmitsOnLocalCountsAndSnapshotsThem) {
