@@ -167,8 +167,16 @@ def uws_rows(latest: dict) -> list[dict]:
     sc, uc = _conn_entry(r, ONE_CORE), _conn_entry(r, UWS)
     srss, urss = _get(sc, "rss_per_conn_bytes"), _get(uc, "rss_per_conn_bytes")
     n = (sc or uc or {}).get("connections", "?")
+    # The verdict is on all of RSS; the note splits it (anonymous memory,
+    # and file pages: code that first ran after the baseline was read).
+    parts = []
+    for name, e in (("Synapse", sc), ("uWS", uc)):
+        a, f = _get(e, "rss_anon_per_conn_bytes"), _get(e, "rss_file_per_conn_bytes")
+        if a is not None and f is not None:
+            parts.append(f"{name} {fnum(a)} + {fnum(f)} B")
+    rss_note = ("anonymous + file-backed per connection: " + ", ".join(parts)) if parts else ""
     row(f"Server RSS per idle joined connection ({n} connections)", "≤ 512 B", fnum(srss, " B"),
-        fnum(urss, " B (uWS)"), None if srss is None else srss <= 512)
+        fnum(urss, " B (uWS)"), None if srss is None else srss <= 512, rss_note)
     sw = _get(sc, "wall_s") if sc and sc.get("failed") == 0 else None
     uw = _get(uc, "wall_s") if uc and uc.get("failed") == 0 else None
     speed = _div(uw, sw)

@@ -121,7 +121,10 @@ ProcSample sample_proc(int pid) {
       if (line.rfind("VmRSS:", 0) == 0) {
         s.rss_kb = std::strtoull(line.c_str() + 6, nullptr, 10);
         s.ok = true;
-        break;
+      } else if (line.rfind("RssAnon:", 0) == 0) {
+        s.rss_anon_kb = std::strtoull(line.c_str() + 8, nullptr, 10);
+      } else if (line.rfind("RssFile:", 0) == 0) {
+        s.rss_file_kb = std::strtoull(line.c_str() + 8, nullptr, 10);
       }
     }
   }

@@ -88,6 +88,9 @@ class SeqTracker {
 struct ProcSample {
   bool ok = false;
   std::uint64_t rss_kb = 0;
+  // RSS's parts: anonymous memory (heap, stacks), and pages of files (the
+  // binary and its libraries), which grow as new code paths first run.
+  std::uint64_t rss_anon_kb = 0, rss_file_kb = 0;
   double cpu_s = 0;  // user + system, all threads
   double user_s = 0, sys_s = 0;  // the two parts (system: the kernel's work for it, TCP included)
 };
