@@ -352,6 +352,14 @@ def write_load(w, latest: dict | None, rows: list[dict], mt_rows: list[dict], ok
     if latest.get("small"):
         w("**These results come from a `--small` smoke run at reduced sizes; they cannot show the targets.**")
         w("")
+    # Steal: CPU time the hypervisor gave to other guests while this VM's
+    # vCPUs wanted to run (run-bench's machine_load.steal_s; older runs lack it).
+    stolen = [(r.get("machine_load") or {}).get("steal_cores") for r in latest.get("runs", [])]
+    stolen = [x for x in stolen if x is not None]
+    if stolen and max(stolen) > 0.01:
+        w(f"**The hypervisor took CPU from this VM during the run**: steal up to {max(stolen):.3f} cores on "
+          f"average in a benchmark run (per run under *Machine and commands*); a run's latency tails move with it.")
+        w("")
     noisy = [(r["label"], r["scenario"], (r.get("machine_load") or {}).get("other_processes_cores"))
              for r in latest.get("runs", [])]
     noisy = [n for n in noisy if n[2] is not None and n[2] > 0.2]
@@ -467,8 +475,9 @@ def write_machine(w, latest: dict | None) -> None:
     for r in latest.get("runs", []):
         load = r.get("machine_load") or {}
         rows.append([r["label"], r["scenario"], (r.get("server") or {}).get("command", "?"), r.get("command", "?"),
-                     str(load.get("other_processes_cores", "?"))])
-    w(table(["Server", "Scenario", "Server command", "Load generator command", "Other load (cores)"], rows))
+                     str(load.get("other_processes_cores", "?")), str(load.get("steal_cores", "-"))])
+    w(table(["Server", "Scenario", "Server command", "Load generator command", "Other load (cores)",
+             "Steal (cores)"], rows))
     w("")
 
 
