@@ -42,21 +42,22 @@ int run_connection_load(Context& ctx) {
     row.obj("phase", phase);
     double per_conn = -1, anon_per_conn = 0, file_per_conn = 0;
     if (base.ok && after.ok) {
-      const double growth = (static_cast<double>(after.rss_kb) - static_cast<double>(base.rss_kb)) * 1024.0;
-      per_conn = stats.ok ? growth / static_cast<double>(stats.ok) : 0.0;
-      row.integer("rss_before_kb", static_cast<std::int64_t>(base.rss_kb))
-          .integer("rss_after_kb", static_cast<std::int64_t>(after.rss_kb))
-          .num("rss_per_conn_bytes", per_conn, 0);
-      // The same growth in its two parts: anonymous memory is what the
-      // connections hold; file pages are code first run after the baseline.
-      auto part = [&](std::uint64_t before_kb, std::uint64_t after_kb) {
+      // Growth per joined connection, of all of RSS and of its two parts:
+      // anonymous memory is what the connections hold; file pages are code
+      // first run after the baseline was read.
+      auto per_joined = [&](std::uint64_t before_kb, std::uint64_t after_kb) {
         return stats.ok ? (static_cast<double>(after_kb) - static_cast<double>(before_kb)) * 1024.0 /
                               static_cast<double>(stats.ok)
                         : 0.0;
       };
-      anon_per_conn = part(base.rss_anon_kb, after.rss_anon_kb);
-      file_per_conn = part(base.rss_file_kb, after.rss_file_kb);
-      row.num("rss_anon_per_conn_bytes", anon_per_conn, 0).num("rss_file_per_conn_bytes", file_per_conn, 0);
+      per_conn = per_joined(base.rss_kb, after.rss_kb);
+      anon_per_conn = per_joined(base.rss_anon_kb, after.rss_anon_kb);
+      file_per_conn = per_joined(base.rss_file_kb, after.rss_file_kb);
+      row.integer("rss_before_kb", static_cast<std::int64_t>(base.rss_kb))
+          .integer("rss_after_kb", static_cast<std::int64_t>(after.rss_kb))
+          .num("rss_per_conn_bytes", per_conn, 0)
+          .num("rss_anon_per_conn_bytes", anon_per_conn, 0)
+          .num("rss_file_per_conn_bytes", file_per_conn, 0);
     } else {
       row.null("rss_before_kb").null("rss_after_kb").null("rss_per_conn_bytes");
       row.null("rss_anon_per_conn_bytes").null("rss_file_per_conn_bytes");
@@ -73,7 +74,8 @@ int run_connection_load(Context& ctx) {
                fmt(ns_ms(stats.per_conn.quantile(0.5)), 2), fmt(ns_ms(stats.per_conn.quantile(0.99)), 2),
                fmt(ns_ms(stats.per_conn.max()), 2), after.ok ? fmt(static_cast<double>(after.rss_kb) / 1024, 1) : "-",
                per_conn >= 0 ? fmt(per_conn, 0) : "-",
-               per_conn >= 0 ? fmt(anon_per_conn, 0) + " / " + fmt(file_per_conn, 0) : "-", clock.server_cpu_s >= 0 ? fmt(clock.server_cpu_s, 2) : "-",
+               per_conn >= 0 ? fmt(anon_per_conn, 0) + " / " + fmt(file_per_conn, 0) : "-",
+               clock.server_cpu_s >= 0 ? fmt(clock.server_cpu_s, 2) : "-",
                clock.server_user_s >= 0 && stats.ok
                    ? fmt(1e6 * clock.server_user_s / static_cast<double>(stats.ok), 1) + " / " +
                          fmt(1e6 * clock.server_sys_s / static_cast<double>(stats.ok), 1)

@@ -108,7 +108,8 @@ class ConnectionLimiter {
 
   ConnectionLimits limits_;
   Rate arrivals_;
-  std::atomic<SharedCounts*> shared_{nullptr};  // read once per call: share() may clear it meanwhile
+  // Loaded into a local before it is used: share() may clear it meanwhile.
+  std::atomic<SharedCounts*> shared_{nullptr};
   std::mutex mu_;
   std::unordered_map<std::string, IpState> ips_;
   std::unordered_map<std::string, KeyState> keys_;
