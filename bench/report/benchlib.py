@@ -185,15 +185,23 @@ def uws_rows(latest: dict) -> list[dict]:
     s, u = _latency(r, ONE_CORE, "heartbeat", "max"), _latency(r, UWS, "heartbeat", "max")
     sp, up = _get(s, "rtt", "p99_ms"), _get(u, "rtt", "p99_ms")
     rt = _div(sp, up)
-    row(f"Heartbeat round trip p99, {(s or u or {}).get('idle_connections', '?')} idle connections alongside",
-        "≤ uWS", fnum(sp, " ms", 3), ratio_str(rt, "× uWS"), None if rt is None else rt <= 1.0,
-        f"uWS {fnum(up, ' ms', 3)}")
+    metric = f"Heartbeat round trip p99, {(s or u or {}).get('idle_connections', '?')} idle connections alongside"
+    tail = tail_verdict(latest, "latency")
+    if tail:
+        row(metric, "≤ uWS", tail["actual"], tail["vs"], tail["ratio"] <= 1.0, tail["note"])
+    else:
+        row(metric, "≤ uWS", fnum(sp, " ms", 3), ratio_str(rt, "× uWS"), None if rt is None else rt <= 1.0,
+            f"uWS {fnum(up, ' ms', 3)}")
     s, u = _phase(r, ONE_CORE, "sustained"), _phase(r, UWS, "sustained")
     sp, up = _get(s, "latency", "p99_ms"), _get(u, "latency", "p99_ms")
     rt = _div(sp, up)
-    row(f"Delivery p99 at {(s or {}).get('subscribers', 100)} subscribers, {(s or {}).get('rate_per_s', 100):g} msg/s",
-        "≤ uWS", fnum(sp, " ms", 3), ratio_str(rt, "× uWS"), None if rt is None else rt <= 1.0,
-        f"uWS {fnum(up, ' ms', 3)}")
+    metric = f"Delivery p99 at {(s or {}).get('subscribers', 100)} subscribers, {(s or {}).get('rate_per_s', 100):g} msg/s"
+    tail = tail_verdict(latest, "sustained")
+    if tail:
+        row(metric, "≤ uWS", tail["actual"], tail["vs"], tail["ratio"] <= 1.0, tail["note"])
+    else:
+        row(metric, "≤ uWS", fnum(sp, " ms", 3), ratio_str(rt, "× uWS"), None if rt is None else rt <= 1.0,
+            f"uWS {fnum(up, ' ms', 3)}")
     s = _phase(r, ONE_CORE, "fanout", "max", scenario="fanout_10k_100")
     u = _phase(r, UWS, "fanout", "max", scenario="fanout_10k_100")
     full = None if s is None else (s.get("lost") == 0 and s.get("duplicated") == 0 and bool(s.get("complete")))
@@ -213,6 +221,48 @@ def uws_rows(latest: dict) -> list[dict]:
     row(f"Burst fan-out to {(s or u or {}).get('subscribers', '?')} subscribers: deliveries/s", "≥ 10× uWS, none lost",
         fnum(sv, "/s"), ratio_str(rt, "× uWS"), None if rt is None else (rt >= 10 and bool(clean)))
     return rows
+
+
+# A tail round whose runs lost more than this share of a core to the
+# hypervisor (steal) measures the host, not the servers: 0.02 cores is 0.6 s
+# of a 30 s sustained run, against the 0.0-0.3 s of a quiet one.
+TAIL_STEAL_LIMIT_CORES = 0.02
+
+
+def tail_pairs(latest: dict, what: str) -> list[tuple[int, float, float]]:
+    """(round, Synapse p99, uWS p99) of every tail round (scripts/run-bench,
+    latest["tail_rounds"]) in which both servers ran `what` ("latency" or
+    "sustained") cleanly: exit 0, none lost, and steal under
+    TAIL_STEAL_LIMIT_CORES in both runs."""
+    pairs = []
+    for rnd in latest.get("tail_rounds") or []:
+        figs = rnd.get(what) or {}
+        s, u = figs.get(ONE_CORE) or {}, figs.get(UWS) or {}
+        clean = all(f.get("exit_code") == 0 and f.get("p99_ms") is not None and not f.get("lost")
+                    and (f.get("steal_cores") or 0) <= TAIL_STEAL_LIMIT_CORES for f in (s, u))
+        if clean and u["p99_ms"] > 0:
+            pairs.append((rnd.get("round"), s["p99_ms"], u["p99_ms"]))
+    return pairs
+
+
+def tail_verdict(latest: dict, what: str) -> Optional[dict]:
+    """A tail target judged over the rounds: the median of the rounds'
+    Synapse/uWS ratios (each ratio from two runs minutes apart at most), so
+    one run that met the hypervisor's steal decides nothing. None without at
+    least two clean rounds (the report then reads the single run)."""
+    pairs = tail_pairs(latest, what)
+    if len(pairs) < 2:
+        return None
+    ratio = _median([sp / up for _, sp, up in pairs])
+    each = ", ".join(f"round {n}: {sp:.3f} / {up:.3f} ({sp / up:.2f}×)" for n, sp, up in pairs)
+    ran = [r for r in latest.get("tail_rounds") or [] if r.get(what)]
+    left_out = len(ran) - len(pairs)
+    return {"ratio": ratio,
+            "actual": f"{_median([sp for _, sp, _ in pairs]):.3f} ms (median of {len(pairs)} rounds)",
+            "vs": ratio_str(ratio, "× uWS (median of the rounds' ratios)"),
+            "note": f"p99 Synapse / uWS in ms, {each}; uWS median {_median([up for _, _, up in pairs]):.3f} ms"
+                    + (f"; {left_out} of {len(ran)} rounds left out (a failed run, a lost delivery, or steal "
+                       f"over {TAIL_STEAL_LIMIT_CORES} cores)" if left_out else "")}
 
 
 def _rows_against(latest: dict, baseline: str) -> list[dict]:
