@@ -241,6 +241,42 @@ TEST_F(SessionTest, HeartbeatIsAnsweredOkEmptyAndIsNotRateLimited) {
   EXPECT_EQ(metrics.rate_limited[0].load(), 1u);
 }
 
+// A heartbeat is answered from the flat decode when it has that shape
+// (string-only payload, no escapes) and through the full decode otherwise:
+// the same reply either way, with the client's join_ref and ref; an
+// oversized ref is refused as before; a frame that only mentions
+// "heartbeat" is routed as what it is.
+TEST_F(SessionTest, HeartbeatGetsTheSameReplyWhicheverDecodeReadsIt) {
+  start();
+  const std::vector<std::pair<std::string, std::string>> frames = {
+      {frame("null", "1", "phoenix", "heartbeat"), "1"},                          // flat: what clients send
+      {frame("7", "2", "phoenix", "heartbeat", R"({"a":"b"})"), "2"},             // flat, a string field
+      {frame("null", "3", "phoenix", "heartbeat", R"({"n":1,"o":{}})"), "3"},     // full: numbers, nesting
+      {R"([null,"4\"x","phoenix","heartbeat",{}])", "4\"x"},                      // full: an escape in the ref
+      {R"([ null , "5" , "phoenix" , "heartbeat" , { } ])", "5"},                 // whitespace
+  };
+  for (const auto& [text, ref] : frames) {
+    send(text);
+    auto f = only();
+    EXPECT_EQ(topic_of(f), "phoenix") << text;
+    EXPECT_EQ(f[1].as_string(), ref) << text;
+    EXPECT_EQ(reply_status(f), "ok") << text;
+    EXPECT_TRUE(reply_response(f).empty()) << text;
+  }
+  send(frame("7", "2", "phoenix", "heartbeat", R"({"a":"b"})"));
+  EXPECT_EQ(only()[0].as_string(), "7") << "the join_ref comes back";
+  send(frame("null", std::string(65, 'r'), "phoenix", "heartbeat"));
+  EXPECT_EQ(reply_status(only()), "error") << "a ref over 64 bytes is refused, flat decode or not";
+  send(R"([null,"6","phoenix","heartbeat",{}]x)");
+  EXPECT_EQ(event_of(only()), "phx_error") << "trailing garbage is a malformed frame, not a heartbeat";
+  send(frame("1", "1", "test:a", "phx_join"));
+  socket.take();
+  send(frame("1", "8", "test:a", "heartbeat"));
+  EXPECT_EQ(log.events, (std::vector<std::string>{"test:a heartbeat 1"})) << "on a topic, heartbeat is an event";
+  send(frame("null", "9", "phoenix", "nope", R"({"x":"\"heartbeat\""})"));
+  EXPECT_EQ(reply_status(only()), "error");
+}
+
 // The buckets keep only their state; their rates come from the shared
 // configuration, or the credential's overrides, on every take.
 TEST_F(SessionTest, EachSessionSpendsItsOwnBucketsAtTheConfiguredOrTheKeysRate) {
