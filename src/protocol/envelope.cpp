@@ -198,7 +198,12 @@ std::string encode_push(std::optional<std::string_view> join_ref, std::string_vi
 std::string encode_reply(std::optional<std::string_view> join_ref, std::optional<std::string_view> ref,
                          std::string_view topic, bool ok, const json::object& response) {
   std::string body = ok ? "{\"status\":\"ok\",\"response\":" : "{\"status\":\"error\",\"response\":";
-  body += json::serialize(response);
+  // An empty response (every heartbeat's) needs no serializer.
+  if (response.empty()) {
+    body += "{}";
+  } else {
+    body += json::serialize(response);
+  }
   body.push_back('}');
   return encode_raw(join_ref, ref, topic, "phx_reply", body);
 }

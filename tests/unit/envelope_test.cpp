@@ -89,6 +89,17 @@ TEST(Envelope, ReplyShape) {
   EXPECT_EQ(v[4].at("response").at("reason").as_string(), "rate_limited");
 }
 
+// The empty response (a heartbeat's) is written without the serializer:
+// byte for byte what the serializer writes.
+TEST(Envelope, AnEmptyReplyIsTheSameTextAsASerializedOne) {
+  EXPECT_EQ(encode_reply(std::string_view("1"), std::string_view("7"), "phoenix", true, {}),
+            R"(["1","7","phoenix","phx_reply",{"status":"ok","response":{}}])");
+  EXPECT_EQ(encode_reply(std::nullopt, std::nullopt, "room:a", false, {}),
+            R"([null,null,"room:a","phx_reply",{"status":"error","response":{}}])");
+  EXPECT_EQ(encode_reply(std::nullopt, std::string_view("2"), "room:a", true, {{"n", 1}}),
+            R"([null,"2","room:a","phx_reply",{"status":"ok","response":{"n":1}}])");
+}
+
 TEST(Envelope, JsonStringEscapesControlCharacters) {
   std::string out;
   append_json_string(out, std::string("a\x01\x1f\"", 4));
