@@ -234,8 +234,9 @@ bool Session::on_flat(std::string_view text) {
       f.event.size() > protocol::max_envelope_event_bytes) {
     return false;
   }
-  if (f.topic == "phoenix") {
-    if (f.event != "heartbeat") return false;
+  // The envelope of a frame this path takes (no JSON tree: payload is null,
+  // payload_raw set), and its debug line, as on_text logs a frame.
+  auto taken = [&] {
     protocol::Envelope env;
     env.join_ref = f.join_ref;
     env.ref = f.ref;
@@ -246,7 +247,11 @@ bool Session::on_flat(std::string_view text) {
       spdlog::debug("conn={} frame topic={} event={} ref={} join_ref={} ({} bytes, flat)", socket_.id(), env.topic,
                     env.event, env.ref.value_or(""), env.join_ref.value_or(""), text.size());
     }
-    reply_ok(env, {});
+    return env;
+  };
+  if (f.topic == "phoenix") {
+    if (f.event != "heartbeat") return false;
+    reply_ok(taken(), {});
     return true;
   }
   if (!flat_channel || f.event == "phx_join" || f.event == "phx_leave") return false;
@@ -255,16 +260,7 @@ bool Session::on_flat(std::string_view text) {
   const auto current_join_ref = joined_[*index].channel->join_ref();
   if (f.join_ref && current_join_ref && *f.join_ref != *current_join_ref) return false;
   if (!joined_[*index].channel->takes_flat(f.event)) return false;
-  protocol::Envelope env;
-  env.join_ref = f.join_ref;
-  env.ref = f.ref;
-  env.topic = f.topic;
-  env.event = f.event;
-  env.payload_raw = f.payload_raw;
-  if (spdlog::should_log(spdlog::level::debug)) {
-    spdlog::debug("conn={} frame topic={} event={} ref={} join_ref={} ({} bytes, flat)", socket_.id(), env.topic,
-                  env.event, env.ref.value_or(""), env.join_ref.value_or(""), text.size());
-  }
+  const protocol::Envelope env = taken();
   if (auto take = messages_.take(message_rate(services_.config, *principal_), limits::Clock::now()); !take.ok) {
     metrics::bump(services_.metrics.rate_limited[static_cast<std::size_t>(metrics::RateBucket::messages)]);
     json::object r = protocol::error_response(reason::rate_limited, "message rate limit exceeded");
