@@ -402,6 +402,7 @@ def write_load(w, latest: dict | None, rows: list[dict], mt_rows: list[dict], ok
         w(table(["Server", "Deliveries", "Write syscalls", "Per delivery", "Most frequent syscalls"], sys_rows))
         w("")
     trows = []
+    counted = {what: {n for n, _, _ in benchlib.tail_pairs(latest, what)} for what in ("latency", "sustained")}
     for rnd in latest.get("tail_rounds") or []:
         for what, name in (("latency", "heartbeat p99, most idle"), ("sustained", "delivery p99, 100 × 100/s")):
             figs = rnd.get(what)
@@ -412,17 +413,19 @@ def write_load(w, latest: dict | None, rows: list[dict], mt_rows: list[dict], ok
             trows.append([str(rnd.get("round")), rnd.get("source", ""), " then ".join(rnd.get("order", [])), name,
                           benchlib.fnum(sp, " ms", 3), benchlib.fnum(up, " ms", 3),
                           benchlib.ratio_str(benchlib._div(sp, up), "×"),
-                          f"{s.get('steal_s', '-')} / {u.get('steal_s', '-')}",
+                          f"{s.get('steal_cores', '-')} / {u.get('steal_cores', '-')}",
                           f"{s.get('lost', '-')} / {u.get('lost', '-')}",
-                          f"exit {s.get('exit_code')} / {u.get('exit_code')}"])
+                          f"exit {s.get('exit_code')} / {u.get('exit_code')}",
+                          "yes" if rnd.get("round") in counted[what] else "left out"])
     if trows:
         w("The two latency-tail targets against uWS, round by round (`scripts/run-bench`'s tail rounds: "
           "round 1 is the scenario runs above, later rounds run `latency` and `message_throughput --only "
           "sustained` again on fresh servers, the two servers in alternating order; the table above judges "
           "the median of the rounds' ratios):")
         w("")
-        w(table(["Round", "Runs", "Order", "Figure", "Synapse", "uWS", "Synapse / uWS", "Steal s (S / uWS)",
-                 "Lost (S / uWS)", "Runs' exit"], trows))
+        w(table(["Round", "Runs", "Order", "Figure", "Synapse", "uWS", "Synapse / uWS", "Steal cores (S / uWS)",
+                 "Lost (S / uWS)", "Runs' exit", f"In the verdict (steal ≤ {benchlib.TAIL_STEAL_LIMIT_CORES})"],
+                trows))
         w("")
     w("Lost, duplicated and reordered messages over every scenario (each subscriber checks the sequence "
       "number and `_meta.offset` of every delivery):")
