@@ -59,7 +59,16 @@ double ns_per(std::size_t n, F&& f) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 1) {
+    const bool help = std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h";
+    std::fputs("usage: deflate-micro\n"
+               "  Times permessage-deflate's CPU cost without sockets (about 10 s, one thread): compressing\n"
+               "  a message once, sharing it per further subscriber, a plain copy, and inflating, for\n"
+               "  payloads of 300, 2,000 and 16,000 bytes at zlib levels 1 and 6. Takes no options.\n",
+               help ? stdout : stderr);
+    return help ? 0 : 2;
+  }
   std::printf("| payload (B) | level | compressed (B) | compress once per message (µs) | each further subscriber (ns) "
               "| plain copy per subscriber (ns) | inflate a client message (µs) |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");

@@ -340,9 +340,20 @@ int load(int port, int argc, char** argv) {
 
 }  // namespace
 
+constexpr const char* usage_text =
+    "usage: relay-floor relay PORT | relay-floor load PORT [options]\n"
+    "  relay PORT  a minimal single-threaded epoll relay on 127.0.0.1:PORT (until SIGTERM)\n"
+    "  load PORT   agent_relay's paced phase against it; prints p50 / p99 and the relay's CPU\n"
+    "    --workers N (4)  --runs N (100)  --tokens-per-s R (1000)  --duration S (5)\n"
+    "    --pacing staggered|aligned  --tick-us N  --bytes N (120)  --relay-pid PID\n";
+
 int main(int argc, char** argv) {
+  if (argc >= 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
+    std::fputs(usage_text, stdout);
+    return 0;
+  }
   if (argc < 3) {
-    std::fprintf(stderr, "usage: relay-floor relay PORT | relay-floor load PORT [options] (see the source's header)\n");
+    std::fputs(usage_text, stderr);
     return 2;
   }
   const std::string role = argv[1];

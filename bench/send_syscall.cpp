@@ -109,7 +109,8 @@ int main(int argc, char** argv) {
   std::vector<double> by_call[2];  // 0: send, 1: sendmsg
   const char* names[2] = {"send", "sendmsg"};
   unsigned long long sent = 0;
-  for (long round = 0; round < rounds; ++round) {
+  bool failed = false;
+  for (long round = 0; round < rounds && !failed; ++round) {
     for (int k = 0; k < 2; ++k) {
       const int call = static_cast<int>((k + round) % 2);
       const auto t0 = std::chrono::steady_clock::now();
@@ -126,10 +127,12 @@ int main(int argc, char** argv) {
         }
         if (n < 0) {
           std::perror("send-syscall: write");
-          return 1;
+          failed = true;  // the reader still has to be joined
+          break;
         }
         sent += static_cast<unsigned long long>(n);
       }
+      if (failed) break;
       const double ns =
           std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / double(calls);
       by_call[call].push_back(ns);
@@ -139,6 +142,7 @@ int main(int argc, char** argv) {
   }
   ::shutdown(fd, SHUT_WR);
   reader.join();
+  if (failed) return 1;
   if (received != sent) {
     std::fprintf(stderr, "send-syscall: sent %llu bytes, the reader got %llu\n", sent, received);
     return 1;

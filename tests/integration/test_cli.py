@@ -83,3 +83,18 @@ def test_every_script_answers_help_without_doing_its_work():
         assert r.returncode == 0, (script.name, r.stderr[-500:])
         assert "usage" in r.stdout.lower() or "called by" in r.stdout, (script.name, r.stdout[:300])
         assert "===" not in r.stdout, (script.name, "it started working instead of printing help")
+
+
+def test_every_bench_binary_answers_help_without_doing_its_work():
+    # The benchmark programs `make build` puts beside the server (bench/).
+    # deflate-micro used to ignore --help and run for 10 s; relay-floor
+    # printed its usage as an error.
+    build = Path(binary()).parent
+    for name in ("synapse-bench", "relay-floor", "deflate-micro", "send-syscall"):
+        path = build / name
+        assert path.exists(), f"{name} is not built beside {binary()}"
+        r = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, (name, r.stderr[-300:])
+        assert r.stdout.lower().startswith("usage"), (name, r.stdout[:300])
+        # deflate-micro's table starts "| payload", send-syscall's rounds "round 1".
+        assert "| payload" not in r.stdout and "round 1" not in r.stdout, (name, "it ran instead of printing help")
