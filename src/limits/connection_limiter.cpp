@@ -26,7 +26,8 @@ void Permit::release() noexcept {
 }
 
 std::optional<AdmissionResult> ConnectionLimiter::admit_locally(std::string_view ip, std::string_view key,
-                                                                bool count_key, std::string& ipf, std::string& keyf,
+                                                                bool count_key, const SharedCounts* shared,
+                                                                std::string& ipf, std::string& keyf,
                                                                 bool& key_counted) {
   const auto now = Clock::now();
   key_counted = false;
@@ -53,7 +54,7 @@ std::optional<AdmissionResult> ConnectionLimiter::admit_locally(std::string_view
   ++st.open;
   if (key_open) ++*key_open;
   key_counted = key_open != nullptr;
-  if (shared_.load(std::memory_order_acquire)) {
+  if (shared) {
     ipf = ip_field(ip);
     keyf = key_counted ? key_field(key) : std::string();
   }
@@ -82,9 +83,9 @@ AdmissionResult ConnectionLimiter::admit(std::string_view ip, std::string_view k
                                          Permit& out) {
   std::string ipf, keyf;
   bool key_counted = false;
-  if (auto refused = admit_locally(ip, key, count_key, ipf, keyf, key_counted)) return *refused;
   SharedCounts* const shared = shared_.load(std::memory_order_acquire);
-  if (shared && (!ipf.empty() || !keyf.empty())) {
+  if (auto refused = admit_locally(ip, key, count_key, shared, ipf, keyf, key_counted)) return *refused;
+  if (!ipf.empty() || !keyf.empty()) {  // only with `shared` set
     // A blocking round trip to the shared store; the lock is not held.
     const auto v = shared->acquire(ipf, limits_.per_ip, keyf, limits_.per_key);
     if (v == SharedCounts::Verdict::ip_full || v == SharedCounts::Verdict::key_full) {
@@ -99,12 +100,12 @@ AdmissionResult ConnectionLimiter::admit(std::string_view ip, std::string_view k
 void ConnectionLimiter::admit_async(std::string_view ip, std::string_view key, bool count_key, AdmitDone done) {
   std::string ipf, keyf;
   bool key_counted = false;
-  if (auto refused = admit_locally(ip, key, count_key, ipf, keyf, key_counted)) {
+  SharedCounts* const shared = shared_.load(std::memory_order_acquire);
+  if (auto refused = admit_locally(ip, key, count_key, shared, ipf, keyf, key_counted)) {
     done(*refused, Permit{});
     return;
   }
-  SharedCounts* const shared = shared_.load(std::memory_order_acquire);
-  if (!shared || (ipf.empty() && keyf.empty())) {
+  if (ipf.empty() && keyf.empty()) {  // always so without `shared`
     done({Admission::ok, 0}, make_permit(ip, key, key_counted));
     return;
   }

@@ -84,10 +84,12 @@ class ConnectionLimiter {
   using IpEntry = std::pair<const std::string, IpState>;
   using KeyEntry = std::pair<const std::string, KeyState>;
   void give_back(IpEntry& ip, KeyEntry* key) noexcept;
-  // The local half of an admission, under the lock: refuses, or counts and
-  // sets the shared fields to ask about (empty: nothing to ask).
+  // The local half of an admission, under the lock: refuses, or counts and,
+  // when `shared` (the caller's one load of shared_) is set, sets the shared
+  // fields to ask it about (empty: nothing to ask).
   std::optional<AdmissionResult> admit_locally(std::string_view ip, std::string_view key, bool count_key,
-                                               std::string& ipf, std::string& keyf, bool& key_counted);
+                                               const SharedCounts* shared, std::string& ipf, std::string& keyf,
+                                               bool& key_counted);
   // The shared store refused: the local counts go back (under the lock).
   void undo_local(std::string_view ip, std::string_view key, bool key_counted);
   // A permit for counts admit_locally() took (and holds, so the entries
