@@ -182,6 +182,7 @@ def uws_rows(latest: dict) -> list[dict]:
     speed = _div(uw, sw)
     row(f"{n} connections upgraded and joined: wall time", "≥ 1.2× faster than uWS", fnum(sw, " s", 3),
         ratio_str(speed, "× faster than uWS"), None if speed is None else speed >= 1.2, _cpu_split(sc, uc))
+
     def tail_row(metric: str, what: str, sp: Optional[float], up: Optional[float]) -> None:
         # "≤ uWS", judged over the tail rounds when there are two clean ones,
         # else on the single run's p99s.
