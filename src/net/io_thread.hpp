@@ -6,7 +6,6 @@
 #include <sys/epoll.h>
 
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <memory>
 #include <thread>
@@ -100,6 +99,14 @@ struct IoThread {
   explicit IoThread(std::size_t i);
   ~IoThread();
 
+ private:
+  // The wait on the connection set, an operation of Asio's reactor (see
+  // watch() and io_thread.cpp). Declared before `ioc` so that it outlives
+  // the io_context, which may still hold it in a queue when it shuts down.
+  struct SetWait;
+  std::unique_ptr<SetWait> set_wait_;
+
+ public:
   boost::asio::io_context ioc{1};
   std::size_t index;
   // Every read lands here first, so an idle connection owns no read buffer.
@@ -131,10 +138,10 @@ struct IoThread {
   // WebSocket connections after the upgrade are watched here, not by Asio's
   // reactor: each descriptor is added once to this thread's own epoll set,
   // edge-triggered for input and output, and nothing is registered or
-  // allocated per wait. Asio waits on the set's descriptor and hands the
-  // ready connections to Connection::on_ready. An idle connection so costs
-  // no pending operation (about 240 bytes in Asio) and no reactor state
-  // (168 bytes), and a wait costs no epoll_ctl.
+  // allocated per wait. Asio's reactor watches the set's descriptor and
+  // hands the ready connections to Connection::on_ready. An idle
+  // connection so costs no pending operation (about 240 bytes in Asio) and
+  // no reactor state (168 bytes), and a wait costs no epoll_ctl.
   // False (errno set) when the descriptor could not be added.
   bool watch(int fd, Connection* c);
   // Before `c` is destroyed: the rest of the batch being dispatched forgets it.
@@ -142,13 +149,17 @@ struct IoThread {
 
  private:
   void arm_poll();
+  // Takes what the set has ready into events_ (epoll_wait, timeout 0);
+  // false when nothing is. `exhausted`: fewer than max_events came.
+  bool take_ready(bool& exhausted) noexcept;
   void dispatch_ready();
 
   static constexpr int max_events = 256;
   int poll_fd_ = -1;
-  boost::asio::posix::stream_descriptor poll_wait_{ioc};
   epoll_event events_[max_events];
-  int dispatching_ = -1;  // index in events_ being handled; -1 outside a batch
+  // events_[0, batch_size_) were taken from the set and are not all handled
+  // yet; dispatching_ is the one being handled (-1 before the first).
+  int dispatching_ = -1;
   int batch_size_ = 0;
 };
 
