@@ -1,6 +1,10 @@
 // Presence: coalesced diffs that fit the published state exactly.
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <map>
+#include <string>
+
 #include "presence/presence_tracker.hpp"
 
 using synapse::presence::PresenceTracker;
@@ -139,4 +143,73 @@ TEST(Presence, RefsLongerThanASmallTextsInlineTextAreKeptAndOrderedAsStrings) {
   EXPECT_EQ(left[0].at("phx_ref"), long_b.c_str());
   EXPECT_EQ(p.size(), 1u);
   EXPECT_EQ(p.current_json(), p.published_json());
+}
+
+TEST(Presence, ManyChangesPerIntervalGiveTheStateAPlainMapWouldHold) {
+  // A model, a map of maps written out in the tracker's format, against the
+  // tracker through 3,000 random tracks, untracks and flushes over 6 agents
+  // and 240 refs (short ones inline in a SmallText, long ones on the heap):
+  // the state with pending changes (current_json) must equal the model's
+  // after every step, and the published state after every flush, most of
+  // which apply many leaves and joins at once.
+  PresenceTracker p;
+  std::map<std::string, std::map<std::string, std::string>> model;  // agent -> ref -> meta text
+  std::map<std::string, std::string> agent_of;                      // tracked ref -> agent
+  auto written = [&] {
+    std::string out = "{";
+    bool first_agent = true;
+    for (const auto& [agent, metas] : model) {
+      if (metas.empty()) continue;
+      if (!first_agent) out += ",";
+      first_agent = false;
+      out += json::serialize(json::value(agent)) + ":{\"metas\":[";
+      bool first = true;
+      for (const auto& [ref, text] : metas) {
+        if (!first) out += ",";
+        first = false;
+        out += text;
+      }
+      out += "]}";
+    }
+    return out + "}";
+  };
+  std::uint32_t seed = 12345;
+  auto next = [&](std::uint32_t n) {
+    seed = seed * 1103515245u + 12345u;
+    return (seed >> 8) % n;
+  };
+  std::size_t flushes_with_many = 0;
+  std::size_t since_flush = 0;
+  for (int step = 0; step < 3000; ++step) {
+    const auto what = next(10);
+    if (what < 5) {
+      const std::string ref =
+          next(3) == 0 ? "node-with-a-long-id-" + std::to_string(next(80)) : "r" + std::to_string(next(160));
+      if (agent_of.contains(ref)) continue;  // tracked now: a member's ref is its own
+      const std::string agent = "agent-" + std::to_string(next(6));
+      json::object client;
+      if (next(2) == 0) client["device"] = "phone-" + std::to_string(step);
+      const std::string text = synapse::presence::meta_json(client, ref, 1700000000000 + step);
+      p.track(agent, ref, text);
+      model[agent][ref] = text;
+      agent_of[ref] = agent;
+      ++since_flush;
+    } else if (what < 9) {
+      if (agent_of.empty()) continue;
+      auto it = agent_of.begin();
+      std::advance(it, next(static_cast<std::uint32_t>(agent_of.size())));
+      p.untrack(it->second, it->first);
+      model[it->second].erase(it->first);
+      agent_of.erase(it);
+      ++since_flush;
+    } else {
+      if (since_flush >= 10) ++flushes_with_many;
+      since_flush = 0;
+      p.flush();
+      ASSERT_EQ(p.published_json(), written()) << "after the flush at step " << step;
+    }
+    ASSERT_EQ(p.current_json(), written()) << "at step " << step;
+    ASSERT_EQ(p.size(), agent_of.size());
+  }
+  EXPECT_GT(flushes_with_many, 50u);  // the merges did see whole intervals
 }
