@@ -43,7 +43,8 @@ namespace synapse::net {
 // with operation_aborted when the descriptor is deregistered: both do
 // nothing.
 struct IoThread::SetWait : boost::asio::detail::reactor_op {
-  explicit SetWait(IoThread& t) : reactor_op(boost::system::error_code(), &SetWait::perform_ready, &SetWait::complete), thread(t) {}
+  SetWait(IoThread& t, boost::asio::detail::reactor& r)
+      : reactor_op(boost::system::error_code(), &SetWait::perform_ready, &SetWait::complete), thread(t), reactor(r) {}
 
   static status perform_ready(reactor_op* base) {
     auto* self = static_cast<SetWait*>(base);
@@ -60,15 +61,18 @@ struct IoThread::SetWait : boost::asio::detail::reactor_op {
   }
 
   IoThread& thread;
+  // Looked up once: use_service() locks the io_context's service registry
+  // and walks it comparing type ids, too dear for every wake.
+  boost::asio::detail::reactor& reactor;
   boost::asio::detail::reactor::per_descriptor_data data = nullptr;
   bool registered = false;
 };
 
-IoThread::IoThread(std::size_t i) : set_wait_(std::make_unique<SetWait>(*this)), index(i), read_buffer(64 * 1024) {
+IoThread::IoThread(std::size_t i) : index(i), read_buffer(64 * 1024) {
+  set_wait_ = std::make_unique<SetWait>(*this, boost::asio::use_service<boost::asio::detail::reactor>(ioc));
   poll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (poll_fd_ < 0) throw std::runtime_error(std::string("epoll_create1: ") + std::strerror(errno));
-  auto& reactor = boost::asio::use_service<boost::asio::detail::reactor>(ioc);
-  if (int err = reactor.register_descriptor(poll_fd_, set_wait_->data); err != 0) {
+  if (int err = set_wait_->reactor.register_descriptor(poll_fd_, set_wait_->data); err != 0) {
     ::close(poll_fd_);
     throw std::runtime_error(std::string("registering the connection set: ") + std::strerror(err));
   }
@@ -79,10 +83,9 @@ IoThread::IoThread(std::size_t i) : set_wait_(std::make_unique<SetWait>(*this)),
 IoThread::~IoThread() {
   // Deregistering hands a queued wait back to the io_context as aborted
   // (complete() then does nothing); closing the set ends its registration.
-  auto& reactor = boost::asio::use_service<boost::asio::detail::reactor>(ioc);
-  if (set_wait_->registered) reactor.deregister_descriptor(poll_fd_, set_wait_->data, true);
+  if (set_wait_->registered) set_wait_->reactor.deregister_descriptor(poll_fd_, set_wait_->data, true);
   ::close(poll_fd_);
-  reactor.cleanup_descriptor_data(set_wait_->data);
+  set_wait_->reactor.cleanup_descriptor_data(set_wait_->data);
 }
 
 bool IoThread::watch(int fd, Connection* c) {
@@ -103,8 +106,7 @@ void IoThread::forget(Connection* c) noexcept {
 
 void IoThread::arm_poll() {
   set_wait_->ec_ = {};
-  auto& reactor = boost::asio::use_service<boost::asio::detail::reactor>(ioc);
-  reactor.start_op(boost::asio::detail::reactor::read_op, poll_fd_, set_wait_->data, set_wait_.get(),
+  set_wait_->reactor.start_op(boost::asio::detail::reactor::read_op, poll_fd_, set_wait_->data, set_wait_.get(),
                    /*is_continuation=*/true, /*allow_speculative=*/true);
 }
 
