@@ -61,11 +61,10 @@ struct IoThread::SetWait : boost::asio::detail::reactor_op {
   }
 
   IoThread& thread;
-  // Looked up once: use_service() locks the io_context's service registry
-  // and walks it comparing type ids, too dear for every wake.
+  // Looked up once rather than at every wake (use_service() takes the
+  // io_context's registry lock and walks its list of services).
   boost::asio::detail::reactor& reactor;
   boost::asio::detail::reactor::per_descriptor_data data = nullptr;
-  bool registered = false;
 };
 
 IoThread::IoThread(std::size_t i) : index(i), read_buffer(64 * 1024) {
@@ -76,14 +75,13 @@ IoThread::IoThread(std::size_t i) : index(i), read_buffer(64 * 1024) {
     ::close(poll_fd_);
     throw std::runtime_error(std::string("registering the connection set: ") + std::strerror(err));
   }
-  set_wait_->registered = true;
   arm_poll();
 }
 
 IoThread::~IoThread() {
   // Deregistering hands a queued wait back to the io_context as aborted
   // (complete() then does nothing); closing the set ends its registration.
-  if (set_wait_->registered) set_wait_->reactor.deregister_descriptor(poll_fd_, set_wait_->data, true);
+  set_wait_->reactor.deregister_descriptor(poll_fd_, set_wait_->data, true);
   ::close(poll_fd_);
   set_wait_->reactor.cleanup_descriptor_data(set_wait_->data);
 }
@@ -107,7 +105,7 @@ void IoThread::forget(Connection* c) noexcept {
 void IoThread::arm_poll() {
   set_wait_->ec_ = {};
   set_wait_->reactor.start_op(boost::asio::detail::reactor::read_op, poll_fd_, set_wait_->data, set_wait_.get(),
-                   /*is_continuation=*/true, /*allow_speculative=*/true);
+                              /*is_continuation=*/true, /*allow_speculative=*/true);
 }
 
 bool IoThread::take_ready(bool& exhausted) noexcept {
