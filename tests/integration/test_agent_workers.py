@@ -47,7 +47,9 @@ def server():
 
 
 class WorkerProc:
-    """One worker process; its stdout (one JSON object a line) is collected."""
+    """One worker process; its stdout (one JSON object a line) is collected
+    by a thread, so a line the worker printed before a client saw its effect
+    may still be on its way: read what a test asserts on with wait()."""
 
     def __init__(self, server, key, topic, **opts):
         args = [sys.executable, str(HERE / "agent_worker_proc.py"), "--url", server.ws(key), "--topic", topic]
@@ -158,7 +160,7 @@ async def test_query_answered_by_a_worker_streams_thoughts_and_tokens_in_order(s
     assert events[-1][4]["status"] == "success"
     assert events[-1][4]["data"] == {"answer": "hello worker", "worker": "A"}
     assert await no_more(c, r["run_id"]) == []
-    run = w.events("run")[0]["run"]
+    run = w.wait("run")[0]["run"]
     assert run["kind"] == "query" and run["q"] == "hello worker" and run["run_id"] == r["run_id"]
     assert run["caller"]["agent_id"] == agent and run["caller"]["tenant"] == "default"
     assert run["deadline_ms"] > time.time() * 1000
@@ -183,6 +185,7 @@ async def test_two_workers_share_the_load_least_loaded_first(server, workers):
         by[rid] = ev[-1][4]["data"]["worker"]
     # The runs overlap (each streams for ~300 ms): least-loaded gives each worker two.
     assert sorted(by.values()) == ["A", "A", "B", "B"], by
+    a.wait("run", 2), b.wait("run", 2)
     assert len(a.events("run")) == 2 and len(b.events("run")) == 2
     await c.close()
 
@@ -223,7 +226,7 @@ async def test_a_run_that_streamed_nothing_is_redispatched_to_another_worker(ser
     events = await collect(c, topic, r["run_id"])
     assert events[-1][3] == "result" and events[-1][4]["data"]["worker"] == "B", events[-1]
     assert [f[4]["seq"] for f in events] == list(range(1, len(events) + 1))
-    assert other.events("run")[0]["run"]["run_id"] == r["run_id"]
+    assert other.wait("run")[0]["run"]["run_id"] == r["run_id"]
     await c.close()
 
 
@@ -282,6 +285,7 @@ async def test_200_concurrent_runs_over_4_workers_each_end_exactly_once(server, 
     for rid, events in ids.items():
         assert [f[3] for f in events] == ["thought"] * 2 + ["token"] * 3 + ["result"], (rid, events)
         assert [f[4]["seq"] for f in events] == list(range(1, 7))
+    wait_until(lambda: sum(len(w.events("run")) for w in ws) >= 200, 10, what="200 runs in the workers' output")
     per_worker = [len(w.events("run")) for w in ws]
     assert sum(per_worker) == 200 and min(per_worker) > 0, per_worker
     m = server.metrics()
@@ -481,7 +485,7 @@ async def test_worker_tools_are_listed_and_tool_runs_go_to_the_worker(server, wo
     assert r["status"] == "running"
     ev = await collect(c, topic, r["run_id"])
     assert ev[-1][3] == "result" and ev[-1][4]["data"] == {"tool": "weather.lookup", "args": {"city": "Oslo"}}
-    run = w.events("run")[-1]["run"]
+    run = w.wait("run", pred=lambda x: x["run"].get("kind") == "tool")[-1]["run"]
     assert run["kind"] == "tool" and run["name"] == "weather.lookup" and run["args"] == {"city": "Oslo"}
     error(await c.request(topic, "tool", {"tool": "weather.lookup", "args": {}}), "invalid_args")
     await c.close()
