@@ -16,6 +16,7 @@
 #include "channels/channel.hpp"
 #include "channels/services.hpp"
 #include "channels/socket.hpp"
+#include "core/inline_vector.hpp"
 #include "limits/rate_limiter.hpp"
 #include "protocol/errors.hpp"
 
@@ -107,7 +108,9 @@ class Session {
   // query bucket's, is derived from the configuration and the principal on
   // each take (session.cpp), not kept here. The query bucket is in Rare.
   limits::BucketState messages_;
-  std::vector<Joined> joined_;
+  // The topics joined, in order of joining. Nearly every connection joins
+  // one: its entry is kept inside the session rather than in a heap block.
+  InlineOneVector<Joined> joined_;
   bool token_warned_ = false;
   bool closed_ = false;
   std::weak_ptr<int> alive_handle();

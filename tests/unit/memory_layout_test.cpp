@@ -4,11 +4,15 @@
 // in the benchmark, and SmallText, the 16-byte text presence keeps per member.
 #include <gtest/gtest.h>
 
+#include <memory>
+#include <random>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "channels/channel.hpp"
 #include "channels/session.hpp"
+#include "core/inline_vector.hpp"
 #include "core/small_text.hpp"
 #include "limits/accept_gate.hpp"
 #include "limits/connection_limiter.hpp"
@@ -98,6 +102,86 @@ TEST(PeerAddress, FormatsAsTheEndpointDid) {
   EXPECT_EQ(net::PeerAddress().to_string(), "");
   EXPECT_EQ(net::PeerAddress().ip(), "");
   EXPECT_EQ(sizeof(net::PeerAddress), 23u);
+}
+
+// InlineOneVector: the session's list of joined topics. Its first element
+// is inside the object (no heap block for a connection on one topic), in a
+// std::vector's 24 bytes.
+TEST(InlineOneVector, HoldsOneElementInsideAndMoreOnTheHeap) {
+  EXPECT_LE(sizeof(InlineOneVector<std::unique_ptr<int>>), sizeof(std::vector<std::unique_ptr<int>>));
+  struct TwoPointers {
+    std::unique_ptr<int> a, b;
+  };
+  EXPECT_EQ(sizeof(InlineOneVector<TwoPointers>), 24u);  // as Session::Joined
+
+  InlineOneVector<std::unique_ptr<int>> v;
+  EXPECT_TRUE(v.empty());
+  EXPECT_EQ(v.begin(), v.end());
+  v.push_back(std::make_unique<int>(1));
+  EXPECT_FALSE(v.on_heap());
+  EXPECT_EQ(v.size(), 1u);
+  EXPECT_EQ(*v.back(), 1);
+  // The element is inside the object.
+  const auto* self = reinterpret_cast<const char*>(&v);
+  const auto* first = reinterpret_cast<const char*>(&v[0]);
+  EXPECT_TRUE(first >= self && first < self + sizeof v);
+  v.push_back(std::make_unique<int>(2));
+  EXPECT_TRUE(v.on_heap());
+  EXPECT_EQ(*v[0], 1);
+  EXPECT_EQ(*v[1], 2);
+  v.erase(v.begin());
+  EXPECT_EQ(v.size(), 1u);
+  EXPECT_EQ(*v[0], 2);
+  v.clear();
+  EXPECT_TRUE(v.empty());
+  EXPECT_TRUE(v.on_heap());  // as a vector keeps its capacity
+}
+
+// Against std::vector: random pushes, erases at random places and clears,
+// with an element that counts its lives, so a lost destruction or a double
+// one shows (and ASan sees a use of a moved block).
+TEST(InlineOneVector, DoesWhatAStdVectorDoesAndDestroysEveryElementOnce) {
+  static int alive = 0;
+  struct Counted {
+    explicit Counted(int v) : value(std::make_unique<int>(v)) { ++alive; }
+    Counted(Counted&& o) noexcept : value(std::move(o.value)) { ++alive; }
+    Counted& operator=(Counted&& o) noexcept {
+      value = std::move(o.value);
+      return *this;
+    }
+    ~Counted() { --alive; }
+    std::unique_ptr<int> value;
+  };
+  std::mt19937 rng(7);
+  for (int round = 0; round < 50; ++round) {
+    {
+      InlineOneVector<Counted> v;
+      std::vector<int> model;
+      for (int step = 0; step < 200; ++step) {
+        const auto what = rng() % 10;
+        if (what < 6) {
+          const int x = static_cast<int>(rng() % 1000);
+          v.push_back(Counted(x));
+          model.push_back(x);
+        } else if (what < 9 && !model.empty()) {
+          const auto at = rng() % model.size();
+          v.erase(v.begin() + static_cast<std::ptrdiff_t>(at));
+          model.erase(model.begin() + static_cast<std::ptrdiff_t>(at));
+        } else if (what == 9 && rng() % 4 == 0) {
+          v.clear();
+          model.clear();
+        }
+        ASSERT_EQ(v.size(), model.size());
+        std::size_t i = 0;
+        for (const auto& c : v) {
+          ASSERT_TRUE(c.value);
+          ASSERT_EQ(*c.value, model[i++]) << "round " << round << " step " << step;
+        }
+        ASSERT_EQ(alive, static_cast<int>(model.size()));
+      }
+    }
+    ASSERT_EQ(alive, 0) << "round " << round;
+  }
 }
 
 TEST(SmallText, KeepsShortTextInlineAndLongTextExactly) {
