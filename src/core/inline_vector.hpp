@@ -57,6 +57,8 @@ class InlineOneVector {
   T& back() noexcept { return data()[size_ - 1]; }
   const T& back() const noexcept { return data()[size_ - 1]; }
 
+  // Unlike std::vector's, `v` must not be an element of this vector: growth
+  // moves the elements before `v` is read.
   void push_back(T&& v) {
     if (size_ == capacity_) grow();
     std::construct_at(data() + size_, std::move(v));
