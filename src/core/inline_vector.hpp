@@ -14,7 +14,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <new>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
@@ -42,7 +41,6 @@ class InlineOneVector {
 
   std::size_t size() const noexcept { return size_; }
   bool empty() const noexcept { return size_ == 0; }
-  std::size_t capacity() const noexcept { return capacity_; }
   // True once a second element has been added: what tests of the layout ask.
   bool on_heap() const noexcept { return capacity_ > 1; }
 
